@@ -1,0 +1,200 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * tblk.h - the public API of libtblk, the only header an embedding program includes.
+ *
+ * A program opens an image as a backend (struct tblk_blk) and submits requests to it, either
+ * asynchronously from the thread that runs the backend's event loop (the callback runs on that
+ * same loop), or synchronously from any thread. Every request is tracked from submission to
+ * completion; backends can be drained.
+ *
+ * Errors: data-path functions return >= 0 or -errno; control-path functions return -errno
+ * and fill a GError (domain tblk_error_quark(), code = errno) given last. A NULL errp is fine.
+ *
+ * Minimal use (see examples/read-write.c):
+ *
+ *	struct tblk_loop *loop = tblk_loop_new(NULL);
+ *	struct tblk_blk *blk;
+ *	if (tblk_blk_open(&blk, "disk.img", NULL, TBLK_OPEN_RDWR, loop, &err) < 0) ...
+ *	tblk_blk_preadv(blk, 0, &iov, 1, 0, my_cb, my_data);	// my_cb runs in tblk_loop_run()
+ */
+#ifndef TBLK_TBLK_H
+#define TBLK_TBLK_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <glib.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct tblk_loop;
+struct tblk_iothread;
+struct tblk_blk;
+
+GQuark tblk_error_quark(void);
+
+/* ------------------------------------------------------------ event loops */
+
+/* A loop is run by one thread at a time; callbacks of requests run there. */
+struct tblk_loop *tblk_loop_new(GError **errp);
+void tblk_loop_free(struct tblk_loop *loop);
+/* Runs one iteration (sleeping first if @blocking); true if a callback ran. */
+bool tblk_loop_iterate(struct tblk_loop *loop, bool blocking);
+void tblk_loop_run(struct tblk_loop *loop);
+void tblk_loop_stop(struct tblk_loop *loop);
+struct tblk_iothread *tblk_iothread_new(const char *name, GError **errp);
+struct tblk_loop *tblk_iothread_get_loop(struct tblk_iothread *iot);
+void tblk_iothread_free(struct tblk_iothread *iot);
+
+/* ------------------------------------------------------------ opening */
+
+/* Open flags. */
+#define TBLK_OPEN_RDWR		0x0001u	/* read-write (default read-only) */
+#define TBLK_OPEN_NOCACHE	0x0002u	/* O_DIRECT on the protocol (cache.direct=on) */
+#define TBLK_OPEN_NO_FLUSH	0x0004u	/* flushes are no-ops (cache.no-flush=on, "unsafe") */
+#define TBLK_OPEN_WRITETHROUGH	0x0008u	/* every write is FUA (writethrough, directsync) */
+#define TBLK_OPEN_AIO_NATIVE	0x0010u	/* file protocol uses Linux AIO (aio=native) */
+#define TBLK_OPEN_AIO_URING	0x0020u	/* file protocol uses io_uring (aio=io_uring) */
+#define TBLK_OPEN_NO_PROBE	0x0040u	/* without a driver option, assume raw, never probe */
+#define TBLK_OPEN_SHARE_RW	0x0080u	/* do not take image locks (-U / force-share) */
+#define TBLK_OPEN_PROTOCOL	0x0100u	/* open the protocol node only, no format on top */
+
+/*
+ * Parses a cache mode as qemu does ("none", "writeback", "writethrough", "directsync",
+ * "unsafe") into TBLK_OPEN_NOCACHE/NO_FLUSH/WRITETHROUGH bits OR-ed into *flags after
+ * clearing those three. 0 or -EINVAL with *errp.
+ */
+int tblk_parse_cache_mode(const char *mode, unsigned int *flags, GError **errp);
+/* Parses "threads", "native" or "io_uring" into the TBLK_OPEN_AIO_* bits of *flags. */
+int tblk_parse_aio_mode(const char *mode, unsigned int *flags, GError **errp);
+
+/*
+ * Options are a GHashTable of string keys to string values in qemu's dotted syntax
+ * ("driver" = "raw", "file.filename" = "x.img", "file.aio" = "native", "offset" = "4096").
+ * tblk_opts_new() makes an empty one; tblk_opts_parse() adds "key=value,key=value" (",," is
+ * a literal comma; a first element without '=' is the value of @implied_key if non-NULL) or
+ * a "json:{...}" string. Returns 0 or -EINVAL with *errp.
+ */
+GHashTable *tblk_opts_new(void);
+int tblk_opts_parse(GHashTable *opts, const char *str, const char *implied_key, GError **errp);
+
+/*
+ * Opens @filename (may be NULL if @options name the file) with @options (borrowed, may be
+ * NULL) and @flags. Without a "driver" option the format is probed (raw unless another
+ * format matches; see TBLK_OPEN_NO_PROBE). Asynchronous requests complete on @loop (may be
+ * NULL for synchronous use only). Options nobody consumed are an error naming the option.
+ * 0 and *pblk, or -errno and *errp. Any thread.
+ */
+int tblk_blk_open(struct tblk_blk **pblk, const char *filename, GHashTable *options,
+		  unsigned int flags, struct tblk_loop *loop, GError **errp);
+/* Drains and closes @blk; NULL ok. Not from a callback of @blk. */
+void tblk_blk_close(struct tblk_blk *blk);
+
+/*
+ * Creates an image of @fmt ("raw" so far) and @size bytes at @filename with creation options
+ * (e.g. "preallocation"), borrowed, may be NULL. 0 or -errno with *errp.
+ */
+int tblk_img_create(const char *filename, const char *fmt, uint64_t size,
+		    GHashTable *options, GError **errp);
+
+/* ------------------------------------------------------------ requests */
+
+/* Request flags. */
+#define TBLK_REQ_FUA		0x1u	/* write is durable on completion */
+#define TBLK_REQ_MAY_UNMAP	0x2u	/* write zeroes may deallocate */
+#define TBLK_REQ_NO_FALLBACK	0x4u	/* write zeroes fails with -ENOTSUP rather than writing */
+
+/* Runs on the backend's loop with the request's result: 0 or -errno. */
+typedef void tblk_cb(void *opaque, int ret);
+
+/*
+ * Asynchronous requests. Call from the thread running the backend's loop. The callback is
+ * always called exactly once, on that loop, never before the submitting call returns. The
+ * iovec array must stay valid until the callback runs.
+ */
+void tblk_blk_preadv(struct tblk_blk *blk, uint64_t offset, const struct iovec *iov, int iovcnt,
+		     unsigned int flags, tblk_cb *cb, void *opaque);
+void tblk_blk_pwritev(struct tblk_blk *blk, uint64_t offset, const struct iovec *iov,
+		      int iovcnt, unsigned int flags, tblk_cb *cb, void *opaque);
+void tblk_blk_aio_flush(struct tblk_blk *blk, tblk_cb *cb, void *opaque);
+void tblk_blk_aio_pdiscard(struct tblk_blk *blk, uint64_t offset, uint64_t bytes, tblk_cb *cb,
+			   void *opaque);
+void tblk_blk_aio_pwrite_zeroes(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
+				unsigned int flags, tblk_cb *cb, void *opaque);
+
+/*
+ * Synchronous requests from any thread not running a loop callback of @blk (a loop's own
+ * thread may call them too: they do not need the loop). 0 or -errno.
+ */
+int tblk_blk_pread(struct tblk_blk *blk, uint64_t offset, void *buf, size_t bytes,
+		   unsigned int flags);
+int tblk_blk_pwrite(struct tblk_blk *blk, uint64_t offset, const void *buf, size_t bytes,
+		    unsigned int flags);
+int tblk_blk_preadv_sync(struct tblk_blk *blk, uint64_t offset, const struct iovec *iov,
+			 int iovcnt, unsigned int flags);
+int tblk_blk_pwritev_sync(struct tblk_blk *blk, uint64_t offset, const struct iovec *iov,
+			  int iovcnt, unsigned int flags);
+int tblk_blk_flush(struct tblk_blk *blk);
+int tblk_blk_pdiscard(struct tblk_blk *blk, uint64_t offset, uint64_t bytes);
+int tblk_blk_pwrite_zeroes(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
+			   unsigned int flags);
+
+/* Waits until no request of @blk is in flight (runs the loop if called on it). */
+void tblk_blk_drain(struct tblk_blk *blk);
+
+/* ------------------------------------------------------------ queries and changes */
+
+/* Virtual size in bytes, or -errno. */
+int64_t tblk_blk_getlength(struct tblk_blk *blk);
+/* Bytes allocated on the host for the image (st_blocks * 512 of its files), or -errno. */
+int64_t tblk_blk_get_allocated_size(struct tblk_blk *blk);
+/* Resizes to @size; @prealloc is "off", "falloc", "full" or NULL. 0 or -errno with *errp. */
+int tblk_blk_truncate(struct tblk_blk *blk, uint64_t size, const char *prealloc,
+		      GError **errp);
+
+/* Block status, as bdrv_block_status: data/zero/allocation of a range. */
+#define TBLK_BS_DATA		0x1u	/* reads return data from the file */
+#define TBLK_BS_ZERO		0x2u	/* reads return zeroes */
+#define TBLK_BS_OFFSET_VALID	0x4u	/* *map is the offset in the protocol file */
+#define TBLK_BS_ALLOCATED	0x8u	/* allocated in this layer (not a backing file) */
+/*
+ * Describes [offset, offset + *pnum) with @bytes the longest range asked about; *pnum > 0
+ * unless offset is at the end. Returns the TBLK_BS_* bits or -errno.
+ */
+int tblk_blk_block_status(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
+			  uint64_t *pnum, uint64_t *map);
+
+/* The format driver's name ("raw"), the root node's filename, the protocol's name. */
+const char *tblk_blk_format_name(struct tblk_blk *blk);
+const char *tblk_blk_filename(struct tblk_blk *blk);
+const char *tblk_blk_protocol_name(struct tblk_blk *blk);
+bool tblk_blk_is_read_only(struct tblk_blk *blk);
+struct tblk_loop *tblk_blk_get_loop(struct tblk_blk *blk);
+/* Smallest request alignment the backend serves without read-modify-write. */
+uint32_t tblk_blk_request_alignment(struct tblk_blk *blk);
+/* Turns writethrough (every write FUA) on or off. */
+void tblk_blk_set_writethrough(struct tblk_blk *blk, bool on);
+
+/* Per-kind statistics of the root node. */
+enum tblk_stat_kind { TBLK_STAT_READ, TBLK_STAT_WRITE, TBLK_STAT_FLUSH, TBLK_STAT_DISCARD,
+		      TBLK_STAT_ZEROES, TBLK_STAT_NR };
+struct tblk_stats {
+	uint64_t ops[TBLK_STAT_NR];
+	uint64_t failed[TBLK_STAT_NR];
+	uint64_t bytes[TBLK_STAT_NR];
+	uint64_t total_ns[TBLK_STAT_NR];
+	uint64_t max_ns[TBLK_STAT_NR];
+};
+void tblk_blk_get_stats(struct tblk_blk *blk, struct tblk_stats *st);
+
+/* Names of the format drivers this build has, NULL-terminated, for probing tools. */
+const char *const *tblk_format_names(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TBLK_TBLK_H */
