@@ -63,6 +63,12 @@ void tblk_loop_stop(struct tblk_loop *loop);
 void tblk_loop_kick(struct tblk_loop *loop);
 /* True if the calling thread is the one running @loop right now. */
 bool tblk_loop_in_thread(struct tblk_loop *loop);
+/*
+ * True while some thread is inside tblk_loop_run()/tblk_loop_iterate() of @loop. A waiter
+ * that finds the loop idle may iterate it itself (a tool's main loop); one that finds it
+ * run by another thread (an iothread) sleeps instead. Any thread.
+ */
+bool tblk_loop_is_running(struct tblk_loop *loop);
 /* The loop the calling thread is running, or NULL. */
 struct tblk_loop *tblk_loop_current(void);
 
@@ -154,6 +160,7 @@ struct tblk_work {
 	struct tblk_loop *loop;		/* where `done` runs */
 	int ret;			/* private: fn's result */
 	struct tblk_work *next;		/* private: pool queue / completion list link */
+	struct tblk_pool *pool;		/* private: the pool it was submitted to */
 };
 
 /*
@@ -163,7 +170,13 @@ struct tblk_work {
  */
 struct tblk_pool *tblk_pool_new(unsigned int min_threads, unsigned int max_threads,
 				unsigned int idle_ms, GError **errp);
-/* Waits for every submitted item to run and complete, joins the workers, frees. NULL ok. */
+/*
+ * Waits for every submitted item to run and for its `done` to return, joins the workers,
+ * frees. NULL ok. The loops items complete on must keep running meanwhile: the caller's own
+ * loop (tblk_loop_current()) is iterated here, others need their threads. Items submitted
+ * by fn or done of this pool's items during the wait are waited for too; any other
+ * tblk_pool_submit() must not race with this.
+ */
 void tblk_pool_free(struct tblk_pool *pool);
 /* Queues @work. Any thread. Never fails (worker creation failure degrades to fewer). */
 void tblk_pool_submit(struct tblk_pool *pool, struct tblk_work *work);
@@ -179,6 +192,21 @@ void tblk_pool_wait(struct tblk_cond *cv, struct tblk_mutex *mu);
 
 /* True if the calling thread is a worker of some pool. */
 bool tblk_pool_in_worker(void);
+
+/*
+ * Test mode: a pool made with max_threads == 0 starts no worker; items stay queued until
+ * this runs them, in order, in the calling thread (completions still go to their loops).
+ * Returns how many ran. Any thread that is not a loop callback holding a lock fn needs.
+ */
+unsigned int tblk_pool_run_queued(struct tblk_pool *pool);
+
+/*
+ * How long (ns) a worker that finds the queue empty spins before it sleeps, so that back-to-
+ * back submissions cost no wake-up; 0 disables. At most one worker spins at a time. The
+ * default is TBLK_POOL_SPIN_NS. Any thread.
+ */
+#define TBLK_POOL_SPIN_NS	20000
+void tblk_pool_set_spin_ns(struct tblk_pool *pool, uint64_t ns);
 
 /* Statistics for tests: workers alive, idle, blocked in tblk_pool_wait(). Any thread. */
 struct tblk_pool_stats {

@@ -172,6 +172,8 @@ const char *tblk_blk_format_name(struct tblk_blk *blk);
 const char *tblk_blk_filename(struct tblk_blk *blk);
 const char *tblk_blk_protocol_name(struct tblk_blk *blk);
 bool tblk_blk_is_read_only(struct tblk_blk *blk);
+/* True if the format was probed rather than named (qemu warns about probed raw). */
+bool tblk_blk_format_probed(struct tblk_blk *blk);
 struct tblk_loop *tblk_blk_get_loop(struct tblk_blk *blk);
 /* Smallest request alignment the backend serves without read-modify-write. */
 uint32_t tblk_blk_request_alignment(struct tblk_blk *blk);

@@ -1,0 +1,434 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * blk.c - the backend a user holds (struct tblk_blk): opening from a file name and options,
+ * range checks, the asynchronous API (fast path or pool, callback on the backend's loop),
+ * the synchronous API, drain, and queries.
+ *
+ * Threading: asynchronous requests are submitted and completed on the backend's loop thread;
+ * synchronous ones run in the calling thread. Fields are [const] after open except where
+ * tagged.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "tracked/tracked.h"
+
+int tblk__req_dispatch(struct tblk_req *req);
+void tblk__node_wait_idle(struct tblk_node *node, struct tblk_loop *loop);
+
+struct tblk_blk {
+	struct tblk_node *root;		/* [const] */
+	struct tblk_loop *loop;		/* [const] where callbacks run, may be NULL */
+	struct tblk_pool *pool;		/* [const] */
+	bool writethrough;		/* [atomic] writes get TBLK_REQ_FUA */
+	uint64_t size;			/* [atomic] cached virtual size for range checks */
+	struct tblk_list parked;	/* [loop thread] requests waiting for a drain to end */
+	struct tblk_bh *resume_bh;	/* [const] resubmits parked requests */
+};
+
+static bool blk_writethrough(struct tblk_blk *blk)
+{
+	return __atomic_load_n(&blk->writethrough, __ATOMIC_RELAXED);
+}
+
+static uint64_t blk_size(struct tblk_blk *blk)
+{
+	return __atomic_load_n(&blk->size, __ATOMIC_RELAXED);
+}
+
+static int blk_refresh_size(struct tblk_blk *blk)
+{
+	int64_t len = tblk_node_getlength(blk->root);
+
+	if (len < 0)
+		return (int)len;
+	__atomic_store_n(&blk->size, (uint64_t)len, __ATOMIC_RELAXED);
+	return 0;
+}
+
+static void blk_resume_parked(void *opaque);
+
+int tblk_blk_open(struct tblk_blk **pblk, const char *filename, GHashTable *options,
+		  unsigned int flags, struct tblk_loop *loop, GError **errp)
+{
+	g_autoptr(GHashTable) opts = tblk__opts_copy(options);
+	struct tblk_blk *blk;
+	struct tblk_node *root;
+	int ret;
+
+	if (filename && !*filename)
+		filename = NULL;
+	ret = tblk__node_open(&root, filename, opts, flags, errp);
+	if (ret < 0)
+		return ret;
+	blk = g_new0(struct tblk_blk, 1);
+	blk->root = root;
+	blk->loop = loop;
+	blk->pool = tblk_pool_default();
+	blk->writethrough = flags & TBLK_OPEN_WRITETHROUGH;
+	tblk_list_init(&blk->parked);
+	if (loop)
+		blk->resume_bh = tblk_bh_new(loop, blk_resume_parked, blk);
+	ret = blk_refresh_size(blk);
+	if (ret < 0) {
+		tblk_error_set_errno(errp, -ret, "Could not get the size of '%s'",
+				     root->filename ? root->filename : "");
+		tblk_blk_close(blk);
+		return ret;
+	}
+	*pblk = blk;
+	return 0;
+}
+
+void tblk_blk_close(struct tblk_blk *blk)
+{
+	if (!blk)
+		return;
+	tblk_blk_drain(blk);
+	tblk_bh_free(blk->resume_bh);
+	tblk__node_close(blk->root);
+	g_free(blk);
+}
+
+/* The length check qemu's block backend makes: the whole range inside the image. */
+static int check_range(struct tblk_blk *blk, uint64_t offset, uint64_t bytes)
+{
+	uint64_t size = blk_size(blk);
+
+	if (offset > size || bytes > size - offset)
+		return -EIO;
+	return 0;
+}
+
+/* ---------------------------------------------------------------- asynchronous */
+
+static void areq_complete(struct tblk_req *req, int ret)
+{
+	req->cb(req->cb_opaque, ret);
+	tblk__req_end_async(req, ret);
+	g_free(req);
+}
+
+/* Pool worker: the request's body, nested so children do not wait for quiesce. */
+static int areq_work(void *opaque)
+{
+	struct tblk_req *req = opaque;
+	int ret;
+
+	tblk__req_wait_conflicts(req);
+	tblk__req_enter();
+	ret = tblk__req_dispatch(req);
+	tblk__req_leave();
+	return ret;
+}
+
+static void areq_done(void *opaque, int ret)
+{
+	areq_complete(opaque, ret);
+}
+
+void tblk__req_fast_done(struct tblk_req *req, int ret)
+{
+	areq_complete(req, ret);
+}
+
+/* Requests that failed before being tracked complete from a bottom half. */
+static void areq_fail_bh(void *opaque)
+{
+	struct tblk_req *req = opaque;
+
+	req->cb(req->cb_opaque, req->ret);
+	g_free(req);
+}
+
+static void areq_submit(struct tblk_req *req)
+{
+	struct tblk_node *root = req->node;
+	int r = tblk__req_track_async(req);
+
+	if (r == -EBUSY) {
+		tblk_list_add_tail(&req->blk->parked, &req->park_link);
+		return;
+	}
+	if (r == 1 && root->drv->submit_fast && root->drv->submit_fast(root, req, req->offset) == 0)
+		return;
+	tblk_pool_submit(req->blk->pool, &req->work);
+}
+
+static void blk_resume_parked(void *opaque)
+{
+	struct tblk_blk *blk = opaque;
+	struct tblk_list list, *pos, *tmp;
+
+	/* Detach first: a request may park again if another drain began meanwhile. */
+	tblk_list_init(&list);
+	if (tblk_list_empty(&blk->parked))
+		return;
+	list.next = blk->parked.next;
+	list.prev = blk->parked.prev;
+	list.next->prev = &list;
+	list.prev->next = &list;
+	tblk_list_init(&blk->parked);
+	tblk_list_for_each_safe(pos, tmp, &list) {
+		tblk_list_del(pos);
+		areq_submit(tblk_list_entry(pos, struct tblk_req, park_link));
+	}
+}
+
+static void blk_aio(struct tblk_blk *blk, enum tblk_req_kind kind, uint64_t offset,
+		    uint64_t bytes, const struct iovec *iov, int iovcnt, unsigned int flags,
+		    tblk_cb *cb, void *opaque)
+{
+	/* g_new aborts on exhaustion, as GLib does everywhere; requests are small. */
+	struct tblk_req *req = g_new(struct tblk_req, 1);
+
+	assert(blk->loop);	/* asynchronous use needs the loop given at open */
+	req->node = blk->root;
+	req->blk = blk;
+	req->kind = kind;
+	req->offset = offset;
+	req->bytes = bytes;
+	req->iov = iov;
+	req->iovcnt = iovcnt;
+	req->flags = flags;
+	req->cb = cb;
+	req->cb_opaque = opaque;
+	req->work.fn = areq_work;
+	req->work.done = areq_done;
+	req->work.opaque = req;
+	req->work.loop = blk->loop;
+	req->ret = kind == TBLK_REQ_FLUSH ? 0 : check_range(blk, offset, bytes);
+	if (req->ret == 0 && kind != TBLK_REQ_READ && kind != TBLK_REQ_FLUSH && blk->root->read_only)
+		req->ret = -EPERM;
+	if (req->ret < 0) {
+		tblk_loop_call_soon(blk->loop, areq_fail_bh, req);
+		return;
+	}
+	areq_submit(req);
+}
+
+void tblk_blk_preadv(struct tblk_blk *blk, uint64_t offset, const struct iovec *iov, int iovcnt,
+		     unsigned int flags, tblk_cb *cb, void *opaque)
+{
+	blk_aio(blk, TBLK_REQ_READ, offset, tblk_iov_size(iov, iovcnt), iov, iovcnt, flags, cb,
+		opaque);
+}
+
+void tblk_blk_pwritev(struct tblk_blk *blk, uint64_t offset, const struct iovec *iov,
+		      int iovcnt, unsigned int flags, tblk_cb *cb, void *opaque)
+{
+	if (blk_writethrough(blk))
+		flags |= TBLK_REQ_FUA;
+	blk_aio(blk, TBLK_REQ_WRITE, offset, tblk_iov_size(iov, iovcnt), iov, iovcnt, flags, cb,
+		opaque);
+}
+
+void tblk_blk_aio_flush(struct tblk_blk *blk, tblk_cb *cb, void *opaque)
+{
+	blk_aio(blk, TBLK_REQ_FLUSH, 0, 0, NULL, 0, 0, cb, opaque);
+}
+
+void tblk_blk_aio_pdiscard(struct tblk_blk *blk, uint64_t offset, uint64_t bytes, tblk_cb *cb,
+			   void *opaque)
+{
+	blk_aio(blk, TBLK_REQ_DISCARD, offset, bytes, NULL, 0, 0, cb, opaque);
+}
+
+void tblk_blk_aio_pwrite_zeroes(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
+				unsigned int flags, tblk_cb *cb, void *opaque)
+{
+	if (blk_writethrough(blk))
+		flags |= TBLK_REQ_FUA;
+	blk_aio(blk, TBLK_REQ_ZEROES, offset, bytes, NULL, 0, flags, cb, opaque);
+}
+
+/* ---------------------------------------------------------------- synchronous */
+
+static int blk_sync(struct tblk_blk *blk, enum tblk_req_kind kind, uint64_t offset,
+		    uint64_t bytes, const struct iovec *iov, int iovcnt, unsigned int flags)
+{
+	struct tblk_req req = {
+		.node = blk->root, .blk = blk, .kind = kind, .offset = offset, .bytes = bytes,
+		.iov = iov, .iovcnt = iovcnt, .flags = flags,
+	};
+	int ret = kind == TBLK_REQ_FLUSH ? 0 : check_range(blk, offset, bytes);
+
+	if (ret < 0)
+		return ret;
+	if (kind != TBLK_REQ_READ && kind != TBLK_REQ_FLUSH && blk->root->read_only)
+		return -EPERM;
+	if ((kind == TBLK_REQ_WRITE || kind == TBLK_REQ_ZEROES) && blk_writethrough(blk))
+		req.flags |= TBLK_REQ_FUA;
+	return tblk__req_run(&req);
+}
+
+int tblk_blk_preadv_sync(struct tblk_blk *blk, uint64_t offset, const struct iovec *iov,
+			 int iovcnt, unsigned int flags)
+{
+	return blk_sync(blk, TBLK_REQ_READ, offset, tblk_iov_size(iov, iovcnt), iov, iovcnt,
+			flags);
+}
+
+int tblk_blk_pwritev_sync(struct tblk_blk *blk, uint64_t offset, const struct iovec *iov,
+			  int iovcnt, unsigned int flags)
+{
+	return blk_sync(blk, TBLK_REQ_WRITE, offset, tblk_iov_size(iov, iovcnt), iov, iovcnt,
+			flags);
+}
+
+int tblk_blk_pread(struct tblk_blk *blk, uint64_t offset, void *buf, size_t bytes,
+		   unsigned int flags)
+{
+	struct iovec iov = { buf, bytes };
+
+	return blk_sync(blk, TBLK_REQ_READ, offset, bytes, &iov, 1, flags);
+}
+
+int tblk_blk_pwrite(struct tblk_blk *blk, uint64_t offset, const void *buf, size_t bytes,
+		    unsigned int flags)
+{
+	struct iovec iov = { (void *)buf, bytes };
+
+	return blk_sync(blk, TBLK_REQ_WRITE, offset, bytes, &iov, 1, flags);
+}
+
+int tblk_blk_flush(struct tblk_blk *blk)
+{
+	return blk_sync(blk, TBLK_REQ_FLUSH, 0, 0, NULL, 0, 0);
+}
+
+int tblk_blk_pdiscard(struct tblk_blk *blk, uint64_t offset, uint64_t bytes)
+{
+	return blk_sync(blk, TBLK_REQ_DISCARD, offset, bytes, NULL, 0, 0);
+}
+
+int tblk_blk_pwrite_zeroes(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
+			   unsigned int flags)
+{
+	return blk_sync(blk, TBLK_REQ_ZEROES, offset, bytes, NULL, 0, flags);
+}
+
+/* ---------------------------------------------------------------- drain and queries */
+
+void tblk_blk_drain(struct tblk_blk *blk)
+{
+	tblk__node_wait_idle(blk->root, blk->loop);
+}
+
+/* Drained section over the whole graph of @blk; parked requests resume at the end. */
+void tblk__blk_drained_begin(struct tblk_blk *blk);
+void tblk__blk_drained_end(struct tblk_blk *blk);
+
+void tblk__blk_drained_begin(struct tblk_blk *blk)
+{
+	tblk_graph_drained_begin(blk->root);
+	tblk__node_wait_idle(blk->root, blk->loop);
+}
+
+void tblk__blk_drained_end(struct tblk_blk *blk)
+{
+	tblk_graph_drained_end(blk->root);
+	if (blk->resume_bh)
+		tblk_bh_schedule(blk->resume_bh);
+}
+
+int64_t tblk_blk_getlength(struct tblk_blk *blk)
+{
+	return tblk_node_getlength(blk->root);
+}
+
+int64_t tblk_blk_get_allocated_size(struct tblk_blk *blk)
+{
+	struct tblk_node *proto = tblk__node_protocol(blk->root);
+
+	if (!proto->drv->get_allocated_size)
+		return -ENOTSUP;
+	return proto->drv->get_allocated_size(proto);
+}
+
+int tblk_blk_truncate(struct tblk_blk *blk, uint64_t size, const char *prealloc,
+		      GError **errp)
+{
+	struct tblk_node *root = blk->root;
+	int ret;
+
+	if (root->read_only)
+		return tblk_error_set(errp, EPERM, "Image is read-only");
+	if (!root->drv->truncate)
+		return tblk_error_set(errp, ENOTSUP, "Image format driver does not support "
+				      "resize");
+	tblk__blk_drained_begin(blk);
+	ret = root->drv->truncate(root, size, prealloc, errp);
+	if (ret >= 0)
+		ret = blk_refresh_size(blk);
+	tblk__blk_drained_end(blk);
+	return ret;
+}
+
+int tblk_blk_block_status(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
+			  uint64_t *pnum, uint64_t *map)
+{
+	return tblk_node_block_status(blk->root, offset, bytes, pnum, map);
+}
+
+const char *tblk_blk_format_name(struct tblk_blk *blk)
+{
+	return blk->root->drv->name;
+}
+
+const char *tblk_blk_filename(struct tblk_blk *blk)
+{
+	return blk->root->filename;
+}
+
+const char *tblk_blk_protocol_name(struct tblk_blk *blk)
+{
+	return tblk__node_protocol(blk->root)->drv->name;
+}
+
+bool tblk_blk_is_read_only(struct tblk_blk *blk)
+{
+	return blk->root->read_only;
+}
+
+bool tblk_blk_format_probed(struct tblk_blk *blk)
+{
+	return blk->root->probed;
+}
+
+struct tblk_loop *tblk_blk_get_loop(struct tblk_blk *blk)
+{
+	return blk->loop;
+}
+
+uint32_t tblk_blk_request_alignment(struct tblk_blk *blk)
+{
+	return blk->root->limits.request_alignment;
+}
+
+void tblk_blk_set_writethrough(struct tblk_blk *blk, bool on)
+{
+	__atomic_store_n(&blk->writethrough, on, __ATOMIC_RELAXED);
+}
+
+void tblk_blk_get_stats(struct tblk_blk *blk, struct tblk_stats *st)
+{
+	tblk_mutex_lock(&blk->root->lock);
+	*st = blk->root->stats;
+	tblk_mutex_unlock(&blk->root->lock);
+}
+
+int tblk_img_create(const char *filename, const char *fmt, uint64_t size, GHashTable *options,
+		    GError **errp)
+{
+	const struct tblk_driver *drv = tblk__driver_find(fmt);
+	g_autoptr(GHashTable) opts = tblk__opts_copy(options);
+	int ret;
+
+	if (!drv || !drv->create)
+		return tblk_error_set(errp, EINVAL, "Unknown file format '%s'", fmt);
+	ret = drv->create(filename, size, opts, errp);
+	if (ret < 0)
+		return ret;
+	return 0;
+}

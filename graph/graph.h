@@ -1,0 +1,142 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * graph.h - nodes, the driver table that formats and protocols fill in, and opening nodes
+ * from qemu's dotted option syntax.
+ *
+ * Threading: a node is opened and closed by one control thread; its [const] fields are set
+ * during open and read from any thread afterwards. The in-flight state lives in `lock`
+ * (see tracked/tracked.h). Driver operations are synchronous and run in the calling thread
+ * (a pool worker or a synchronous caller); they may be called concurrently and must guard
+ * their own shared state.
+ */
+#ifndef TBLK_GRAPH_H
+#define TBLK_GRAPH_H
+
+#include <sys/uio.h>
+#include <tblk/tblk.h>
+
+#include "common/common.h"
+#include "threadpool/threadpool.h"
+
+struct tblk_node;
+struct tblk_req;
+
+/*
+ * A driver: one const table per format or protocol. Data-path operations return >= 0 or
+ * -errno; control-path ones fill *errp. Optional operations may be NULL.
+ */
+struct tblk_driver {
+	const char *name;		/* "raw", "file", "null-co" */
+	bool is_protocol;		/* opened on a file name, has no `file` child */
+	size_t instance_size;		/* bytes of node->opaque, zeroed at open */
+
+	/* Score 0-100 that @buf (the file's first bytes) is this format. Formats only. */
+	int (*probe)(const uint8_t *buf, size_t len, const char *filename);
+	/*
+	 * Opens @node. Consumes (removes) the options it understands from @opts, the node's
+	 * own level (children's keys have been moved to their own tables). Formats open
+	 * their `file` child with tblk__node_open_child().
+	 */
+	int (*open)(struct tblk_node *node, GHashTable *opts, unsigned int flags,
+		    GError **errp);
+	void (*close)(struct tblk_node *node);
+	/* Creates an image; protocols create the file, formats write their metadata. */
+	int (*create)(const char *filename, uint64_t size, GHashTable *opts, GError **errp);
+
+	/* Synchronous data path; offsets and lengths are aligned to request_alignment. */
+	int (*preadv)(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+		      const struct iovec *iov, int iovcnt, unsigned int flags);
+	int (*pwritev)(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+		       const struct iovec *iov, int iovcnt, unsigned int flags);
+	int (*flush)(struct tblk_node *node);
+	int (*pdiscard)(struct tblk_node *node, uint64_t offset, uint64_t bytes);
+	int (*pwrite_zeroes)(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+			     unsigned int flags);
+	int (*block_status)(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+			    uint64_t *pnum, uint64_t *map);
+
+	int64_t (*getlength)(struct tblk_node *node);
+	int64_t (*get_allocated_size)(struct tblk_node *node);
+	int (*truncate)(struct tblk_node *node, uint64_t size, const char *prealloc,
+			GError **errp);
+
+	/*
+	 * Fast path: called on @req's loop thread to serve an asynchronous request without
+	 * the pool (e.g. Linux AIO submitted straight from the iothread). Returns 0 if it
+	 * took @req (it will call tblk__req_fast_done() later, on the loop thread), or
+	 * -EAGAIN if the pool must serve it. May be NULL.
+	 */
+	int (*submit_fast)(struct tblk_node *node, struct tblk_req *req, uint64_t offset);
+};
+
+/* Open-time limits and properties of a node, [const] after open. */
+struct tblk_node_limits {
+	uint32_t request_alignment;	/* offsets/lengths; RMW below this */
+	uint32_t mem_alignment;		/* buffer addresses and iov lengths */
+	uint64_t max_transfer;		/* bytes per driver call, 0 = unlimited */
+	uint64_t max_pdiscard;		/* 0 = unlimited */
+	uint64_t max_pwrite_zeroes;	/* 0 = unlimited */
+	uint32_t pdiscard_alignment;	/* discards are trimmed to it, 0 = request_alignment */
+};
+
+/*
+ * Lock order: node->lock is a leaf. It guards the tracked-request state; driver state has
+ * its own locks, never held while calling a child.
+ */
+struct tblk_node {
+	const struct tblk_driver *drv;	/* [const] */
+	void *opaque;			/* [const] driver instance, instance_size bytes */
+	char *node_name;		/* [const] */
+	char *filename;			/* [const] protocol file or the child's */
+	struct tblk_node *file;		/* [const] protocol child of a format, or NULL */
+	struct tblk_node *backing;	/* [const] backing child, or NULL */
+	unsigned int flags;		/* [const] TBLK_OPEN_* as opened */
+	bool read_only;			/* [const] */
+	struct tblk_node_limits limits;	/* [const] */
+	bool probed;			/* [const] the format was guessed, not named */
+
+	struct tblk_mutex lock;
+	struct tblk_cond cv;		/* [lock] signalled when a request leaves or drain ends */
+	struct tblk_list in_flight;	/* [lock] struct tblk_req.node_link */
+	unsigned int nr_in_flight;	/* [lock] */
+	unsigned int nr_serialising;	/* [lock] serialising requests on in_flight */
+	unsigned int quiesce_counter;	/* [lock] > 0: new outside requests wait */
+	struct tblk_stats stats;	/* [lock] */
+};
+
+/* Finds a driver by name (formats and protocols); NULL if unknown. */
+const struct tblk_driver *tblk__driver_find(const char *name);
+/* The format drivers to probe and the NULL-terminated list of their names. */
+const struct tblk_driver *const *tblk__format_drivers(void);
+
+/*
+ * Opens a node from @opts (keys of this level; "file.*" keys are the file child's), taking
+ * ownership of nothing: @opts is modified (consumed keys removed). @filename may be NULL.
+ * On success *pnode. Any leftover key is an error naming it.
+ */
+int tblk__node_open(struct tblk_node **pnode, const char *filename, GHashTable *opts,
+		    unsigned int flags, GError **errp);
+/* Opens @parent's child @name ("file") from the "@name." keys of @opts. */
+int tblk__node_open_child(struct tblk_node *parent, const char *name, GHashTable *opts,
+			  unsigned int flags, struct tblk_node **pchild, GError **errp);
+/* Closes a node and its children (drains first). NULL ok. */
+void tblk__node_close(struct tblk_node *node);
+/* The node at the bottom of the `file` chain. */
+struct tblk_node *tblk__node_protocol(struct tblk_node *node);
+
+/* ---------------------------------------------------------------- options */
+
+/* Removes @key from @opts and returns its value (caller frees) or NULL. */
+char *tblk__opts_take(GHashTable *opts, const char *key);
+/* Takes and parses a bool/uint64/size option; missing leaves *out unchanged. 0 or -EINVAL. */
+int tblk__opts_take_bool(GHashTable *opts, const char *key, bool *out, GError **errp);
+int tblk__opts_take_uint64(GHashTable *opts, const char *key, uint64_t *out, GError **errp);
+int tblk__opts_take_size(GHashTable *opts, const char *key, uint64_t *out, GError **errp);
+/* Moves every "@prefix.*" key of @opts into a new table without the prefix. */
+GHashTable *tblk__opts_extract_prefix(GHashTable *opts, const char *prefix);
+/* Copies a string table. */
+GHashTable *tblk__opts_copy(GHashTable *opts);
+/* Parses a size with qemu's suffixes (k, M, G, T, P, E; powers of 1024). 0 or -EINVAL. */
+int tblk__parse_size(const char *s, uint64_t *out);
+
+#endif /* TBLK_GRAPH_H */

@@ -1,0 +1,287 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * node.c - the driver table, format probing, and opening and closing nodes from dotted
+ * options. Control path: one thread opens or closes a given node; the tree of nodes below
+ * a backend is built here and is [const] until it is closed.
+ */
+#include <string.h>
+
+#include "tracked/tracked.h"
+
+extern const struct tblk_driver tblk__drv_raw;
+extern const struct tblk_driver tblk__drv_file;
+extern const struct tblk_driver tblk__drv_host_device;
+extern const struct tblk_driver tblk__drv_null_co;
+extern const struct tblk_driver tblk__drv_null_aio;
+
+static const struct tblk_driver *const formats[] = {
+	&tblk__drv_raw,
+	NULL,
+};
+
+static const struct tblk_driver *const protocols[] = {
+	&tblk__drv_file,
+	&tblk__drv_host_device,
+	&tblk__drv_null_co,
+	&tblk__drv_null_aio,
+	NULL,
+};
+
+/* Bytes read from the start of a file for probing. */
+#define PROBE_BYTES 2048
+
+const struct tblk_driver *const *tblk__format_drivers(void)
+{
+	return formats;
+}
+
+const char *const *tblk_format_names(void)
+{
+	static const char *names[TBLK_ARRAY_SIZE(formats)];
+
+	for (size_t i = 0; formats[i]; i++)
+		names[i] = formats[i]->name;
+	return names;
+}
+
+const struct tblk_driver *tblk__driver_find(const char *name)
+{
+	for (size_t i = 0; formats[i]; i++)
+		if (!strcmp(formats[i]->name, name))
+			return formats[i];
+	for (size_t i = 0; protocols[i]; i++)
+		if (!strcmp(protocols[i]->name, name))
+			return protocols[i];
+	return NULL;
+}
+
+/* A protocol named by a "proto://..." or "proto:" prefix of the file name, if any. */
+static const struct tblk_driver *protocol_from_filename(const char *filename)
+{
+	const char *colon = filename ? strchr(filename, ':') : NULL;
+
+	if (!colon || strchr(filename, '/') < colon)
+		return NULL;
+	for (size_t i = 0; protocols[i]; i++) {
+		size_t n = strlen(protocols[i]->name);
+
+		if ((size_t)(colon - filename) == n && !strncmp(filename, protocols[i]->name, n))
+			return protocols[i];
+	}
+	return NULL;
+}
+
+static struct tblk_node *node_alloc(const struct tblk_driver *drv, unsigned int flags)
+{
+	struct tblk_node *node = g_new0(struct tblk_node, 1);
+
+	node->drv = drv;
+	node->opaque = drv->instance_size ? g_malloc0(drv->instance_size) : NULL;
+	node->flags = flags;
+	node->read_only = !(flags & TBLK_OPEN_RDWR);
+	node->limits.request_alignment = 1;
+	node->limits.mem_alignment = 1;
+	tblk_mutex_init(&node->lock);
+	tblk_cond_init(&node->cv);
+	tblk_list_init(&node->in_flight);
+	return node;
+}
+
+static void node_free(struct tblk_node *node)
+{
+	tblk_cond_destroy(&node->cv);
+	tblk_mutex_destroy(&node->lock);
+	g_free(node->opaque);
+	g_free(node->node_name);
+	g_free(node->filename);
+	g_free(node);
+}
+
+/* Applies the options every node understands to @flags. */
+static int take_common_opts(GHashTable *opts, unsigned int *flags, GError **errp)
+{
+	bool ro = !(*flags & TBLK_OPEN_RDWR), direct = *flags & TBLK_OPEN_NOCACHE;
+	bool no_flush = *flags & TBLK_OPEN_NO_FLUSH;
+	g_autofree char *aio = NULL;
+
+	if (tblk__opts_take_bool(opts, "read-only", &ro, errp) < 0 ||
+	    tblk__opts_take_bool(opts, "cache.direct", &direct, errp) < 0 ||
+	    tblk__opts_take_bool(opts, "cache.no-flush", &no_flush, errp) < 0)
+		return -EINVAL;
+	*flags = (*flags & ~(TBLK_OPEN_RDWR | TBLK_OPEN_NOCACHE | TBLK_OPEN_NO_FLUSH)) |
+		 (ro ? 0 : TBLK_OPEN_RDWR) | (direct ? TBLK_OPEN_NOCACHE : 0) |
+		 (no_flush ? TBLK_OPEN_NO_FLUSH : 0);
+	g_free(tblk__opts_take(opts, "auto-read-only"));
+	g_free(tblk__opts_take(opts, "discard"));
+	return 0;
+}
+
+static int check_leftover(const struct tblk_driver *drv, GHashTable *opts, GError **errp)
+{
+	GHashTableIter it;
+	gpointer k, v;
+
+	g_hash_table_iter_init(&it, opts);
+	if (!g_hash_table_iter_next(&it, &k, &v))
+		return 0;
+	if (drv->is_protocol)
+		return tblk_error_set(errp, EINVAL, "Block protocol '%s' doesn't support the "
+				      "option '%s'", drv->name, (char *)k);
+	return tblk_error_set(errp, EINVAL, "Block format '%s' does not support the option "
+			      "'%s'", drv->name, (char *)k);
+}
+
+/* Opens a node of @drv with @opts already stripped of "driver". */
+static int node_open_drv(struct tblk_node **pnode, const struct tblk_driver *drv,
+			 const char *filename, GHashTable *opts, unsigned int flags,
+			 GError **errp)
+{
+	struct tblk_node *node;
+	int ret;
+
+	if (take_common_opts(opts, &flags, errp) < 0)
+		return -EINVAL;
+	if (drv->is_protocol && filename && !g_hash_table_contains(opts, "filename"))
+		g_hash_table_insert(opts, g_strdup("filename"), g_strdup(filename));
+	node = node_alloc(drv, flags);
+	node->node_name = tblk__opts_take(opts, "node-name");
+	if (!drv->is_protocol && filename)
+		node->filename = g_strdup(filename);
+	ret = drv->open(node, opts, flags, errp);
+	if (ret < 0) {
+		node_free(node);
+		return ret;
+	}
+	ret = check_leftover(drv, opts, errp);
+	if (ret < 0) {
+		tblk__node_close(node);
+		return ret;
+	}
+	if (!node->filename && node->file)
+		node->filename = g_strdup(node->file->filename);
+	*pnode = node;
+	return 0;
+}
+
+/* Reads the first bytes of @proto and picks the best-scoring format (raw at worst). */
+static const struct tblk_driver *probe_format(struct tblk_node *proto, const char *filename,
+					      GError **errp)
+{
+	g_autofree uint8_t *buf = g_malloc0(PROBE_BYTES);
+	const struct tblk_driver *best = &tblk__drv_raw;
+	int64_t len = tblk_node_getlength(proto);
+	int best_score = 0;
+
+	if (len < 0) {
+		tblk_error_set_errno(errp, (int)-len, "Could not determine the size of '%s'",
+				     filename);
+		return NULL;
+	}
+	len = TBLK_MIN(len, PROBE_BYTES);
+	if (len > 0 && tblk_node_pread(proto, 0, buf, (uint64_t)len) < 0) {
+		tblk_error_set(errp, EIO, "Could not read image for determining its format");
+		return NULL;
+	}
+	for (size_t i = 0; formats[i]; i++) {
+		int score = formats[i]->probe ? formats[i]->probe(buf, (size_t)len, filename) : 0;
+
+		if (score > best_score) {
+			best = formats[i];
+			best_score = score;
+		}
+	}
+	return best;
+}
+
+/* Opens @filename read-only with no options just to probe its format. */
+static const struct tblk_driver *probe_file(const char *filename, unsigned int flags,
+					    GError **errp)
+{
+	const struct tblk_driver *proto_drv = protocol_from_filename(filename);
+	g_autoptr(GHashTable) popts = tblk_opts_new();
+	const struct tblk_driver *drv;
+	struct tblk_node *proto;
+
+	flags = (flags & ~TBLK_OPEN_RDWR) | TBLK_OPEN_PROTOCOL;
+	if (node_open_drv(&proto, proto_drv ? proto_drv : &tblk__drv_file, filename, popts,
+			  flags, errp) < 0)
+		return NULL;
+	drv = probe_format(proto, filename, errp);
+	tblk__node_close(proto);
+	return drv;
+}
+
+int tblk__node_open(struct tblk_node **pnode, const char *filename, GHashTable *opts,
+		    unsigned int flags, GError **errp)
+{
+	g_autofree char *drv_name = tblk__opts_take(opts, "driver");
+	const struct tblk_driver *drv;
+	bool probed = false;
+	int ret;
+
+	if (!filename)
+		filename = g_hash_table_lookup(opts, "filename");
+	if (drv_name) {
+		drv = tblk__driver_find(drv_name);
+		if (!drv)
+			return tblk_error_set(errp, EINVAL, "Unknown driver '%s'", drv_name);
+	} else if (!filename) {
+		return tblk_error_set(errp, EINVAL, "The 'file' block driver requires a file "
+				      "name");
+	} else if (flags & TBLK_OPEN_PROTOCOL) {
+		drv = protocol_from_filename(filename) ?: &tblk__drv_file;
+	} else if (flags & TBLK_OPEN_NO_PROBE) {
+		drv = &tblk__drv_raw;
+	} else {
+		drv = probe_file(filename, flags, errp);
+		if (!drv)
+			return -EINVAL;
+		probed = true;
+	}
+	ret = node_open_drv(pnode, drv, filename, opts, flags, errp);
+	if (ret == 0)
+		(*pnode)->probed = probed;
+	return ret;
+}
+
+int tblk__node_open_child(struct tblk_node *parent, const char *name, GHashTable *opts,
+			  unsigned int flags, struct tblk_node **pchild, GError **errp)
+{
+	g_autoptr(GHashTable) copts = tblk__opts_extract_prefix(opts, name);
+	g_autofree char *fname = g_strdup(parent->filename);
+	int ret;
+
+	/* A string value of the child's own key names a file ("file=x.img"). */
+	if (!fname)
+		fname = tblk__opts_take(opts, name);
+	if (!g_hash_table_contains(copts, "driver") && !protocol_from_filename(fname))
+		g_hash_table_insert(copts, g_strdup("driver"), g_strdup("file"));
+	ret = tblk__node_open(pchild, fname, copts, flags | TBLK_OPEN_PROTOCOL, errp);
+	if (ret < 0)
+		return ret;
+	ret = check_leftover((*pchild)->drv, copts, errp);
+	if (ret < 0) {
+		tblk__node_close(*pchild);
+		*pchild = NULL;
+	}
+	return ret;
+}
+
+void tblk__node_close(struct tblk_node *node)
+{
+	if (!node)
+		return;
+	tblk_node_drain(node);
+	if (node->drv->close)
+		node->drv->close(node);
+	tblk__node_close(node->backing);
+	tblk__node_close(node->file);
+	node_free(node);
+}
+
+struct tblk_node *tblk__node_protocol(struct tblk_node *node)
+{
+	while (node->file)
+		node = node->file;
+	return node;
+}

@@ -1,0 +1,356 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * options.c - qemu-style option strings ("driver=raw,file.filename=x,,y.img"), "json:{...}"
+ * filenames flattened to dotted keys, typed option getters, sizes with suffixes, and the
+ * cache and aio mode names. Control path only; no shared state.
+ */
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "graph/graph.h"
+
+GHashTable *tblk_opts_new(void)
+{
+	return g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+}
+
+GHashTable *tblk__opts_copy(GHashTable *opts)
+{
+	GHashTable *copy = tblk_opts_new();
+	GHashTableIter it;
+	gpointer k, v;
+
+	if (!opts)
+		return copy;
+	g_hash_table_iter_init(&it, opts);
+	while (g_hash_table_iter_next(&it, &k, &v))
+		g_hash_table_insert(copy, g_strdup(k), g_strdup(v));
+	return copy;
+}
+
+/* Reads one element up to an unescaped @stop (or the end); ",," is a literal comma. */
+static char *read_elem(const char **p, char stop)
+{
+	GString *out = g_string_new(NULL);
+	const char *s = *p;
+
+	while (*s) {
+		if (*s == ',' && s[1] == ',') {
+			g_string_append_c(out, ',');
+			s += 2;
+			continue;
+		}
+		if (*s == ',' || *s == stop)
+			break;
+		g_string_append_c(out, *s++);
+	}
+	*p = s;
+	return g_string_free(out, FALSE);
+}
+
+static int json_flatten(GHashTable *opts, const char *json, GError **errp);
+
+int tblk_opts_parse(GHashTable *opts, const char *str, const char *implied_key, GError **errp)
+{
+	const char *p = str;
+	bool first = true;
+
+	if (g_str_has_prefix(str, "json:"))
+		return json_flatten(opts, str + 5, errp);
+	while (*p) {
+		char *key = read_elem(&p, '='), *val;
+
+		if (*p == '=') {
+			p++;
+			val = read_elem(&p, '\0');
+		} else if (first && implied_key) {
+			val = key;
+			key = g_strdup(implied_key);
+		} else {
+			int r = tblk_error_set(errp, EINVAL,
+					       "Invalid parameter '%s'", key);
+
+			g_free(key);
+			return r;
+		}
+		if (!*key) {
+			g_free(key);
+			g_free(val);
+			return tblk_error_set(errp, EINVAL, "Invalid parameter ''");
+		}
+		g_hash_table_insert(opts, key, val);
+		first = false;
+		if (*p == ',')
+			p++;
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------- json: */
+
+struct json {
+	const char *p;
+	GHashTable *opts;
+	GError **errp;
+	int depth;
+};
+
+static void json_ws(struct json *j)
+{
+	while (isspace((unsigned char)*j->p))
+		j->p++;
+}
+
+static char *json_string(struct json *j)
+{
+	GString *s = g_string_new(NULL);
+
+	j->p++;	/* opening quote */
+	while (*j->p && *j->p != '"') {
+		if (*j->p == '\\' && j->p[1]) {
+			j->p++;
+			switch (*j->p) {
+			case 'n': g_string_append_c(s, '\n'); break;
+			case 't': g_string_append_c(s, '\t'); break;
+			default: g_string_append_c(s, *j->p); break;
+			}
+			j->p++;
+			continue;
+		}
+		g_string_append_c(s, *j->p++);
+	}
+	if (*j->p != '"') {
+		g_string_free(s, TRUE);
+		return NULL;
+	}
+	j->p++;
+	return g_string_free(s, FALSE);
+}
+
+static int json_value(struct json *j, const char *prefix);
+
+static int json_object(struct json *j, const char *prefix)
+{
+	if (++j->depth > 32)
+		return -EINVAL;
+	j->p++;
+	json_ws(j);
+	if (*j->p == '}') {
+		j->p++;
+		return 0;
+	}
+	for (;;) {
+		char *key, *full;
+		int r;
+
+		json_ws(j);
+		if (*j->p != '"' || !(key = json_string(j)))
+			return -EINVAL;
+		json_ws(j);
+		if (*j->p++ != ':') {
+			g_free(key);
+			return -EINVAL;
+		}
+		full = *prefix ? g_strdup_printf("%s.%s", prefix, key) : g_strdup(key);
+		g_free(key);
+		r = json_value(j, full);
+		g_free(full);
+		if (r < 0)
+			return r;
+		json_ws(j);
+		if (*j->p == ',') {
+			j->p++;
+			continue;
+		}
+		if (*j->p++ != '}')
+			return -EINVAL;
+		j->depth--;
+		return 0;
+	}
+}
+
+static int json_value(struct json *j, const char *prefix)
+{
+	const char *start;
+	char *val;
+
+	json_ws(j);
+	if (*j->p == '{')
+		return json_object(j, prefix);
+	if (*j->p == '"') {
+		val = json_string(j);
+		if (!val)
+			return -EINVAL;
+	} else {
+		start = j->p;
+		while (*j->p && (isalnum((unsigned char)*j->p) || strchr("+-.", *j->p)))
+			j->p++;
+		if (j->p == start)
+			return -EINVAL;
+		val = g_strndup(start, j->p - start);
+		if (!strcmp(val, "null")) {
+			g_free(val);
+			return 0;
+		}
+	}
+	g_hash_table_insert(j->opts, g_strdup(prefix), val);
+	return 0;
+}
+
+static int json_flatten(GHashTable *opts, const char *json, GError **errp)
+{
+	struct json j = { .p = json, .opts = opts, .errp = errp };
+	int r;
+
+	json_ws(&j);
+	if (*j.p != '{')
+		return tblk_error_set(errp, EINVAL, "Could not parse JSON: expected an object");
+	r = json_object(&j, "");
+	json_ws(&j);
+	if (r < 0 || *j.p)
+		return tblk_error_set(errp, EINVAL, "Could not parse JSON near '%.20s'", j.p);
+	return 0;
+}
+
+/* ---------------------------------------------------------------- typed getters */
+
+char *tblk__opts_take(GHashTable *opts, const char *key)
+{
+	gpointer k, v;
+
+	if (!opts || !g_hash_table_steal_extended(opts, key, &k, &v))
+		return NULL;
+	g_free(k);
+	return v;
+}
+
+int tblk__opts_take_bool(GHashTable *opts, const char *key, bool *out, GError **errp)
+{
+	g_autofree char *v = tblk__opts_take(opts, key);
+
+	if (!v)
+		return 0;
+	if (tblk_parse_bool(v, out) < 0)
+		return tblk_error_set(errp, EINVAL,
+				      "Parameter '%s' expects 'on' or 'off'", key);
+	return 0;
+}
+
+int tblk__opts_take_uint64(GHashTable *opts, const char *key, uint64_t *out, GError **errp)
+{
+	g_autofree char *v = tblk__opts_take(opts, key);
+
+	if (!v)
+		return 0;
+	if (tblk_parse_uint64(v, out) < 0)
+		return tblk_error_set(errp, EINVAL,
+				      "Parameter '%s' expects a non-negative number below 2^64",
+				      key);
+	return 0;
+}
+
+int tblk__opts_take_size(GHashTable *opts, const char *key, uint64_t *out, GError **errp)
+{
+	g_autofree char *v = tblk__opts_take(opts, key);
+
+	if (!v)
+		return 0;
+	if (tblk__parse_size(v, out) < 0)
+		return tblk_error_set(errp, EINVAL,
+				      "Parameter '%s' expects a non-negative number below 2^64\n"
+				      "Optional suffix k, M, G, T, P or E means kilo-, mega-, "
+				      "giga-, tera-, peta-\nand exabytes, respectively.", key);
+	return 0;
+}
+
+GHashTable *tblk__opts_extract_prefix(GHashTable *opts, const char *prefix)
+{
+	GHashTable *out = tblk_opts_new();
+	size_t plen = strlen(prefix);
+	GHashTableIter it;
+	gpointer k, v;
+
+	if (!opts)
+		return out;
+	g_hash_table_iter_init(&it, opts);
+	while (g_hash_table_iter_next(&it, &k, &v)) {
+		const char *key = k;
+
+		if (strncmp(key, prefix, plen) || key[plen] != '.')
+			continue;
+		g_hash_table_insert(out, g_strdup(key + plen + 1), g_strdup(v));
+		g_hash_table_iter_remove(&it);
+	}
+	return out;
+}
+
+int tblk__parse_size(const char *s, uint64_t *out)
+{
+	static const char suffixes[] = "BKMGTPE";
+	char *end;
+	double d;
+	uint64_t mult = 1;
+	const char *sfx;
+
+	if (!s || !*s || isspace((unsigned char)*s) || *s == '-')
+		return -EINVAL;
+	errno = 0;
+	/* Integers are parsed exactly; fractions only with a suffix, as qemu does. */
+	if (strspn(s, "0123456789") == strlen(s))
+		return tblk_parse_uint64(s, out);
+	d = strtod(s, &end);
+	if (errno || end == s)
+		return -EINVAL;
+	if (*end) {
+		sfx = strchr(suffixes, toupper((unsigned char)*end));
+		if (!sfx || end[1])
+			return -EINVAL;
+		for (long i = sfx - suffixes; i > 0; i--)
+			mult *= 1024;
+	} else if (d != (double)(uint64_t)d) {
+		return -EINVAL;
+	}
+	d *= (double)mult;
+	if (d < 0 || d >= 18446744073709551616.0)
+		return -ERANGE;
+	*out = (uint64_t)d;
+	return 0;
+}
+
+/* ---------------------------------------------------------------- modes */
+
+int tblk_parse_cache_mode(const char *mode, unsigned int *flags, GError **errp)
+{
+	unsigned int f = *flags & ~(TBLK_OPEN_NOCACHE | TBLK_OPEN_NO_FLUSH |
+				    TBLK_OPEN_WRITETHROUGH);
+
+	if (!strcmp(mode, "none") || !strcmp(mode, "off"))
+		f |= TBLK_OPEN_NOCACHE;
+	else if (!strcmp(mode, "directsync"))
+		f |= TBLK_OPEN_NOCACHE | TBLK_OPEN_WRITETHROUGH;
+	else if (!strcmp(mode, "writeback"))
+		;
+	else if (!strcmp(mode, "unsafe"))
+		f |= TBLK_OPEN_NO_FLUSH;
+	else if (!strcmp(mode, "writethrough"))
+		f |= TBLK_OPEN_WRITETHROUGH;
+	else
+		return tblk_error_set(errp, EINVAL, "Invalid cache option: %s", mode);
+	*flags = f;
+	return 0;
+}
+
+int tblk_parse_aio_mode(const char *mode, unsigned int *flags, GError **errp)
+{
+	unsigned int f = *flags & ~(TBLK_OPEN_AIO_NATIVE | TBLK_OPEN_AIO_URING);
+
+	if (!strcmp(mode, "native"))
+		f |= TBLK_OPEN_AIO_NATIVE;
+	else if (!strcmp(mode, "io_uring"))
+		f |= TBLK_OPEN_AIO_URING;
+	else if (strcmp(mode, "threads"))
+		return tblk_error_set(errp, EINVAL, "Invalid aio option: %s", mode);
+	*flags = f;
+	return 0;
+}

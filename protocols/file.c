@@ -1,0 +1,488 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * file.c - the `file` and `host_device` protocols: regular files and block devices through
+ * POSIX calls in the calling thread (the pool path), and the fast path that hands aligned
+ * reads, writes and flushes to Linux AIO or io_uring straight from the loop thread.
+ *
+ * Threading: the state is [const] after open; data-path calls run concurrently in workers
+ * (pool path) or on the loop thread (fast path submission and completion).
+ */
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "protocols/aio.h"
+#include "tracked/tracked.h"
+
+enum file_aio {
+	FILE_AIO_THREADS,
+	FILE_AIO_NATIVE,
+	FILE_AIO_URING,
+};
+
+struct file_state {
+	int fd;				/* [const] */
+	enum file_aio aio;		/* [const] */
+	bool is_bdev;			/* [const] */
+	bool direct;			/* [const] opened O_DIRECT */
+};
+
+/* What the fast path keeps in a request's drv_scratch while the kernel has it. */
+struct file_fast {
+	struct tblk_aio_op op;
+	struct tblk_req *req;
+};
+_Static_assert(sizeof(struct file_fast) <= sizeof(((struct tblk_req *)0)->drv_scratch),
+	       "drv_scratch too small for the file fast path");
+
+/* ---------------------------------------------------------------- open and close */
+
+static int parse_aio(GHashTable *opts, unsigned int flags, enum file_aio *aio, GError **errp)
+{
+	g_autofree char *v = tblk__opts_take(opts, "aio");
+
+	*aio = (flags & TBLK_OPEN_AIO_NATIVE) ? FILE_AIO_NATIVE :
+	       (flags & TBLK_OPEN_AIO_URING) ? FILE_AIO_URING : FILE_AIO_THREADS;
+	if (!v)
+		return 0;
+	if (!strcmp(v, "threads"))
+		*aio = FILE_AIO_THREADS;
+	else if (!strcmp(v, "native"))
+		*aio = FILE_AIO_NATIVE;
+	else if (!strcmp(v, "io_uring"))
+		*aio = FILE_AIO_URING;
+	else
+		return tblk_error_set(errp, EINVAL, "Parameter 'aio' does not accept value '%s'",
+				      v);
+	return 0;
+}
+
+/* True if an O_DIRECT read of @len bytes into @buf at offset 0 is accepted. */
+static bool direct_read_ok(int fd, void *buf, size_t len)
+{
+	ssize_t r;
+
+	do {
+		r = pread(fd, buf, len, 0);
+	} while (r < 0 && errno == EINTR);
+	return r >= 0;
+}
+
+/*
+ * O_DIRECT constraints: the logical block size of a device, or, for a file, the smallest
+ * request and buffer alignment the kernel accepts (4096 when probing cannot tell).
+ */
+static void probe_alignment(struct tblk_node *node, struct file_state *s)
+{
+	static const uint32_t sizes[] = { 1, 512, 1024, 2048, 4096 };
+	struct tblk_node_limits *l = &node->limits;
+	struct stat st;
+	uint8_t *buf;
+	int bs;
+
+	l->request_alignment = l->mem_alignment = 1;
+	if (!s->direct)
+		return;
+	l->request_alignment = l->mem_alignment = 4096;
+	if (s->is_bdev && ioctl(s->fd, BLKSSZGET, &bs) == 0 && bs > 0 && TBLK_IS_POW2(bs))
+		l->request_alignment = (uint32_t)bs;
+	/* Probing reads offset 0; a file too short to answer keeps the safe default. */
+	if (!s->is_bdev && (fstat(s->fd, &st) < 0 || st.st_size < 4096))
+		return;
+	if (posix_memalign((void **)&buf, 8192, 8192))
+		return;
+	if (!s->is_bdev) {
+		for (size_t i = 0; i < TBLK_ARRAY_SIZE(sizes); i++) {
+			if (direct_read_ok(s->fd, buf, sizes[i])) {
+				l->request_alignment = sizes[i];
+				break;
+			}
+		}
+	}
+	/* The smallest buffer misalignment the kernel accepts is the memory alignment. */
+	for (size_t i = 0; i < TBLK_ARRAY_SIZE(sizes); i++) {
+		if (direct_read_ok(s->fd, buf + sizes[i], l->request_alignment)) {
+			l->mem_alignment = sizes[i];
+			break;
+		}
+	}
+	free(buf);
+}
+
+static int file_open_fd(const char *filename, unsigned int flags, bool direct, GError **errp)
+{
+	int oflags = O_CLOEXEC | ((flags & TBLK_OPEN_RDWR) ? O_RDWR : O_RDONLY);
+	int fd;
+
+	if (direct)
+		oflags |= O_DIRECT;
+	fd = open(filename, oflags);
+	if (fd < 0)
+		return tblk_error_set_errno(errp, errno, "Could not open '%s'", filename);
+	return fd;
+}
+
+static int file_open(struct tblk_node *node, GHashTable *opts, unsigned int flags,
+		     GError **errp)
+{
+	struct file_state *s = node->opaque;
+	g_autofree char *filename = tblk__opts_take(opts, "filename");
+	struct stat st;
+	int ret;
+
+	g_free(tblk__opts_take(opts, "locking"));
+	g_free(tblk__opts_take(opts, "aio-max-batch"));
+	if (!filename)
+		return tblk_error_set(errp, EINVAL, "Parameter 'filename' is required");
+	ret = parse_aio(opts, flags, &s->aio, errp);
+	if (ret < 0)
+		return ret;
+	s->direct = flags & TBLK_OPEN_NOCACHE;
+	if (s->aio == FILE_AIO_NATIVE && !s->direct)
+		return tblk_error_set(errp, EINVAL, "aio=native was specified, but it requires "
+				      "cache.direct=on, which was not specified.");
+	s->fd = file_open_fd(filename, flags, s->direct, errp);
+	if (s->fd < 0)
+		return s->fd;
+	if (fstat(s->fd, &st) < 0) {
+		ret = tblk_error_set_errno(errp, errno, "Could not stat '%s'", filename);
+		close(s->fd);
+		return ret;
+	}
+	s->is_bdev = S_ISBLK(st.st_mode);
+	node->filename = g_steal_pointer(&filename);
+	probe_alignment(node, s);
+	/* Linux caps one read/write at 2 GiB - 4 KiB: stay well below. */
+	node->limits.max_transfer = 1u << 30;
+	node->limits.max_pdiscard = 1u << 30;
+	node->limits.max_pwrite_zeroes = 1u << 30;
+	return 0;
+}
+
+static void file_close(struct tblk_node *node)
+{
+	struct file_state *s = node->opaque;
+
+	close(s->fd);
+}
+
+/* ---------------------------------------------------------------- pool path */
+
+static int file_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+		       const struct iovec *iov, int iovcnt, unsigned int flags)
+{
+	struct file_state *s = node->opaque;
+	uint64_t done = 0;
+
+	while (done < bytes) {
+		struct iovec rest[64];
+		int n = tblk_iov_slice(rest, 64, iov, iovcnt, done, bytes - done);
+		ssize_t r;
+
+		if (n < 0)
+			return n;
+		r = preadv(s->fd, rest, n, (off_t)(offset + done));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0) {
+			/* End of file: the rest reads as zeroes, as a sparse tail would. */
+			tblk_iov_memset(iov, iovcnt, done, 0, bytes - done);
+			break;
+		}
+		done += (uint64_t)r;
+	}
+	return 0;
+}
+
+static ssize_t pwritev_fua(int fd, const struct iovec *iov, int n, off_t off, bool fua)
+{
+	ssize_t r;
+
+	if (!fua)
+		return pwritev(fd, iov, n, off);
+	r = pwritev2(fd, iov, n, off, RWF_DSYNC);
+	if (r < 0 && (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS)) {
+		r = pwritev(fd, iov, n, off);
+		if (r >= 0 && fdatasync(fd) < 0)
+			return -1;
+	}
+	return r;
+}
+
+static int file_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+			const struct iovec *iov, int iovcnt, unsigned int flags)
+{
+	struct file_state *s = node->opaque;
+	uint64_t done = 0;
+
+	while (done < bytes) {
+		struct iovec rest[64];
+		int n = tblk_iov_slice(rest, 64, iov, iovcnt, done, bytes - done);
+		ssize_t r;
+
+		if (n < 0)
+			return n;
+		r = pwritev_fua(s->fd, rest, n, (off_t)(offset + done), flags & TBLK_REQ_FUA);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return -ENOSPC;
+		done += (uint64_t)r;
+	}
+	return 0;
+}
+
+static int file_flush(struct tblk_node *node)
+{
+	struct file_state *s = node->opaque;
+
+	return fdatasync(s->fd) < 0 ? -errno : 0;
+}
+
+static int errno_notsup(void)
+{
+	int e = errno;
+
+	return (e == EOPNOTSUPP || e == ENOTTY || e == ENOSYS || e == EINVAL) ? -ENOTSUP : -e;
+}
+
+static int file_pdiscard(struct tblk_node *node, uint64_t offset, uint64_t bytes)
+{
+	struct file_state *s = node->opaque;
+
+	if (s->is_bdev) {
+		uint64_t range[2] = { offset, bytes };
+
+		return ioctl(s->fd, BLKDISCARD, range) < 0 ? errno_notsup() : 0;
+	}
+	if (fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset,
+		      (off_t)bytes) < 0)
+		return errno_notsup();
+	return 0;
+}
+
+static int file_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+			      unsigned int flags)
+{
+	struct file_state *s = node->opaque;
+	int ret = -ENOTSUP;
+
+	if (s->is_bdev) {
+		uint64_t range[2] = { offset, bytes };
+
+		ret = ioctl(s->fd, BLKZEROOUT, range) < 0 ? errno_notsup() : 0;
+	} else if ((flags & TBLK_REQ_MAY_UNMAP) &&
+		   fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset,
+			     (off_t)bytes) == 0) {
+		ret = 0;
+	} else {
+		ret = fallocate(s->fd, FALLOC_FL_ZERO_RANGE, (off_t)offset, (off_t)bytes) < 0 ?
+		      errno_notsup() : 0;
+	}
+	if (ret == 0 && (flags & TBLK_REQ_FUA))
+		ret = file_flush(node);
+	return ret;
+}
+
+static int file_block_status(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+			     uint64_t *pnum, uint64_t *map)
+{
+	struct file_state *s = node->opaque;
+	off_t data, hole;
+
+	if (map)
+		*map = offset;
+	*pnum = bytes;
+	if (s->is_bdev)
+		return TBLK_BS_DATA | TBLK_BS_OFFSET_VALID;
+	data = lseek(s->fd, (off_t)offset, SEEK_DATA);
+	if (data < 0 && errno == ENXIO) {
+		return TBLK_BS_ZERO | TBLK_BS_OFFSET_VALID;	/* a hole up to the end */
+	} else if (data < 0) {
+		return TBLK_BS_DATA | TBLK_BS_OFFSET_VALID;	/* cannot tell: data */
+	} else if ((uint64_t)data > offset) {
+		*pnum = TBLK_MIN(bytes, (uint64_t)data - offset);
+		return TBLK_BS_ZERO | TBLK_BS_OFFSET_VALID;
+	}
+	hole = lseek(s->fd, (off_t)offset, SEEK_HOLE);
+	if (hole > (off_t)offset)
+		*pnum = TBLK_MIN(bytes, (uint64_t)hole - offset);
+	return TBLK_BS_DATA | TBLK_BS_OFFSET_VALID;
+}
+
+static int64_t file_getlength(struct tblk_node *node)
+{
+	struct file_state *s = node->opaque;
+	struct stat st;
+	uint64_t size;
+
+	if (s->is_bdev)
+		return ioctl(s->fd, BLKGETSIZE64, &size) < 0 ? -errno : (int64_t)size;
+	return fstat(s->fd, &st) < 0 ? -errno : (int64_t)st.st_size;
+}
+
+static int64_t file_get_allocated_size(struct tblk_node *node)
+{
+	struct file_state *s = node->opaque;
+	struct stat st;
+
+	return fstat(s->fd, &st) < 0 ? -errno : (int64_t)st.st_blocks * 512;
+}
+
+/* ---------------------------------------------------------------- truncate and create */
+
+/* Grows @fd from @old to @size with @prealloc ("off", "falloc", "full"). */
+static int fd_resize(int fd, uint64_t old, uint64_t size, const char *prealloc, GError **errp)
+{
+	if (!prealloc || !strcmp(prealloc, "off") || size <= old) {
+		if (ftruncate(fd, (off_t)size) < 0)
+			return tblk_error_set_errno(errp, errno, "Could not resize file");
+		return 0;
+	}
+	if (!strcmp(prealloc, "falloc")) {
+		int r = posix_fallocate(fd, (off_t)old, (off_t)(size - old));
+
+		if (r)
+			return tblk_error_set_errno(errp, r, "Could not preallocate new data");
+		return 0;
+	}
+	if (!strcmp(prealloc, "full")) {
+		g_autofree char *zero = g_malloc0(1 << 20);
+
+		if (ftruncate(fd, (off_t)size) < 0)
+			return tblk_error_set_errno(errp, errno, "Could not resize file");
+		for (uint64_t pos = old; pos < size;) {
+			ssize_t r = pwrite(fd, zero, TBLK_MIN(size - pos, 1u << 20), (off_t)pos);
+
+			if (r < 0 && errno == EINTR)
+				continue;
+			if (r <= 0)
+				return tblk_error_set_errno(errp, r < 0 ? errno : ENOSPC,
+							    "Could not write zeros for "
+							    "preallocation");
+			pos += (uint64_t)r;
+		}
+		return fsync(fd) < 0 ? tblk_error_set_errno(errp, errno, "Could not flush") : 0;
+	}
+	return tblk_error_set(errp, EINVAL, "Unsupported preallocation mode '%s'", prealloc);
+}
+
+static int file_truncate(struct tblk_node *node, uint64_t size, const char *prealloc,
+			 GError **errp)
+{
+	struct file_state *s = node->opaque;
+	int64_t old = file_getlength(node);
+
+	if (old < 0)
+		return tblk_error_set_errno(errp, (int)-old, "Could not get the file size");
+	if (s->is_bdev) {
+		if (size > (uint64_t)old)
+			return tblk_error_set(errp, EINVAL, "Cannot grow device files");
+		return 0;
+	}
+	return fd_resize(s->fd, (uint64_t)old, size, prealloc, errp);
+}
+
+static int file_create(const char *filename, uint64_t size, GHashTable *opts, GError **errp)
+{
+	g_autofree char *prealloc = tblk__opts_take(opts, "preallocation");
+	int fd, ret;
+
+	g_free(tblk__opts_take(opts, "nocow"));
+	if (prealloc && strcmp(prealloc, "off") && strcmp(prealloc, "falloc") &&
+	    strcmp(prealloc, "full"))
+		return tblk_error_set(errp, EINVAL, "Parameter 'preallocation' does not accept "
+				      "value '%s'", prealloc);
+	fd = open(filename, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return tblk_error_set_errno(errp, errno, "Could not create '%s'", filename);
+	ret = ftruncate(fd, 0) < 0 ? tblk_error_set_errno(errp, errno, "Could not clear '%s'",
+							  filename) : 0;
+	if (ret == 0)
+		ret = fd_resize(fd, 0, size, prealloc, errp);
+	close(fd);
+	return ret;
+}
+
+/* ---------------------------------------------------------------- fast path */
+
+static void file_fast_complete(struct tblk_aio_op *op, long ret)
+{
+	struct file_fast *ff = tblk_container_of(op, struct file_fast, op);
+	struct tblk_req *req = ff->req;
+
+	if (ret >= 0 && req->kind != TBLK_REQ_FLUSH && (uint64_t)ret != req->bytes) {
+		/* Short transfer (end of file, or an interrupted one): redo it in the pool. */
+		tblk_pool_submit(tblk_pool_default(), &req->work);
+		return;
+	}
+	tblk__req_fast_done(req, ret < 0 ? (int)ret : 0);
+}
+
+static int file_submit_fast(struct tblk_node *node, struct tblk_req *req, uint64_t offset)
+{
+	struct file_state *s = node->opaque;
+	struct file_fast *ff = (struct file_fast *)req->drv_scratch;
+	struct tblk_aio_engine *eng;
+	uint32_t align = node->limits.request_alignment;
+
+	if (s->aio == FILE_AIO_THREADS)
+		return -EAGAIN;
+	if (req->kind == TBLK_REQ_FLUSH) {
+		if (node->flags & TBLK_OPEN_NO_FLUSH)
+			return -EAGAIN;
+		ff->op.type = TBLK_AIO_FDSYNC;
+	} else if (req->kind == TBLK_REQ_READ || req->kind == TBLK_REQ_WRITE) {
+		if (((offset | req->bytes) & (align - 1)) || req->iovcnt > 1024 ||
+		    (req->flags & TBLK_REQ_FUA) || req->bytes == 0 ||
+		    !tblk_iov_aligned(req->iov, req->iovcnt, node->limits.mem_alignment))
+			return -EAGAIN;
+		ff->op.type = req->kind == TBLK_REQ_READ ? TBLK_AIO_READ : TBLK_AIO_WRITE;
+	} else {
+		return -EAGAIN;
+	}
+	eng = tblk__aio_get(req->work.loop,
+			    s->aio == FILE_AIO_NATIVE ? TBLK_AIO_LINUX : TBLK_AIO_URING, NULL);
+	if (!eng)
+		return -EAGAIN;
+	ff->req = req;
+	ff->op.fd = s->fd;
+	ff->op.offset = offset;
+	ff->op.iov = req->iov;
+	ff->op.iovcnt = req->iovcnt;
+	ff->op.complete = file_fast_complete;
+	tblk__aio_submit(eng, &ff->op);
+	return 0;
+}
+
+#define FILE_DRIVER(drv_name)					\
+	{							\
+		.name = drv_name,				\
+		.is_protocol = true,				\
+		.instance_size = sizeof(struct file_state),	\
+		.open = file_open,				\
+		.close = file_close,				\
+		.create = file_create,				\
+		.preadv = file_preadv,				\
+		.pwritev = file_pwritev,			\
+		.flush = file_flush,				\
+		.pdiscard = file_pdiscard,			\
+		.pwrite_zeroes = file_pwrite_zeroes,		\
+		.block_status = file_block_status,		\
+		.getlength = file_getlength,			\
+		.get_allocated_size = file_get_allocated_size,	\
+		.truncate = file_truncate,			\
+		.submit_fast = file_submit_fast,		\
+	}
+
+const struct tblk_driver tblk__drv_file = FILE_DRIVER("file");
+const struct tblk_driver tblk__drv_host_device = FILE_DRIVER("host_device");
