@@ -73,45 +73,74 @@ static bool direct_read_ok(int fd, void *buf, size_t len)
 	return r >= 0;
 }
 
+/* The kernel's own answer (Linux 6.1+): true if it filled in both alignments. */
+static bool statx_dio_align(int fd, uint32_t *offset_align, uint32_t *mem_align)
+{
+#ifdef STATX_DIOALIGN
+	struct statx stx;
+
+	if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
+	    (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align &&
+	    stx.stx_dio_mem_align && TBLK_IS_POW2(stx.stx_dio_offset_align) &&
+	    TBLK_IS_POW2(stx.stx_dio_mem_align)) {
+		*offset_align = stx.stx_dio_offset_align;
+		*mem_align = stx.stx_dio_mem_align;
+		return true;
+	}
+#endif
+	return false;
+}
+
 /*
- * O_DIRECT constraints: the logical block size of a device, or, for a file, the smallest
- * request and buffer alignment the kernel accepts (4096 when probing cannot tell).
+ * Probes by trial reads at offset 0, which only means something where block 0 holds data:
+ * reads of a hole succeed whatever their alignment. Returns false if it cannot tell.
+ */
+static bool probe_dio_align(int fd, uint32_t *offset_align, uint32_t *mem_align)
+{
+	static const uint32_t sizes[] = { 512, 1024, 2048, 4096 };
+	uint8_t *buf;
+	bool found = false;
+
+	if (lseek(fd, 0, SEEK_DATA) != 0 || posix_memalign((void **)&buf, 8192, 8192))
+		return false;
+	for (size_t i = 0; i < TBLK_ARRAY_SIZE(sizes) && !found; i++) {
+		if (direct_read_ok(fd, buf, sizes[i])) {
+			*offset_align = sizes[i];
+			found = true;
+		}
+	}
+	*mem_align = 4096;
+	for (size_t i = 0; i < TBLK_ARRAY_SIZE(sizes) && found; i++) {
+		if (direct_read_ok(fd, buf + sizes[i], *offset_align)) {
+			*mem_align = sizes[i];
+			break;
+		}
+	}
+	free(buf);
+	return found;
+}
+
+/*
+ * O_DIRECT constraints: a device's logical block size; for a file, what the kernel reports,
+ * else what trial reads show, else 4096 for both (always safe).
  */
 static void probe_alignment(struct tblk_node *node, struct file_state *s)
 {
-	static const uint32_t sizes[] = { 1, 512, 1024, 2048, 4096 };
 	struct tblk_node_limits *l = &node->limits;
-	struct stat st;
-	uint8_t *buf;
+	uint32_t req = 4096, mem = 4096;
 	int bs;
 
 	l->request_alignment = l->mem_alignment = 1;
 	if (!s->direct)
 		return;
-	l->request_alignment = l->mem_alignment = 4096;
-	if (s->is_bdev && ioctl(s->fd, BLKSSZGET, &bs) == 0 && bs > 0 && TBLK_IS_POW2(bs))
-		l->request_alignment = (uint32_t)bs;
-	/* Probing reads offset 0; a file too short to answer keeps the safe default. */
-	if (!s->is_bdev && (fstat(s->fd, &st) < 0 || st.st_size < 4096))
-		return;
-	if (posix_memalign((void **)&buf, 8192, 8192))
-		return;
-	if (!s->is_bdev) {
-		for (size_t i = 0; i < TBLK_ARRAY_SIZE(sizes); i++) {
-			if (direct_read_ok(s->fd, buf, sizes[i])) {
-				l->request_alignment = sizes[i];
-				break;
-			}
-		}
+	if (s->is_bdev) {
+		if (ioctl(s->fd, BLKSSZGET, &bs) == 0 && bs >= 512 && TBLK_IS_POW2(bs))
+			req = mem = (uint32_t)bs;
+	} else if (!statx_dio_align(s->fd, &req, &mem) && !probe_dio_align(s->fd, &req, &mem)) {
+		req = mem = 4096;
 	}
-	/* The smallest buffer misalignment the kernel accepts is the memory alignment. */
-	for (size_t i = 0; i < TBLK_ARRAY_SIZE(sizes); i++) {
-		if (direct_read_ok(s->fd, buf + sizes[i], l->request_alignment)) {
-			l->mem_alignment = sizes[i];
-			break;
-		}
-	}
-	free(buf);
+	l->request_alignment = req;
+	l->mem_alignment = mem;
 }
 
 static int file_open_fd(const char *filename, unsigned int flags, bool direct, GError **errp)
