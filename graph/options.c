@@ -148,10 +148,11 @@ static int json_object(struct json *j, const char *prefix)
 		if (*j->p != '"' || !(key = json_string(j)))
 			return -EINVAL;
 		json_ws(j);
-		if (*j->p++ != ':') {
+		if (*j->p != ':') {
 			g_free(key);
 			return -EINVAL;
 		}
+		j->p++;
 		full = *prefix ? g_strdup_printf("%s.%s", prefix, key) : g_strdup(key);
 		g_free(key);
 		r = json_value(j, full);
@@ -163,8 +164,9 @@ static int json_object(struct json *j, const char *prefix)
 			j->p++;
 			continue;
 		}
-		if (*j->p++ != '}')
+		if (*j->p != '}')
 			return -EINVAL;
+		j->p++;
 		j->depth--;
 		return 0;
 	}
