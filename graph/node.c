@@ -102,7 +102,6 @@ static int take_common_opts(GHashTable *opts, unsigned int *flags, GError **errp
 {
 	bool ro = !(*flags & TBLK_OPEN_RDWR), direct = *flags & TBLK_OPEN_NOCACHE;
 	bool no_flush = *flags & TBLK_OPEN_NO_FLUSH;
-	g_autofree char *aio = NULL;
 
 	if (tblk__opts_take_bool(opts, "read-only", &ro, errp) < 0 ||
 	    tblk__opts_take_bool(opts, "cache.direct", &direct, errp) < 0 ||

@@ -1,0 +1,76 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * iothread.c - a loop running in a thread of its own.
+ *
+ * Threading: tblk_iothread_new() and tblk_iothread_free() from any thread but the
+ * iothread itself; tblk_iothread_get_loop() from any thread. The loop's own rules apply to
+ * everything done with it.
+ */
+#include <signal.h>
+#include <string.h>
+
+#include "threadpool/threadpool.h"
+
+struct tblk_iothread {
+	char *name;		/* [const] */
+	struct tblk_loop *loop;	/* [const] */
+	pthread_t thread;	/* [const] */
+};
+
+static void *iothread_main(void *opaque)
+{
+	struct tblk_iothread *iot = opaque;
+
+	tblk_loop_run(iot->loop);
+	return NULL;
+}
+
+struct tblk_iothread *tblk_iothread_new(const char *name, GError **errp)
+{
+	struct tblk_iothread *iot;
+	char comm[16];
+	sigset_t all, old;
+	int r;
+
+	iot = g_new0(struct tblk_iothread, 1);
+	iot->name = g_strdup(name ? name : "iothread");
+	iot->loop = tblk_loop_new(errp);
+	if (!iot->loop)
+		goto out_free;
+	/* Signals go to the application's own threads, not to ours. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	r = pthread_create(&iot->thread, NULL, iothread_main, iot);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (r) {
+		tblk_error_set_errno(errp, r, "cannot create iothread '%s'", iot->name);
+		goto out_free_loop;
+	}
+	/* The kernel keeps 15 characters; a name is a debugging aid, so truncate. */
+	g_strlcpy(comm, iot->name, sizeof(comm));
+	pthread_setname_np(iot->thread, comm);
+	return iot;
+
+out_free_loop:
+	tblk_loop_free(iot->loop);
+out_free:
+	g_free(iot->name);
+	g_free(iot);
+	return NULL;
+}
+
+struct tblk_loop *tblk_iothread_get_loop(struct tblk_iothread *iot)
+{
+	return iot->loop;
+}
+
+void tblk_iothread_free(struct tblk_iothread *iot)
+{
+	if (!iot)
+		return;
+	tblk_loop_stop(iot->loop);
+	pthread_join(iot->thread, NULL);
+	tblk_loop_free(iot->loop);
+	g_free(iot->name);
+	g_free(iot);
+}

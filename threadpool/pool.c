@@ -1,0 +1,552 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * pool.c - the generic worker pool and its wait service.
+ *
+ * Threading: tblk_pool_submit(), tblk_pool_wait() and the stats are callable from any
+ * thread; workers run fn; done runs on the item's loop (loop.c delivers it). All pool state
+ * is under pool->lock except the few [atomic] counters read on the fast paths.
+ *
+ * Wake-up strategy, the point of this file: a syscall per item is what makes a pool slow.
+ * - A worker that finishes an item takes the next one under the same lock, without sleeping.
+ * - When the queue is empty, one worker at a time spins briefly (spin_ns) watching an atomic
+ *   queue length before it sleeps, so a submission that follows soon (the next request of
+ *   a queue-depth-1 guest) finds it awake and costs no futex wake.
+ * - Sleeping workers each wait on their own condition variable on a LIFO idle list. A
+ *   submitter wakes one only if the queue holds more items than there are workers already
+ *   on their way to it (nr_coming: spinning, just woken or starting). So a burst wakes as
+ *   many workers as it has items, never more, and no wake-up is wasted on a thread that
+ *   would find nothing. LIFO keeps hot threads busy and lets the cold ones time out.
+ * - Completions go back through the loop's lock-free stack; see loop.c.
+ * Items are embedded by the submitter (intrusive link): no allocation per item.
+ */
+#include <signal.h>
+
+#include "threadpool/threadpool-int.h"
+
+#define POOL_FREE_POLL_NS	10000000ull	/* tblk_pool_free() rechecks this often */
+
+struct worker {
+	struct tblk_pool *pool;	/* [const] */
+	pthread_t thread;	/* [lock] valid once started */
+	bool started;		/* [lock] pthread_create() returned: thread may be joined */
+	bool detached;		/* [lock] exited detached: freed without a join */
+	bool wake;		/* [lock] picked off the idle list for queued work */
+	struct tblk_cond cv;	/* signalled with wake set, or when the pool stops */
+	struct tblk_list link;	/* [lock] on pool->idle while idle, pool->zombies once exited */
+};
+
+/*
+ * Lock order: pool->lock is a leaf. tblk_pool_wait() takes it with the caller's mutex held,
+ * so nothing may ever be locked under it; no callback runs with it held.
+ */
+struct tblk_pool {
+	unsigned int min_threads;	/* [const] */
+	unsigned int max_threads;	/* [const] 0: test mode, no worker at all */
+	uint64_t idle_ns;		/* [const] */
+	uint64_t spin_ns;		/* [atomic] */
+	struct tblk_mutex lock;
+	struct tblk_work *head;		/* [lock] queue, FIFO through work->next */
+	struct tblk_work *tail;		/* [lock] */
+	unsigned int nr_queued;		/* [lock] stored atomically: spinners peek without it */
+	unsigned int nr_threads;	/* [lock] started and not exited, blocked ones included */
+	unsigned int nr_blocked;	/* [lock] workers inside tblk_pool_wait() */
+	unsigned int nr_idle;		/* [lock] workers on idle */
+	unsigned int nr_coming;		/* [lock] will look at the queue without a wake-up */
+	bool spinning;			/* [lock] a worker spins (one at most) */
+	bool stopping;			/* [lock] tblk_pool_free() is making the workers exit */
+	struct tblk_list idle;		/* [lock] struct worker, most recently idle first */
+	struct tblk_list zombies;	/* [lock] exited workers waiting to be joined */
+	struct tblk_cond free_cv;	/* signalled when in_flight or nr_threads drop to 0 */
+	struct tblk_bh *free_bh;	/* [lock] wakes the loop tblk_pool_free() iterates */
+	unsigned int in_flight;		/* [atomic] submitted, done not returned yet */
+	/*
+	 * [const] Set for the process-wide pool, which is never freed: its exiting workers
+	 * detach, so no finished thread is left unjoined when the process ends.
+	 */
+	bool detach_exited;
+	bool freeing;			/* [atomic] tblk_pool_free() waits for in_flight == 0 */
+	uint64_t nr_completed;		/* [atomic] */
+};
+
+static __thread struct worker *cur_worker;
+
+static void *worker_main(void *opaque);
+
+/* ---------------------------------------------------------------- queue */
+
+static void enqueue_locked(struct tblk_pool *pool, struct tblk_work *work)
+{
+	work->next = NULL;
+	if (pool->tail)
+		pool->tail->next = work;
+	else
+		pool->head = work;
+	pool->tail = work;
+	__atomic_store_n(&pool->nr_queued, pool->nr_queued + 1, __ATOMIC_RELAXED);
+}
+
+static struct tblk_work *dequeue_locked(struct tblk_pool *pool)
+{
+	struct tblk_work *work = pool->head;
+
+	if (!work)
+		return NULL;
+	pool->head = work->next;
+	if (!pool->head)
+		pool->tail = NULL;
+	__atomic_store_n(&pool->nr_queued, pool->nr_queued - 1, __ATOMIC_RELAXED);
+	return work;
+}
+
+static void run_work(struct tblk_pool *pool, struct tblk_work *work)
+{
+	work->ret = work->fn(work->opaque);
+	if (work->done)
+		tblk__loop_push_completion(work->loop, work);
+	else
+		tblk__pool_work_done(pool);
+}
+
+void tblk__pool_work_done(struct tblk_pool *pool)
+{
+	__atomic_fetch_add(&pool->nr_completed, 1, __ATOMIC_RELAXED);
+	if (!__atomic_load_n(&pool->freeing, __ATOMIC_SEQ_CST)) {
+		/*
+		 * Lock-free while nobody frees the pool. If tblk_pool_free() starts right
+		 * now, it may miss this last decrement's wake-up (it cannot be told without
+		 * touching a pool it may already have freed); it rechecks periodically.
+		 */
+		__atomic_fetch_sub(&pool->in_flight, 1, __ATOMIC_SEQ_CST);
+		return;
+	}
+	/* Under the lock, so the pool cannot be freed before we are done with it. */
+	tblk_mutex_lock(&pool->lock);
+	if (__atomic_sub_fetch(&pool->in_flight, 1, __ATOMIC_SEQ_CST) == 0) {
+		tblk_cond_broadcast(&pool->free_cv);
+		if (pool->free_bh)
+			tblk_bh_schedule(pool->free_bh);
+	}
+	tblk_mutex_unlock(&pool->lock);
+}
+
+/* ---------------------------------------------------------------- workers */
+
+/* Takes the exited workers that can be joined (their creator has recorded the thread). */
+static void take_zombies_locked(struct tblk_pool *pool, struct tblk_list *out)
+{
+	struct tblk_list *pos, *tmp;
+
+	tblk_mutex_assert_held(&pool->lock);
+	tblk_list_init(out);
+	tblk_list_for_each_safe(pos, tmp, &pool->zombies) {
+		struct worker *w = tblk_list_entry(pos, struct worker, link);
+
+		if (w->started) {
+			tblk_list_del(pos);
+			tblk_list_add_tail(out, pos);
+		}
+	}
+}
+
+static void join_zombies(struct tblk_list *zombies)
+{
+	struct tblk_list *pos, *tmp;
+
+	tblk_list_for_each_safe(pos, tmp, zombies) {
+		struct worker *w = tblk_list_entry(pos, struct worker, link);
+
+		if (!w->detached)
+			pthread_join(w->thread, NULL);
+		tblk_cond_destroy(&w->cv);
+		g_free(w);
+	}
+}
+
+/*
+ * Starts a worker for which the caller has already counted nr_threads and nr_coming. On
+ * failure the pool goes on with fewer; if it has none at all, the caller runs the queue
+ * itself so that nothing is stranded. Called without pool->lock.
+ */
+static void spawn_worker(struct tblk_pool *pool)
+{
+	struct worker *w = g_new0(struct worker, 1);
+	struct tblk_list zombies;
+	sigset_t all, old;
+	pthread_t thread;
+	bool stranded;
+	int r;
+
+	w->pool = pool;
+	tblk_cond_init(&w->cv);
+	tblk_list_init(&w->link);
+	/* Workers take no signals: they belong to the threads the application set up. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	r = pthread_create(&thread, NULL, worker_main, w);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+	tblk_mutex_lock(&pool->lock);
+	if (r == 0) {
+		w->thread = thread;
+		w->started = true;
+	} else {
+		pool->nr_threads--;
+		pool->nr_coming--;
+	}
+	stranded = r != 0 && pool->nr_threads == 0 && pool->nr_queued > 0;
+	take_zombies_locked(pool, &zombies);
+	tblk_mutex_unlock(&pool->lock);
+	join_zombies(&zombies);
+	if (r != 0) {
+		tblk_cond_destroy(&w->cv);
+		g_free(w);
+	}
+	if (stranded)
+		tblk_pool_run_queued(pool);
+}
+
+/*
+ * Queued work that no worker is on its way to: wake the most recently idle worker, or, if
+ * the non-blocked workers are below the maximum, tell the caller to start one (true).
+ * Signals under the lock: a woken worker may otherwise exit and be freed before the signal.
+ */
+static bool want_worker_locked(struct tblk_pool *pool)
+{
+	struct worker *w;
+
+	tblk_mutex_assert_held(&pool->lock);
+	if (pool->nr_queued <= pool->nr_coming)
+		return false;
+	if (!tblk_list_empty(&pool->idle)) {
+		w = tblk_list_entry(pool->idle.next, struct worker, link);
+		tblk_list_del(&w->link);
+		pool->nr_idle--;
+		pool->nr_coming++;
+		w->wake = true;
+		tblk_cond_signal(&w->cv);
+		return false;
+	}
+	if (pool->nr_threads - pool->nr_blocked >= pool->max_threads)
+		return false;
+	pool->nr_threads++;
+	pool->nr_coming++;
+	return true;
+}
+
+/* Spins a little for new work; true if some is queued now. Drops the lock meanwhile. */
+static bool spin_locked(struct tblk_pool *pool)
+{
+	uint64_t spin_ns = __atomic_load_n(&pool->spin_ns, __ATOMIC_RELAXED), start;
+	unsigned int i;
+
+	if (!spin_ns || pool->spinning)
+		return false;
+	pool->spinning = true;
+	pool->nr_coming++;
+	tblk_mutex_unlock(&pool->lock);
+	start = tblk_clock_ns();
+	for (i = 1; !__atomic_load_n(&pool->nr_queued, __ATOMIC_RELAXED); i++) {
+		tblk__cpu_relax();
+		/* The clock costs more than a peek at the queue: read it now and then. */
+		if (!(i & 15) && tblk_clock_ns() - start >= spin_ns)
+			break;
+	}
+	tblk_mutex_lock(&pool->lock);
+	pool->spinning = false;
+	pool->nr_coming--;
+	return pool->nr_queued > 0;
+}
+
+/*
+ * Sleeps on the idle list until a submitter picks this worker (true) or it should exit
+ * (false): the pool stops, or it stayed idle for idle_ns with more than min_threads alive.
+ */
+static bool idle_wait_locked(struct tblk_pool *pool, struct worker *w)
+{
+	uint64_t deadline = tblk_clock_ns() + pool->idle_ns;
+	bool timed_out = false;
+
+	tblk_list_add_tail(pool->idle.next, &w->link);	/* at the head: LIFO */
+	pool->nr_idle++;
+	for (;;) {
+		if (w->wake) {
+			/* The waker took us off the list and counted us as coming. */
+			w->wake = false;
+			pool->nr_coming--;
+			return true;
+		}
+		if (pool->stopping || (timed_out && pool->nr_threads > pool->min_threads))
+			break;
+		if (timed_out)
+			tblk_cond_wait(&w->cv, &pool->lock);	/* one of the min: stay */
+		else
+			timed_out = !tblk_cond_timedwait(&w->cv, &pool->lock, deadline);
+	}
+	tblk_list_del(&w->link);
+	pool->nr_idle--;
+	return false;
+}
+
+/* More non-blocked workers than the maximum, after a blocked one came back: shed one. */
+static bool surplus_locked(struct tblk_pool *pool)
+{
+	return pool->nr_threads - pool->nr_blocked > pool->max_threads;
+}
+
+/* Leaves the pool; the thread is joined by whoever next takes the zombies. Unlocks. */
+static void worker_exit_locked(struct tblk_pool *pool, struct worker *w)
+{
+	struct tblk_list zombies;
+
+	take_zombies_locked(pool, &zombies);
+	pool->nr_threads--;
+	if (pool->detach_exited) {
+		/* w itself is freed by whoever takes the zombies; we never touch it again. */
+		pthread_detach(pthread_self());
+		w->detached = true;
+	}
+	tblk_list_add_tail(&pool->zombies, &w->link);
+	if (pool->stopping && !pool->nr_threads)
+		tblk_cond_broadcast(&pool->free_cv);
+	tblk_mutex_unlock(&pool->lock);
+	/* Those exited before us; tblk_pool_free() joins us, and so waits for these joins. */
+	join_zombies(&zombies);
+}
+
+static void *worker_main(void *opaque)
+{
+	struct worker *w = opaque;
+	struct tblk_pool *pool = w->pool;
+	struct tblk_work *work;
+
+	cur_worker = w;
+	tblk_mutex_lock(&pool->lock);
+	pool->nr_coming--;	/* counted by our creator until we look at the queue */
+	for (;;) {
+		if (surplus_locked(pool))
+			break;
+		work = dequeue_locked(pool);
+		if (work) {
+			tblk_mutex_unlock(&pool->lock);
+			run_work(pool, work);
+			tblk_mutex_lock(&pool->lock);
+			continue;
+		}
+		if (pool->stopping)
+			break;
+		if (spin_locked(pool))
+			continue;
+		if (!idle_wait_locked(pool, w))
+			break;
+	}
+	worker_exit_locked(pool, w);
+	return NULL;
+}
+
+/* ---------------------------------------------------------------- API */
+
+/*
+ * The critical sections are a few pointer moves, but submitters, workers and the spinner hit
+ * them at once: an adaptive mutex spins a little before it sleeps, saving futex calls.
+ */
+static void init_lock(struct tblk_mutex *mu)
+{
+	pthread_mutexattr_t attr;
+
+	tblk_mutex_init(mu);
+	pthread_mutex_destroy(&mu->m);
+	pthread_mutexattr_init(&attr);
+	pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP);
+	pthread_mutex_init(&mu->m, &attr);
+	pthread_mutexattr_destroy(&attr);
+}
+
+struct tblk_pool *tblk_pool_new(unsigned int min_threads, unsigned int max_threads,
+				unsigned int idle_ms, GError **errp)
+{
+	struct tblk_pool *pool;
+
+	if (min_threads > max_threads) {
+		tblk_error_set(errp, EINVAL, "pool minimum of %u threads exceeds its maximum %u",
+			       min_threads, max_threads);
+		return NULL;
+	}
+	pool = g_new0(struct tblk_pool, 1);
+	pool->min_threads = min_threads;
+	pool->max_threads = max_threads;
+	pool->idle_ns = idle_ms * 1000000ull;
+	pool->spin_ns = TBLK_POOL_SPIN_NS;
+	init_lock(&pool->lock);
+	tblk_cond_init(&pool->free_cv);
+	tblk_list_init(&pool->idle);
+	tblk_list_init(&pool->zombies);
+	return pool;
+}
+
+void tblk_pool_submit(struct tblk_pool *pool, struct tblk_work *work)
+{
+	bool spawn;
+
+	assert(work->fn && (work->loop || !work->done));
+	work->pool = pool;
+	__atomic_fetch_add(&pool->in_flight, 1, __ATOMIC_SEQ_CST);
+	tblk_mutex_lock(&pool->lock);
+	enqueue_locked(pool, work);
+	spawn = want_worker_locked(pool);
+	tblk_mutex_unlock(&pool->lock);
+	if (spawn)
+		spawn_worker(pool);
+}
+
+void tblk_pool_wait(struct tblk_cond *cv, struct tblk_mutex *mu)
+{
+	struct worker *w = cur_worker;
+	struct tblk_pool *pool;
+	bool spawn;
+
+	if (!w) {
+		tblk_cond_wait(cv, mu);
+		return;
+	}
+	pool = w->pool;
+	tblk_mutex_lock(&pool->lock);
+	pool->nr_blocked++;
+	spawn = want_worker_locked(pool);
+	tblk_mutex_unlock(&pool->lock);
+	/* With the caller's mutex held: slow, but only when the pool must grow. */
+	if (spawn)
+		spawn_worker(pool);
+	tblk_cond_wait(cv, mu);
+	tblk_mutex_lock(&pool->lock);
+	pool->nr_blocked--;
+	tblk_mutex_unlock(&pool->lock);
+}
+
+bool tblk_pool_in_worker(void)
+{
+	return cur_worker != NULL;
+}
+
+unsigned int tblk_pool_run_queued(struct tblk_pool *pool)
+{
+	struct tblk_work *work;
+	unsigned int n = 0;
+
+	for (;;) {
+		tblk_mutex_lock(&pool->lock);
+		work = dequeue_locked(pool);
+		tblk_mutex_unlock(&pool->lock);
+		if (!work)
+			return n;
+		run_work(pool, work);
+		n++;
+	}
+}
+
+void tblk_pool_set_spin_ns(struct tblk_pool *pool, uint64_t ns)
+{
+	__atomic_store_n(&pool->spin_ns, ns, __ATOMIC_RELAXED);
+}
+
+void tblk_pool_get_stats(struct tblk_pool *pool, struct tblk_pool_stats *st)
+{
+	tblk_mutex_lock(&pool->lock);
+	st->nr_threads = pool->nr_threads;
+	st->nr_idle = pool->nr_idle;
+	st->nr_blocked = pool->nr_blocked;
+	tblk_mutex_unlock(&pool->lock);
+	st->nr_completed = __atomic_load_n(&pool->nr_completed, __ATOMIC_RELAXED);
+}
+
+static void free_bh_nop(void *opaque)
+{
+}
+
+/*
+ * Waits for in_flight to reach 0. If the caller runs a loop, completions may be due on it:
+ * iterate it, woken by free_bh on the last completion, or by a timer in the rare case the
+ * last completion raced with our start (see tblk__pool_work_done()).
+ */
+static void wait_in_flight(struct tblk_pool *pool)
+{
+	struct tblk_loop *loop = tblk_loop_current();
+	struct tblk_timer tick;
+	struct tblk_bh *bh = NULL;
+
+	if (loop) {
+		bh = tblk_bh_new(loop, free_bh_nop, NULL);
+		tblk_timer_init(&tick, loop, free_bh_nop, NULL);
+	}
+	tblk_mutex_lock(&pool->lock);
+	pool->free_bh = bh;
+	__atomic_store_n(&pool->freeing, true, __ATOMIC_SEQ_CST);
+	while (__atomic_load_n(&pool->in_flight, __ATOMIC_SEQ_CST)) {
+		uint64_t deadline = tblk_clock_ns() + POOL_FREE_POLL_NS;
+
+		if (!pool->max_threads) {
+			/* Test mode: no worker will run the queue, so we do. */
+			tblk_mutex_unlock(&pool->lock);
+			tblk_pool_run_queued(pool);
+			tblk_mutex_lock(&pool->lock);
+			if (!__atomic_load_n(&pool->in_flight, __ATOMIC_SEQ_CST))
+				break;
+		}
+		if (!loop) {
+			tblk_cond_timedwait(&pool->free_cv, &pool->lock, deadline);
+			continue;
+		}
+		tblk_mutex_unlock(&pool->lock);
+		tblk_timer_mod(&tick, deadline);
+		tblk_loop_iterate(loop, true);
+		tblk_mutex_lock(&pool->lock);
+	}
+	pool->free_bh = NULL;
+	tblk_mutex_unlock(&pool->lock);
+	if (loop) {
+		tblk_timer_del(&tick);
+		tblk_bh_free(bh);
+	}
+}
+
+static void stop_workers(struct tblk_pool *pool)
+{
+	struct tblk_list zombies, *pos;
+
+	tblk_mutex_lock(&pool->lock);
+	pool->stopping = true;
+	tblk_list_for_each(pos, &pool->idle)
+		tblk_cond_signal(&tblk_list_entry(pos, struct worker, link)->cv);
+	while (pool->nr_threads)
+		tblk_cond_wait(&pool->free_cv, &pool->lock);
+	take_zombies_locked(pool, &zombies);
+	assert(tblk_list_empty(&pool->zombies));
+	tblk_mutex_unlock(&pool->lock);
+	join_zombies(&zombies);
+}
+
+void tblk_pool_free(struct tblk_pool *pool)
+{
+	if (!pool)
+		return;
+	wait_in_flight(pool);
+	stop_workers(pool);
+	assert(!pool->head);
+	tblk_cond_destroy(&pool->free_cv);
+	tblk_mutex_destroy(&pool->lock);
+	g_free(pool);
+}
+
+static struct tblk_pool *default_pool;
+static pthread_once_t default_once = PTHREAD_ONCE_INIT;
+
+static void default_pool_init(void)
+{
+	default_pool = tblk_pool_new(0, 64, 10000, NULL);
+	default_pool->detach_exited = true;
+}
+
+struct tblk_pool *tblk_pool_default(void)
+{
+	pthread_once(&default_once, default_pool_init);
+	return default_pool;
+}
