@@ -322,6 +322,39 @@ static void test_errors(void)
 	g_hash_table_destroy(opts);
 }
 
+/* raw's offset/size options: a window onto the file, checked against the file's end. */
+static void test_raw_window(void)
+{
+	GHashTable *opts = tblk_opts_new();
+	struct tblk_blk *blk = NULL;
+	GError *err = NULL;
+	uint8_t buf[4096];
+	char spec[400];
+
+	snprintf(spec, sizeof(spec), "driver=raw,offset=4096,size=8192,file.filename=%s", path);
+	tblk_opts_parse(opts, spec, NULL, NULL);
+	is_int(tblk_blk_open(&blk, NULL, opts, TBLK_OPEN_RDWR, NULL, &err), 0, "raw window open");
+	is_int(tblk_blk_getlength(blk), 8192, "window length is the size option");
+	is_int(tblk_blk_pread(blk, 4096, buf, 4096, 0), 0, "read inside the window");
+	ok(!memcmp(buf, shadow + 8192, 4096), "window offset 4096 is file offset 8192");
+	memset(buf, 0x5a, sizeof(buf));
+	is_int(tblk_blk_pwrite(blk, 0, buf, 4096, 0), 0, "write inside the window");
+	memcpy(shadow + 4096, buf, 4096);
+	is_int(tblk_blk_pread(blk, 8192, buf, 1, 0), -EIO, "read past the window fails");
+	ok(tblk_blk_truncate(blk, 4096, NULL, &err) < 0 && err, "a window cannot be resized");
+	g_clear_error(&err);
+	tblk_blk_close(blk);
+	ok(file_matches_shadow(), "the window wrote where it should and nowhere else");
+	g_hash_table_remove_all(opts);
+	snprintf(spec, sizeof(spec), "driver=raw,offset=%u,size=4096,file.filename=%s",
+		 IMG_SIZE - 100, path);
+	tblk_opts_parse(opts, spec, NULL, NULL);
+	ok(tblk_blk_open(&blk, NULL, opts, 0, NULL, &err) < 0 && err &&
+	   strstr(err->message, "has to be smaller or equal"), "window beyond the file refused");
+	g_clear_error(&err);
+	g_hash_table_destroy(opts);
+}
+
 static void test_truncate(void)
 {
 	struct tblk_blk *blk = open_plain(TBLK_OPEN_RDWR);
@@ -347,6 +380,7 @@ int main(void)
 		test_mode(modes[i][0], modes[i][1]);
 	test_zeroes_discard_status();
 	test_errors();
+	test_raw_window();
 	test_truncate();
 	unlink(path);
 	free(shadow);
