@@ -20,6 +20,8 @@ static int error_setv(GError **errp, int err, bool with_errno, const char *fmt, 
 
 	if (err < 0)
 		err = -err;
+	/* Zero would turn an error into success for the caller returning our value. */
+	assert(err > 0);
 	if (!errp || *errp)
 		return -err;
 	msg = g_strdup_vprintf(fmt, ap);

@@ -35,8 +35,8 @@ static int raw_open(struct tblk_node *node, GHashTable *opts, unsigned int flags
 	node->limits = node->file->limits;
 	flen = tblk_node_getlength(node->file);
 	if (flen < 0) {
-		ret = tblk_error_set_errno(errp, (int)-flen, "Could not get the size of '%s'",
-					   node->file->filename);
+		ret = tblk_error_set_errno(errp, flen < -4095 ? EIO : (int)-flen,
+					   "Could not get the size of '%s'", node->file->filename);
 		goto out_close_file;
 	}
 	if (s->offset > (uint64_t)flen) {

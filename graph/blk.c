@@ -14,7 +14,9 @@
 #include "tracked/tracked.h"
 
 int tblk__req_dispatch(struct tblk_req *req);
-void tblk__node_wait_idle(struct tblk_node *node, struct tblk_loop *loop);
+
+/* The backend whose callback the calling thread is running, to catch a drain from it. */
+static __thread struct tblk_blk *cb_blk;
 
 struct tblk_blk {
 	struct tblk_node *root;		/* [const] */
@@ -41,7 +43,7 @@ static int blk_refresh_size(struct tblk_blk *blk)
 	int64_t len = tblk_node_getlength(blk->root);
 
 	if (len < 0)
-		return (int)len;
+		return len < -4095 ? -EIO : (int)len;
 	__atomic_store_n(&blk->size, (uint64_t)len, __ATOMIC_RELAXED);
 	return 0;
 }
@@ -80,11 +82,26 @@ int tblk_blk_open(struct tblk_blk **pblk, const char *filename, GHashTable *opti
 	return 0;
 }
 
+/* Requests parked by a drained section that never ended: fail them rather than lose them. */
+static void blk_fail_parked(struct tblk_blk *blk)
+{
+	struct tblk_list *pos, *tmp;
+
+	tblk_list_for_each_safe(pos, tmp, &blk->parked) {
+		struct tblk_req *req = tblk_list_entry(pos, struct tblk_req, park_link);
+
+		tblk_list_del(pos);
+		req->cb(req->cb_opaque, -ENOMEDIUM);
+		g_free(req);
+	}
+}
+
 void tblk_blk_close(struct tblk_blk *blk)
 {
 	if (!blk)
 		return;
 	tblk_blk_drain(blk);
+	blk_fail_parked(blk);
 	tblk_bh_free(blk->resume_bh);
 	tblk__node_close(blk->root);
 	g_free(blk);
@@ -104,7 +121,11 @@ static int check_range(struct tblk_blk *blk, uint64_t offset, uint64_t bytes)
 
 static void areq_complete(struct tblk_req *req, int ret)
 {
+	struct tblk_blk *outer = cb_blk;
+
+	cb_blk = req->blk;
 	req->cb(req->cb_opaque, ret);
+	cb_blk = outer;
 	tblk__req_end_async(req, ret);
 	g_free(req);
 }
@@ -119,6 +140,7 @@ static int areq_work(void *opaque)
 	tblk__req_enter();
 	ret = tblk__req_dispatch(req);
 	tblk__req_leave();
+	tblk__req_unlink(req);
 	return ret;
 }
 
@@ -182,7 +204,9 @@ static void blk_aio(struct tblk_blk *blk, enum tblk_req_kind kind, uint64_t offs
 	/* g_new aborts on exhaustion, as GLib does everywhere; requests are small. */
 	struct tblk_req *req = g_new(struct tblk_req, 1);
 
-	assert(blk->loop);	/* asynchronous use needs the loop given at open */
+	/* Asynchronous use needs the loop given at open, and its thread. */
+	assert(blk->loop);
+	assert(tblk_loop_in_thread(blk->loop) || !tblk_loop_is_running(blk->loop));
 	req->node = blk->root;
 	req->blk = blk;
 	req->kind = kind;
@@ -259,7 +283,12 @@ static int blk_sync(struct tblk_blk *blk, enum tblk_req_kind kind, uint64_t offs
 		return -EPERM;
 	if ((kind == TBLK_REQ_WRITE || kind == TBLK_REQ_ZEROES) && blk_writethrough(blk))
 		req.flags |= TBLK_REQ_FUA;
-	return tblk__req_run(&req);
+	/* If this thread may turn the backend's loop, waits turn it (see tracked/req.c). */
+	if (blk->loop && (tblk_loop_in_thread(blk->loop) || !tblk_loop_is_running(blk->loop)))
+		tblk__set_wait_loop(blk->loop);
+	ret = tblk__req_run(&req);
+	tblk__set_wait_loop(NULL);
+	return ret;
 }
 
 int tblk_blk_preadv_sync(struct tblk_blk *blk, uint64_t offset, const struct iovec *iov,
@@ -312,7 +341,9 @@ int tblk_blk_pwrite_zeroes(struct tblk_blk *blk, uint64_t offset, uint64_t bytes
 
 void tblk_blk_drain(struct tblk_blk *blk)
 {
-	tblk__node_wait_idle(blk->root, blk->loop);
+	/* A drain from one of its own callbacks would wait for that callback forever. */
+	assert(cb_blk != blk);
+	tblk__graph_wait_idle(blk->root, blk->loop);
 }
 
 /* Drained section over the whole graph of @blk; parked requests resume at the end. */
@@ -321,13 +352,13 @@ void tblk__blk_drained_end(struct tblk_blk *blk);
 
 void tblk__blk_drained_begin(struct tblk_blk *blk)
 {
-	tblk_graph_drained_begin(blk->root);
-	tblk__node_wait_idle(blk->root, blk->loop);
+	tblk__graph_quiesce(blk->root, true);
+	tblk__graph_wait_idle(blk->root, blk->loop);
 }
 
 void tblk__blk_drained_end(struct tblk_blk *blk)
 {
-	tblk_graph_drained_end(blk->root);
+	tblk__graph_quiesce(blk->root, false);
 	if (blk->resume_bh)
 		tblk_bh_schedule(blk->resume_bh);
 }

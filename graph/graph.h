@@ -97,8 +97,9 @@ struct tblk_node {
 
 	struct tblk_mutex lock;
 	struct tblk_cond cv;		/* [lock] signalled when a request leaves or drain ends */
-	struct tblk_list in_flight;	/* [lock] struct tblk_req.node_link */
-	unsigned int nr_in_flight;	/* [lock] */
+	struct tblk_list in_flight;	/* [lock] running requests (tblk_req.node_link), for overlaps */
+	unsigned int nr_in_flight;	/* [lock] tracked, callbacks of async ones not yet run */
+	unsigned int nr_async;		/* [lock] async ones among nr_in_flight */
 	unsigned int nr_serialising;	/* [lock] serialising requests on in_flight */
 	unsigned int quiesce_counter;	/* [lock] > 0: new outside requests wait */
 	struct tblk_stats stats;	/* [lock] */

@@ -59,8 +59,9 @@ const struct tblk_driver *tblk__driver_find(const char *name)
 static const struct tblk_driver *protocol_from_filename(const char *filename)
 {
 	const char *colon = filename ? strchr(filename, ':') : NULL;
+	const char *slash = filename ? strchr(filename, '/') : NULL;
 
-	if (!colon || strchr(filename, '/') < colon)
+	if (!colon || (slash && slash < colon))
 		return NULL;
 	for (size_t i = 0; protocols[i]; i++) {
 		size_t n = strlen(protocols[i]->name);
@@ -172,8 +173,8 @@ static const struct tblk_driver *probe_format(struct tblk_node *proto, const cha
 	int best_score = 0;
 
 	if (len < 0) {
-		tblk_error_set_errno(errp, (int)-len, "Could not determine the size of '%s'",
-				     filename);
+		tblk_error_set_errno(errp, len < -4095 ? EIO : (int)-len,
+				     "Could not determine the size of '%s'", filename);
 		return NULL;
 	}
 	len = TBLK_MIN(len, PROBE_BYTES);
@@ -247,10 +248,12 @@ int tblk__node_open_child(struct tblk_node *parent, const char *name, GHashTable
 			  unsigned int flags, struct tblk_node **pchild, GError **errp)
 {
 	g_autoptr(GHashTable) copts = tblk__opts_extract_prefix(opts, name);
-	g_autofree char *fname = g_strdup(parent->filename);
+	g_autofree char *fname = g_strdup(g_hash_table_lookup(copts, "filename"));
 	int ret;
 
-	/* A string value of the child's own key names a file ("file=x.img"). */
+	/* Else the parent's file name, or a string value of the child's key ("file=x.img"). */
+	if (!fname)
+		fname = g_strdup(parent->filename);
 	if (!fname)
 		fname = tblk__opts_take(opts, name);
 	if (!g_hash_table_contains(copts, "driver") && !protocol_from_filename(fname))

@@ -5,6 +5,7 @@
  * cache and aio mode names. Control path only; no shared state.
  */
 #include <ctype.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -138,6 +139,7 @@ static int json_object(struct json *j, const char *prefix)
 	json_ws(j);
 	if (*j->p == '}') {
 		j->p++;
+		j->depth--;
 		return 0;
 	}
 	for (;;) {
@@ -290,31 +292,32 @@ GHashTable *tblk__opts_extract_prefix(GHashTable *opts, const char *prefix)
 int tblk__parse_size(const char *s, uint64_t *out)
 {
 	static const char suffixes[] = "BKMGTPE";
+	size_t numlen = s ? strspn(s, "0123456789.") : 0;
+	g_autofree char *num = NULL;
+	const char *sfx = NULL;
 	char *end;
-	double d;
-	uint64_t mult = 1;
-	const char *sfx;
+	double d, mult = 1;
 
-	if (!s || !*s || isspace((unsigned char)*s) || *s == '-')
+	/* Digits with at most one point, then at most one suffix letter: nothing else. */
+	if (numlen == 0 || strchr(s, '.') != strrchr(s, '.'))
 		return -EINVAL;
-	errno = 0;
-	/* Integers are parsed exactly; fractions only with a suffix, as qemu does. */
-	if (strspn(s, "0123456789") == strlen(s))
-		return tblk_parse_uint64(s, out);
-	d = strtod(s, &end);
-	if (errno || end == s)
-		return -EINVAL;
-	if (*end) {
-		sfx = strchr(suffixes, toupper((unsigned char)*end));
-		if (!sfx || end[1])
+	if (s[numlen]) {
+		sfx = strchr(suffixes, toupper((unsigned char)s[numlen]));
+		if (!sfx || s[numlen + 1])
 			return -EINVAL;
-		for (long i = sfx - suffixes; i > 0; i--)
-			mult *= 1024;
-	} else if (d != (double)(uint64_t)d) {
-		return -EINVAL;
 	}
-	d *= (double)mult;
-	if (d < 0 || d >= 18446744073709551616.0)
+	num = g_strndup(s, numlen);
+	if (!sfx && !strchr(num, '.'))
+		return tblk_parse_uint64(num, out);	/* exact, no float rounding */
+	d = g_ascii_strtod(num, &end);
+	if (*end || !isfinite(d))
+		return -EINVAL;
+	for (long i = sfx ? sfx - suffixes : 0; i > 0; i--)
+		mult *= 1024;
+	if (!sfx && d != floor(d))
+		return -EINVAL;	/* a fraction of a byte */
+	d *= mult;
+	if (d >= 18446744073709551616.0)
 		return -ERANGE;
 	*out = (uint64_t)d;
 	return 0;

@@ -8,6 +8,7 @@
  * (pool path) or on the loop thread (fast path submission and completion).
  */
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <stdlib.h>
@@ -202,20 +203,40 @@ static void file_close(struct tblk_node *node)
 
 /* ---------------------------------------------------------------- pool path */
 
+/*
+ * The part of @iov from byte @done on: @iov itself at first, a copy after a short transfer
+ * (rare). *owned is what the caller frees.
+ */
+static const struct iovec *iov_rest(const struct iovec *iov, int iovcnt, uint64_t done,
+				    uint64_t bytes, int *cnt, struct iovec **owned)
+{
+	if (done == 0 && iovcnt <= IOV_MAX) {
+		*cnt = iovcnt;
+		return iov;
+	}
+	g_free(*owned);
+	*owned = g_new(struct iovec, iovcnt);
+	*cnt = tblk_iov_slice(*owned, TBLK_MIN(iovcnt, IOV_MAX), iov, iovcnt, done,
+			      bytes - done);
+	if (*cnt < 0) {
+		/* More than IOV_MAX entries left: move what fits now, the rest next time. */
+		*cnt = IOV_MAX;
+	}
+	return *owned;
+}
+
 static int file_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 		       const struct iovec *iov, int iovcnt, unsigned int flags)
 {
 	struct file_state *s = node->opaque;
+	g_autofree struct iovec *owned = NULL;
 	uint64_t done = 0;
 
 	while (done < bytes) {
-		struct iovec rest[64];
-		int n = tblk_iov_slice(rest, 64, iov, iovcnt, done, bytes - done);
-		ssize_t r;
+		int n;
+		const struct iovec *rest = iov_rest(iov, iovcnt, done, bytes, &n, &owned);
+		ssize_t r = preadv(s->fd, rest, n, (off_t)(offset + done));
 
-		if (n < 0)
-			return n;
-		r = preadv(s->fd, rest, n, (off_t)(offset + done));
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
@@ -249,16 +270,15 @@ static int file_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 			const struct iovec *iov, int iovcnt, unsigned int flags)
 {
 	struct file_state *s = node->opaque;
+	g_autofree struct iovec *owned = NULL;
 	uint64_t done = 0;
 
 	while (done < bytes) {
-		struct iovec rest[64];
-		int n = tblk_iov_slice(rest, 64, iov, iovcnt, done, bytes - done);
-		ssize_t r;
+		int n;
+		const struct iovec *rest = iov_rest(iov, iovcnt, done, bytes, &n, &owned);
+		ssize_t r = pwritev_fua(s->fd, rest, n, (off_t)(offset + done),
+					flags & TBLK_REQ_FUA);
 
-		if (n < 0)
-			return n;
-		r = pwritev_fua(s->fd, rest, n, (off_t)(offset + done), flags & TBLK_REQ_FUA);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)

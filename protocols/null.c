@@ -45,6 +45,9 @@ static int null_open(struct tblk_node *node, GHashTable *opts, unsigned int flag
 	    tblk__opts_take_uint64(opts, "latency-ns", &s->latency_ns, errp) < 0 ||
 	    tblk__opts_take_bool(opts, "read-zeroes", &s->read_zeroes, errp) < 0)
 		return -EINVAL;
+	if (s->size > INT64_MAX)
+		return tblk_error_set(errp, EINVAL, "Parameter 'size' is too large (at most %"
+				      PRId64 ")", INT64_MAX);
 	node->filename = g_strdup_printf("%s://", node->drv->name);
 	return 0;
 }

@@ -73,7 +73,8 @@ static void test_sizes(void)
 		{ "1.5G", 3ull << 29 }, { "2T", 2ull << 40 }, { "1E", 1ull << 60 },
 		{ "18446744073709551615", UINT64_MAX },
 	};
-	static const char *const bad[] = { "", "-1", "1x", "1.5", "k", " 1", "1kk", "16E" };
+	static const char *const bad[] = { "", "-1", "1x", "1.5", "k", " 1", "1kk", "16E",
+					  "1e3", "nan", "nanK", "inf", ".", "1.2.3K", "0x10" };
 	uint64_t v;
 
 	for (size_t i = 0; i < TBLK_ARRAY_SIZE(good); i++) {

@@ -15,8 +15,6 @@
 
 /* Unaligned requests are bounced through buffers of at most this size. */
 #define BOUNCE_MAX	(1u << 20)
-/* iovec entries a split piece may need; more fall back to bouncing. */
-#define SLICE_MAX	64
 
 static int drv_rw(struct tblk_node *node, bool write, uint64_t offset, uint64_t bytes,
 		  const struct iovec *iov, int iovcnt, unsigned int flags)
@@ -31,18 +29,17 @@ static int rw_aligned(struct tblk_node *node, bool write, uint64_t offset, uint6
 		      const struct iovec *iov, int iovcnt, unsigned int flags)
 {
 	uint64_t max = node->limits.max_transfer;
-	struct iovec slice[SLICE_MAX];
+	g_autofree struct iovec *slice = NULL;
 
 	if (!max || bytes <= max)
 		return drv_rw(node, write, offset, bytes, iov, iovcnt, flags);
+	/* A piece never needs more entries than the whole request has. */
+	slice = g_new(struct iovec, iovcnt);
 	for (uint64_t done = 0; done < bytes; done += max) {
 		uint64_t n = TBLK_MIN(max, bytes - done);
-		int cnt = tblk_iov_slice(slice, SLICE_MAX, iov, iovcnt, done, n);
-		int ret;
+		int cnt = tblk_iov_slice(slice, iovcnt, iov, iovcnt, done, n);
+		int ret = drv_rw(node, write, offset + done, n, slice, cnt, flags);
 
-		if (cnt < 0)
-			return cnt;
-		ret = drv_rw(node, write, offset + done, n, slice, cnt, flags);
 		if (ret < 0)
 			return ret;
 	}
@@ -57,6 +54,14 @@ static void *bounce_alloc(struct tblk_node *node, size_t size)
 	if (posix_memalign(&buf, align, size))
 		return NULL;
 	return buf;
+}
+
+/* Reads the aligned block at @pos into @buf (bounce memory, aligned). */
+static int read_block(struct tblk_node *node, void *buf, uint64_t pos)
+{
+	struct iovec biov = { buf, node->limits.request_alignment };
+
+	return rw_aligned(node, false, pos, biov.iov_len, &biov, 1, 0);
 }
 
 /*
@@ -88,12 +93,13 @@ static int rw_bounced(struct tblk_node *node, bool write, uint64_t offset, uint6
 						  hi - lo);
 			continue;
 		}
-		if (lo > pos || hi < pos + n) {
-			/* A partial block at an edge: fetch the current contents. */
-			ret = rw_aligned(node, false, pos, n, &biov, 1, 0);
-			if (ret < 0)
-				break;
-		}
+		/* Partial blocks at the edges: fetch their current contents, nothing more. */
+		if (lo > pos)
+			ret = read_block(node, buf, pos);
+		if (ret >= 0 && hi < pos + n && (n > align || lo == pos))
+			ret = read_block(node, (char *)buf + n - align, pos + n - align);
+		if (ret < 0)
+			break;
 		tblk_iov_to_buf(iov, iovcnt, lo - offset, (char *)buf + (lo - pos), hi - lo);
 		ret = rw_aligned(node, true, pos, n, &biov, 1, flags);
 	}
@@ -184,24 +190,32 @@ static int req_discard(struct tblk_req *req)
 	return ret == -ENOTSUP ? 0 : ret;
 }
 
+static void *zero_buf;
+static pthread_once_t zero_once = PTHREAD_ONCE_INIT;
+
+static void zero_buf_init(void)
+{
+	if (posix_memalign(&zero_buf, 4096, BOUNCE_MAX) == 0)
+		memset(zero_buf, 0, BOUNCE_MAX);
+	else
+		zero_buf = NULL;
+}
+
 /* Writes zero data over part of @req's range (no zeroing support, or unaligned edges). */
 static int zeroes_fallback(struct tblk_req *req, uint64_t offset, uint64_t bytes)
 {
-	struct tblk_node *node = req->node;
-	size_t n = TBLK_MIN(bytes, (uint64_t)BOUNCE_MAX);
-	void *buf = bounce_alloc(node, TBLK_ALIGN_UP(n, node->limits.request_alignment));
 	int ret = 0;
 
-	if (!buf)
+	/* One shared, never written buffer of zeroes, aligned for any O_DIRECT file. */
+	pthread_once(&zero_once, zero_buf_init);
+	if (!zero_buf)
 		return -ENOMEM;
-	memset(buf, 0, n);
-	for (uint64_t done = 0; done < bytes && ret >= 0; done += n) {
-		struct iovec iov = { buf, TBLK_MIN(n, bytes - done) };
+	for (uint64_t done = 0; done < bytes && ret >= 0; done += BOUNCE_MAX) {
+		struct iovec iov = { zero_buf, TBLK_MIN((uint64_t)BOUNCE_MAX, bytes - done) };
 
 		ret = rw_range(req, true, offset + done, iov.iov_len, &iov, 1,
 			       req->flags & TBLK_REQ_FUA);
 	}
-	free(buf);
 	return ret;
 }
 

@@ -80,7 +80,7 @@ int tblk_iov_slice(struct iovec *dst, int max, const struct iovec *iov, int iovc
 			continue;
 		}
 		if (n == max)
-			return -EINVAL;
+			return -EINVAL;	/* callers that can go on in pieces check for it */
 		len = TBLK_MIN(len - offset, bytes);
 		dst[n].iov_base = (char *)iov[i].iov_base + offset;
 		dst[n].iov_len = len;

@@ -3,24 +3,56 @@
  * req.c - tracking of requests on their node: the in-flight list, overlap serialisation,
  * statistics, quiesce/drain.
  *
- * Threading: everything here takes node->lock (a leaf) briefly; waits go through the pool's
- * wait service so a worker blocked on an overlap never starves queued work. A drain on the
- * thread that runs the loop completing the node's requests iterates that loop instead of
- * sleeping, since the completions it waits for run there.
+ * Threading: everything here takes node->lock (a leaf) briefly. Waits go through the pool's
+ * wait service, so a worker blocked on an overlap never starves queued work. A thread that
+ * may have to turn an event loop for what it waits for (the loop completing asynchronous
+ * requests: its own, or an idle tool loop) turns it between short waits instead of sleeping.
+ *
+ * An asynchronous request counts in nr_in_flight until its callback has run (drain waits for
+ * callbacks), but leaves the overlap list as soon as its body has run, so that a synchronous
+ * request on the loop thread never waits for a callback that only that thread can run.
  */
 #include "tracked/tracked.h"
 
 /* Requests the calling thread is inside; > 0 means a request issued by a driver. */
 static __thread unsigned int req_depth;
+/* The loop this thread may turn while it waits (see tblk__set_wait_loop()). */
+static __thread struct tblk_loop *wait_loop;
+
+/* How long a loop-turning waiter sleeps between turns of its loop. */
+#define LOOP_WAIT_NS	1000000ull
 
 unsigned int tblk__req_depth(void)
 {
 	return req_depth;
 }
 
+void tblk__set_wait_loop(struct tblk_loop *loop)
+{
+	wait_loop = loop;
+}
+
 static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
 {
 	return a < b + blen && b < a + alen;
+}
+
+/*
+ * One wait for node->cv. A thread that runs a loop, or has one to turn, gives the loop a
+ * non-blocking turn first and then sleeps only briefly: what it waits for may complete there.
+ */
+static void node_wait_step_locked(struct tblk_node *node) TBLK_REQUIRES(node->lock)
+{
+	struct tblk_loop *loop = tblk_loop_current() ?: wait_loop;
+
+	if (!loop) {
+		tblk_pool_wait(&node->cv, &node->lock);
+		return;
+	}
+	tblk_mutex_unlock(&node->lock);
+	tblk_loop_iterate(loop, false);
+	tblk_mutex_lock(&node->lock);
+	tblk_cond_timedwait(&node->cv, &node->lock, tblk_clock_ns() + LOOP_WAIT_NS);
 }
 
 /* True if @req must wait for a running request that overlaps it. */
@@ -48,7 +80,7 @@ static void wait_conflicts_locked(struct tblk_node *node, struct tblk_req *req)
 {
 	while (req_conflicts_locked(node, req)) {
 		req->waiting = true;
-		tblk_pool_wait(&node->cv, &node->lock);
+		node_wait_step_locked(node);
 	}
 	req->waiting = false;
 }
@@ -62,16 +94,26 @@ static void req_init_range(struct tblk_req *req)
 	req->start_ns = tblk_clock_ns();
 }
 
+static void req_link_locked(struct tblk_node *node, struct tblk_req *req)
+	TBLK_REQUIRES(node->lock)
+{
+	tblk_list_add_tail(&node->in_flight, &req->node_link);
+	req->on_list = true;
+	node->nr_in_flight++;
+	if (req->async)
+		node->nr_async++;
+}
+
 void tblk__req_begin(struct tblk_req *req)
 {
 	struct tblk_node *node = req->node;
 
 	req_init_range(req);
+	req->async = false;
 	tblk_mutex_lock(&node->lock);
 	while (node->quiesce_counter > 0 && req_depth == 0)
-		tblk_pool_wait(&node->cv, &node->lock);
-	tblk_list_add_tail(&node->in_flight, &req->node_link);
-	node->nr_in_flight++;
+		node_wait_step_locked(node);
+	req_link_locked(node, req);
 	wait_conflicts_locked(node, req);
 	tblk_mutex_unlock(&node->lock);
 	req_depth++;
@@ -83,13 +125,13 @@ int tblk__req_track_async(struct tblk_req *req)
 	int ret;
 
 	req_init_range(req);
+	req->async = true;
 	tblk_mutex_lock(&node->lock);
 	if (node->quiesce_counter > 0) {
 		tblk_mutex_unlock(&node->lock);
 		return -EBUSY;
 	}
-	tblk_list_add_tail(&node->in_flight, &req->node_link);
-	node->nr_in_flight++;
+	req_link_locked(node, req);
 	ret = node->nr_serialising == 0;
 	tblk_mutex_unlock(&node->lock);
 	return ret;
@@ -136,6 +178,36 @@ void tblk__req_make_serialising(struct tblk_req *req, uint64_t offset, uint64_t 
 	tblk_mutex_unlock(&node->lock);
 }
 
+/* Leaves the overlap list; true if overlap waiters may now proceed. */
+static bool req_unlink_locked(struct tblk_node *node, struct tblk_req *req)
+	TBLK_REQUIRES(node->lock)
+{
+	bool was_serialising = req->serialising;
+
+	if (!req->on_list)
+		return false;
+	tblk_list_del(&req->node_link);
+	req->on_list = false;
+	if (was_serialising) {
+		node->nr_serialising--;
+		req->serialising = false;
+	}
+	/* Waiters only exist while serialising requests do. */
+	return was_serialising || node->nr_serialising > 0;
+}
+
+void tblk__req_unlink(struct tblk_req *req)
+{
+	struct tblk_node *node = req->node;
+	bool wake;
+
+	tblk_mutex_lock(&node->lock);
+	wake = req_unlink_locked(node, req);
+	tblk_mutex_unlock(&node->lock);
+	if (wake)
+		tblk_cond_broadcast(&node->cv);
+}
+
 static void stats_account_locked(struct tblk_node *node, struct tblk_req *req, int ret)
 	TBLK_REQUIRES(node->lock)
 {
@@ -160,13 +232,12 @@ void tblk__req_end_async(struct tblk_req *req, int ret)
 	bool wake;
 
 	tblk_mutex_lock(&node->lock);
-	tblk_list_del(&req->node_link);
+	wake = req_unlink_locked(node, req);
 	node->nr_in_flight--;
-	if (req->serialising)
-		node->nr_serialising--;
+	if (req->async)
+		node->nr_async--;
 	stats_account_locked(node, req, ret);
-	/* Waiters are overlaps (only while serialising requests exist) and drains. */
-	wake = req->serialising || node->nr_serialising > 0 || node->nr_in_flight == 0;
+	wake |= node->nr_in_flight == 0;	/* drains */
 	tblk_mutex_unlock(&node->lock);
 	if (wake)
 		tblk_cond_broadcast(&node->cv);
@@ -181,74 +252,85 @@ void tblk__req_end(struct tblk_req *req, int ret)
 /* ---------------------------------------------------------------- drain */
 
 /*
- * Waits until @node has nothing in flight. The completions may need @loop: if the caller
- * runs it, or nobody does (a tool's main loop between iterations), the caller turns it;
- * if another thread (an iothread) runs it, the caller sleeps until woken.
+ * Waits until @node has nothing in flight. Asynchronous completions need @loop: if the
+ * caller runs it, or nobody does (a tool's main loop between iterations), the caller turns
+ * it while asynchronous requests remain, and sleeps on the condition for synchronous ones;
+ * if another thread (an iothread) runs it, the caller only sleeps. Two threads must not
+ * drain through the same idle loop at once.
  */
-void tblk__node_wait_idle(struct tblk_node *node, struct tblk_loop *loop);
 void tblk__node_wait_idle(struct tblk_node *node, struct tblk_loop *loop)
 {
-	if (loop && (tblk_loop_in_thread(loop) || !tblk_loop_is_running(loop))) {
-		/* Completions of this node run on our loop: keep it turning. */
-		for (;;) {
-			unsigned int n;
+	bool turn = loop && (tblk_loop_in_thread(loop) || !tblk_loop_is_running(loop));
 
-			tblk_mutex_lock(&node->lock);
-			n = node->nr_in_flight;
+	tblk_mutex_lock(&node->lock);
+	while (node->nr_in_flight > 0) {
+		if (turn && node->nr_async > 0) {
 			tblk_mutex_unlock(&node->lock);
-			if (n == 0)
-				return;
 			tblk_loop_iterate(loop, true);
+			tblk_mutex_lock(&node->lock);
+		} else {
+			tblk_pool_wait(&node->cv, &node->lock);
 		}
 	}
-	tblk_mutex_lock(&node->lock);
-	while (node->nr_in_flight > 0)
-		tblk_pool_wait(&node->cv, &node->lock);
 	tblk_mutex_unlock(&node->lock);
-}
-
-/* The loop the calling thread runs, used to decide whether a drain must iterate it. */
-static struct tblk_loop *drain_loop(void)
-{
-	return tblk_loop_current();
 }
 
 void tblk_node_drain(struct tblk_node *node)
 {
-	tblk__node_wait_idle(node, drain_loop());
+	tblk__node_wait_idle(node, tblk_loop_current());
+}
+
+static void node_quiesce(struct tblk_node *node, bool on)
+{
+	tblk_mutex_lock(&node->lock);
+	if (on) {
+		node->quiesce_counter++;
+	} else {
+		assert(node->quiesce_counter > 0);
+		node->quiesce_counter--;
+	}
+	tblk_mutex_unlock(&node->lock);
+	if (!on)
+		tblk_cond_broadcast(&node->cv);
 }
 
 void tblk_node_drained_begin(struct tblk_node *node)
 {
-	tblk_mutex_lock(&node->lock);
-	node->quiesce_counter++;
-	tblk_mutex_unlock(&node->lock);
-	tblk__node_wait_idle(node, drain_loop());
+	node_quiesce(node, true);
+	tblk_node_drain(node);
 }
 
 void tblk_node_drained_end(struct tblk_node *node)
 {
-	tblk_mutex_lock(&node->lock);
-	assert(node->quiesce_counter > 0);
-	node->quiesce_counter--;
-	tblk_mutex_unlock(&node->lock);
-	tblk_cond_broadcast(&node->cv);
+	node_quiesce(node, false);
+}
+
+void tblk__graph_quiesce(struct tblk_node *root, bool on)
+{
+	for (struct tblk_node *n = root; n; n = n->file) {
+		node_quiesce(n, on);
+		if (n->backing)
+			tblk__graph_quiesce(n->backing, on);
+	}
+}
+
+void tblk__graph_wait_idle(struct tblk_node *root, struct tblk_loop *loop)
+{
+	/* Top first: a parent's requests are what keep its children busy. */
+	for (struct tblk_node *n = root; n; n = n->file) {
+		tblk__node_wait_idle(n, loop);
+		if (n->backing)
+			tblk__graph_wait_idle(n->backing, loop);
+	}
 }
 
 void tblk_graph_drained_begin(struct tblk_node *root)
 {
-	for (struct tblk_node *n = root; n; n = n->file) {
-		tblk_node_drained_begin(n);
-		if (n->backing)
-			tblk_graph_drained_begin(n->backing);
-	}
+	tblk__graph_quiesce(root, true);
+	tblk__graph_wait_idle(root, tblk_loop_current());
 }
 
 void tblk_graph_drained_end(struct tblk_node *root)
 {
-	for (struct tblk_node *n = root; n; n = n->file) {
-		if (n->backing)
-			tblk_graph_drained_end(n->backing);
-		tblk_node_drained_end(n);
-	}
+	tblk__graph_quiesce(root, false);
 }

@@ -36,6 +36,8 @@ struct tblk_req {
 	/* Overlap serialisation: the range this request claims and whether it excludes. */
 	bool serialising;		/* [node->lock] */
 	bool waiting;			/* [node->lock] blocked in an overlap wait */
+	bool on_list;			/* [node->lock] on node->in_flight */
+	bool async;			/* [owner] tracked by tblk__req_track_async() */
 	uint64_t overlap_offset;	/* [node->lock] */
 	uint64_t overlap_bytes;		/* [node->lock] */
 	struct tblk_list node_link;	/* [node->lock] on node->in_flight */
@@ -101,6 +103,16 @@ void tblk__req_make_serialising(struct tblk_req *req, uint64_t offset, uint64_t 
 int tblk__req_track_async(struct tblk_req *req);
 /* In the worker, before running an asynchronous request: waits for overlaps. */
 void tblk__req_wait_conflicts(struct tblk_req *req);
+/*
+ * In the worker, once an asynchronous request's body ran: it stops taking part in overlap
+ * checks at once (its callback may wait for the loop), but still counts for drain.
+ */
+void tblk__req_unlink(struct tblk_req *req);
+/*
+ * The loop a synchronous caller may turn while it waits for a request (its completion may
+ * need that loop), or NULL. Thread-local; set by the backend around synchronous requests.
+ */
+void tblk__set_wait_loop(struct tblk_loop *loop);
 /* Ends an asynchronous request's tracking (any thread). */
 void tblk__req_end_async(struct tblk_req *req, int ret);
 /* Brackets a driver operation run on behalf of @req in this thread (nested depth). */
@@ -117,6 +129,12 @@ void tblk_node_drained_begin(struct tblk_node *node);
 void tblk_node_drained_end(struct tblk_node *node);
 /* Waits until @node has nothing in flight (no quiesce). */
 void tblk_node_drain(struct tblk_node *node);
+/* Waits until @node has nothing in flight, turning @loop if the caller may (see req.c). */
+void tblk__node_wait_idle(struct tblk_node *node, struct tblk_loop *loop);
+/* Quiesces (or un-quiesces) every node of a graph without waiting. */
+void tblk__graph_quiesce(struct tblk_node *root, bool on);
+/* Waits until no node of a graph has anything in flight. */
+void tblk__graph_wait_idle(struct tblk_node *root, struct tblk_loop *loop);
 /* Drained sections over a node and all nodes below it, top first. */
 void tblk_graph_drained_begin(struct tblk_node *root);
 void tblk_graph_drained_end(struct tblk_node *root);
