@@ -117,9 +117,10 @@ static void test_stress(unsigned int items, bool quiet)
 		if (quiet)
 			tblk_loop_call_soon(stress.loops[i], no_poll_cb, NULL);
 	}
-	if (quiet)
-		tblk_pool_set_spin_ns(stress.pool, 0);
-	tap_diag("stress: %u items, %s", items, quiet ? "no spinning or polling" : "defaults");
+	/* Spinning is off by default; the busy run turns it on so the spinner is exercised. */
+	tblk_pool_set_spin_ns(stress.pool, quiet ? 0 : 20000);
+	tap_diag("stress: %u items, %s", items, quiet ? "no spinning or polling" :
+		 "spinning workers, polling loops");
 	for (i = 0; i < STRESS_SUBMITTERS; i++)
 		pthread_create(&th[i], NULL, stress_submitter, (void *)(uintptr_t)i);
 	for (i = 0; i < STRESS_SUBMITTERS; i++)

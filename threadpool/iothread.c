@@ -7,9 +7,10 @@
  * everything done with it.
  */
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 
-#include "threadpool/threadpool.h"
+#include "threadpool/threadpool-int.h"
 
 struct tblk_iothread {
 	char *name;		/* [const] */
@@ -73,4 +74,14 @@ void tblk_iothread_free(struct tblk_iothread *iot)
 	tblk_loop_free(iot->loop);
 	g_free(iot->name);
 	g_free(iot);
+}
+
+uint64_t tblk__env_ns(const char *name, uint64_t dflt)
+{
+	const char *v = getenv(name);
+	uint64_t n;
+
+	if (!v || tblk_parse_uint64(v, &n) < 0)
+		return dflt;
+	return n;
 }

@@ -204,7 +204,7 @@ struct tblk_loop *tblk_loop_new(GError **errp)
 	tblk_list_init(&loop->handlers);
 	tblk_list_init(&loop->timers);
 	tblk_list_init(&loop->hooks);
-	loop->poll_max_ns = LOOP_POLL_MAX_NS;
+	loop->poll_max_ns = tblk__env_ns("TBLK_LOOP_POLL_MAX_NS", LOOP_POLL_MAX_NS);
 	return loop;
 
 out_close_wake_fd:

@@ -375,7 +375,7 @@ struct tblk_pool *tblk_pool_new(unsigned int min_threads, unsigned int max_threa
 	pool->min_threads = min_threads;
 	pool->max_threads = max_threads;
 	pool->idle_ns = idle_ms * 1000000ull;
-	pool->spin_ns = TBLK_POOL_SPIN_NS;
+	pool->spin_ns = tblk__env_ns("TBLK_POOL_SPIN_NS", TBLK_POOL_SPIN_NS);
 	init_lock(&pool->lock);
 	tblk_cond_init(&pool->free_cv);
 	tblk_list_init(&pool->idle);

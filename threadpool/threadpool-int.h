@@ -20,6 +20,12 @@ static inline void tblk__cpu_relax(void)
 	__asm__ __volatile__("yield" ::: "memory");
 #else
 	__asm__ __volatile__("" ::: "memory");
+/*
+ * A tuning knob from the environment (for benchmarks): the value of @name as a decimal
+ * count of nanoseconds, or @dflt if unset or malformed.
+ */
+uint64_t tblk__env_ns(const char *name, uint64_t dflt);
+
 #endif
 }
 
@@ -32,5 +38,11 @@ void tblk__loop_push_completion(struct tblk_loop *loop, struct tblk_work *work);
 
 /* An item of @pool has completed (its done returned, or it had none). Any thread. */
 void tblk__pool_work_done(struct tblk_pool *pool);
+
+/*
+ * A tuning knob from the environment (for benchmarks): the value of @name as a decimal
+ * count of nanoseconds, or @dflt if unset or malformed.
+ */
+uint64_t tblk__env_ns(const char *name, uint64_t dflt);
 
 #endif /* TBLK_THREADPOOL_INT_H */

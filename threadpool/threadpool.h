@@ -203,9 +203,11 @@ unsigned int tblk_pool_run_queued(struct tblk_pool *pool);
 /*
  * How long (ns) a worker that finds the queue empty spins before it sleeps, so that back-to-
  * back submissions cost no wake-up; 0 disables. At most one worker spins at a time. The
- * default is TBLK_POOL_SPIN_NS. Any thread.
+ * default, TBLK_POOL_SPIN_NS (or $TBLK_POOL_SPIN_NS), is 0: with disk I/O taking far longer
+ * than any useful spin, spinning only added CPU time per I/O (measured in docs/BENCHMARKS.md).
+ * Any thread.
  */
-#define TBLK_POOL_SPIN_NS	20000
+#define TBLK_POOL_SPIN_NS	0
 void tblk_pool_set_spin_ns(struct tblk_pool *pool, uint64_t ns);
 
 /* Statistics for tests: workers alive, idle, blocked in tblk_pool_wait(). Any thread. */
