@@ -22,9 +22,14 @@ ok $? "make install with DESTDIR"
 	[ -x "$tmp/root/usr/bin/tblk-img" ] && [ -x "$tmp/root/usr/bin/tblk-io" ]
 ok $? "headers, library and tools installed under prefix"
 
-pc="$tmp/root/usr/lib/pkgconfig"
-cflags=$(PKG_CONFIG_PATH=$pc PKG_CONFIG_SYSROOT_DIR=$tmp/root pkg-config --cflags tblk)
-libs=$(PKG_CONFIG_PATH=$pc PKG_CONFIG_SYSROOT_DIR=$tmp/root pkg-config --static --libs tblk)
+# The staged tree stands in for the prefix it was installed for (a copy of tblk.pc says so;
+# --define-variable would move glib-2.0's prefix too).
+pc="$tmp/pc"
+mkdir -p "$pc"
+sed "s|^prefix=.*|prefix=$tmp/root/usr|" "$tmp/root/usr/lib/pkgconfig/tblk.pc" >"$pc/tblk.pc"
+pcq() { PKG_CONFIG_PATH=$pc pkg-config "$@" tblk; }
+cflags=$(pcq --cflags)
+libs=$(pcq --static --libs)
 # Link the static library so the test does not depend on the loader path.
 ${CC:-cc} "$TBLK_SRC/examples/read-write.c" $cflags -o "$tmp/rw" \
 	"$tmp/root/usr/lib/libtblk.a" $(pkg-config --libs glib-2.0) -laio -luring -lzstd -lz \

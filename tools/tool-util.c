@@ -1,0 +1,100 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * tool-util.c - program name, error printing, timing and I/O buffers for the tools.
+ *
+ * Errors go unbuffered to stderr with the invoked program's name as prefix, so a tool
+ * installed under qemu's name prints exactly qemu's prefix.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <tblk/tblk.h>
+
+#include "tools/tool-util.h"
+
+const char *tool_progname = "tblk";
+
+void tool_set_progname(const char *argv0)
+{
+	const char *slash = argv0 ? strrchr(argv0, '/') : NULL;
+
+	if (argv0 && *argv0)
+		tool_progname = slash ? slash + 1 : argv0;
+}
+
+static void vreport(const char *kind, const char *fmt, va_list ap)
+{
+	fprintf(stderr, "%s: %s", tool_progname, kind);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+}
+
+void tool_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vreport("", fmt, ap);
+	va_end(ap);
+}
+
+void tool_warn(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vreport("warning: ", fmt, ap);
+	va_end(ap);
+}
+
+void tool_error_gerror(GError *err, const char *prefix_fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "%s: ", tool_progname);
+	if (prefix_fmt) {
+		va_start(ap, prefix_fmt);
+		vfprintf(stderr, prefix_fmt, ap);
+		va_end(ap);
+	}
+	fprintf(stderr, "%s\n", err ? err->message : "Unknown error");
+	if (err)
+		g_error_free(err);
+}
+
+uint64_t tool_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void *tool_buf_new(size_t len, int pattern)
+{
+	void *buf;
+
+	/* 4 KiB alignment serves O_DIRECT on any logical block size we meet. */
+	if (posix_memalign(&buf, 4096, len ? len : 1) != 0)
+		return NULL;
+	memset(buf, pattern, len);
+	return buf;
+}
+
+void tool_buf_free(void *buf)
+{
+	free(buf);
+}
+
+void tool_warn_probed_raw(struct tblk_blk *blk, const char *name)
+{
+	if (tblk_blk_is_read_only(blk) || strcmp(tblk_blk_format_name(blk), "raw"))
+		return;
+	fprintf(stderr, "WARNING: Image format was not specified for '%s' and probing guessed "
+		"raw.\n         Automatically detecting the format is dangerous for raw images, "
+		"write operations on block 0 will be restricted.\n         Specify the 'raw' "
+		"format explicitly to remove the restrictions.\n", name);
+}
