@@ -154,13 +154,15 @@ void tblk__req_fast_done(struct tblk_req *req, int ret)
 	areq_complete(req, ret);
 }
 
-/* Requests that failed before being tracked complete from a bottom half. */
-static void areq_fail_bh(void *opaque)
+/*
+ * Requests refused at submission (range, read-only) are tracked like any other and their
+ * error comes back through the pool, so drain waits for their callbacks too.
+ */
+static int areq_fail_work(void *opaque)
 {
 	struct tblk_req *req = opaque;
 
-	req->cb(req->cb_opaque, req->ret);
-	g_free(req);
+	return req->ret;
 }
 
 static void areq_submit(struct tblk_req *req)
@@ -170,6 +172,11 @@ static void areq_submit(struct tblk_req *req)
 
 	if (r == -EBUSY) {
 		tblk_list_add_tail(&req->blk->parked, &req->park_link);
+		return;
+	}
+	if (req->ret < 0) {
+		req->work.fn = areq_fail_work;
+		tblk_pool_submit(req->blk->pool, &req->work);
 		return;
 	}
 	if (r == 1 && root->drv->submit_fast && root->drv->submit_fast(root, req, req->offset) == 0)
@@ -224,10 +231,6 @@ static void blk_aio(struct tblk_blk *blk, enum tblk_req_kind kind, uint64_t offs
 	req->ret = kind == TBLK_REQ_FLUSH ? 0 : check_range(blk, offset, bytes);
 	if (req->ret == 0 && kind != TBLK_REQ_READ && kind != TBLK_REQ_FLUSH && blk->root->read_only)
 		req->ret = -EPERM;
-	if (req->ret < 0) {
-		tblk_loop_call_soon(blk->loop, areq_fail_bh, req);
-		return;
-	}
 	areq_submit(req);
 }
 

@@ -441,23 +441,50 @@ static int file_truncate(struct tblk_node *node, uint64_t size, const char *prea
 	return fd_resize(s->fd, (uint64_t)old, size, prealloc, errp);
 }
 
+/*
+ * Writes zeroes over the first block of a new file, as qemu does: tools see the file's
+ * first block allocated, and O_DIRECT alignment probing has data to read.
+ */
+static int allocate_first_block(int fd, uint64_t size)
+{
+	static const uint8_t zero[4096];
+	size_t n = (size_t)TBLK_MIN(size, (uint64_t)sizeof(zero));
+	ssize_t r;
+
+	if (n == 0)
+		return 0;
+	do {
+		r = pwrite(fd, zero, n, 0);
+	} while (r < 0 && errno == EINTR);
+	return r < 0 ? -errno : 0;
+}
+
 static int file_create(const char *filename, uint64_t size, GHashTable *opts, GError **errp)
 {
 	g_autofree char *prealloc = tblk__opts_take(opts, "preallocation");
+	bool known = !prealloc || !strcmp(prealloc, "off") || !strcmp(prealloc, "falloc") ||
+		     !strcmp(prealloc, "full");
 	int fd, ret;
 
 	g_free(tblk__opts_take(opts, "nocow"));
-	if (prealloc && strcmp(prealloc, "off") && strcmp(prealloc, "falloc") &&
-	    strcmp(prealloc, "full"))
-		return tblk_error_set(errp, EINVAL, "Parameter 'preallocation' does not accept "
-				      "value '%s'", prealloc);
+	g_free(tblk__opts_take(opts, "extent_size_hint"));
+	if (!known && strcmp(prealloc, "metadata"))
+		return tblk_error_set(errp, EINVAL, "invalid parameter value: %s", prealloc);
+	/* Whole sectors, as qemu sizes images. */
+	size = size > UINT64_MAX - 511 ? size : TBLK_ALIGN_UP(size, 512);
 	fd = open(filename, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return tblk_error_set_errno(errp, errno, "Could not create '%s'", filename);
 	ret = ftruncate(fd, 0) < 0 ? tblk_error_set_errno(errp, errno, "Could not clear '%s'",
 							  filename) : 0;
+	if (ret == 0 && !known)
+		ret = tblk_error_set(errp, ENOTSUP, "Unsupported preallocation mode: %s",
+				     prealloc);
 	if (ret == 0)
 		ret = fd_resize(fd, 0, size, prealloc, errp);
+	if (ret == 0 && (!prealloc || !strcmp(prealloc, "off")) &&
+	    allocate_first_block(fd, size) < 0)
+		ret = tblk_error_set_errno(errp, errno, "Could not write to '%s'", filename);
 	close(fd);
 	return ret;
 }

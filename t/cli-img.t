@@ -138,14 +138,11 @@ run_case nostdout "create -h" create -h
 # ---- create
 c "create with a size" create -f raw c.img 10M
 c "create, default format" create c.img 1.5M
-TODO="library: raw create must round the size up to 512" \
 	c "create, size in bytes" create -f raw c.img 1000
-TODO="library: raw create must round the size up to 512" \
 	c "create, tiny size" create -f raw c.img 100b
 c "create, size 0" create -f raw c.img 0
-TODO="library: qemu allocates the first 4 KiB of a new raw file (info shows disk size 4 KiB)" \
 	run_case blocks "create allocates the first block" create -f raw c.img 1M
-TODO="library: raw create must round the size up to 512" c "create, hex size" create -f raw c.img 0x100
+c "create, hex size" create -f raw c.img 0x100
 c "create -o size" create -f raw -o size=2M c.img
 c "create -o size twice" create -f raw -o size=1M,size=2M c.img
 c "create -o twice" create -f raw -o size=1M -o preallocation=off c.img
@@ -186,9 +183,8 @@ c "create: unknown format" create -f bogus c.img 1M
 c "create: backing file" create -f raw -b x c.img 1M
 c "create: backing format" create -f raw -F raw c.img 1M
 c "create: -u" create -f raw -u c.img 1M
-TODO="library: preallocation error message" c "create: bad preallocation" \
+c "create: bad preallocation" \
 	create -f raw -o preallocation=bogus c.img 1M
-TODO="library: preallocation error message; qemu leaves an empty file" \
 	c "create: preallocation=metadata" \
 	create -f raw -o preallocation=metadata c.img 1M
 c "create: directory missing" create -f raw /nonexistent/c.img 1M
@@ -201,8 +197,7 @@ c "info json, long options" info --output json --format raw --force-share img
 c "info -f raw -U" info -f raw -U small.img
 c "info --backing-chain" info --backing-chain small.img
 c "info --backing-chain json" info --backing-chain --output=json small.img
-TODO="library: raw virtual size must round up to 512" c "info odd size" info odd.img
-TODO="library: raw virtual size must round up to 512" \
+c "info odd size" info odd.img
 	c "info odd size json" info --output=json odd2.img
 c "info on JSON-hostile names" info --output=json 'a"b'
 c "info, non-ASCII name" info --output=json é€😀

@@ -243,7 +243,6 @@ run_case nostdout "invalid option -o" -f raw -o foo img
 # ---- odd-sized image: the virtual size is rounded up to 512 bytes
 truncate -s 1000 "$tmp/odd.img"
 base=$tmp/odd.img
-TODO="library: virtual size of raw must round up to 512 like qemu" \
 	c "odd size: length and reads near the end" -f raw -c length -c "read 0 1024" \
 	-c "read 1000 24" -c "read 1000 25" -c "write -P 1 990 34" img
 base=$tmp/base.img

@@ -361,9 +361,15 @@ int tblk_node_block_status(struct tblk_node *node, uint64_t offset, uint64_t byt
 	return node->drv->block_status(node, offset, bytes, pnum, map);
 }
 
+/* Sizes are whole 512-byte sectors, as qemu counts them: a file's odd tail reads as zeroes. */
 int64_t tblk_node_getlength(struct tblk_node *node)
 {
+	int64_t len;
+
 	if (!node->drv->getlength)
 		return node->file ? tblk_node_getlength(node->file) : -ENOMEDIUM;
-	return node->drv->getlength(node);
+	len = node->drv->getlength(node);
+	if (len < 0 || len > INT64_MAX - 511)
+		return len;
+	return TBLK_ALIGN_UP(len, 512);
 }
