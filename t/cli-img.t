@@ -90,11 +90,12 @@ listing() {
 	done)
 }
 
+. "$TBLK_SRC/t/lib-diff.sh"
 n=0
 # run_case MODE NAME ARGS...: MODE "exact", "blocks" (also compare allocated blocks), or
 # "nostdout" (stdout is a help text: compare the rest). $TODO marks a known difference that is the library's (TAP TODO).
 run_case() {
-	local mode=$1 name=$2 side p ok=0 why=""
+	local mode=$1 name=$2 side p
 	shift 2
 	for side in q t; do
 		setup_dir "$tmp/$side"
@@ -104,25 +105,7 @@ run_case() {
 		[ "$mode" = nostdout ] && : >"$tmp/$side/out.f"
 		listing "$tmp/$side" "$([ "$mode" = blocks ] && echo 1)" >"$tmp/$side.files"
 	done
-	if ! cmp -s "$tmp/q/rc" "$tmp/t/rc"; then
-		ok=1; why="exit status $(cat "$tmp/q/rc") vs $(cat "$tmp/t/rc")"
-	elif ! cmp -s "$tmp/q/out.f" "$tmp/t/out.f"; then
-		ok=1; why=stdout
-	elif ! cmp -s "$tmp/q/err" "$tmp/t/err"; then
-		ok=1; why=stderr
-	elif ! cmp -s "$tmp/q.files" "$tmp/t.files"; then
-		ok=1; why="files"
-	fi
-	n=$((n + 1))
-	if [ $ok = 0 ]; then
-		echo "ok $n - $name"
-	else
-		echo "not ok $n - $name ($why)${TODO:+ # TODO $TODO}"
-		echo "#   qemu-img $*"
-		diff "$tmp/q/out.f" "$tmp/t/out.f" | sed 's/^/#   out /'
-		diff "$tmp/q/err" "$tmp/t/err" | sed 's/^/#   err /'
-		diff "$tmp/q.files" "$tmp/t.files" | sed 's/^/#   files /'
-	fi
+	verdict "$name" qemu-img "$tmp/q.files" "$tmp/t.files" files "$@"
 }
 c() { run_case exact "$@"; }
 

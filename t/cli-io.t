@@ -76,13 +76,14 @@ filter() {
 		-e 's#^([0-9]+,[0-9]+),[0-9:.]+,[0-9.inf]+,[0-9.inf]+$#\1,X,X,X#'
 }
 
+. "$TBLK_SRC/t/lib-diff.sh"
 n=0
 # run_case MODE NAME ARGS...: MODE is "exact", "sort" (completion order may vary: compare
 # sorted lines) or "nostdout" (stdout is a usage text, compare stderr and status only).
 # $INPUT, if set, is fed on stdin; otherwise stdin is /dev/null. $TODO, if set, marks a known
 # difference that is the library's to fix (TAP TODO: reported, not counted as a failure).
 run_case() {
-	local mode=$1 name=$2 side p ok=0 why=""
+	local mode=$1 name=$2 side p
 	shift 2
 	for side in q t; do
 		rm -f "$tmp/$side/img"
@@ -94,25 +95,7 @@ run_case() {
 		[ "$mode" = sort ] && sort -o "$tmp/$side/out.f" "$tmp/$side/out.f"
 		[ "$mode" = nostdout ] && : >"$tmp/$side/out.f"
 	done
-	if ! cmp -s "$tmp/q/rc" "$tmp/t/rc"; then
-		ok=1; why="exit status $(cat "$tmp/q/rc") vs $(cat "$tmp/t/rc")"
-	elif ! cmp -s "$tmp/q/out.f" "$tmp/t/out.f"; then
-		ok=1; why=stdout
-	elif ! cmp -s "$tmp/q/err" "$tmp/t/err"; then
-		ok=1; why=stderr
-	elif ! cmp -s "$tmp/q/img" "$tmp/t/img"; then
-		ok=1; why="image contents"
-	fi
-	n=$((n + 1))
-	if [ $ok = 0 ]; then
-		echo "ok $n - $name"
-	else
-		echo "not ok $n - $name ($why)${TODO:+ # TODO $TODO}"
-		echo "#   qemu-io $*"
-		diff "$tmp/q/out.f" "$tmp/t/out.f" | sed 's/^/#   out /'
-		diff "$tmp/q/err" "$tmp/t/err" | sed 's/^/#   err /'
-		cmp "$tmp/q/img" "$tmp/t/img" 2>&1 | sed 's/^/#   /'
-	fi
+	verdict "$name" qemu-io "$tmp/q/img" "$tmp/t/img" "image contents" "$@"
 }
 c() { run_case exact "$@"; }
 
