@@ -26,7 +26,15 @@ struct tblk_blk {
 	uint64_t size;			/* [atomic] cached virtual size for range checks */
 	struct tblk_list parked;	/* [loop thread] requests waiting for a drain to end */
 	struct tblk_bh *resume_bh;	/* [const] resubmits parked requests */
+	/*
+	 * [loop thread] Finished request objects kept for reuse (linked through work.next),
+	 * so the asynchronous hot path does not allocate; at most REQ_CACHE_MAX of them.
+	 */
+	struct tblk_req *free_reqs;
+	unsigned int nr_free_reqs;	/* [loop thread] */
 };
+
+#define REQ_CACHE_MAX	256
 
 static bool blk_writethrough(struct tblk_blk *blk)
 {
@@ -102,6 +110,12 @@ void tblk_blk_close(struct tblk_blk *blk)
 		return;
 	tblk_blk_drain(blk);
 	blk_fail_parked(blk);
+	while (blk->free_reqs) {
+		struct tblk_req *req = blk->free_reqs;
+
+		blk->free_reqs = (struct tblk_req *)req->work.next;
+		g_free(req);
+	}
 	tblk_bh_free(blk->resume_bh);
 	tblk__node_close(blk->root);
 	g_free(blk);
@@ -119,6 +133,29 @@ static int check_range(struct tblk_blk *blk, uint64_t offset, uint64_t bytes)
 
 /* ---------------------------------------------------------------- asynchronous */
 
+/* A request object for @blk's loop thread: reused if one is free. */
+static struct tblk_req *req_get(struct tblk_blk *blk)
+{
+	struct tblk_req *req = blk->free_reqs;
+
+	if (!req)
+		return g_new(struct tblk_req, 1);	/* aborts on exhaustion, as GLib does */
+	blk->free_reqs = (struct tblk_req *)req->work.next;
+	blk->nr_free_reqs--;
+	return req;
+}
+
+static void req_put(struct tblk_blk *blk, struct tblk_req *req)
+{
+	if (blk->nr_free_reqs >= REQ_CACHE_MAX) {
+		g_free(req);
+		return;
+	}
+	req->work.next = (struct tblk_work *)blk->free_reqs;
+	blk->free_reqs = req;
+	blk->nr_free_reqs++;
+}
+
 static void areq_complete(struct tblk_req *req, int ret)
 {
 	struct tblk_blk *outer = cb_blk;
@@ -127,7 +164,7 @@ static void areq_complete(struct tblk_req *req, int ret)
 	req->cb(req->cb_opaque, ret);
 	cb_blk = outer;
 	tblk__req_end_async(req, ret);
-	g_free(req);
+	req_put(req->blk, req);
 }
 
 /* Pool worker: the request's body, nested so children do not wait for quiesce. */
@@ -208,12 +245,12 @@ static void blk_aio(struct tblk_blk *blk, enum tblk_req_kind kind, uint64_t offs
 		    uint64_t bytes, const struct iovec *iov, int iovcnt, unsigned int flags,
 		    tblk_cb *cb, void *opaque)
 {
-	/* g_new aborts on exhaustion, as GLib does everywhere; requests are small. */
-	struct tblk_req *req = g_new(struct tblk_req, 1);
+	struct tblk_req *req;
 
 	/* Asynchronous use needs the loop given at open, and its thread. */
 	assert(blk->loop);
 	assert(tblk_loop_in_thread(blk->loop) || !tblk_loop_is_running(blk->loop));
+	req = req_get(blk);
 	req->node = blk->root;
 	req->blk = blk;
 	req->kind = kind;

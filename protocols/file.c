@@ -225,32 +225,6 @@ static const struct iovec *iov_rest(const struct iovec *iov, int iovcnt, uint64_
 	return *owned;
 }
 
-static int file_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
-		       const struct iovec *iov, int iovcnt, unsigned int flags)
-{
-	struct file_state *s = node->opaque;
-	g_autofree struct iovec *owned = NULL;
-	uint64_t done = 0;
-
-	while (done < bytes) {
-		int n;
-		const struct iovec *rest = iov_rest(iov, iovcnt, done, bytes, &n, &owned);
-		ssize_t r = preadv(s->fd, rest, n, (off_t)(offset + done));
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		if (r == 0) {
-			/* End of file: the rest reads as zeroes, as a sparse tail would. */
-			tblk_iov_memset(iov, iovcnt, done, 0, bytes - done);
-			break;
-		}
-		done += (uint64_t)r;
-	}
-	return 0;
-}
-
 static ssize_t pwritev_fua(int fd, const struct iovec *iov, int n, off_t off, bool fua)
 {
 	ssize_t r;
@@ -266,8 +240,12 @@ static ssize_t pwritev_fua(int fd, const struct iovec *iov, int n, off_t off, bo
 	return r;
 }
 
-static int file_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
-			const struct iovec *iov, int iovcnt, unsigned int flags)
+/*
+ * Moves @bytes at @offset until done: retries interrupted and short transfers; a read that
+ * meets the end of the file fills the rest with zeroes, as a sparse tail would read.
+ */
+static int file_rw(struct tblk_node *node, bool write, uint64_t offset, uint64_t bytes,
+		   const struct iovec *iov, int iovcnt, unsigned int flags)
 {
 	struct file_state *s = node->opaque;
 	g_autofree struct iovec *owned = NULL;
@@ -276,18 +254,35 @@ static int file_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 	while (done < bytes) {
 		int n;
 		const struct iovec *rest = iov_rest(iov, iovcnt, done, bytes, &n, &owned);
-		ssize_t r = pwritev_fua(s->fd, rest, n, (off_t)(offset + done),
-					flags & TBLK_REQ_FUA);
+		off_t pos = (off_t)(offset + done);
+		ssize_t r = write ? pwritev_fua(s->fd, rest, n, pos, flags & TBLK_REQ_FUA) :
+			    preadv(s->fd, rest, n, pos);
 
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
 			return -errno;
-		if (r == 0)
+		if (r == 0 && write)
 			return -ENOSPC;
+		if (r == 0) {
+			tblk_iov_memset(iov, iovcnt, done, 0, bytes - done);
+			break;
+		}
 		done += (uint64_t)r;
 	}
 	return 0;
+}
+
+static int file_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+		       const struct iovec *iov, int iovcnt, unsigned int flags)
+{
+	return file_rw(node, false, offset, bytes, iov, iovcnt, flags);
+}
+
+static int file_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+			const struct iovec *iov, int iovcnt, unsigned int flags)
+{
+	return file_rw(node, true, offset, bytes, iov, iovcnt, flags);
 }
 
 static int file_flush(struct tblk_node *node)
