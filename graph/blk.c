@@ -503,3 +503,55 @@ int tblk_img_create(const char *filename, const char *fmt, uint64_t size, GHashT
 		return ret;
 	return 0;
 }
+
+int tblk_blk_chain_length(struct tblk_blk *blk)
+{
+	int n = 0;
+
+	for (struct tblk_node *node = blk->root; node; node = node->backing)
+		n++;
+	return n;
+}
+
+int tblk_blk_block_status_depth(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
+				uint64_t *pnum, uint64_t *map, int *depth)
+{
+	uint64_t n = bytes;
+	int d = 0;
+
+	for (struct tblk_node *node = blk->root; node; node = node->backing, d++) {
+		int64_t len = tblk_node_getlength(node);
+		int ret;
+
+		if (len < 0)
+			return (int)len;
+		/* Past the end of a shorter backing file everything reads as zeroes. */
+		if (offset >= (uint64_t)len) {
+			if (d == 0) {
+				*pnum = 0;
+				return 0;
+			}
+			break;
+		}
+		ret = tblk_node_block_status(node, offset, n, &n, map);
+		if (ret < 0)
+			return ret;
+		if (ret & TBLK_BS_ALLOCATED) {
+			*pnum = n;
+			if (depth)
+				*depth = d;
+			return ret;
+		}
+	}
+	*pnum = n;
+	if (depth)
+		*depth = d;
+	return TBLK_BS_ZERO;
+}
+
+uint32_t tblk_blk_cluster_size(struct tblk_blk *blk)
+{
+	struct tblk_node *root = blk->root;
+
+	return root->drv->cluster_size ? root->drv->cluster_size(root) : 0;
+}

@@ -106,6 +106,7 @@ int tblk_img_create(const char *filename, const char *fmt, uint64_t size,
 #define TBLK_REQ_FUA		0x1u	/* write is durable on completion */
 #define TBLK_REQ_MAY_UNMAP	0x2u	/* write zeroes may deallocate */
 #define TBLK_REQ_NO_FALLBACK	0x4u	/* write zeroes fails with -ENOTSUP rather than writing */
+#define TBLK_REQ_COMPRESSED	0x8u	/* write compressed: whole clusters (qcow2), else -ENOTSUP */
 
 /* Runs on the backend's loop with the request's result: 0 or -errno. */
 typedef void tblk_cb(void *opaque, int ret);
@@ -166,6 +167,19 @@ int tblk_blk_truncate(struct tblk_blk *blk, uint64_t size, const char *prealloc,
  */
 int tblk_blk_block_status(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
 			  uint64_t *pnum, uint64_t *map);
+
+/*
+ * Block status through the backing chain: the layer that holds [offset, offset + *pnum) is
+ * *depth (0 = the image itself, 1 = its backing file, ...) and the TBLK_BS_* bits are that
+ * layer's, with TBLK_BS_ALLOCATED set for every depth. Where no layer holds the range,
+ * *depth is the chain length and the bits are TBLK_BS_ZERO. @map and @depth may be NULL.
+ */
+int tblk_blk_block_status_depth(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
+				uint64_t *pnum, uint64_t *map, int *depth);
+/* The format's cluster size in bytes (the unit of compressed writes), 0 if it has none. */
+uint32_t tblk_blk_cluster_size(struct tblk_blk *blk);
+/* Number of images in the backing chain (1 without a backing file). */
+int tblk_blk_chain_length(struct tblk_blk *blk);
 
 /* The format driver's name ("raw"), the root node's filename, the protocol's name. */
 const char *tblk_blk_format_name(struct tblk_blk *blk);
