@@ -9,6 +9,7 @@
 #include "tracked/tracked.h"
 
 extern const struct tblk_driver tblk__drv_raw;
+extern const struct tblk_driver tblk__drv_qcow2;
 extern const struct tblk_driver tblk__drv_file;
 extern const struct tblk_driver tblk__drv_host_device;
 extern const struct tblk_driver tblk__drv_null_co;
@@ -16,6 +17,7 @@ extern const struct tblk_driver tblk__drv_null_aio;
 
 static const struct tblk_driver *const formats[] = {
 	&tblk__drv_raw,
+	&tblk__drv_qcow2,
 	NULL,
 };
 

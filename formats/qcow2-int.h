@@ -1,0 +1,265 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2-int.h - what the files of the qcow2 driver share: the on-disk constants, the state of
+ * an open image, and the functions of qcow2-header.c, qcow2-refcount.c, qcow2-cache.c and
+ * qcow2-cluster.c.
+ *
+ * Locking: one image lock per image (struct qcow2_state.meta) guards all metadata, the
+ * caches and the allocation state. It is a sleeping lock: it may be held across metadata I/O
+ * (as qemu holds its CoMutex), and is always dropped around guest data I/O. A thread waiting
+ * for it waits through the pool's wait service. `mu` is the short leaf mutex that implements
+ * it; nothing else is ever done under `mu` alone.
+ */
+#ifndef TBLK_QCOW2_INT_H
+#define TBLK_QCOW2_INT_H
+
+#include <endian.h>
+
+#include "tracked/tracked.h"
+
+#define QCOW2_MAGIC		0x514649fbu
+#define QCOW2_MIN_CLUSTER_BITS	9
+#define QCOW2_MAX_CLUSTER_BITS	21
+#define QCOW2_V2_HEADER_LEN	72
+#define QCOW2_V3_HEADER_LEN	104	/* without the compression type */
+#define QCOW2_HEADER_LEN	112	/* what we write for v3 */
+#define QCOW2_MAX_L1_BYTES	(32u << 20)
+#define QCOW2_MAX_REFTABLE_BYTES (8u << 20)
+#define QCOW2_MAX_BACKING_NAME	1023
+#define QCOW2_MAX_SNAPSHOTS	65536
+
+/* Header extension types. */
+#define QCOW2_EXT_END		0x00000000u
+#define QCOW2_EXT_BACKING_FMT	0xe2792acau
+#define QCOW2_EXT_FEATURES	0x6803f857u
+#define QCOW2_EXT_CRYPTO	0x0537be77u
+#define QCOW2_EXT_BITMAPS	0x23852875u
+#define QCOW2_EXT_DATA_FILE	0x44415441u
+
+/* Feature bits. */
+#define QCOW2_INCOMPAT_DIRTY		(1ull << 0)
+#define QCOW2_INCOMPAT_CORRUPT		(1ull << 1)
+#define QCOW2_INCOMPAT_DATA_FILE	(1ull << 2)
+#define QCOW2_INCOMPAT_COMPRESSION	(1ull << 3)
+#define QCOW2_INCOMPAT_EXTL2		(1ull << 4)
+#define QCOW2_INCOMPAT_KNOWN		0x1full
+#define QCOW2_COMPAT_LAZY_REFCOUNTS	(1ull << 0)
+#define QCOW2_AUTOCLEAR_BITMAPS		(1ull << 0)
+#define QCOW2_AUTOCLEAR_DATA_FILE_RAW	(1ull << 1)
+#define QCOW2_AUTOCLEAR_KNOWN		0x3ull
+
+/* Table entries. */
+#define QCOW2_OFLAG_COPIED	(1ull << 63)
+#define QCOW2_OFLAG_COMPRESSED	(1ull << 62)
+#define QCOW2_OFLAG_ZERO	(1ull << 0)
+#define QCOW2_OFFSET_MASK	0x00fffffffffffe00ull
+#define QCOW2_L1_RESERVED	0x7f000000000001ffull
+#define QCOW2_L2_RESERVED	0x3f000000000001feull
+#define QCOW2_REFT_RESERVED	0x00000000000001ffull
+
+/* What a guest cluster (or subcluster) is. */
+enum qcow2_ctype {
+	QCOW2_UNALLOCATED,	/* falls through to the backing file, or zero */
+	QCOW2_ZERO_PLAIN,	/* reads zeroes, no host cluster */
+	QCOW2_ZERO_ALLOC,	/* reads zeroes, host cluster kept */
+	QCOW2_NORMAL,		/* data at a host offset */
+	QCOW2_COMPRESSED,	/* compressed data at a host byte offset */
+};
+
+/* A header extension we do not interpret, written back unchanged. */
+struct qcow2_ext {
+	uint32_t type;
+	uint32_t len;
+	uint8_t *data;
+	struct qcow2_ext *next;
+};
+
+struct qcow2_cache;
+
+/* A guest range whose clusters are being allocated: writers overlapping it wait. */
+struct qcow2_alloc {
+	uint64_t start;		/* guest offset, cluster aligned */
+	uint64_t end;
+	struct tblk_list link;	/* [meta] on qcow2_state.allocs */
+};
+
+struct qcow2_state {
+	/* The image lock (see the file comment). Lock order: meta before node locks; mu is a leaf. */
+	struct tblk_mutex mu;
+	struct tblk_cond cv;		/* [mu] meta released, or an allocation finished */
+	bool meta_held;			/* [mu] */
+
+	/* Geometry. [const] after open. */
+	unsigned int cluster_bits;
+	uint32_t cluster_size;
+	unsigned int l2_bits;		/* log2 of entries per L2 table */
+	uint32_t l2_size;		/* entries per L2 table */
+	unsigned int l2_entry_size;	/* 8, or 16 with extended L2 */
+	bool ext_l2;
+	uint32_t subcluster_size;	/* cluster_size / 32 with ext_l2, else cluster_size */
+	unsigned int refcount_order;
+	unsigned int rc_block_bits;	/* log2 of refcounts per refcount block */
+	uint64_t refcount_max;
+	unsigned int csize_shift;	/* compressed descriptor: offset bits */
+	uint64_t csize_mask;
+	uint64_t coffset_mask;
+	int version;
+	uint8_t compression_type;
+
+	/* Header fields and features. [meta] (changed only in drained sections or under meta). */
+	uint64_t size;
+	uint64_t incompat;
+	uint64_t compat;
+	uint64_t autoclear;
+	uint32_t header_length;		/* as found; what we rewrite */
+	char *backing_file;
+	char *backing_fmt;
+	char *data_file_name;
+	struct qcow2_ext *unknown_exts;
+	bool has_bitmaps_ext;
+	uint32_t nb_snapshots;
+	uint64_t snapshots_offset;
+
+	/* L1 and refcount table, kept in memory in host order. [meta] */
+	uint64_t *l1;
+	uint32_t l1_size;
+	uint64_t l1_offset;
+	uint64_t *reftable;
+	uint64_t reftable_size;		/* entries */
+	uint64_t reftable_offset;
+	uint32_t reftable_clusters;
+
+	struct qcow2_cache *l2_cache;	/* [meta] */
+	struct qcow2_cache *rc_cache;	/* [meta] */
+
+	/* Allocation. [meta] */
+	uint64_t free_cluster_index;	/* where the first-free search starts */
+	uint64_t free_byte_offset;	/* end of the last compressed cluster, 0 = none */
+	uint64_t *pending_free;		/* host offsets freed but still referenced on disk */
+	size_t nr_pending_free;
+	size_t pending_free_cap;
+	struct tblk_list allocs;	/* struct qcow2_alloc in flight */
+	bool meta_dirty;		/* metadata written since the last file flush */
+
+	bool corrupt;			/* [meta] found corrupt: no more writes */
+	bool read_only;			/* [const] */
+	struct tblk_node *node;		/* [const] */
+	struct tblk_node *data;		/* [const] where guest data lives (file or data_file) */
+};
+
+/* ------------------------------------------------ image lock (qcow2.c) */
+void qcow2_lock(struct qcow2_state *s);
+void qcow2_unlock(struct qcow2_state *s);
+/* Waits for an allocation to finish: drops and retakes the image lock. */
+void qcow2_wait_alloc(struct qcow2_state *s);
+/* Marks the image corrupt (once), logs where; returns -EUCLEAN. */
+int qcow2_signal_corruption(struct qcow2_state *s, const char *what, uint64_t offset);
+
+/* ------------------------------------------------ helpers */
+static inline uint64_t qcow2_size_to_clusters(const struct qcow2_state *s, uint64_t size)
+{
+	return (size + s->cluster_size - 1) >> s->cluster_bits;
+}
+
+static inline uint64_t qcow2_offset_into_cluster(const struct qcow2_state *s, uint64_t off)
+{
+	return off & (s->cluster_size - 1);
+}
+
+static inline uint64_t qcow2_start_of_cluster(const struct qcow2_state *s, uint64_t off)
+{
+	return off & ~(uint64_t)(s->cluster_size - 1);
+}
+
+/* Guest bytes one L1 entry covers. */
+static inline uint64_t qcow2_l1_span(const struct qcow2_state *s)
+{
+	return (uint64_t)s->l2_size << s->cluster_bits;
+}
+
+/* ------------------------------------------------ header (qcow2-header.c) */
+/* Parses and validates the header in @buf (the first cluster, @len bytes). */
+int qcow2_header_parse(struct qcow2_state *s, const uint8_t *buf, size_t len,
+		       uint64_t file_size, GError **errp);
+/* Writes the header cluster from @s. */
+int qcow2_header_write(struct qcow2_state *s);
+/* Builds the header cluster image (cluster_size bytes) from @s into @buf. -ENOSPC if too big. */
+int qcow2_header_build(const struct qcow2_state *s, uint8_t *buf);
+/* Sets geometry fields from cluster_bits, refcount_order, ext_l2. */
+void qcow2_set_geometry(struct qcow2_state *s);
+void qcow2_state_free_header(struct qcow2_state *s);
+
+/* ------------------------------------------------ caches (qcow2-cache.c) */
+struct qcow2_cache *qcow2_cache_new(struct qcow2_state *s, unsigned int nr_entries);
+void qcow2_cache_free(struct qcow2_cache *c);
+/* The table at host @offset (one cluster), loaded if needed; stays valid until the next
+ * cache call. With @fresh, the table is zero-filled instead of read. */
+int qcow2_cache_get(struct qcow2_cache *c, uint64_t offset, bool fresh, void **table);
+void qcow2_cache_mark_dirty(struct qcow2_cache *c, void *table);
+/* Writes dirty tables. */
+int qcow2_cache_write(struct qcow2_cache *c);
+/* Forgets the table at @offset (freed) without writing it. */
+void qcow2_cache_discard(struct qcow2_cache *c, uint64_t offset);
+/* Writes all metadata in a crash-safe order: refcounts, file flush, L2 tables. */
+int qcow2_flush_metadata(struct qcow2_state *s);
+
+/* ------------------------------------------------ refcounts (qcow2-refcount.c) */
+int qcow2_refcount_load_table(struct qcow2_state *s, GError **errp);
+int qcow2_get_refcount(struct qcow2_state *s, uint64_t cluster_index, uint64_t *refcount);
+/* Adds @delta to the refcounts of the clusters covering [offset, offset + len). */
+int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, int64_t delta);
+/* Allocates @len bytes of contiguous clusters (first free), refcount 1. Host offset or -errno. */
+int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t len);
+/* Allocates @len bytes for compressed data (packed after the previous ones). */
+int64_t qcow2_alloc_bytes(struct qcow2_state *s, uint64_t len);
+/* Drops one reference to the clusters of @l2_entry (normal or compressed), deferred. */
+int qcow2_free_l2_entry(struct qcow2_state *s, uint64_t l2_entry);
+/* Drops one reference to clusters at [offset, offset + len), deferred until the metadata that
+ * stopped using them is on disk. */
+int qcow2_free_clusters(struct qcow2_state *s, uint64_t offset, uint64_t len);
+/* Applies deferred frees (caller made the metadata that dropped the references durable). */
+int qcow2_apply_pending_frees(struct qcow2_state *s);
+
+/* ------------------------------------------------ clusters (qcow2-cluster.c) */
+struct qcow2_map {
+	enum qcow2_ctype type;
+	uint64_t host;		/* host offset of the guest offset asked (normal/zero-alloc) */
+	uint64_t l2_entry;	/* raw entry of the first cluster (compressed descriptor) */
+	uint64_t bytes;		/* guest bytes from the offset with the same type and contiguity */
+};
+/* What [offset, offset + bytes) maps to, for the leading run of one type. */
+int qcow2_get_mapping(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
+		      struct qcow2_map *map);
+/* Reads the raw L2 entry (and bitmap) of the cluster at guest @offset; 0 if no L2 table. */
+int qcow2_get_l2_entry(struct qcow2_state *s, uint64_t offset, uint64_t *entry,
+		       uint64_t *bitmap);
+/* The writable L2 table for guest @offset, allocating or copying it. *table, *index. */
+int qcow2_get_l2_for_write(struct qcow2_state *s, uint64_t offset, void **table,
+			   uint32_t *index);
+/* Entry accessors on a table returned by the cache. */
+uint64_t qcow2_l2_get(const struct qcow2_state *s, const void *table, uint32_t i);
+uint64_t qcow2_l2_get_bitmap(const struct qcow2_state *s, const void *table, uint32_t i);
+void qcow2_l2_set(const struct qcow2_state *s, void *table, uint32_t i, uint64_t entry,
+		  uint64_t bitmap);
+enum qcow2_ctype qcow2_entry_type(const struct qcow2_state *s, uint64_t entry);
+/* Grows the L1 table to at least @min_size entries (exact when @exact). */
+int qcow2_grow_l1(struct qcow2_state *s, uint64_t min_size, bool exact);
+/* Writes L1 entry @index to disk. */
+int qcow2_write_l1_entry(struct qcow2_state *s, uint32_t index);
+
+/* ------------------------------------------------ data path (qcow2-rw.c) */
+int tblk__qcow2_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+		       const struct iovec *iov, int iovcnt, unsigned int flags);
+int tblk__qcow2_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+			const struct iovec *iov, int iovcnt, unsigned int flags);
+int tblk__qcow2_flush(struct tblk_node *node);
+int tblk__qcow2_pdiscard(struct tblk_node *node, uint64_t offset, uint64_t bytes);
+int tblk__qcow2_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+			      unsigned int flags);
+int tblk__qcow2_block_status(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+			     uint64_t *pnum, uint64_t *map);
+
+/* ------------------------------------------------ create (qcow2-create.c) */
+int qcow2_create(const char *filename, uint64_t size, GHashTable *opts, GError **errp);
+
+#endif /* TBLK_QCOW2_INT_H */

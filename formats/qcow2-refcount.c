@@ -1,0 +1,424 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2-refcount.c - reference counts: the refcount table, refcount blocks of 1 to 64 bits
+ * per entry, the first-free cluster search and refcount block allocation placed where qemu
+ * places them (so that the same operations give the same image bytes), byte allocation for
+ * compressed clusters, and deferred frees: a cluster whose last reference is dropped becomes
+ * reusable only once the metadata that dropped it is on disk.
+ *
+ * Threading: everything here runs under the image lock.
+ */
+#include <string.h>
+
+#include "formats/qcow2-int.h"
+
+static uint64_t rc_get(const struct qcow2_state *s, const void *block, uint64_t i)
+{
+	const uint8_t *b = block;
+	unsigned int bits = 1u << s->refcount_order;
+
+	switch (s->refcount_order) {
+	case 4:
+		return be16toh(((const uint16_t *)block)[i]);
+	case 5:
+		return be32toh(((const uint32_t *)block)[i]);
+	case 6:
+		return be64toh(((const uint64_t *)block)[i]);
+	case 3:
+		return b[i];
+	default:
+		/* 1, 2 and 4 bits: least significant bits first within a byte */
+		return (b[i * bits / 8] >> (i * bits % 8)) & ((1u << bits) - 1);
+	}
+}
+
+static void rc_set(const struct qcow2_state *s, void *block, uint64_t i, uint64_t v)
+{
+	uint8_t *b = block;
+	unsigned int bits = 1u << s->refcount_order;
+
+	switch (s->refcount_order) {
+	case 4:
+		((uint16_t *)block)[i] = htobe16((uint16_t)v);
+		break;
+	case 5:
+		((uint32_t *)block)[i] = htobe32((uint32_t)v);
+		break;
+	case 6:
+		((uint64_t *)block)[i] = htobe64(v);
+		break;
+	case 3:
+		b[i] = (uint8_t)v;
+		break;
+	default: {
+		unsigned int shift = (unsigned int)(i * bits % 8);
+		uint8_t mask = (uint8_t)(((1u << bits) - 1) << shift);
+
+		b[i * bits / 8] = (uint8_t)((b[i * bits / 8] & ~mask) | ((v << shift) & mask));
+		break;
+	}
+	}
+}
+
+int qcow2_refcount_load_table(struct qcow2_state *s, GError **errp)
+{
+	uint64_t bytes = (uint64_t)s->reftable_clusters << s->cluster_bits;
+	int ret;
+
+	s->reftable_size = bytes / 8;
+	s->reftable = g_try_malloc(bytes);
+	if (!s->reftable)
+		return tblk_error_set(errp, ENOMEM, "Could not allocate refcount table");
+	ret = tblk_node_pread(s->node->file, s->reftable_offset, s->reftable, bytes);
+	if (ret < 0)
+		return tblk_error_set_errno(errp, -ret, "Could not read refcount table");
+	for (uint64_t i = 0; i < s->reftable_size; i++)
+		s->reftable[i] = be64toh(s->reftable[i]);
+	return 0;
+}
+
+/* The refcount block covering @cluster_index, or *block = NULL if it has none. */
+static int get_block(struct qcow2_state *s, uint64_t cluster_index, void **block)
+{
+	uint64_t ti = cluster_index >> s->rc_block_bits, off;
+
+	*block = NULL;
+	if (ti >= s->reftable_size)
+		return 0;
+	off = s->reftable[ti] & ~QCOW2_REFT_RESERVED;
+	if (!off)
+		return 0;
+	if (off & (s->cluster_size - 1))
+		return qcow2_signal_corruption(s, "Refblock offset not aligned", off);
+	return qcow2_cache_get(s->rc_cache, off, false, block);
+}
+
+int qcow2_get_refcount(struct qcow2_state *s, uint64_t cluster_index, uint64_t *refcount)
+{
+	void *block;
+	int ret = get_block(s, cluster_index, &block);
+
+	if (ret < 0)
+		return ret;
+	*refcount = block ? rc_get(s, block, cluster_index & ((1ull << s->rc_block_bits) - 1)) : 0;
+	return 0;
+}
+
+/*
+ * The first-free search: advances free_cluster_index over used clusters until @n free ones
+ * in a row were seen; does not change refcounts.
+ */
+static int64_t alloc_noref(struct qcow2_state *s, uint64_t n)
+{
+	uint64_t limit = (1ull << 56) >> s->cluster_bits;
+	uint64_t run = 0;
+
+	while (run < n) {
+		uint64_t rc;
+		int ret;
+
+		if (s->free_cluster_index >= limit)
+			return -EFBIG;
+		ret = qcow2_get_refcount(s, s->free_cluster_index++, &rc);
+		if (ret < 0)
+			return ret;
+		run = rc ? 0 : run + 1;
+	}
+	return (int64_t)((s->free_cluster_index - n) << s->cluster_bits);
+}
+
+static int write_reftable_entry(struct qcow2_state *s, uint64_t index)
+{
+	uint64_t be = htobe64(s->reftable[index]);
+	int ret = tblk_node_pwrite(s->node->file, s->reftable_offset + index * 8, &be, 8, 0);
+
+	if (ret >= 0)
+		ret = tblk_node_flush(s->node->file);
+	return ret;
+}
+
+static int grow_reftable(struct qcow2_state *s, uint64_t cluster_index, uint64_t new_block);
+
+/*
+ * Gives @cluster_index a refcount block. Returns 0 if it had one, -EAGAIN if a new block was
+ * allocated (the caller restarts its free-cluster search: the block may sit where it meant
+ * to allocate), or -errno.
+ */
+static int alloc_refcount_block(struct qcow2_state *s, uint64_t cluster_index)
+{
+	uint64_t ti = cluster_index >> s->rc_block_bits;
+	uint64_t mask = (1ull << s->rc_block_bits) - 1;
+	int64_t nb;
+	void *block;
+	int ret;
+
+	if (ti < s->reftable_size && (s->reftable[ti] & ~QCOW2_REFT_RESERVED))
+		return 0;
+	nb = alloc_noref(s, 1);
+	if (nb < 0)
+		return (int)nb;
+	if (nb == 0)
+		return qcow2_signal_corruption(s, "Preventing invalid allocation of refcount "
+					       "block at offset", 0);
+	if (((uint64_t)nb >> s->cluster_bits >> s->rc_block_bits) == ti) {
+		/* The new block covers itself. */
+		ret = qcow2_cache_get(s->rc_cache, (uint64_t)nb, true, &block);
+		if (ret < 0)
+			return ret;
+		rc_set(s, block, ((uint64_t)nb >> s->cluster_bits) & mask, 1);
+	} else {
+		ret = qcow2_update_refcount(s, (uint64_t)nb, s->cluster_size, 1);
+		if (ret < 0)
+			return ret;
+		ret = qcow2_cache_get(s->rc_cache, (uint64_t)nb, true, &block);
+		if (ret < 0)
+			return ret;
+	}
+	ret = qcow2_cache_write(s->rc_cache);
+	if (ret >= 0)
+		ret = tblk_node_flush(s->node->file);
+	if (ret < 0)
+		return ret;
+	if (ti < s->reftable_size) {
+		s->reftable[ti] = (uint64_t)nb;
+		ret = write_reftable_entry(s, ti);
+		return ret < 0 ? ret : -EAGAIN;
+	}
+	ret = grow_reftable(s, cluster_index, (uint64_t)nb);
+	return ret < 0 ? ret : -EAGAIN;
+}
+
+/*
+ * The refcount table is full: a new, larger table and the refcount blocks that cover it are
+ * placed after everything the current blocks could describe, the old table is freed.
+ */
+static int grow_reftable(struct qcow2_state *s, uint64_t cluster_index, uint64_t new_block)
+{
+	uint64_t per_block = 1ull << s->rc_block_bits;
+	uint64_t used = TBLK_MAX(cluster_index + 1, (new_block >> s->cluster_bits) + 1);
+	uint64_t blocks_used = (used + per_block - 1) / per_block;
+	uint64_t start = blocks_used * per_block;	/* first cluster of the new area */
+	uint64_t new_size = TBLK_MAX(s->reftable_size * 3 / 2, blocks_used + 1);
+	uint64_t table_clusters, area_blocks, old_off = s->reftable_offset;
+	uint64_t old_bytes = (uint64_t)s->reftable_clusters << s->cluster_bits;
+	g_autofree uint64_t *table = NULL;
+	uint64_t table_off, ti;
+	int ret;
+
+	/* Size the table and the blocks that describe the area holding them. */
+	for (;;) {
+		table_clusters = (new_size * 8 + s->cluster_size - 1) >> s->cluster_bits;
+		area_blocks = (table_clusters + per_block) / per_block + 1;
+		if (start / per_block + area_blocks <= new_size)
+			break;
+		new_size = new_size * 3 / 2 + 1;
+	}
+	if (new_size * 8 > QCOW2_MAX_REFTABLE_BYTES)
+		return -EFBIG;
+	table = g_new0(uint64_t, table_clusters << s->cluster_bits >> 3);
+	memcpy(table, s->reftable, s->reftable_size * 8);
+	table[cluster_index >> s->rc_block_bits] = new_block;
+	/* Blocks for the area first, then the table after them. */
+	ti = start / per_block;
+	table_off = (start + area_blocks) << s->cluster_bits;
+	for (uint64_t b = 0; b < area_blocks; b++) {
+		uint64_t boff = (start + b) << s->cluster_bits;
+		void *block;
+
+		table[ti + b] = boff;
+		ret = qcow2_cache_get(s->rc_cache, boff, true, &block);
+		if (ret < 0)
+			return ret;
+		for (uint64_t c = 0; c < per_block; c++) {
+			uint64_t idx = (ti + b) * per_block + c;
+
+			if (idx >= start && idx < start + area_blocks + table_clusters)
+				rc_set(s, block, c, 1);
+		}
+	}
+	ret = qcow2_cache_write(s->rc_cache);
+	if (ret < 0)
+		return ret;
+	for (uint64_t i = 0; i < table_clusters << s->cluster_bits >> 3; i++)
+		table[i] = htobe64(table[i]);
+	ret = tblk_node_pwrite(s->node->file, table_off, table, table_clusters << s->cluster_bits,
+			       0);
+	if (ret >= 0)
+		ret = tblk_node_flush(s->node->file);
+	if (ret < 0)
+		return ret;
+	for (uint64_t i = 0; i < table_clusters << s->cluster_bits >> 3; i++)
+		table[i] = be64toh(table[i]);
+	g_free(s->reftable);
+	s->reftable = g_steal_pointer(&table);
+	s->reftable_size = table_clusters << s->cluster_bits >> 3;
+	s->reftable_offset = table_off;
+	s->reftable_clusters = (uint32_t)table_clusters;
+	ret = qcow2_header_write(s);
+	if (ret >= 0)
+		ret = tblk_node_flush(s->node->file);
+	if (ret < 0)
+		return ret;
+	return qcow2_free_clusters(s, old_off, old_bytes);
+}
+
+int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, int64_t delta)
+{
+	uint64_t first = offset >> s->cluster_bits;
+	uint64_t last = (offset + len - 1) >> s->cluster_bits;
+	uint64_t mask = (1ull << s->rc_block_bits) - 1;
+	uint64_t done;
+	int ret = 0;
+
+	if (len == 0)
+		return 0;
+	for (done = first; done <= last; done++) {
+		void *block;
+		uint64_t rc;
+
+		ret = alloc_refcount_block(s, done);
+		if (ret == -EAGAIN && s->free_cluster_index > first)
+			s->free_cluster_index = first;
+		if (ret < 0)
+			break;
+		ret = get_block(s, done, &block);
+		if (ret < 0)
+			break;
+		rc = rc_get(s, block, done & mask);
+		if ((delta < 0 && rc < (uint64_t)-delta) ||
+		    (delta > 0 && rc > s->refcount_max - (uint64_t)delta)) {
+			ret = delta < 0 ? qcow2_signal_corruption(s, "Refcount underflow at",
+								  done << s->cluster_bits)
+					: -ERANGE;
+			break;
+		}
+		rc += (uint64_t)delta;
+		rc_set(s, block, done & mask, rc);
+		qcow2_cache_mark_dirty(s->rc_cache, block);
+		if (rc == 0) {
+			qcow2_cache_discard(s->l2_cache, done << s->cluster_bits);
+			qcow2_cache_discard(s->rc_cache, done << s->cluster_bits);
+			if (done < s->free_cluster_index)
+				s->free_cluster_index = done;
+		}
+	}
+	if (ret < 0 && done > first) {
+		/* Undo what was done so far. */
+		uint64_t n = (done - first) << s->cluster_bits;
+
+		(void)qcow2_update_refcount(s, first << s->cluster_bits, n, -delta);
+	}
+	return ret;
+}
+
+int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t len)
+{
+	uint64_t n = qcow2_size_to_clusters(s, len);
+	int64_t off;
+	int ret;
+
+	if (s->nr_pending_free) {
+		ret = qcow2_flush_metadata(s);
+		if (ret < 0)
+			return ret;
+	}
+	do {
+		off = alloc_noref(s, n);
+		if (off < 0)
+			return off;
+		ret = qcow2_update_refcount(s, (uint64_t)off, n << s->cluster_bits, 1);
+	} while (ret == -EAGAIN);
+	return ret < 0 ? ret : off;
+}
+
+/*
+ * Compressed data is packed byte by byte: it continues right after the previous compressed
+ * cluster, spilling into the next host cluster when that one is the next free cluster; each
+ * host cluster's refcount counts the compressed clusters that touch it.
+ */
+int64_t qcow2_alloc_bytes(struct qcow2_state *s, uint64_t len)
+{
+	uint64_t off = s->free_byte_offset, free_in = 0, rc;
+	int ret;
+
+	if (s->nr_pending_free) {
+		ret = qcow2_flush_metadata(s);
+		if (ret < 0)
+			return ret;
+	}
+	if (off) {
+		ret = qcow2_get_refcount(s, off >> s->cluster_bits, &rc);
+		if (ret < 0)
+			return ret;
+		if (rc == s->refcount_max)
+			off = 0;
+		else
+			free_in = s->cluster_size - qcow2_offset_into_cluster(s, off);
+	}
+	do {
+		if (!off || free_in < len) {
+			int64_t new = alloc_noref(s, 1);
+
+			if (new < 0)
+				return new;
+			if (!off || TBLK_ALIGN_UP(off, s->cluster_size) != (uint64_t)new) {
+				off = (uint64_t)new;
+				free_in = s->cluster_size;
+			} else {
+				free_in += s->cluster_size;
+			}
+		}
+		ret = qcow2_update_refcount(s, off, len, 1);
+		if (ret < 0)
+			off = 0;
+	} while (ret == -EAGAIN);
+	if (ret < 0)
+		return ret;
+	s->free_byte_offset = qcow2_offset_into_cluster(s, off + len) ? off + len : 0;
+	return (int64_t)off;
+}
+
+int qcow2_free_clusters(struct qcow2_state *s, uint64_t offset, uint64_t len)
+{
+	uint64_t first = offset >> s->cluster_bits;
+	uint64_t last = (offset + len - 1) >> s->cluster_bits;
+
+	for (uint64_t c = first; c <= last; c++) {
+		if (s->nr_pending_free == s->pending_free_cap) {
+			s->pending_free_cap = TBLK_MAX(s->pending_free_cap * 2, (size_t)64);
+			s->pending_free = g_renew(uint64_t, s->pending_free, s->pending_free_cap);
+		}
+		s->pending_free[s->nr_pending_free++] = c << s->cluster_bits;
+	}
+	return 0;
+}
+
+int qcow2_free_l2_entry(struct qcow2_state *s, uint64_t entry)
+{
+	switch (qcow2_entry_type(s, entry)) {
+	case QCOW2_COMPRESSED: {
+		uint64_t off = entry & s->coffset_mask;
+		uint64_t sectors = ((entry >> s->csize_shift) & s->csize_mask) + 1;
+		uint64_t end = (off & ~511ull) + sectors * 512;
+
+		return qcow2_free_clusters(s, off, end - off);
+	}
+	case QCOW2_NORMAL:
+	case QCOW2_ZERO_ALLOC:
+		if (s->data != s->node->file)
+			return 0;	/* external data file: no refcounts for data */
+		return qcow2_free_clusters(s, entry & QCOW2_OFFSET_MASK, s->cluster_size);
+	default:
+		return 0;
+	}
+}
+
+int qcow2_apply_pending_frees(struct qcow2_state *s)
+{
+	int ret = 0;
+
+	for (size_t i = 0; i < s->nr_pending_free && ret >= 0; i++)
+		ret = qcow2_update_refcount(s, s->pending_free[i], 1, -1);
+	s->nr_pending_free = 0;
+	return ret;
+}

@@ -1,0 +1,693 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2-rw.c - the qcow2 data path: reads (data, zero, backing, compressed), writes (in place
+ * or allocating, with copy-on-write of the rest of each new cluster in the same write),
+ * compressed writes, discard, write zeroes, flush and block status.
+ *
+ * Threading: any number of requests run at once in pool workers or synchronous callers.
+ * Each takes the image lock to translate or allocate and drops it for guest data I/O. A write
+ * that overlaps clusters another write is allocating waits until that allocation is linked
+ * into its L2 table (qcow2_state.allocs).
+ */
+#include <string.h>
+
+#include "formats/qcow2-compress.h"
+#include "formats/qcow2-int.h"
+
+/* ------------------------------------------------ reads */
+
+/* Guest data of the backing file for [offset, offset + bytes) into @iov at @iov_off. */
+static int read_backing(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+			const struct iovec *iov, int iovcnt, size_t iov_off)
+{
+	g_autofree struct iovec *slice = g_new(struct iovec, iovcnt);
+	int64_t blen = node->backing ? tblk_node_getlength(node->backing) : 0;
+	uint64_t n = 0;
+	int cnt, ret;
+
+	if (blen < 0)
+		return (int)blen;
+	if ((uint64_t)blen > offset)
+		n = TBLK_MIN(bytes, (uint64_t)blen - offset);
+	if (n) {
+		cnt = tblk_iov_slice(slice, iovcnt, iov, iovcnt, iov_off, n);
+		ret = tblk_node_preadv(node->backing, offset, n, slice, cnt, 0);
+		if (ret < 0)
+			return ret;
+	}
+	if (bytes > n)
+		tblk_iov_memset(iov, iovcnt, iov_off + n, 0, bytes - n);
+	return 0;
+}
+
+/* Decompresses the cluster of L2 entry @entry into @buf (cluster_size bytes). */
+static int read_compressed(struct qcow2_state *s, uint64_t entry, void *buf)
+{
+	uint64_t off = entry & s->coffset_mask;
+	uint64_t sectors = ((entry >> s->csize_shift) & s->csize_mask) + 1;
+	uint64_t len = sectors * 512 - (off & 511);
+	g_autofree uint8_t *cbuf = g_malloc(len);
+	int ret = tblk_node_pread(s->node->file, off, cbuf, len);
+
+	if (ret < 0)
+		return ret;
+	ret = tblk__qcow2_decompress(s->compression_type, buf, s->cluster_size, cbuf, len);
+	return ret < 0 ? -EIO : 0;
+}
+
+/* Reads the guest range [offset, offset + n) of one mapping run into @iov at @iov_off. */
+static int read_run(struct qcow2_state *s, const struct qcow2_map *m, uint64_t offset,
+		    uint64_t n, const struct iovec *iov, int iovcnt, size_t iov_off)
+{
+	g_autofree struct iovec *slice = NULL;
+	g_autofree uint8_t *buf = NULL;
+	int cnt, ret;
+
+	switch (m->type) {
+	case QCOW2_UNALLOCATED:
+		return read_backing(s->node, offset, n, iov, iovcnt, iov_off);
+	case QCOW2_ZERO_PLAIN:
+	case QCOW2_ZERO_ALLOC:
+		tblk_iov_memset(iov, iovcnt, iov_off, 0, n);
+		return 0;
+	case QCOW2_COMPRESSED:
+		buf = g_malloc(s->cluster_size);
+		ret = read_compressed(s, m->l2_entry, buf);
+		if (ret < 0)
+			return ret;
+		tblk_iov_from_buf(iov, iovcnt, iov_off, buf + qcow2_offset_into_cluster(s, offset),
+				  n);
+		return 0;
+	case QCOW2_NORMAL:
+		slice = g_new(struct iovec, iovcnt);
+		cnt = tblk_iov_slice(slice, iovcnt, iov, iovcnt, iov_off, n);
+		return tblk_node_preadv(s->data, m->host, n, slice, cnt, 0);
+	}
+	return -EIO;
+}
+
+int tblk__qcow2_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+		       const struct iovec *iov, int iovcnt, unsigned int flags)
+{
+	struct qcow2_state *s = node->opaque;
+	size_t done = 0;
+
+	while (done < bytes) {
+		struct qcow2_map m;
+		int ret;
+
+		qcow2_lock(s);
+		ret = qcow2_get_mapping(s, offset + done, bytes - done, &m);
+		qcow2_unlock(s);
+		if (ret < 0)
+			return ret;
+		ret = read_run(s, &m, offset + done, m.bytes, iov, iovcnt, done);
+		if (ret < 0)
+			return ret;
+		done += m.bytes;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------ allocating writes */
+
+static bool needs_new_cluster(const struct qcow2_state *s, uint64_t entry)
+{
+	switch (qcow2_entry_type(s, entry)) {
+	case QCOW2_NORMAL:
+	case QCOW2_ZERO_ALLOC:
+		return !(entry & QCOW2_OFLAG_COPIED);
+	default:
+		return true;
+	}
+}
+
+/* What a guest cluster held before its allocation: the source of copy-on-write. */
+static int read_old(struct qcow2_state *s, uint64_t entry, uint64_t guest, uint64_t n,
+		    void *buf)
+{
+	struct iovec iov = { buf, n };
+	g_autofree uint8_t *cl = NULL;
+	int ret;
+
+	if (n == 0)
+		return 0;
+	switch (qcow2_entry_type(s, entry)) {
+	case QCOW2_UNALLOCATED:
+		return read_backing(s->node, guest, n, &iov, 1, 0);
+	case QCOW2_NORMAL:
+		if (!s->ext_l2)
+			return tblk_node_pread(s->data, (entry & QCOW2_OFFSET_MASK) +
+					       qcow2_offset_into_cluster(s, guest), buf, n);
+		/* Extended L2: subclusters differ; go through the mapping (old entry). */
+		break;
+	case QCOW2_COMPRESSED:
+		cl = g_malloc(s->cluster_size);
+		ret = read_compressed(s, entry, cl);
+		if (ret < 0)
+			return ret;
+		memcpy(buf, cl + qcow2_offset_into_cluster(s, guest), n);
+		return 0;
+	default:
+		memset(buf, 0, n);
+		return 0;
+	}
+	return tblk__qcow2_preadv(s->node, guest, n, &iov, 1, 0);
+}
+
+struct alloc_job {
+	struct qcow2_alloc a;	/* the claimed guest range */
+	uint64_t host;		/* host offset of a.start */
+	uint64_t n;		/* clusters */
+	uint64_t *old;		/* n previous L2 entries */
+	uint64_t *old_bitmap;	/* n previous bitmaps (extended L2) */
+	bool keep_old;		/* the host cluster is the old one (zero-alloc or subclusters) */
+};
+
+static bool alloc_overlaps(const struct qcow2_alloc *a, uint64_t start, uint64_t end)
+{
+	return a->start < end && start < a->end;
+}
+
+/*
+ * Under the image lock: waits for allocations overlapping the start of [offset, offset +
+ * *bytes) and shortens *bytes to end before any other one.
+ */
+static void wait_dependencies(struct qcow2_state *s, uint64_t offset, uint64_t *bytes)
+{
+	struct tblk_list *pos;
+	bool again;
+
+	do {
+		uint64_t start = qcow2_start_of_cluster(s, offset);
+		uint64_t end = TBLK_ALIGN_UP(offset + *bytes, s->cluster_size);
+
+		again = false;
+		tblk_list_for_each(pos, &s->allocs) {
+			struct qcow2_alloc *a = tblk_container_of(pos, struct qcow2_alloc, link);
+
+			if (!alloc_overlaps(a, start, end))
+				continue;
+			if (a->start <= start) {
+				qcow2_wait_alloc(s);
+				again = true;
+				break;
+			}
+			*bytes = TBLK_MIN(*bytes, a->start - offset);
+			end = a->start;
+		}
+	} while (again);
+}
+
+/*
+ * Under the image lock: plans the allocation of the clusters starting at @offset (whose
+ * first cluster needs one), at most up to @end. Fills @job and claims its range.
+ */
+static int plan_alloc(struct qcow2_state *s, uint64_t offset, uint64_t end,
+		      struct alloc_job *job)
+{
+	uint64_t start = qcow2_start_of_cluster(s, offset), nmax, e0, b0;
+	uint32_t l2i;
+	void *table;
+	int ret = qcow2_get_l2_for_write(s, offset, &table, &l2i);
+
+	if (ret < 0)
+		return ret;
+	nmax = TBLK_MIN(qcow2_size_to_clusters(s, end - start), (uint64_t)(s->l2_size - l2i));
+	e0 = qcow2_l2_get(s, table, l2i);
+	b0 = qcow2_l2_get_bitmap(s, table, l2i);
+	job->keep_old = !needs_new_cluster(s, e0);
+	job->n = 1;
+	if (!job->keep_old)
+		while (job->n < nmax && needs_new_cluster(s, qcow2_l2_get(s, table, l2i + job->n)))
+			job->n++;
+	job->old = g_new(uint64_t, job->n);
+	job->old_bitmap = g_new(uint64_t, job->n);
+	for (uint64_t i = 0; i < job->n; i++) {
+		job->old[i] = qcow2_l2_get(s, table, l2i + (uint32_t)i);
+		job->old_bitmap[i] = qcow2_l2_get_bitmap(s, table, l2i + (uint32_t)i);
+	}
+	if (job->keep_old) {
+		job->host = e0 & QCOW2_OFFSET_MASK;
+	} else if (s->data != s->node->file) {
+		job->host = start;	/* external data file: guest offset = host offset */
+	} else {
+		int64_t host = qcow2_alloc_clusters(s, job->n << s->cluster_bits);
+
+		if (host < 0) {
+			g_free(job->old);
+			g_free(job->old_bitmap);
+			return (int)host;
+		}
+		job->host = (uint64_t)host;
+	}
+	(void)b0;
+	job->a.start = start;
+	job->a.end = start + (job->n << s->cluster_bits);
+	tblk_list_add_tail(&s->allocs, &job->a.link);
+	return 0;
+}
+
+/* Writes guest data and the copy-on-write edges of the planned clusters in one request. */
+static int write_alloc(struct qcow2_state *s, struct alloc_job *job, uint64_t offset,
+		       uint64_t n, const struct iovec *iov, int iovcnt, size_t iov_off,
+		       unsigned int flags)
+{
+	uint64_t head = offset - job->a.start, tail = job->a.end - (offset + n);
+	g_autofree struct iovec *v = g_new(struct iovec, iovcnt + 2);
+	g_autofree uint8_t *hbuf = head ? g_malloc(head) : NULL;
+	g_autofree uint8_t *tbuf = tail ? g_malloc(tail) : NULL;
+	int cnt = 0, ret;
+
+	ret = read_old(s, job->old[0], job->a.start, head, hbuf);
+	if (ret >= 0)
+		ret = read_old(s, job->old[job->n - 1], offset + n, tail, tbuf);
+	if (ret < 0)
+		return ret;
+	if (head)
+		v[cnt++] = (struct iovec){ hbuf, head };
+	ret = tblk_iov_slice(v + cnt, iovcnt, iov, iovcnt, iov_off, n);
+	if (ret < 0)
+		return ret;
+	cnt += ret;
+	if (tail)
+		v[cnt++] = (struct iovec){ tbuf, tail };
+	return tblk_node_pwritev(s->data, job->host, job->a.end - job->a.start, v, cnt,
+				 flags & TBLK_REQ_FUA);
+}
+
+/* Under the image lock: points the L2 entries at the new clusters, frees the old ones. */
+static int link_alloc(struct qcow2_state *s, struct alloc_job *job)
+{
+	uint32_t l2i;
+	void *table;
+	int ret = qcow2_get_l2_for_write(s, job->a.start, &table, &l2i);
+
+	if (ret < 0)
+		return ret;
+	for (uint64_t i = 0; i < job->n; i++) {
+		uint64_t e = (job->host + (i << s->cluster_bits)) | QCOW2_OFLAG_COPIED;
+
+		qcow2_l2_set(s, table, l2i + (uint32_t)i, e, s->ext_l2 ? 0xffffffffull : 0);
+		if (!job->keep_old) {
+			ret = qcow2_free_l2_entry(s, job->old[i]);
+			if (ret < 0)
+				return ret;
+		}
+	}
+	qcow2_cache_mark_dirty(s->l2_cache, table);
+	/* The data must be on disk before the table that points at it. */
+	s->meta_dirty = true;
+	return 0;
+}
+
+static int write_chunk(struct qcow2_state *s, uint64_t offset, uint64_t *pbytes,
+		       const struct iovec *iov, int iovcnt, size_t iov_off, unsigned int flags)
+{
+	g_autofree struct iovec *slice = NULL;
+	struct alloc_job job = { 0 };
+	struct qcow2_map m;
+	uint64_t n;
+	int ret;
+
+	qcow2_lock(s);
+	if (s->corrupt) {
+		qcow2_unlock(s);
+		return -EIO;
+	}
+	wait_dependencies(s, offset, pbytes);
+	ret = qcow2_get_mapping(s, offset, *pbytes, &m);
+	if (ret < 0)
+		goto out_unlock;
+	if (m.type == QCOW2_NORMAL && (m.l2_entry & QCOW2_OFLAG_COPIED)) {
+		qcow2_unlock(s);
+		n = m.bytes;
+		slice = g_new(struct iovec, iovcnt);
+		ret = tblk_iov_slice(slice, iovcnt, iov, iovcnt, iov_off, n);
+		if (ret >= 0)
+			ret = tblk_node_pwritev(s->data, m.host, n, slice, ret, flags & TBLK_REQ_FUA);
+		*pbytes = n;
+		return ret;
+	}
+	ret = plan_alloc(s, offset, offset + *pbytes, &job);
+	if (ret < 0)
+		goto out_unlock;
+	qcow2_unlock(s);
+	n = TBLK_MIN(*pbytes, job.a.end - offset);
+	ret = write_alloc(s, &job, offset, n, iov, iovcnt, iov_off, flags);
+	qcow2_lock(s);
+	if (ret >= 0)
+		ret = link_alloc(s, &job);
+	tblk_list_del(&job.a.link);
+	g_free(job.old);
+	g_free(job.old_bitmap);
+	*pbytes = n;
+out_unlock:
+	qcow2_unlock(s);
+	return ret;
+}
+
+static int write_compressed(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
+			    const struct iovec *iov, int iovcnt);
+
+int tblk__qcow2_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+			const struct iovec *iov, int iovcnt, unsigned int flags)
+{
+	struct qcow2_state *s = node->opaque;
+	uint64_t done = 0;
+	int ret = 0;
+
+	if (flags & TBLK_REQ_COMPRESSED)
+		return write_compressed(s, offset, bytes, iov, iovcnt);
+	while (done < bytes) {
+		uint64_t n = bytes - done;
+
+		ret = write_chunk(s, offset + done, &n, iov, iovcnt, done, flags);
+		if (ret < 0)
+			return ret;
+		done += n;
+	}
+	if (flags & TBLK_REQ_FUA)
+		ret = tblk__qcow2_flush(node);
+	return ret;
+}
+
+/* ------------------------------------------------ compressed writes */
+
+/*
+ * One whole cluster (or the image's last, partial one), compressed if that saves space,
+ * else written as a normal allocating write. The target cluster must be unallocated or zero.
+ */
+static int write_compressed_cluster(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
+				    const struct iovec *iov, int iovcnt, size_t iov_off)
+{
+	g_autofree uint8_t *src = g_malloc0(s->cluster_size);
+	g_autofree uint8_t *dst = g_malloc(s->cluster_size);
+	uint64_t entry, bitmap, nsect, desc;
+	int64_t host;
+	uint32_t l2i;
+	ssize_t clen;
+	void *table;
+	int ret;
+
+	tblk_iov_to_buf(iov, iovcnt, iov_off, src, bytes);
+	clen = tblk__qcow2_compress(s->compression_type, dst, s->cluster_size - 512, src,
+				    s->cluster_size);
+	if (clen == -ENOSPC) {
+		struct iovec one = { src, bytes };
+
+		return tblk__qcow2_pwritev(s->node, offset, bytes, &one, 1, 0);
+	}
+	if (clen < 0)
+		return (int)clen;
+	qcow2_lock(s);
+	ret = -EIO;
+	if (s->corrupt)
+		goto out_unlock;
+	uint64_t one_bytes = s->cluster_size;
+
+	wait_dependencies(s, offset, &one_bytes);
+	ret = qcow2_get_l2_entry(s, offset, &entry, &bitmap);
+	if (ret < 0)
+		goto out_unlock;
+	if (qcow2_entry_type(s, entry) != QCOW2_UNALLOCATED &&
+	    qcow2_entry_type(s, entry) != QCOW2_ZERO_PLAIN) {
+		ret = -EIO;	/* qemu refuses compressed overwrites too */
+		goto out_unlock;
+	}
+	ret = qcow2_get_l2_for_write(s, offset, &table, &l2i);
+	if (ret < 0)
+		goto out_unlock;
+	host = qcow2_alloc_bytes(s, (uint64_t)clen);
+	if (host < 0) {
+		ret = (int)host;
+		goto out_unlock;
+	}
+	qcow2_unlock(s);
+	ret = tblk_node_pwrite(s->node->file, (uint64_t)host, dst, (uint64_t)clen, 0);
+	qcow2_lock(s);
+	if (ret < 0)
+		goto out_unlock;
+	nsect = (((uint64_t)host + (uint64_t)clen - 1) >> 9) - ((uint64_t)host >> 9);
+	desc = QCOW2_OFLAG_COMPRESSED | (nsect << s->csize_shift) | (uint64_t)host;
+	ret = qcow2_get_l2_for_write(s, offset, &table, &l2i);
+	if (ret < 0)
+		goto out_unlock;
+	qcow2_l2_set(s, table, l2i, desc, 0);
+	qcow2_cache_mark_dirty(s->l2_cache, table);
+	s->meta_dirty = true;
+out_unlock:
+	qcow2_unlock(s);
+	return ret;
+}
+
+static int write_compressed(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
+			    const struct iovec *iov, int iovcnt)
+{
+	if (s->data != s->node->file)
+		return -ENOTSUP;
+	if (qcow2_offset_into_cluster(s, offset))
+		return -EINVAL;
+	for (uint64_t done = 0; done < bytes; done += s->cluster_size) {
+		uint64_t n = TBLK_MIN((uint64_t)s->cluster_size, bytes - done);
+		int ret;
+
+		if (n < s->cluster_size && offset + done + n != s->size)
+			return -EINVAL;
+		ret = write_compressed_cluster(s, offset + done, n, iov, iovcnt, done);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------ discard and zeroes */
+
+/* Under the image lock: rewrites the entries of [offset, offset + n clusters) with @fn. */
+typedef bool entry_fn(struct qcow2_state *s, uint64_t old, uint64_t old_bitmap,
+		      unsigned int flags, uint64_t *new, uint64_t *new_bitmap, bool *free_old);
+
+static int rewrite_entries(struct qcow2_state *s, uint64_t offset, uint64_t nclusters,
+			   unsigned int flags, entry_fn *fn)
+{
+	while (nclusters > 0) {
+		uint64_t entry, bitmap, ne, nb;
+		bool free_old = false;
+		uint32_t l2i;
+		void *table;
+		int ret;
+
+		ret = qcow2_get_l2_entry(s, offset, &entry, &bitmap);
+		if (ret < 0)
+			return ret;
+		if (fn(s, entry, bitmap, flags, &ne, &nb, &free_old)) {
+			ret = qcow2_get_l2_for_write(s, offset, &table, &l2i);
+			if (ret < 0)
+				return ret;
+			qcow2_l2_set(s, table, l2i, ne, nb);
+			qcow2_cache_mark_dirty(s->l2_cache, table);
+			if (free_old) {
+				ret = qcow2_free_l2_entry(s, entry);
+				if (ret < 0)
+					return ret;
+			}
+		}
+		offset += s->cluster_size;
+		nclusters--;
+	}
+	return 0;
+}
+
+static bool is_allocated(const struct qcow2_state *s, uint64_t entry)
+{
+	enum qcow2_ctype t = qcow2_entry_type(s, entry);
+
+	return t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC || t == QCOW2_COMPRESSED;
+}
+
+static bool discard_entry(struct qcow2_state *s, uint64_t old, uint64_t old_bitmap,
+			  unsigned int flags, uint64_t *new, uint64_t *new_bitmap, bool *free_old)
+{
+	*new = old;
+	*new_bitmap = old_bitmap;
+	if (s->node->backing || is_allocated(s, old)) {
+		*new = (s->version >= 3 && !s->ext_l2) ? QCOW2_OFLAG_ZERO : 0;
+		*new_bitmap = s->ext_l2 ? 0xffffffff00000000ull : 0;
+	}
+	*free_old = is_allocated(s, old);
+	return *new != old || *new_bitmap != old_bitmap;
+}
+
+static bool zero_entry(struct qcow2_state *s, uint64_t old, uint64_t old_bitmap,
+		       unsigned int flags, uint64_t *new, uint64_t *new_bitmap, bool *free_old)
+{
+	bool unmap = qcow2_entry_type(s, old) == QCOW2_COMPRESSED ||
+		     ((flags & TBLK_REQ_MAY_UNMAP) && is_allocated(s, old));
+
+	*new = unmap ? 0 : old;
+	*new_bitmap = old_bitmap;
+	if (s->ext_l2)
+		*new_bitmap = 0xffffffff00000000ull;
+	else
+		*new |= QCOW2_OFLAG_ZERO;
+	*free_old = unmap;
+	return *new != old || *new_bitmap != old_bitmap;
+}
+
+/* Under the image lock: waits for allocations in the range, then rewrites its entries. */
+static int rewrite_range(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
+			 unsigned int flags, entry_fn *fn)
+{
+	uint64_t done = 0;
+
+	while (done < bytes) {
+		uint64_t n = bytes - done;
+		int ret;
+
+		wait_dependencies(s, offset + done, &n);
+		n = TBLK_ALIGN_UP(n, s->cluster_size);
+		ret = rewrite_entries(s, offset + done, n >> s->cluster_bits, flags, fn);
+		if (ret < 0)
+			return ret;
+		done += n;
+	}
+	return 0;
+}
+
+int tblk__qcow2_pdiscard(struct tblk_node *node, uint64_t offset, uint64_t bytes)
+{
+	struct qcow2_state *s = node->opaque;
+	uint64_t end = TBLK_MIN(offset + bytes, s->size);
+	int ret;
+
+	if (qcow2_offset_into_cluster(s, offset))
+		return -ENOTSUP;
+	end = end == s->size ? end : qcow2_start_of_cluster(s, end);
+	if (end <= offset)
+		return 0;
+	qcow2_lock(s);
+	ret = s->corrupt ? -EIO : rewrite_range(s, offset, end - offset, 0, discard_entry);
+	qcow2_unlock(s);
+	return ret;
+}
+
+/* True if guest cluster @offset reads as zeroes as far as its L2 entry tells. */
+static int cluster_reads_zero(struct qcow2_state *s, uint64_t offset, bool *zero)
+{
+	uint64_t entry, bitmap;
+	int ret = qcow2_get_l2_entry(s, offset, &entry, &bitmap);
+	enum qcow2_ctype t = qcow2_entry_type(s, entry);
+
+	if (ret < 0)
+		return ret;
+	if (s->ext_l2)
+		*zero = t != QCOW2_COMPRESSED && (bitmap >> 32) == 0xffffffffull;
+	else
+		*zero = t == QCOW2_ZERO_PLAIN || t == QCOW2_ZERO_ALLOC ||
+			(t == QCOW2_UNALLOCATED && !s->node->backing);
+	return 0;
+}
+
+/* A partial cluster: zero clusters if it already reads as zeroes, else zero data. */
+static int zero_partial(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
+			unsigned int flags)
+{
+	uint64_t start = qcow2_start_of_cluster(s, offset);
+	bool zero = false;
+	int ret;
+
+	qcow2_lock(s);
+	ret = cluster_reads_zero(s, start, &zero);
+	if (ret >= 0 && zero)
+		ret = rewrite_range(s, start, s->cluster_size, flags, zero_entry);
+	qcow2_unlock(s);
+	if (ret < 0 || zero)
+		return ret;
+	if (flags & TBLK_REQ_NO_FALLBACK)
+		return -ENOTSUP;
+	{
+		g_autofree void *buf = g_malloc0(bytes);
+		struct iovec iov = { buf, bytes };
+
+		return tblk__qcow2_pwritev(s->node, offset, bytes, &iov, 1, flags & TBLK_REQ_FUA);
+	}
+}
+
+int tblk__qcow2_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+			      unsigned int flags)
+{
+	struct qcow2_state *s = node->opaque;
+	uint64_t end = offset + bytes;
+	uint64_t head_end = TBLK_MIN(TBLK_ALIGN_UP(offset, s->cluster_size), end);
+	uint64_t tail_start = TBLK_MAX(qcow2_start_of_cluster(s, end), head_end);
+	int ret = 0;
+
+	if (s->version < 3)
+		return -ENOTSUP;
+	if (end == s->size)
+		tail_start = end;	/* the image's last cluster may be partial */
+	if (head_end > offset && !(head_end == end && end == s->size &&
+				   !qcow2_offset_into_cluster(s, offset)))
+		ret = zero_partial(s, offset, head_end - offset, flags);
+	else
+		head_end = offset;
+	if (ret >= 0 && tail_start > head_end) {
+		qcow2_lock(s);
+		ret = s->corrupt ? -EIO : rewrite_range(s, head_end, tail_start - head_end, flags,
+							zero_entry);
+		qcow2_unlock(s);
+	}
+	if (ret >= 0 && end > tail_start)
+		ret = zero_partial(s, tail_start, end - tail_start, flags);
+	if (ret >= 0 && (flags & TBLK_REQ_FUA))
+		ret = tblk__qcow2_flush(node);
+	return ret;
+}
+
+/* ------------------------------------------------ flush and block status */
+
+int tblk__qcow2_flush(struct tblk_node *node)
+{
+	struct qcow2_state *s = node->opaque;
+	int ret;
+
+	if (node->read_only)
+		return 0;
+	qcow2_lock(s);
+	ret = qcow2_flush_metadata(s);
+	qcow2_unlock(s);
+	if (ret >= 0 && s->data != node->file)
+		ret = tblk_node_flush(s->data);
+	return ret;
+}
+
+int tblk__qcow2_block_status(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+			     uint64_t *pnum, uint64_t *map)
+{
+	struct qcow2_state *s = node->opaque;
+	struct qcow2_map m;
+	int ret;
+
+	qcow2_lock(s);
+	ret = qcow2_get_mapping(s, offset, bytes, &m);
+	qcow2_unlock(s);
+	if (ret < 0)
+		return ret;
+	*pnum = m.bytes;
+	switch (m.type) {
+	case QCOW2_NORMAL:
+		if (map)
+			*map = m.host;
+		return TBLK_BS_DATA | TBLK_BS_OFFSET_VALID | TBLK_BS_ALLOCATED;
+	case QCOW2_ZERO_ALLOC:
+		if (map)
+			*map = m.host;
+		return TBLK_BS_ZERO | TBLK_BS_OFFSET_VALID | TBLK_BS_ALLOCATED;
+	case QCOW2_ZERO_PLAIN:
+		return TBLK_BS_ZERO | TBLK_BS_ALLOCATED;
+	case QCOW2_COMPRESSED:
+		return TBLK_BS_DATA | TBLK_BS_ALLOCATED;
+	default:
+		return 0;
+	}
+}

@@ -1,0 +1,334 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2.c - the qcow2 format driver: the image lock, open and close, and the driver table.
+ * The data path is in qcow2-rw.c, metadata in qcow2-cluster.c and qcow2-refcount.c.
+ *
+ * Threading: open/close on the control thread; every other operation may run concurrently
+ * in pool workers and synchronous callers, serialised on metadata by the image lock.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/qcow2-int.h"
+
+/* qemu's defaults: L2 cache covering the whole image up to 32 MiB, refcount cache a quarter. */
+#define L2_CACHE_MAX_BYTES	(32u << 20)
+
+void qcow2_lock(struct qcow2_state *s)
+{
+	tblk_mutex_lock(&s->mu);
+	while (s->meta_held)
+		tblk_pool_wait(&s->cv, &s->mu);
+	s->meta_held = true;
+	tblk_mutex_unlock(&s->mu);
+}
+
+void qcow2_unlock(struct qcow2_state *s)
+{
+	tblk_mutex_lock(&s->mu);
+	s->meta_held = false;
+	tblk_cond_broadcast(&s->cv);
+	tblk_mutex_unlock(&s->mu);
+}
+
+void qcow2_wait_alloc(struct qcow2_state *s)
+{
+	/* Allocations end under the image lock and broadcast cv when they release it. */
+	tblk_mutex_lock(&s->mu);
+	s->meta_held = false;
+	tblk_cond_broadcast(&s->cv);
+	tblk_pool_wait(&s->cv, &s->mu);
+	while (s->meta_held)
+		tblk_pool_wait(&s->cv, &s->mu);
+	s->meta_held = true;
+	tblk_mutex_unlock(&s->mu);
+}
+
+int qcow2_signal_corruption(struct qcow2_state *s, const char *what, uint64_t offset)
+{
+	if (!s->corrupt) {
+		s->corrupt = true;
+		g_warning("qcow2 image '%s' is corrupt: %s %#" PRIx64 "; further writes "
+			  "refused", s->node->filename ? s->node->filename : "?", what, offset);
+	}
+	return -EUCLEAN;
+}
+
+static int qcow2_probe(const uint8_t *buf, size_t len, const char *filename)
+{
+	if (len >= 8 && buf[0] == 0x51 && buf[1] == 0x46 && buf[2] == 0x49 && buf[3] == 0xfb) {
+		uint32_t v = ((uint32_t)buf[4] << 24) | ((uint32_t)buf[5] << 16) |
+			     ((uint32_t)buf[6] << 8) | buf[7];
+
+		return v >= 2 ? 100 : 0;
+	}
+	return 0;
+}
+
+static int load_l1(struct qcow2_state *s, GError **errp)
+{
+	int ret;
+
+	if (!s->l1_size) {
+		s->l1 = NULL;
+		return 0;
+	}
+	s->l1 = g_try_new(uint64_t, s->l1_size);
+	if (!s->l1)
+		return tblk_error_set(errp, ENOMEM, "Could not allocate L1 table");
+	ret = tblk_node_pread(s->node->file, s->l1_offset, s->l1, (uint64_t)s->l1_size * 8);
+	if (ret < 0)
+		return tblk_error_set_errno(errp, -ret, "Could not read L1 table");
+	for (uint32_t i = 0; i < s->l1_size; i++)
+		s->l1[i] = be64toh(s->l1[i]);
+	return 0;
+}
+
+/* Cache sizes from the options, with qemu's defaults. */
+static int setup_caches(struct qcow2_state *s, GHashTable *opts, GError **errp)
+{
+	uint64_t l2_bytes = 0, rc_bytes = 0, total = 0, entry = s->cluster_size;
+	uint64_t max_l2 = ((s->size + qcow2_l1_span(s) - 1) / qcow2_l1_span(s)) *
+			  s->cluster_size;
+	bool has_l2 = g_hash_table_contains(opts, "l2-cache-size");
+	bool has_rc = g_hash_table_contains(opts, "refcount-cache-size");
+	bool has_total = g_hash_table_contains(opts, "cache-size");
+	uint64_t interval = 600;
+
+	if (tblk__opts_take_size(opts, "l2-cache-size", &l2_bytes, errp) < 0 ||
+	    tblk__opts_take_size(opts, "refcount-cache-size", &rc_bytes, errp) < 0 ||
+	    tblk__opts_take_size(opts, "cache-size", &total, errp) < 0 ||
+	    tblk__opts_take_size(opts, "l2-cache-entry-size", &entry, errp) < 0 ||
+	    tblk__opts_take_uint64(opts, "cache-clean-interval", &interval, errp) < 0)
+		return -EINVAL;
+	if (entry != s->cluster_size && (entry < 512 || entry > s->cluster_size ||
+					 (entry & (entry - 1))))
+		return tblk_error_set(errp, EINVAL, "L2 cache entry size must be a power of two "
+				      "between %d and the cluster size (%u)", 512,
+				      s->cluster_size);
+	if (has_total && has_l2 && has_rc)
+		return tblk_error_set(errp, EINVAL, "cache-size, l2-cache-size and "
+				      "refcount-cache-size may not be set at the same time");
+	if (has_total) {
+		if (!has_l2)
+			l2_bytes = has_rc ? (total > rc_bytes ? total - rc_bytes : 0)
+					  : TBLK_MIN(max_l2, total - total / 4);
+		if (!has_rc)
+			rc_bytes = total > l2_bytes ? total - l2_bytes : 0;
+	}
+	if (!has_l2 && !has_total)
+		l2_bytes = TBLK_MIN(max_l2, (uint64_t)L2_CACHE_MAX_BYTES);
+	if (!has_rc && !has_total)
+		rc_bytes = 4ull * s->cluster_size;
+	/* Entries are whole tables here (l2-cache-entry-size is accepted, not yet used). */
+	s->l2_cache = qcow2_cache_new(s, (unsigned int)TBLK_MIN(l2_bytes / s->cluster_size,
+							     65536ull));
+	s->rc_cache = qcow2_cache_new(s, (unsigned int)TBLK_MIN(rc_bytes / s->cluster_size,
+							     65536ull));
+	return 0;
+}
+
+/* Opens the backing file named in the header, relative to the image's directory. */
+static int open_backing(struct tblk_node *node, struct qcow2_state *s, GHashTable *opts,
+			unsigned int flags, GError **errp)
+{
+	g_autoptr(GHashTable) bopts = tblk__opts_extract_prefix(opts, "backing");
+	g_autofree char *path = NULL;
+	g_autofree char *bnull = tblk__opts_take(opts, "backing");
+	int ret;
+
+	if (bnull && !strcmp(bnull, "null"))
+		return 0;
+	if (!s->backing_file)
+		return 0;
+	if (s->backing_file[0] == '/' || strstr(s->backing_file, "://") ||
+	    !node->file->filename)
+		path = g_strdup(s->backing_file);
+	else {
+		g_autofree char *dir = g_path_get_dirname(node->file->filename);
+
+		path = g_build_filename(dir, s->backing_file, NULL);
+	}
+	if (s->backing_fmt && !g_hash_table_contains(bopts, "driver"))
+		g_hash_table_insert(bopts, g_strdup("driver"), g_strdup(s->backing_fmt));
+	flags &= ~(TBLK_OPEN_RDWR | TBLK_OPEN_PROTOCOL);
+	ret = tblk__node_open(&node->backing, path, bopts, flags, errp);
+	if (ret < 0) {
+		tblk_error_prepend(errp, "Could not open backing file: ");
+		return ret;
+	}
+	return 0;
+}
+
+static int open_data_file(struct tblk_node *node, struct qcow2_state *s, GHashTable *opts,
+			  unsigned int flags, GError **errp)
+{
+	g_autoptr(GHashTable) dopts = tblk__opts_extract_prefix(opts, "data-file");
+	g_autofree char *path = NULL;
+
+	if (!(s->incompat & QCOW2_INCOMPAT_DATA_FILE)) {
+		if (g_hash_table_size(dopts))
+			return tblk_error_set(errp, EINVAL, "'data-file' can only be set for "
+					      "images with an external data file");
+		s->data = node->file;
+		return 0;
+	}
+	path = g_strdup(g_hash_table_lookup(dopts, "filename"));
+	if (!path)
+		path = g_strdup(s->data_file_name);
+	if (!g_hash_table_contains(dopts, "driver"))
+		g_hash_table_insert(dopts, g_strdup("driver"), g_strdup("file"));
+	return tblk__node_open(&s->data, path, dopts, flags | TBLK_OPEN_PROTOCOL, errp);
+}
+
+static void state_free(struct qcow2_state *s)
+{
+	qcow2_cache_free(s->l2_cache);
+	qcow2_cache_free(s->rc_cache);
+	g_free(s->l1);
+	g_free(s->reftable);
+	g_free(s->pending_free);
+	qcow2_state_free_header(s);
+	tblk_cond_destroy(&s->cv);
+	tblk_mutex_destroy(&s->mu);
+}
+
+static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int flags,
+		      GError **errp)
+{
+	struct qcow2_state *s = node->opaque;
+	g_autofree uint8_t *hdr = NULL;
+	int64_t flen;
+	int ret;
+
+	tblk_mutex_init(&s->mu);
+	tblk_cond_init(&s->cv);
+	tblk_list_init(&s->allocs);
+	s->node = node;
+	s->read_only = node->read_only;
+	ret = tblk__node_open_child(node, "file", opts, flags, &node->file, errp);
+	if (ret < 0)
+		goto out_state;
+	flen = tblk_node_getlength(node->file);
+	if (flen < 0) {
+		ret = tblk_error_set_errno(errp, (int)-flen, "Could not get the file size");
+		goto out_file;
+	}
+	hdr = g_malloc0(1u << QCOW2_MAX_CLUSTER_BITS);
+	ret = tblk_node_pread(node->file, 0, hdr, TBLK_MIN((uint64_t)flen,
+							   1ull << QCOW2_MIN_CLUSTER_BITS));
+	if (ret >= 0 && flen >= 24 && hdr[20] == 0 && hdr[21] == 0 && hdr[22] == 0 &&
+	    hdr[23] > QCOW2_MIN_CLUSTER_BITS && hdr[23] <= QCOW2_MAX_CLUSTER_BITS)
+		ret = tblk_node_pread(node->file, 0, hdr, TBLK_MIN((uint64_t)flen,
+								   1ull << hdr[23]));
+	if (ret < 0) {
+		ret = tblk_error_set_errno(errp, -ret, "Could not read qcow2 header");
+		goto out_file;
+	}
+	ret = qcow2_header_parse(s, hdr, TBLK_MIN((uint64_t)flen, 1ull << QCOW2_MAX_CLUSTER_BITS),
+				 (uint64_t)flen, errp);
+	if (ret < 0)
+		goto out_file;
+	if ((s->incompat & QCOW2_INCOMPAT_CORRUPT) && !node->read_only) {
+		ret = tblk_error_set(errp, EACCES, "qcow2: Image is corrupt; cannot be opened "
+				     "read/write");
+		goto out_file;
+	}
+	if ((s->incompat & QCOW2_INCOMPAT_DIRTY) && !node->read_only) {
+		ret = tblk_error_set(errp, ENOTSUP, "qcow2: Image was not closed cleanly (lazy "
+				     "refcounts); repair it with 'check -r all' first");
+		goto out_file;
+	}
+	s->corrupt = s->incompat & QCOW2_INCOMPAT_CORRUPT;
+	ret = setup_caches(s, opts, errp);
+	if (ret < 0)
+		goto out_file;
+	g_free(tblk__opts_take(opts, "lazy-refcounts"));
+	g_free(tblk__opts_take(opts, "pass-discard-request"));
+	g_free(tblk__opts_take(opts, "pass-discard-snapshot"));
+	g_free(tblk__opts_take(opts, "pass-discard-other"));
+	g_free(tblk__opts_take(opts, "overlap-check"));
+	ret = load_l1(s, errp);
+	if (ret < 0)
+		goto out_file;
+	ret = qcow2_refcount_load_table(s, errp);
+	if (ret < 0)
+		goto out_file;
+	ret = open_data_file(node, s, opts, flags, errp);
+	if (ret < 0)
+		goto out_file;
+	ret = open_backing(node, s, opts, flags, errp);
+	if (ret < 0)
+		goto out_data;
+	node->limits.request_alignment = 512;
+	node->limits.mem_alignment = node->file->limits.mem_alignment;
+	node->limits.pdiscard_alignment = s->cluster_size;
+	/* Autoclear features we do not maintain are cleared once we may write. */
+	if (!node->read_only && (s->autoclear & ~QCOW2_AUTOCLEAR_DATA_FILE_RAW)) {
+		s->autoclear &= QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+		ret = qcow2_header_write(s);
+		if (ret < 0) {
+			tblk_error_set_errno(errp, -ret, "Could not update qcow2 header");
+			goto out_backing;
+		}
+	}
+	return 0;
+
+out_backing:
+	tblk__node_close(node->backing);
+	node->backing = NULL;
+out_data:
+	if (s->data && s->data != node->file)
+		tblk__node_close(s->data);
+out_file:
+	tblk__node_close(node->file);
+	node->file = NULL;
+out_state:
+	state_free(s);
+	return ret;
+}
+
+static void qcow2_close(struct tblk_node *node)
+{
+	struct qcow2_state *s = node->opaque;
+
+	if (!node->read_only && !s->corrupt) {
+		qcow2_lock(s);
+		(void)qcow2_flush_metadata(s);
+		qcow2_unlock(s);
+	}
+	if (s->data && s->data != node->file)
+		tblk__node_close(s->data);
+	state_free(s);
+}
+
+static int64_t qcow2_getlength(struct tblk_node *node)
+{
+	struct qcow2_state *s = node->opaque;
+
+	return (int64_t)s->size;
+}
+
+static uint32_t qcow2_cluster_size(struct tblk_node *node)
+{
+	struct qcow2_state *s = node->opaque;
+
+	return s->cluster_size;
+}
+
+const struct tblk_driver tblk__drv_qcow2 = {
+	.name = "qcow2",
+	.instance_size = sizeof(struct qcow2_state),
+	.probe = qcow2_probe,
+	.open = qcow2_open,
+	.close = qcow2_close,
+	.create = qcow2_create,
+	.preadv = tblk__qcow2_preadv,
+	.pwritev = tblk__qcow2_pwritev,
+	.flush = tblk__qcow2_flush,
+	.pdiscard = tblk__qcow2_pdiscard,
+	.pwrite_zeroes = tblk__qcow2_pwrite_zeroes,
+	.block_status = tblk__qcow2_block_status,
+	.getlength = qcow2_getlength,
+	.cluster_size = qcow2_cluster_size,
+};
