@@ -227,7 +227,7 @@ int qcow2_get_l2_for_write(struct qcow2_state *s, uint64_t offset, void **table,
 	if (ret < 0)
 		return ret;
 	if (old_off) {
-		ret = qcow2_free_clusters(s, old_off, s->cluster_size);
+		ret = qcow2_free_clusters(s, old_off, s->cluster_size, QCOW2_DISCARD_OTHER);
 		if (ret < 0)
 			return ret;
 	}
@@ -273,5 +273,5 @@ int qcow2_grow_l1(struct qcow2_state *s, uint64_t min_size, bool exact)
 	if (ret < 0)
 		return ret;
 	s->meta_dirty = false;
-	return old_bytes ? qcow2_free_clusters(s, old_off, old_bytes) : 0;
+	return old_bytes ? qcow2_free_clusters(s, old_off, old_bytes, QCOW2_DISCARD_OTHER) : 0;
 }

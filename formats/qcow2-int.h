@@ -74,6 +74,14 @@ struct qcow2_ext {
 	struct qcow2_ext *next;
 };
 
+/* Why clusters are freed: decides whether the freed range is discarded in the file too. */
+enum qcow2_discard_type {
+	QCOW2_DISCARD_REQUEST,	/* a guest discard or zero write with unmap */
+	QCOW2_DISCARD_SNAPSHOT,	/* a snapshot deleted */
+	QCOW2_DISCARD_OTHER,	/* copy-on-write, metadata moved */
+	QCOW2_DISCARD_NR,
+};
+
 struct qcow2_cache;
 
 /* A guest range whose clusters are being allocated: writers overlapping it wait. */
@@ -135,12 +143,14 @@ struct qcow2_state {
 	/* Allocation. [meta] */
 	uint64_t free_cluster_index;	/* where the first-free search starts */
 	uint64_t free_byte_offset;	/* end of the last compressed cluster, 0 = none */
-	uint64_t *pending_free;		/* host offsets freed but still referenced on disk */
+	uint64_t *pending_free;		/* host offsets freed but still referenced on disk,
+					 * the low bit set if the file range is discarded too */
 	size_t nr_pending_free;
 	size_t pending_free_cap;
 	struct tblk_list allocs;	/* struct qcow2_alloc in flight */
 	bool meta_dirty;		/* metadata written since the last file flush */
 
+	bool pass_discard[QCOW2_DISCARD_NR];	/* [const] pass-discard-* options */
 	bool corrupt;			/* [meta] found corrupt: no more writes */
 	bool read_only;			/* [const] */
 	struct tblk_node *node;		/* [const] */
@@ -213,10 +223,11 @@ int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t len);
 /* Allocates @len bytes for compressed data (packed after the previous ones). */
 int64_t qcow2_alloc_bytes(struct qcow2_state *s, uint64_t len);
 /* Drops one reference to the clusters of @l2_entry (normal or compressed), deferred. */
-int qcow2_free_l2_entry(struct qcow2_state *s, uint64_t l2_entry);
+int qcow2_free_l2_entry(struct qcow2_state *s, uint64_t l2_entry, enum qcow2_discard_type t);
 /* Drops one reference to clusters at [offset, offset + len), deferred until the metadata that
  * stopped using them is on disk. */
-int qcow2_free_clusters(struct qcow2_state *s, uint64_t offset, uint64_t len);
+int qcow2_free_clusters(struct qcow2_state *s, uint64_t offset, uint64_t len,
+			enum qcow2_discard_type t);
 /* Applies deferred frees (caller made the metadata that dropped the references durable). */
 int qcow2_apply_pending_frees(struct qcow2_state *s);
 

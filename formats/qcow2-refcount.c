@@ -259,7 +259,7 @@ static int grow_reftable(struct qcow2_state *s, uint64_t cluster_index, uint64_t
 		ret = tblk_node_flush(s->node->file);
 	if (ret < 0)
 		return ret;
-	return qcow2_free_clusters(s, old_off, old_bytes);
+	return qcow2_free_clusters(s, old_off, old_bytes, QCOW2_DISCARD_OTHER);
 }
 
 int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, int64_t delta)
@@ -378,7 +378,8 @@ int64_t qcow2_alloc_bytes(struct qcow2_state *s, uint64_t len)
 	return (int64_t)off;
 }
 
-int qcow2_free_clusters(struct qcow2_state *s, uint64_t offset, uint64_t len)
+int qcow2_free_clusters(struct qcow2_state *s, uint64_t offset, uint64_t len,
+			enum qcow2_discard_type t)
 {
 	uint64_t first = offset >> s->cluster_bits;
 	uint64_t last = (offset + len - 1) >> s->cluster_bits;
@@ -388,12 +389,13 @@ int qcow2_free_clusters(struct qcow2_state *s, uint64_t offset, uint64_t len)
 			s->pending_free_cap = TBLK_MAX(s->pending_free_cap * 2, (size_t)64);
 			s->pending_free = g_renew(uint64_t, s->pending_free, s->pending_free_cap);
 		}
-		s->pending_free[s->nr_pending_free++] = c << s->cluster_bits;
+		s->pending_free[s->nr_pending_free++] = (c << s->cluster_bits) |
+							(s->pass_discard[t] ? 1 : 0);
 	}
 	return 0;
 }
 
-int qcow2_free_l2_entry(struct qcow2_state *s, uint64_t entry)
+int qcow2_free_l2_entry(struct qcow2_state *s, uint64_t entry, enum qcow2_discard_type t)
 {
 	switch (qcow2_entry_type(s, entry)) {
 	case QCOW2_COMPRESSED: {
@@ -401,13 +403,13 @@ int qcow2_free_l2_entry(struct qcow2_state *s, uint64_t entry)
 		uint64_t sectors = ((entry >> s->csize_shift) & s->csize_mask) + 1;
 		uint64_t end = (off & ~511ull) + sectors * 512;
 
-		return qcow2_free_clusters(s, off, end - off);
+		return qcow2_free_clusters(s, off, end - off, t);
 	}
 	case QCOW2_NORMAL:
 	case QCOW2_ZERO_ALLOC:
 		if (s->data != s->node->file)
 			return 0;	/* external data file: no refcounts for data */
-		return qcow2_free_clusters(s, entry & QCOW2_OFFSET_MASK, s->cluster_size);
+		return qcow2_free_clusters(s, entry & QCOW2_OFFSET_MASK, s->cluster_size, t);
 	default:
 		return 0;
 	}
@@ -417,8 +419,16 @@ int qcow2_apply_pending_frees(struct qcow2_state *s)
 {
 	int ret = 0;
 
-	for (size_t i = 0; i < s->nr_pending_free && ret >= 0; i++)
-		ret = qcow2_update_refcount(s, s->pending_free[i], 1, -1);
+	for (size_t i = 0; i < s->nr_pending_free && ret >= 0; i++) {
+		uint64_t off = s->pending_free[i] & ~1ull, rc;
+
+		ret = qcow2_update_refcount(s, off, 1, -1);
+		if (ret >= 0 && (s->pending_free[i] & 1))
+			ret = qcow2_get_refcount(s, off >> s->cluster_bits, &rc);
+		/* Discarding in the file is advisory: its failure is not an error. */
+		if (ret >= 0 && (s->pending_free[i] & 1) && rc == 0)
+			(void)tblk_node_pdiscard(s->node->file, off, s->cluster_size);
+	}
 	s->nr_pending_free = 0;
 	return ret;
 }

@@ -290,7 +290,7 @@ static int link_alloc(struct qcow2_state *s, struct alloc_job *job)
 
 		qcow2_l2_set(s, table, l2i + (uint32_t)i, e, s->ext_l2 ? 0xffffffffull : 0);
 		if (!job->keep_old) {
-			ret = qcow2_free_l2_entry(s, job->old[i]);
+			ret = qcow2_free_l2_entry(s, job->old[i], QCOW2_DISCARD_OTHER);
 			if (ret < 0)
 				return ret;
 		}
@@ -391,7 +391,7 @@ static int write_compressed_cluster(struct qcow2_state *s, uint64_t offset, uint
 	int ret;
 
 	tblk_iov_to_buf(iov, iovcnt, iov_off, src, bytes);
-	clen = tblk__qcow2_compress(s->compression_type, dst, s->cluster_size - 512, src,
+	clen = tblk__qcow2_compress(s->compression_type, dst, s->cluster_size - 1, src,
 				    s->cluster_size);
 	if (clen == -ENOSPC) {
 		struct iovec one = { src, bytes };
@@ -477,17 +477,17 @@ static int rewrite_entries(struct qcow2_state *s, uint64_t offset, uint64_t nclu
 		void *table;
 		int ret;
 
-		ret = qcow2_get_l2_entry(s, offset, &entry, &bitmap);
+		/* qemu allocates the L2 table even where no entry changes: so do we. */
+		ret = qcow2_get_l2_for_write(s, offset, &table, &l2i);
 		if (ret < 0)
 			return ret;
+		entry = qcow2_l2_get(s, table, l2i);
+		bitmap = qcow2_l2_get_bitmap(s, table, l2i);
 		if (fn(s, entry, bitmap, flags, &ne, &nb, &free_old)) {
-			ret = qcow2_get_l2_for_write(s, offset, &table, &l2i);
-			if (ret < 0)
-				return ret;
 			qcow2_l2_set(s, table, l2i, ne, nb);
 			qcow2_cache_mark_dirty(s->l2_cache, table);
 			if (free_old) {
-				ret = qcow2_free_l2_entry(s, entry);
+				ret = qcow2_free_l2_entry(s, entry, QCOW2_DISCARD_REQUEST);
 				if (ret < 0)
 					return ret;
 			}

@@ -244,9 +244,17 @@ static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int fla
 	if (ret < 0)
 		goto out_file;
 	g_free(tblk__opts_take(opts, "lazy-refcounts"));
-	g_free(tblk__opts_take(opts, "pass-discard-request"));
-	g_free(tblk__opts_take(opts, "pass-discard-snapshot"));
-	g_free(tblk__opts_take(opts, "pass-discard-other"));
+	s->pass_discard[QCOW2_DISCARD_REQUEST] = true;
+	s->pass_discard[QCOW2_DISCARD_SNAPSHOT] = true;
+	if (tblk__opts_take_bool(opts, "pass-discard-request",
+				 &s->pass_discard[QCOW2_DISCARD_REQUEST], errp) < 0 ||
+	    tblk__opts_take_bool(opts, "pass-discard-snapshot",
+				 &s->pass_discard[QCOW2_DISCARD_SNAPSHOT], errp) < 0 ||
+	    tblk__opts_take_bool(opts, "pass-discard-other",
+				 &s->pass_discard[QCOW2_DISCARD_OTHER], errp) < 0) {
+		ret = -EINVAL;
+		goto out_file;
+	}
 	g_free(tblk__opts_take(opts, "overlap-check"));
 	ret = load_l1(s, errp);
 	if (ret < 0)
