@@ -317,7 +317,8 @@ int qcow2_header_build(const struct qcow2_state *s, uint8_t *buf)
 	if (!ret && s->data_file_name)
 		ret = put_ext(buf, &pos, end, QCOW2_EXT_DATA_FILE, s->data_file_name,
 			      (uint32_t)strlen(s->data_file_name));
-	if (!ret && s->version >= 3) {
+	/* qemu 7.2 writes the feature name table only with clusters above 4 KiB. */
+	if (!ret && s->version >= 3 && s->cluster_size > 4096) {
 		uint8_t table[TBLK_ARRAY_SIZE(feature_names) * 48] = { 0 };
 
 		for (size_t i = 0; i < TBLK_ARRAY_SIZE(feature_names); i++) {

@@ -9,15 +9,49 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "tools/img-int.h"
 
-/* The creation options of raw images, in the order "Formatting" prints them. */
-enum { CO_SIZE, CO_NOCOW, CO_PREALLOC, CO_EXTENT_HINT, CO_NR };
-static const char *const co_names[CO_NR] = {
-	"size", "nocow", "preallocation", "extent_size_hint",
+/* One creation option: its name, kind, and the default "Formatting" prints (NULL: none). */
+enum co_kind { CO_STR, CO_SIZE_T, CO_BOOL, CO_NUM };
+struct co_desc {
+	const char *name;
+	enum co_kind kind;
+	const char *def;
 };
+
+/* Per format, in the order "Formatting" prints them. */
+static const struct co_desc raw_opts[] = {
+	{ "size", CO_SIZE_T, NULL },
+	{ "nocow", CO_BOOL, NULL },
+	{ "preallocation", CO_STR, NULL },
+	{ "extent_size_hint", CO_SIZE_T, NULL },
+	{ NULL, 0, NULL },
+};
+
+static const struct co_desc qcow2_opts[] = {
+	{ "encryption", CO_BOOL, NULL },
+	{ "cluster_size", CO_SIZE_T, "65536" },
+	{ "extended_l2", CO_BOOL, "off" },
+	{ "preallocation", CO_STR, NULL },
+	{ "compression_type", CO_STR, "zlib" },
+	{ "size", CO_SIZE_T, NULL },
+	{ "compat", CO_STR, NULL },
+	{ "backing_file", CO_STR, NULL },
+	{ "backing_fmt", CO_STR, NULL },
+	{ "data_file", CO_STR, NULL },
+	{ "data_file_raw", CO_BOOL, NULL },
+	{ "encrypt.format", CO_STR, NULL },
+	{ "lazy_refcounts", CO_BOOL, "off" },
+	{ "refcount_bits", CO_NUM, "16" },
+	{ "nocow", CO_BOOL, NULL },
+	{ "extent_size_hint", CO_SIZE_T, NULL },
+	{ NULL, 0, NULL },
+};
+
+#define CO_MAX 16
 
 struct create_args {
 	const char *fmt;
@@ -25,14 +59,24 @@ struct create_args {
 	const char *backing, *backing_fmt;
 	GString *options;		/* -o lists joined by ',' */
 	bool quiet;
+	bool unsafe;			/* -u: do not open the backing file */
 	bool has_size;
 	uint64_t size;
 };
 
 struct create_opts {
-	char *value[CO_NR];		/* as given, NULL if not set */
-	uint64_t num[CO_NR];		/* parsed sizes */
+	const struct co_desc *desc;	/* the format's table */
+	char *value[CO_MAX];		/* as given, NULL if not set */
+	uint64_t num[CO_MAX];		/* parsed sizes and numbers */
 };
+
+static int co_index(const struct create_opts *co, const char *name)
+{
+	for (int i = 0; co->desc[i].name; i++)
+		if (!strcmp(co->desc[i].name, name))
+			return i;
+	return -1;
+}
 
 /* qemu refuses an empty -o list or one with an empty element (",," is a comma). */
 static bool option_list_valid(const char *s)
@@ -54,8 +98,41 @@ static bool option_list_valid(const char *s)
 	return true;
 }
 
-static void create_help_options(void)
+static void create_help_options(const char *fmt)
 {
+	if (fmt && !strcmp(fmt, "qcow2")) {
+		printf("Supported qcow2 options:\n"
+		       "  backing_file=<str>     - File name of a base image\n"
+		       "  backing_fmt=<str>      - Image format of the base image\n"
+		       "  cluster_size=<size>    - qcow2 cluster size\n"
+		       "  compat=<str>           - Compatibility level (v2 [0.10] or v3 [1.1])\n"
+		       "  compression_type=<str> - Compression method used for image cluster "
+		       "compression\n"
+		       "  data_file=<str>        - File name of an external data file\n"
+		       "  data_file_raw=<bool (on/off)> - The external data file must stay valid as "
+		       "a raw image\n"
+		       "  encrypt.cipher-alg=<str> - Name of encryption cipher algorithm\n"
+		       "  encrypt.cipher-mode=<str> - Name of encryption cipher mode\n"
+		       "  encrypt.format=<str>   - Encrypt the image, format choices: 'aes', "
+		       "'luks'\n"
+		       "  encrypt.hash-alg=<str> - Name of encryption hash algorithm\n"
+		       "  encrypt.iter-time=<num> - Time to spend in PBKDF in milliseconds\n"
+		       "  encrypt.ivgen-alg=<str> - Name of IV generator algorithm\n"
+		       "  encrypt.ivgen-hash-alg=<str> - Name of IV generator hash algorithm\n"
+		       "  encrypt.key-secret=<str> - ID of secret providing qcow AES key or LUKS "
+		       "passphrase\n"
+		       "  encryption=<bool (on/off)> - Encrypt the image with format 'aes'. "
+		       "(Deprecated in favor of encrypt.format=aes)\n"
+		       "  extended_l2=<bool (on/off)> - Extended L2 tables\n"
+		       "  lazy_refcounts=<bool (on/off)> - Postpone refcount updates\n"
+		       "  preallocation=<str>    - Preallocation mode (allowed values: off, "
+		       "metadata, falloc, full)\n"
+		       "  refcount_bits=<num>    - Width of a reference count entry in bits\n"
+		       "  size=<size>            - Virtual disk size\n\n"
+		       "The protocol level may support further options.\n"
+		       "Specify the target filename to include those options.\n");
+		exit(0);
+	}
 	printf("Creation options of raw images:\n"
 	       "  size=<size>              virtual disk size\n"
 	       "  preallocation=<str>      off, falloc or full\n"
@@ -82,10 +159,11 @@ static void create_parse(int argc, char **argv, struct create_args *a)
 		case 'b': a->backing = optarg; break;
 		case 'f': a->fmt = optarg; break;
 		case 'q': a->quiet = true; break;
-		case 'u': case 'O': break;
+		case 'u': a->unsafe = true; break;
+		case 'O': break;
 		case 'o':
 			if (!strcmp(optarg, "help") || !strcmp(optarg, "?"))
-				create_help_options();
+				create_help_options(a->fmt);
 			if (!option_list_valid(optarg)) {
 				tool_error("Invalid option list: %s", optarg);
 				exit(1);
@@ -126,20 +204,34 @@ static int size_value(const char *key, const char *val, uint64_t *out, GError **
 	return ret;
 }
 
-/* Checks one "key=value" element against raw's creation options. */
+static bool num_value(const char *val, uint64_t *out)
+{
+	char *end;
+
+	if (!*val || *val == '-')
+		return false;
+	errno = 0;
+	*out = strtoull(val, &end, 0);
+	return !errno && !*end;
+}
+
+/* Checks one "key=value" element against the format's creation options. */
 static int set_option(struct create_opts *co, char *key, char *val, GError **errp)
 {
-	int i;
+	int i = co_index(co, key);
 
-	for (i = 0; i < CO_NR && strcmp(co_names[i], key); i++)
-		;
-	if (i == CO_NR) {
+	if (i < 0) {
 		g_set_error(errp, tblk_error_quark(), EINVAL, "Invalid parameter '%s'", key);
 		return -EINVAL;
 	}
-	if ((i == CO_SIZE || i == CO_EXTENT_HINT) && size_value(key, val, &co->num[i], errp) < 0)
+	if (co->desc[i].kind == CO_SIZE_T && size_value(key, val, &co->num[i], errp) < 0)
 		return -EINVAL;
-	if (i == CO_NOCOW && strcmp(val, "on") && strcmp(val, "off")) {
+	if (co->desc[i].kind == CO_NUM && !num_value(val, &co->num[i])) {
+		g_set_error(errp, tblk_error_quark(), EINVAL, "Parameter '%s' expects a number",
+			    key);
+		return -EINVAL;
+	}
+	if (co->desc[i].kind == CO_BOOL && strcmp(val, "on") && strcmp(val, "off")) {
 		g_set_error(errp, tblk_error_quark(), EINVAL,
 			    "Parameter '%s' expects 'on' or 'off'", key);
 		return -EINVAL;
@@ -185,28 +277,86 @@ static bool format_known(const char *fmt)
 	return !strcmp(fmt, "file");
 }
 
-/* The checks qemu makes before creating anything; 0 or -errno with *errp. */
+/* The size of the backing file named by -b/-F (for create without a size). */
+static int backing_size(const char *image, const char *backing, const char *fmt,
+			uint64_t *size, GError **errp)
+{
+	g_autoptr(GHashTable) opts = tblk_opts_new();
+	g_autofree char *dir = g_path_get_dirname(image);
+	g_autofree char *path = NULL;
+	GError *err = NULL;
+	struct tblk_blk *blk;
+	int64_t len;
+
+	if (backing[0] == '/' || !strcmp(dir, "."))
+		path = g_strdup(backing);
+	else
+		path = g_build_filename(dir, backing, NULL);
+	g_hash_table_insert(opts, g_strdup("driver"), g_strdup(fmt));
+	if (tblk_blk_open(&blk, path, opts, 0, NULL, &err) < 0) {
+		g_set_error(errp, tblk_error_quark(), EINVAL, "%s\nCould not open backing image.",
+			    err->message);
+		g_error_free(err);
+		return -EINVAL;
+	}
+	len = tblk_blk_getlength(blk);
+	tblk_blk_close(blk);
+	if (len < 0) {
+		g_set_error(errp, tblk_error_quark(), EIO, "Could not get the size of the backing "
+			    "image");
+		return -EIO;
+	}
+	*size = (uint64_t)len;
+	return 0;
+}
+
+/* The checks qemu makes before printing "Formatting"; 0 or -errno with *errp. */
 static int create_check(struct create_args *a, struct create_opts *co, GError **errp)
 {
+	int si, bi, fi;
+
 	if (!format_known(a->fmt)) {
 		g_set_error(errp, tblk_error_quark(), EINVAL, "Unknown file format '%s'", a->fmt);
 		return -EINVAL;
 	}
+	co->desc = !strcmp(a->fmt, "qcow2") ? qcow2_opts : raw_opts;
 	if (parse_options(co, a->options->str, errp) < 0)
 		return -EINVAL;
-	if (a->has_size && co->value[CO_SIZE]) {
+	si = co_index(co, "size");
+	bi = co_index(co, "backing_file");
+	fi = co_index(co, "backing_fmt");
+	if (a->has_size && co->value[si]) {
 		g_set_error(errp, tblk_error_quark(), EINVAL,
 			    "The image size must be specified only once");
 		return -EINVAL;
 	}
-	if (a->backing || a->backing_fmt) {
+	if ((a->backing || a->backing_fmt) && bi < 0) {
 		g_set_error(errp, tblk_error_quark(), ENOTSUP,
 			    "Backing file%s not supported for file format '%s'",
 			    a->backing ? "" : " format", a->fmt);
 		return -ENOTSUP;
 	}
-	if (co->value[CO_SIZE]) {
-		a->size = co->num[CO_SIZE];
+	if (a->backing) {
+		g_free(co->value[bi]);
+		co->value[bi] = g_strdup(a->backing);
+	}
+	if (a->backing_fmt) {
+		g_free(co->value[fi]);
+		co->value[fi] = g_strdup(a->backing_fmt);
+	}
+	if (co->value[si]) {
+		a->size = co->num[si];
+		a->has_size = true;
+	}
+	if (bi >= 0 && co->value[bi] && !co->value[fi]) {
+		g_set_error(errp, tblk_error_quark(), EINVAL,
+			    "Backing file specified without backing format");
+		return -EINVAL;
+	}
+	if (bi >= 0 && co->value[bi] && !a->has_size && !a->unsafe) {
+		if (backing_size(a->filename, co->value[bi], co->value[fi], &a->size, errp) < 0)
+			return -EINVAL;
+		a->size = (a->size + 511) & ~511ull;
 		a->has_size = true;
 	}
 	if (!a->has_size) {
@@ -219,16 +369,18 @@ static int create_check(struct create_args *a, struct create_opts *co, GError **
 
 static void print_formatting(const struct create_args *a, const struct create_opts *co)
 {
-	int i;
+	printf("Formatting '%s', fmt=%s", a->filename, a->fmt);
+	for (int i = 0; co->desc[i].name; i++) {
+		const struct co_desc *d = &co->desc[i];
 
-	printf("Formatting '%s', fmt=%s size=%" PRId64, a->filename, a->fmt, (int64_t)a->size);
-	for (i = CO_SIZE + 1; i < CO_NR; i++) {
-		if (!co->value[i])
-			continue;
-		if (i == CO_EXTENT_HINT)
-			printf(" %s=%" PRIu64, co_names[i], co->num[i]);
-		else
-			printf(" %s=%s", co_names[i], co->value[i]);
+		if (!strcmp(d->name, "size"))
+			printf(" size=%" PRId64, (int64_t)a->size);
+		else if (co->value[i] && (d->kind == CO_SIZE_T || d->kind == CO_NUM))
+			printf(" %s=%" PRIu64, d->name, co->num[i]);
+		else if (co->value[i])
+			printf(" %s=%s", d->name, co->value[i]);
+		else if (d->def)
+			printf(" %s=%s", d->name, d->def);
 	}
 	printf("\n");
 }
@@ -246,15 +398,20 @@ int img_create(int argc, char **argv)
 	if (ret == 0) {
 		if (!a.quiet)
 			print_formatting(&a, &co);
-		for (i = CO_SIZE + 1; i < CO_NR; i++)
-			if (co.value[i] && i != CO_EXTENT_HINT)
-				g_hash_table_insert(opts, g_strdup(co_names[i]),
-						    g_strdup(co.value[i]));
+		fflush(stdout);
+		for (i = 0; co.desc[i].name; i++) {
+			const char *name = co.desc[i].name;
+
+			if (!co.value[i] || !strcmp(name, "size") ||
+			    !strcmp(name, "extent_size_hint"))
+				continue;
+			g_hash_table_insert(opts, g_strdup(name), g_strdup(co.value[i]));
+		}
 		ret = tblk_img_create(a.filename, a.fmt, a.size, opts, &err);
 	}
 	if (ret < 0)
 		tool_error_gerror(err, "%s: ", a.filename);
-	for (i = 0; i < CO_NR; i++)
+	for (i = 0; i < CO_MAX; i++)
 		g_free(co.value[i]);
 	g_hash_table_unref(opts);
 	g_string_free(a.options, TRUE);
