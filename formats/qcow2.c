@@ -324,6 +324,26 @@ static uint32_t qcow2_cluster_size(struct tblk_node *node)
 	return s->cluster_size;
 }
 
+static int qcow2_get_info(struct tblk_node *node, struct tblk_format_info *info)
+{
+	struct qcow2_state *s = node->opaque;
+
+	info->backing_file = s->backing_file;
+	info->backing_fmt = s->backing_fmt;
+	info->dirty = s->incompat & QCOW2_INCOMPAT_DIRTY;
+	info->is_qcow2 = true;
+	info->compat = s->version >= 3 ? "1.1" : "0.10";
+	info->compression_type = s->compression_type ? "zstd" : "zlib";
+	info->lazy_refcounts = s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS;
+	info->refcount_bits = 1u << s->refcount_order;
+	info->data_file = s->data_file_name;
+	info->data_file_raw = s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+	info->corrupt = s->corrupt || (s->incompat & QCOW2_INCOMPAT_CORRUPT);
+	info->extended_l2 = s->ext_l2;
+	info->nb_snapshots = s->nb_snapshots;
+	return 0;
+}
+
 const struct tblk_driver tblk__drv_qcow2 = {
 	.name = "qcow2",
 	.instance_size = sizeof(struct qcow2_state),
@@ -339,4 +359,5 @@ const struct tblk_driver tblk__drv_qcow2 = {
 	.block_status = tblk__qcow2_block_status,
 	.getlength = qcow2_getlength,
 	.cluster_size = qcow2_cluster_size,
+	.get_info = qcow2_get_info,
 };

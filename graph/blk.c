@@ -555,3 +555,13 @@ uint32_t tblk_blk_cluster_size(struct tblk_blk *blk)
 
 	return root->drv->cluster_size ? root->drv->cluster_size(root) : 0;
 }
+
+int tblk_blk_get_format_info(struct tblk_blk *blk, struct tblk_format_info *info)
+{
+	struct tblk_node *root = blk->root;
+
+	memset(info, 0, sizeof(*info));
+	if (root->drv->cluster_size)
+		info->cluster_size = root->drv->cluster_size(root);
+	return root->drv->get_info ? root->drv->get_info(root, info) : 0;
+}

@@ -24,10 +24,23 @@ struct image_info {
 	const char *format;
 	int64_t virtual_size;
 	int64_t actual_size;		/* < 0: unknown, left out */
+	struct tblk_format_info fi;
+	char *full_backing;		/* backing file name resolved against the image's */
 };
+
+/* qemu's path_combine: a relative backing name is relative to the image's directory. */
+static char *full_backing_name(const char *image, const char *backing)
+{
+	const char *slash = strrchr(image, '/');
+
+	if (backing[0] == '/' || strstr(backing, "://") || !slash)
+		return g_strdup(backing);
+	return g_strdup_printf("%.*s%s", (int)(slash - image + 1), image, backing);
+}
 
 static void print_human(const struct image_info *ii)
 {
+	const struct tblk_format_info *fi = &ii->fi;
 	char vsz[64], dsz[64];
 
 	tool_fmt_size_img(vsz, sizeof(vsz), (uint64_t)ii->virtual_size);
@@ -36,36 +49,96 @@ static void print_human(const struct image_info *ii)
 	if (ii->actual_size >= 0)
 		tool_fmt_size_img(dsz, sizeof(dsz), (uint64_t)ii->actual_size);
 	printf("disk size: %s\n", ii->actual_size >= 0 ? dsz : "unavailable");
+	if (fi->cluster_size)
+		printf("cluster_size: %u\n", fi->cluster_size);
+	if (fi->backing_file) {
+		printf("backing file: %s", fi->backing_file);
+		if (strcmp(fi->backing_file, ii->full_backing))
+			printf(" (actual path: %s)", ii->full_backing);
+		printf("\n");
+	}
+	if (fi->backing_fmt)
+		printf("backing file format: %s\n", fi->backing_fmt);
+	if (!fi->is_qcow2)
+		return;
+	printf("Format specific information:\n    compat: %s\n    compression type: %s\n",
+	       fi->compat, fi->compression_type);
+	if (strcmp(fi->compat, "0.10"))
+		printf("    lazy refcounts: %s\n", fi->lazy_refcounts ? "true" : "false");
+	printf("    refcount bits: %u\n", fi->refcount_bits);
+	if (fi->data_file)
+		printf("    data file: %s\n    data file raw: %s\n", fi->data_file,
+		       fi->data_file_raw ? "true" : "false");
+	if (strcmp(fi->compat, "0.10"))
+		printf("    corrupt: %s\n    extended l2: %s\n", fi->corrupt ? "true" : "false",
+		       fi->extended_l2 ? "true" : "false");
 }
 
-/* One ImageInfo object, its members indented by @indent spaces. */
+static void json_key(GString *out, int indent, const char *key)
+{
+	g_string_append_printf(out, ",\n%*s\"%s\": ", indent, "", key);
+}
+
+static void json_qcow2(GString *out, const struct tblk_format_info *fi, int in)
+{
+	const char *b[] = { "false", "true" };
+
+	g_string_append_printf(out, "{\n%*s\"type\": \"qcow2\",\n%*s\"data\": {\n"
+			       "%*s\"compat\": \"%s\",\n%*s\"compression-type\": \"%s\"",
+			       in, "", in, "", in + 4, "", fi->compat, in + 4, "",
+			       fi->compression_type);
+	if (strcmp(fi->compat, "0.10"))
+		g_string_append_printf(out, ",\n%*s\"lazy-refcounts\": %s", in + 4, "",
+				       b[fi->lazy_refcounts]);
+	g_string_append_printf(out, ",\n%*s\"refcount-bits\": %u", in + 4, "",
+			       fi->refcount_bits);
+	if (fi->data_file) {
+		json_key(out, in + 4, "data-file");
+		tool_json_string(out, fi->data_file);
+		g_string_append_printf(out, ",\n%*s\"data-file-raw\": %s", in + 4, "",
+				       b[fi->data_file_raw]);
+	}
+	if (strcmp(fi->compat, "0.10"))
+		g_string_append_printf(out, ",\n%*s\"corrupt\": %s,\n%*s\"extended-l2\": %s",
+				       in + 4, "", b[fi->corrupt], in + 4, "", b[fi->extended_l2]);
+	g_string_append_printf(out, "\n%*s}\n%*s}", in, "", in - 4, "");
+}
+
+/* One ImageInfo object, its members indented by @indent spaces, in QEMU's key order. */
 static void print_json_object(GString *out, const struct image_info *ii, int indent)
 {
-	g_string_append_printf(out, "{\n%*s\"virtual-size\": %" PRId64 ",\n%*s\"filename\": ",
-			       indent, "", ii->virtual_size, indent, "");
+	const struct tblk_format_info *fi = &ii->fi;
+
+	g_string_append(out, "{\n");
+	if (fi->backing_fmt) {
+		g_string_append_printf(out, "%*s\"backing-filename-format\": ", indent, "");
+		tool_json_string(out, fi->backing_fmt);
+		g_string_append(out, ",\n");
+	}
+	g_string_append_printf(out, "%*s\"virtual-size\": %" PRId64, indent, "",
+			       ii->virtual_size);
+	json_key(out, indent, "filename");
 	tool_json_string(out, ii->filename);
-	g_string_append_printf(out, ",\n%*s\"format\": ", indent, "");
+	if (fi->cluster_size)
+		g_string_append_printf(out, ",\n%*s\"cluster-size\": %u", indent, "",
+				       fi->cluster_size);
+	json_key(out, indent, "format");
 	tool_json_string(out, ii->format);
 	if (ii->actual_size >= 0)
 		g_string_append_printf(out, ",\n%*s\"actual-size\": %" PRId64, indent, "",
 				       ii->actual_size);
-	g_string_append_printf(out, ",\n%*s\"dirty-flag\": false\n%*s}", indent, "",
-			       indent - 4, "");
-}
-
-static void print_json(const struct image_info *ii, bool chain)
-{
-	GString *out = g_string_new(NULL);
-
-	if (chain) {
-		g_string_append(out, "[\n    ");
-		print_json_object(out, ii, 8);
-		g_string_append(out, "\n]");
-	} else {
-		print_json_object(out, ii, 4);
+	if (fi->is_qcow2) {
+		json_key(out, indent, "format-specific");
+		json_qcow2(out, fi, indent + 4);
 	}
-	printf("%s\n", out->str);
-	g_string_free(out, TRUE);
+	if (fi->backing_file) {
+		json_key(out, indent, "full-backing-filename");
+		tool_json_string(out, ii->full_backing);
+		json_key(out, indent, "backing-filename");
+		tool_json_string(out, fi->backing_file);
+	}
+	g_string_append_printf(out, ",\n%*s\"dirty-flag\": %s\n%*s}", indent, "",
+			       fi->dirty ? "true" : "false", indent - 4, "");
 }
 
 enum { OPT_OUTPUT = 256, OPT_BACKING_CHAIN, OPT_OBJECT, OPT_IMAGE_OPTS };
@@ -105,29 +178,79 @@ static void info_parse(int argc, char **argv, struct info_args *a)
 	}
 }
 
+static int collect(struct tblk_blk *blk, const char *name, struct image_info *ii)
+{
+	ii->filename = tblk_blk_filename(blk);
+	ii->format = tblk_blk_format_name(blk);
+	ii->virtual_size = tblk_blk_getlength(blk);
+	ii->actual_size = tblk_blk_get_allocated_size(blk);
+	if (ii->virtual_size < 0) {
+		tool_error("Could not get the size of '%s': %s", name,
+			   strerror((int)-ii->virtual_size));
+		return -1;
+	}
+	tblk_blk_get_format_info(blk, &ii->fi);
+	ii->full_backing = ii->fi.backing_file ?
+			   full_backing_name(ii->filename, ii->fi.backing_file) : NULL;
+	return 0;
+}
+
 int img_info(int argc, char **argv)
 {
 	struct info_args a = { .output = "human" };
-	struct image_info ii;
+	bool json = false, first = true;
+	GString *out = g_string_new(NULL);
+	struct img_open_opts o;
 	struct tblk_blk *blk;
+	char *next = NULL, *next_fmt = NULL;
+	int ret = 0;
 
 	info_parse(argc, argv, &a);
-	if (img_open(&blk, &a.open, NULL) < 0)
+	json = !strcmp(a.output, "json");
+	o = a.open;
+	if (img_open(&blk, &o, NULL) < 0)
 		return 1;
-	ii.filename = tblk_blk_filename(blk);
-	ii.format = tblk_blk_format_name(blk);
-	ii.virtual_size = tblk_blk_getlength(blk);
-	ii.actual_size = tblk_blk_get_allocated_size(blk);
-	if (ii.virtual_size < 0) {
-		tool_error("Could not get the size of '%s': %s", a.open.filename,
-			   strerror((int)-ii.virtual_size));
+	if (json && a.backing_chain)
+		g_string_append(out, "[\n    ");
+	for (;;) {
+		struct image_info ii = { 0 };
+
+		if (collect(blk, o.filename, &ii) < 0) {
+			ret = 1;
+			tblk_blk_close(blk);
+			break;
+		}
+		if (json) {
+			if (!first)
+				g_string_append(out, ",\n    ");
+			print_json_object(out, &ii, a.backing_chain ? 8 : 4);
+		} else {
+			if (!first)
+				printf("\n");
+			print_human(&ii);
+		}
+		first = false;
+		g_free(next);
+		g_free(next_fmt);
+		next = ii.full_backing;
+		next_fmt = g_strdup(ii.fi.backing_fmt);
 		tblk_blk_close(blk);
-		return 1;
+		if (!a.backing_chain || !next)
+			break;
+		o = (struct img_open_opts){ .filename = next, .fmt = next_fmt,
+					    .flags = a.open.flags };
+		if (img_open(&blk, &o, NULL) < 0) {
+			ret = 1;
+			break;
+		}
 	}
-	if (!strcmp(a.output, "json"))
-		print_json(&ii, a.backing_chain);
-	else
-		print_human(&ii);
-	tblk_blk_close(blk);
-	return 0;
+	if (json && ret == 0) {
+		if (a.backing_chain)
+			g_string_append(out, "\n]");
+		printf("%s\n", out->str);
+	}
+	g_free(next);
+	g_free(next_fmt);
+	g_string_free(out, TRUE);
+	return ret;
 }

@@ -178,6 +178,29 @@ int tblk_blk_block_status_depth(struct tblk_blk *blk, uint64_t offset, uint64_t 
 				uint64_t *pnum, uint64_t *map, int *depth);
 /* The format's cluster size in bytes (the unit of compressed writes), 0 if it has none. */
 uint32_t tblk_blk_cluster_size(struct tblk_blk *blk);
+/*
+ * What an image's format records about itself, for `info`. Strings are borrowed from the
+ * backend and stay valid until it is closed; NULL when absent.
+ */
+struct tblk_format_info {
+	uint32_t cluster_size;		/* 0: the format has no clusters */
+	const char *backing_file;	/* as recorded in the image */
+	const char *backing_fmt;
+	bool dirty;			/* the image was not closed cleanly */
+	/* qcow2 only (is_qcow2). */
+	bool is_qcow2;
+	const char *compat;		/* "0.10" or "1.1" */
+	const char *compression_type;	/* "zlib" or "zstd" */
+	bool lazy_refcounts;
+	unsigned int refcount_bits;
+	const char *data_file;
+	bool data_file_raw;
+	bool corrupt;
+	bool extended_l2;
+	unsigned int nb_snapshots;
+};
+/* Fills @info for the image (root node). 0 or -errno. */
+int tblk_blk_get_format_info(struct tblk_blk *blk, struct tblk_format_info *info);
 /* Number of images in the backing chain (1 without a backing file). */
 int tblk_blk_chain_length(struct tblk_blk *blk);
 
