@@ -220,6 +220,11 @@ int qcow2_get_refcount(struct qcow2_state *s, uint64_t cluster_index, uint64_t *
 int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, int64_t delta);
 /* Allocates @len bytes of contiguous clusters (first free), refcount 1. Host offset or -errno. */
 int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t len);
+/*
+ * Allocates up to @n clusters at exactly @offset: as many as are free there in a row,
+ * without moving the first-free cursor. Returns how many (0 if @offset is in use) or -errno.
+ */
+int64_t qcow2_alloc_clusters_at(struct qcow2_state *s, uint64_t offset, uint64_t n);
 /* Allocates @len bytes for compressed data (packed after the previous ones). */
 int64_t qcow2_alloc_bytes(struct qcow2_state *s, uint64_t len);
 /* Drops one reference to the clusters of @l2_entry (normal or compressed), deferred. */

@@ -331,6 +331,31 @@ int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t len)
 	return ret < 0 ? ret : off;
 }
 
+int64_t qcow2_alloc_clusters_at(struct qcow2_state *s, uint64_t offset, uint64_t n)
+{
+	uint64_t k, rc;
+	int ret;
+
+	if (s->nr_pending_free) {
+		ret = qcow2_flush_metadata(s);
+		if (ret < 0)
+			return ret;
+	}
+	do {
+		for (k = 0; k < n; k++) {
+			ret = qcow2_get_refcount(s, (offset >> s->cluster_bits) + k, &rc);
+			if (ret < 0)
+				return ret;
+			if (rc)
+				break;
+		}
+		if (k == 0)
+			return 0;
+		ret = qcow2_update_refcount(s, offset, k << s->cluster_bits, 1);
+	} while (ret == -EAGAIN);
+	return ret < 0 ? ret : (int64_t)k;
+}
+
 /*
  * Compressed data is packed byte by byte: it continues right after the previous compressed
  * cluster, spilling into the next host cluster when that one is the next free cluster; each

@@ -203,7 +203,7 @@ static void wait_dependencies(struct qcow2_state *s, uint64_t offset, uint64_t *
  * Under the image lock: plans the allocation of the clusters starting at @offset (whose
  * first cluster needs one), at most up to @end. Fills @job and claims its range.
  */
-static int plan_alloc(struct qcow2_state *s, uint64_t offset, uint64_t end,
+static int plan_alloc(struct qcow2_state *s, uint64_t offset, uint64_t end, uint64_t hint,
 		      struct alloc_job *job)
 {
 	uint64_t start = qcow2_start_of_cluster(s, offset), nmax, e0, b0;
@@ -232,7 +232,17 @@ static int plan_alloc(struct qcow2_state *s, uint64_t offset, uint64_t end,
 	} else if (s->data != s->node->file) {
 		job->host = start;	/* external data file: guest offset = host offset */
 	} else {
-		int64_t host = qcow2_alloc_clusters(s, job->n << s->cluster_bits);
+		int64_t host = 0;
+
+		/* Right after the previous cluster of the same request, if free there. */
+		if (hint) {
+			host = qcow2_alloc_clusters_at(s, hint, job->n);
+			if (host > 0)
+				job->n = (uint64_t)host;
+			host = host > 0 ? (int64_t)hint : host;
+		}
+		if (host == 0)
+			host = qcow2_alloc_clusters(s, job->n << s->cluster_bits);
 
 		if (host < 0) {
 			g_free(job->old);
@@ -301,8 +311,14 @@ static int link_alloc(struct qcow2_state *s, struct alloc_job *job)
 	return 0;
 }
 
+/*
+ * Writes the leading part of [offset, offset + *pbytes) that maps to one contiguous host
+ * range (in place, or allocated). *hint: where the host range of the previous part of the
+ * same request ended, 0 if none; updated for the next part.
+ */
 static int write_chunk(struct qcow2_state *s, uint64_t offset, uint64_t *pbytes,
-		       const struct iovec *iov, int iovcnt, size_t iov_off, unsigned int flags)
+		       const struct iovec *iov, int iovcnt, size_t iov_off, unsigned int flags,
+		       uint64_t *hint)
 {
 	g_autofree struct iovec *slice = NULL;
 	struct alloc_job job = { 0 };
@@ -327,9 +343,10 @@ static int write_chunk(struct qcow2_state *s, uint64_t offset, uint64_t *pbytes,
 		if (ret >= 0)
 			ret = tblk_node_pwritev(s->data, m.host, n, slice, ret, flags & TBLK_REQ_FUA);
 		*pbytes = n;
+		*hint = TBLK_ALIGN_UP(m.host + n, s->cluster_size);
 		return ret;
 	}
-	ret = plan_alloc(s, offset, offset + *pbytes, &job);
+	ret = plan_alloc(s, offset, offset + *pbytes, *hint, &job);
 	if (ret < 0)
 		goto out_unlock;
 	qcow2_unlock(s);
@@ -339,6 +356,7 @@ static int write_chunk(struct qcow2_state *s, uint64_t offset, uint64_t *pbytes,
 	if (ret >= 0)
 		ret = link_alloc(s, &job);
 	tblk_list_del(&job.a.link);
+	*hint = job.host + (job.a.end - job.a.start);
 	g_free(job.old);
 	g_free(job.old_bitmap);
 	*pbytes = n;
@@ -354,7 +372,7 @@ int tblk__qcow2_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 			const struct iovec *iov, int iovcnt, unsigned int flags)
 {
 	struct qcow2_state *s = node->opaque;
-	uint64_t done = 0;
+	uint64_t done = 0, hint = 0;
 	int ret = 0;
 
 	if (flags & TBLK_REQ_COMPRESSED)
@@ -362,7 +380,7 @@ int tblk__qcow2_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 	while (done < bytes) {
 		uint64_t n = bytes - done;
 
-		ret = write_chunk(s, offset + done, &n, iov, iovcnt, done, flags);
+		ret = write_chunk(s, offset + done, &n, iov, iovcnt, done, flags, &hint);
 		if (ret < 0)
 			return ret;
 		done += n;
@@ -524,6 +542,10 @@ static bool zero_entry(struct qcow2_state *s, uint64_t old, uint64_t old_bitmap,
 	bool unmap = qcow2_entry_type(s, old) == QCOW2_COMPRESSED ||
 		     ((flags & TBLK_REQ_MAY_UNMAP) && is_allocated(s, old));
 
+	/* v2 has no zero flag: without a backing file an unallocated cluster reads zeroes. */
+	if (s->version < 3)
+		return discard_entry(s, old, old_bitmap, flags, new, new_bitmap, free_old);
+
 	*new = unmap ? 0 : old;
 	*new_bitmap = old_bitmap;
 	if (s->ext_l2)
@@ -562,6 +584,8 @@ int tblk__qcow2_pdiscard(struct tblk_node *node, uint64_t offset, uint64_t bytes
 
 	if (qcow2_offset_into_cluster(s, offset))
 		return -ENOTSUP;
+	if (s->version < 3 && node->backing)
+		return 0;	/* unallocating would expose the backing file */
 	end = end == s->size ? end : qcow2_start_of_cluster(s, end);
 	if (end <= offset)
 		return 0;
@@ -569,6 +593,45 @@ int tblk__qcow2_pdiscard(struct tblk_node *node, uint64_t offset, uint64_t bytes
 	ret = s->corrupt ? -EIO : rewrite_range(s, offset, end - offset, 0, discard_entry);
 	qcow2_unlock(s);
 	return ret;
+}
+
+/* True if [offset, offset + bytes) of the backing chain of @node reads as zeroes. */
+static int backing_reads_zero(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+			      bool *zero)
+{
+	struct tblk_node *b = node->backing;
+
+	*zero = true;
+	while (b && bytes) {
+		int64_t len = tblk_node_getlength(b);
+		uint64_t n;
+		int ret;
+
+		if (len < 0)
+			return (int)len;
+		if (offset >= (uint64_t)len)
+			return 0;
+		ret = tblk_node_block_status(b, offset, TBLK_MIN(bytes, (uint64_t)len - offset),
+					     &n, NULL);
+		if (ret < 0)
+			return ret;
+		if (!(ret & TBLK_BS_ALLOCATED)) {
+			/* Falls through this layer: ask the one below for the same range. */
+			bool z;
+
+			ret = backing_reads_zero(b, offset, n, &z);
+			if (ret < 0 || !z) {
+				*zero = false;
+				return ret;
+			}
+		} else if (!(ret & TBLK_BS_ZERO)) {
+			*zero = false;
+			return 0;
+		}
+		offset += n;
+		bytes -= n;
+	}
+	return 0;
 }
 
 /* True if guest cluster @offset reads as zeroes as far as its L2 entry tells. */
@@ -583,8 +646,9 @@ static int cluster_reads_zero(struct qcow2_state *s, uint64_t offset, bool *zero
 	if (s->ext_l2)
 		*zero = t != QCOW2_COMPRESSED && (bitmap >> 32) == 0xffffffffull;
 	else
-		*zero = t == QCOW2_ZERO_PLAIN || t == QCOW2_ZERO_ALLOC ||
-			(t == QCOW2_UNALLOCATED && !s->node->backing);
+		*zero = t == QCOW2_ZERO_PLAIN || t == QCOW2_ZERO_ALLOC;
+	if (!s->ext_l2 && t == QCOW2_UNALLOCATED)
+		return backing_reads_zero(s->node, offset, s->cluster_size, zero);
 	return 0;
 }
 
@@ -622,8 +686,8 @@ int tblk__qcow2_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t 
 	uint64_t tail_start = TBLK_MAX(qcow2_start_of_cluster(s, end), head_end);
 	int ret = 0;
 
-	if (s->version < 3)
-		return -ENOTSUP;
+	if (s->version < 3 && node->backing)
+		return -ENOTSUP;	/* written as zero data */
 	if (end == s->size)
 		tail_start = end;	/* the image's last cluster may be partial */
 	if (head_end > offset && !(head_end == end && end == s->size &&
