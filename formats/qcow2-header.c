@@ -165,12 +165,16 @@ static int check_layout(struct qcow2_state *s, const uint8_t *buf, uint64_t file
 	if (s->reftable_clusters == 0 || (s->reftable_offset & (s->cluster_size - 1)) ||
 	    s->reftable_offset == 0)
 		return tblk_error_set(errp, EINVAL, "Invalid reference count table offset");
+	if (s->l1_size && s->l1_offset > file_size)
+		return tblk_error_set(errp, EINVAL, "L1 table lies beyond the end of the file");
+	if (s->reftable_offset > file_size)
+		return tblk_error_set(errp, EINVAL, "Reference count table lies beyond the end of "
+				      "the file");
 	if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS)
 		return tblk_error_set(errp, EINVAL, "Too many snapshots");
 	if (s->nb_snapshots && (s->snapshots_offset & (s->cluster_size - 1)))
 		return tblk_error_set(errp, EINVAL, "Invalid snapshot table offset");
 	(void)buf;
-	(void)file_size;
 	return 0;
 }
 

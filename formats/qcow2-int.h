@@ -152,6 +152,8 @@ struct qcow2_state {
 
 	bool pass_discard[QCOW2_DISCARD_NR];	/* [const] pass-discard-* options */
 	bool corrupt;			/* [meta] found corrupt: no more writes */
+	const char *corrupt_what;	/* [meta] the first corruption found, and where */
+	uint64_t corrupt_offset;	/* [meta] */
 	bool read_only;			/* [const] */
 	struct tblk_node *node;		/* [const] */
 	struct tblk_node *data;		/* [const] where guest data lives (file or data_file) */

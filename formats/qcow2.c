@@ -46,10 +46,11 @@ void qcow2_wait_alloc(struct qcow2_state *s)
 
 int qcow2_signal_corruption(struct qcow2_state *s, const char *what, uint64_t offset)
 {
+	/* The first finding is kept for `check` and `info`; the data path never prints. */
 	if (!s->corrupt) {
 		s->corrupt = true;
-		g_warning("qcow2 image '%s' is corrupt: %s %#" PRIx64 "; further writes "
-			  "refused", s->node->filename ? s->node->filename : "?", what, offset);
+		s->corrupt_what = what;
+		s->corrupt_offset = offset;
 	}
 	return -EUCLEAN;
 }
