@@ -277,6 +277,9 @@ int tblk__qcow2_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t 
 int tblk__qcow2_block_status(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 			     uint64_t *pnum, uint64_t *map);
 
+/* ------------------------------------------------ check (qcow2-check.c) */
+int qcow2_check(struct qcow2_state *s, struct tblk_check_result *res, int fix);
+
 /* ------------------------------------------------ create (qcow2-create.c) */
 int qcow2_create(const char *filename, uint64_t size, GHashTable *opts, GError **errp);
 

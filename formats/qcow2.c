@@ -345,6 +345,17 @@ static int qcow2_get_info(struct tblk_node *node, struct tblk_format_info *info)
 	return 0;
 }
 
+static int qcow2_check_node(struct tblk_node *node, struct tblk_check_result *res, int fix)
+{
+	struct qcow2_state *s = node->opaque;
+	int ret;
+
+	qcow2_lock(s);
+	ret = qcow2_check(s, res, fix);
+	qcow2_unlock(s);
+	return ret;
+}
+
 const struct tblk_driver tblk__drv_qcow2 = {
 	.name = "qcow2",
 	.instance_size = sizeof(struct qcow2_state),
@@ -361,4 +372,5 @@ const struct tblk_driver tblk__drv_qcow2 = {
 	.getlength = qcow2_getlength,
 	.cluster_size = qcow2_cluster_size,
 	.get_info = qcow2_get_info,
+	.check = qcow2_check_node,
 };

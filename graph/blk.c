@@ -565,3 +565,18 @@ int tblk_blk_get_format_info(struct tblk_blk *blk, struct tblk_format_info *info
 		info->cluster_size = root->drv->cluster_size(root);
 	return root->drv->get_info ? root->drv->get_info(root, info) : 0;
 }
+
+int tblk_blk_check(struct tblk_blk *blk, int fix, struct tblk_check_result *res)
+{
+	struct tblk_node *root = blk->root;
+	int ret;
+
+	if (!root->drv->check)
+		return -ENOTSUP;
+	if (fix && root->read_only)
+		return -EROFS;
+	/* The check's own metadata reads are outside requests: wait for idle, do not quiesce. */
+	tblk_blk_drain(blk);
+	ret = root->drv->check(root, res, fix);
+	return ret;
+}

@@ -56,6 +56,8 @@ struct tblk_driver {
 			    uint64_t *pnum, uint64_t *map);
 
 	int64_t (*getlength)(struct tblk_node *node);
+	/* Checks metadata consistency, repairing with @fix (TBLK_CHECK_FIX_*); may be NULL. */
+	int (*check)(struct tblk_node *node, struct tblk_check_result *res, int fix);
 	/* Fills what the format records about itself (tblk_blk_get_format_info); may be NULL. */
 	int (*get_info)(struct tblk_node *node, struct tblk_format_info *info);
 	/* Allocation unit of the format (qcow2's cluster size); NULL: none. */

@@ -19,6 +19,7 @@
 
 /* Subcommands: argv[0] is the subcommand's name. Each returns the exit status. */
 int img_bench(int argc, char **argv);
+int img_check(int argc, char **argv);
 int img_create(int argc, char **argv);
 int img_info(int argc, char **argv);
 

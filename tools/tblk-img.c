@@ -101,6 +101,7 @@ static const struct {
 	int (*fn)(int argc, char **argv);
 } subcommands[] = {
 	{ "bench", img_bench },
+	{ "check", img_check },
 	{ "create", img_create },
 	{ "info", img_info },
 };

@@ -201,6 +201,26 @@ struct tblk_format_info {
 };
 /* Fills @info for the image (root node). 0 or -errno. */
 int tblk_blk_get_format_info(struct tblk_blk *blk, struct tblk_format_info *info);
+/* What `check` found (and repaired); @messages holds one line per finding, as qemu-img words
+ * them, for the caller to print. */
+#define TBLK_CHECK_FIX_LEAKS	0x1
+#define TBLK_CHECK_FIX_ERRORS	0x2
+struct tblk_check_result {
+	int corruptions;
+	int leaks;
+	int check_errors;
+	int corruptions_fixed;
+	int leaks_fixed;
+	uint64_t image_end_offset;
+	uint64_t total_clusters;
+	uint64_t allocated_clusters;
+	uint64_t fragmented_clusters;
+	uint64_t compressed_clusters;
+	GString *messages;		/* caller-allocated, appended to */
+};
+/* Checks (and with @fix, repairs) the image's metadata. -ENOTSUP if the format has no
+ * check. @blk must be opened read-write to repair. */
+int tblk_blk_check(struct tblk_blk *blk, int fix, struct tblk_check_result *res);
 /* Number of images in the backing chain (1 without a backing file). */
 int tblk_blk_chain_length(struct tblk_blk *blk);
 
