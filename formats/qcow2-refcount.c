@@ -296,6 +296,12 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, 
 		rc_set(s, block, done & mask, rc);
 		qcow2_cache_mark_dirty(s->rc_cache, block);
 		if (rc == 0) {
+			/*
+			 * Compressed data must not continue in a freed cluster: once reused for
+			 * other data, packing into it would overwrite that data (qemu 7.2 does).
+			 */
+			if (s->free_byte_offset >> s->cluster_bits == done)
+				s->free_byte_offset = 0;
 			qcow2_cache_discard(s->l2_cache, done << s->cluster_bits);
 			qcow2_cache_discard(s->rc_cache, done << s->cluster_bits);
 			if (done < s->free_cluster_index)

@@ -84,7 +84,13 @@ def differential(tmp, rnd, name, create_opts, size, compress):
     ok(same_out, "%s: same output" % name,
        "ops: %s\nqemu: %r\ntblk: %r" % (ops, rq, rt))
     same = run(["cmp", q, t])[0] == 0
-    ok(same, "%s: byte-identical image" % name, "ops: %s" % ops)
+    # qemu 7.2 can corrupt its own image (compressed data packed into a freed cluster that
+    # was reused); tblk does not follow it there, so identity is only required when qemu's
+    # image is sound.
+    qemu_sound = run(["qemu-img", "check", q])[0] == 0
+    ok(same or not qemu_sound, "%s: byte-identical image%s" %
+       (name, "" if qemu_sound else " (qemu's own image is corrupt: not compared)"),
+       "ops: %s" % ops)
     rc, out, err = run(["qemu-img", "check", t])
     ok(rc == 0, "%s: qemu-img check clean" % name, out + err)
 
