@@ -33,8 +33,18 @@ def filt(out):
     return "".join(l for l in out.splitlines(True) if " ops; " not in l)
 
 
-def ok(cond, name, diag=""):
-    tests.append((bool(cond), name, diag))
+def ok(cond, name, diag="", todo=None):
+    tests.append((bool(cond), name, diag, todo))
+
+
+def io_has_compressed_writes():
+    # A tblk-io without compressed writes refuses `write -c` on any format.
+    d = tempfile.mkdtemp()
+    f = os.path.join(d, "c.qcow2")
+    run(["qemu-img", "create", "-q", "-f", "qcow2", f, "1M"])
+    rc, out, err = run([TIO, "-f", "qcow2", "-c", "write -c 0 64k", f])
+    run(["rm", "-rf", d])
+    return "wrote" in out
 
 
 def random_ops(rnd, size, cs, version, compress):
@@ -77,12 +87,15 @@ def differential(tmp, rnd, name, create_opts, size, compress):
     q, t = os.path.join(tmp, "q.qcow2"), os.path.join(tmp, "t.qcow2")
     for f in (q, t):
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", create_opts, f, str(size)])
+    todo = None
+    if any(o.startswith("write -c") for o in ops) and not HAS_C:
+        todo = "tblk-io write -c"
     rq = run(["qemu-io", "-f", "qcow2"] + io_args(ops) + [q])
     rt = run([TIO, "-f", "qcow2"] + io_args(ops) + [t])
     same_out = (rq[0], filt(rq[1]), rq[2].replace("qemu-io", "X")) == \
         (rt[0], filt(rt[1]), rt[2].replace("tblk-io", "X"))
     ok(same_out, "%s: same output" % name,
-       "ops: %s\nqemu: %r\ntblk: %r" % (ops, rq, rt))
+       "ops: %s\nqemu: %r\ntblk: %r" % (ops, rq, rt), todo)
     same = run(["cmp", q, t])[0] == 0
     # qemu 7.2 can corrupt its own image (compressed data packed into a freed cluster that
     # was reused); tblk does not follow it there, so identity is only required when qemu's
@@ -90,7 +103,7 @@ def differential(tmp, rnd, name, create_opts, size, compress):
     qemu_sound = run(["qemu-img", "check", q])[0] == 0
     ok(same or not qemu_sound, "%s: byte-identical image%s" %
        (name, "" if qemu_sound else " (qemu's own image is corrupt: not compared)"),
-       "ops: %s" % ops)
+       "ops: %s" % ops, todo)
     rc, out, err = run(["qemu-img", "check", t])
     ok(rc == 0, "%s: qemu-img check clean" % name, out + err)
 
@@ -125,7 +138,12 @@ def read_back(tmp, rnd, name, create_opts, size):
     ok(rc == 0 and "failed" not in out + err, "%s: tblk reads qemu's chain" % name, out + err)
 
 
+HAS_C = False
+
+
 def main():
+    global HAS_C
+    HAS_C = io_has_compressed_writes()
     rnd = random.Random(SEED)
     print("# seed %d" % SEED)
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,8 +176,9 @@ def main():
                      "cluster_size=65536,compression_type=zstd"]:
             read_back(tmp, rnd, opts, opts, 16 << 20)
     print("1..%d" % len(tests))
-    for i, (good, name, diag) in enumerate(tests, 1):
-        print("%sok %d - %s" % ("" if good else "not ", i, name))
+    for i, (good, name, diag, todo) in enumerate(tests, 1):
+        print("%sok %d - %s%s" % ("" if good else "not ", i, name,
+                                  " # TODO " + todo if todo else ""))
         if not good:
             for l in diag.splitlines()[:40]:
                 print("# " + l)
