@@ -52,6 +52,39 @@ static const char aio_write_help[] =
 	" -q, -- print no statistics\n"
 	" -u, -- with -z, the range may be deallocated\n"
 	" -z, -- write zeroes without a data buffer\n\n";
+static const char readv_help[] =
+	" Reads bytes of the open image at an offset into one buffer per length given.\n"
+	" -C, -- print the statistics as one comma-separated line\n"
+	" -P, -- check that every byte read equals this value\n"
+	" -q, -- print no statistics\n"
+	" -v, -- print the data as a hex dump\n\n";
+static const char writev_help[] =
+	" Writes bytes filled with a pattern (0xcd by default) at an offset, from one\n"
+	" buffer per length given.\n"
+	" -C, -- print the statistics as one comma-separated line\n"
+	" -f, -- the write is durable when it completes (FUA)\n"
+	" -P, -- the byte to fill the buffers with\n"
+	" -q, -- print no statistics\n\n";
+static const char open_help[] =
+	" Opens an image for the other commands; only one can be open at a time.\n"
+	" -r, -- read-only\n"
+	" -s, -- write to a temporary overlay, never to the image\n"
+	" -C, -- accepted, no effect without a backing file\n"
+	" -n, -- bypass the host page cache (-t none)\n"
+	" -U, -- do not lock the image (needs -r)\n"
+	" -k, -- use Linux AIO (same as -i native)\n"
+	" -i, -- threads, native or io_uring\n"
+	" -t, -- none, writeback, writethrough, directsync or unsafe\n"
+	" -d, -- ignore, off, unmap or on\n"
+	" -o, -- driver options as key=value,key=value\n";
+static const char reopen_help[] =
+	" Opens the image again with some options changed; what cannot change is refused.\n"
+	" -r, -- read-only from now on\n"
+	" -w, -- read-write from now on\n"
+	" -c, -- a new cache mode\n"
+	" -o, -- driver options to change, as key=value,key=value\n\n";
+static const char sigraise_help[] =
+	" Sends the given signal number to tblk-io itself with raise(3).\n\n";
 static const char discard_help[] =
 	" Tells the image that a range of bytes is no longer needed.\n"
 	" -C, -- print the statistics as one comma-separated line\n"
@@ -61,12 +94,19 @@ static const char discard_help[] =
 #define W	IO_CMD_NEED_WRITE
 /* Sorted by name: "help" lists them in this order. */
 const struct io_cmd io_cmds[] = {
+	{ "abort", NULL, io_abort_f, 0, 0, 0, NULL, "simulate a program crash using abort(3)",
+	  NULL },
 	{ "aio_flush", NULL, io_aio_flush_f, 0, 0, F, NULL,
 	  "completes all outstanding aio requests", NULL },
 	{ "aio_read", NULL, io_aio_read_f, 2, -1, F, "[-Ciqv] [-P pattern] off len [len..]",
 	  "asynchronously reads a number of bytes", aio_read_help },
 	{ "aio_write", NULL, io_aio_write_f, 2, -1, F | W, "[-Cfiquz] [-P pattern] off len [len..]",
 	  "asynchronously writes a number of bytes", aio_write_help },
+	{ "alloc", "a", io_alloc_f, 1, 2, F, "offset [count]",
+	  "checks if offset is allocated in the file", NULL },
+	{ "break", NULL, io_break_f, 2, 2, F, "event tag",
+	  "sets a breakpoint on event and tags the stopped request as tag", NULL },
+	{ "close", "c", io_close_f, 0, 0, F, NULL, "close the current open file", NULL },
 	{ "discard", "d", io_discard_f, 2, -1, F | W, "[-Cq] off len",
 	  "discards a number of bytes at a specified offset", discard_help },
 	{ "flush", "f", io_flush_f, 0, 0, F, NULL, "flush all in-core file state to disk", NULL },
@@ -74,12 +114,32 @@ const struct io_cmd io_cmds[] = {
 	{ "info", "i", io_info_f, 0, 0, F, NULL, "prints information about the current file",
 	  NULL },
 	{ "length", "l", io_length_f, 0, 0, F, NULL, "gets the length of the current file", NULL },
+	{ "map", NULL, io_map_f, 0, 0, F, "", "prints the allocated areas of a file", NULL },
+	{ "open", "o", io_open_f, 1, -1, 0,
+	  "[-rsCnkU] [-t cache] [-d discard] [-o options] [path]",
+	  "open the file specified by path", open_help },
 	{ "quit", "q", io_quit_f, 0, -1, 0, NULL, "exit the program", NULL },
 	{ "read", "r", io_read_f, 2, -1, F, "[-abCqv] [-P pattern [-s off] [-l len]] off len",
 	  "reads a number of bytes at a specified offset", rw_read_help },
+	{ "readv", NULL, io_readv_f, 2, -1, F, "[-Cqv] [-P pattern] off len [len..]",
+	  "reads a number of bytes at a specified offset", readv_help },
+	{ "remove_break", NULL, io_remove_break_f, 1, 1, F, "tag", "remove a breakpoint by tag",
+	  NULL },
+	{ "reopen", NULL, io_reopen_f, 0, -1, F, "[(-r|-w)] [-c cache] [-o options]",
+	  "reopens an image with new options", reopen_help },
+	{ "resume", NULL, io_resume_f, 1, 1, F, "tag", "resumes the request tagged as tag", NULL },
+	{ "sigraise", NULL, io_sigraise_f, 1, 1, 0, "signal", "raises a signal", sigraise_help },
+	{ "sleep", NULL, io_sleep_f, 1, 1, 0, NULL, "waits for the given value in milliseconds",
+	  NULL },
+	{ "truncate", "t", io_truncate_f, 1, 3, F | W, "[-m prealloc_mode] off",
+	  "truncates the current file at the given offset", NULL },
+	{ "wait_break", NULL, io_wait_break_f, 1, 1, F, "tag",
+	  "waits for the suspension of a request", NULL },
 	{ "write", "w", io_write_f, 2, -1, F | W,
 	  "[-bcCfnquz] [-P pattern | -s source_file] off len",
 	  "writes a number of bytes at a specified offset", rw_write_help },
+	{ "writev", NULL, io_writev_f, 2, -1, F | W, "[-Cfq] [-P pattern] off len [len..]",
+	  "writes a number of bytes at a specified offset", writev_help },
 };
 #undef F
 #undef W

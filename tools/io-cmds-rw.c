@@ -13,35 +13,22 @@
 
 #include "tools/io-int.h"
 
-struct sync_req {
-	bool done;
-	int ret;
-};
-
-static void sync_cb(void *opaque, int ret)
-{
-	struct sync_req *r = opaque;
-
-	r->ret = ret;
-	r->done = true;
-}
-
 enum rw_kind { RW_READ, RW_WRITE, RW_ZEROES };
 
 /* Runs one request of @kind and waits for it, processing other completions meanwhile. */
 static int do_rw(struct io_ctx *io, enum rw_kind kind, int64_t offset, void *buf, int64_t bytes,
 		 unsigned int flags)
 {
-	struct sync_req r = { false, 0 };
+	struct io_sync r = { false, 0 };
 	struct iovec iov = { buf, (size_t)bytes };
 
 	if (kind == RW_READ)
-		tblk_blk_preadv(io->blk, (uint64_t)offset, &iov, 1, flags, sync_cb, &r);
+		tblk_blk_preadv(io->blk, (uint64_t)offset, &iov, 1, flags, io_sync_cb, &r);
 	else if (kind == RW_WRITE)
-		tblk_blk_pwritev(io->blk, (uint64_t)offset, &iov, 1, flags, sync_cb, &r);
+		tblk_blk_pwritev(io->blk, (uint64_t)offset, &iov, 1, flags, io_sync_cb, &r);
 	else
 		tblk_blk_aio_pwrite_zeroes(io->blk, (uint64_t)offset, (uint64_t)bytes, flags,
-					   sync_cb, &r);
+					   io_sync_cb, &r);
 	io_wait(io, &r.done);
 	return r.ret;
 }
@@ -72,6 +59,15 @@ static int parse_num_opt(const char *arg, int64_t *val)
 	*val = io_cvtnum(arg);
 	if (*val < 0) {
 		io_print_cvtnum_err(*val, arg);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int check_sector_aligned(int64_t v, const char *what)
+{
+	if (v & 511) {
+		printf("%lld is not a sector-aligned value for '%s'\n", (long long)v, what);
 		return -EINVAL;
 	}
 	return 0;
@@ -138,6 +134,9 @@ int io_read_f(struct io_ctx *io, int argc, char **argv)
 		printf("pattern verification range exceeds end of read data\n");
 		return -EINVAL;
 	}
+	if (o.vmstate && ((ret = check_sector_aligned(offset, "offset")) < 0 ||
+			  (ret = check_sector_aligned(count, "count")) < 0))
+		return ret;
 	buf = tool_buf_new((size_t)count, 0xab);
 	if (!buf) {
 		printf("read failed: %s\n", strerror(ENOMEM));
@@ -233,25 +232,19 @@ static int write_check_flags(const struct write_opts *o)
 {
 	const char *msg = NULL;
 
+	/* In qemu-io's order: the first conflict found is the one reported. */
 	if (o->vmstate && o->zeroes)
 		msg = "-b and -z cannot be specified at the same time";
-	else if (o->zeroes + o->has_pattern + !!o->src > 1)
-		msg = "Only one of -z, -P, and -s can be specified at the same time";
-	else if (o->unmap && !o->zeroes)
-		msg = "-u requires -z to be specified";
+	else if (o->fua && (o->vmstate || o->compress))
+		msg = "-f and -b or -c cannot be specified at the same time";
 	else if (o->no_fallback && !o->zeroes)
 		msg = "-n requires -z to be specified";
+	else if (o->unmap && !o->zeroes)
+		msg = "-u requires -z to be specified";
+	else if (o->zeroes + o->has_pattern + !!o->src > 1)
+		msg = "Only one of -z, -P, and -s can be specified at the same time";
 	if (msg) {
 		printf("%s\n", msg);
-		return -EINVAL;
-	}
-	return 0;
-}
-
-static int check_sector_aligned(int64_t v, const char *what)
-{
-	if (v & 511) {
-		printf("%lld is not a sector-aligned value for '%s'\n", (long long)v, what);
 		return -EINVAL;
 	}
 	return 0;
@@ -262,13 +255,25 @@ static int do_write(struct io_ctx *io, const struct write_opts *o, int64_t offse
 {
 	unsigned int flags = o->fua ? TBLK_REQ_FUA : 0;
 
-	/* Neither compressed writes nor the VM state exist for the formats we have. */
-	if (o->vmstate || o->compress)
+	/* -z wins over -c (which is then ignored), -b over -c, as in qemu-io. */
+	if (o->zeroes) {
+		flags |= (o->unmap ? TBLK_REQ_MAY_UNMAP : 0) |
+			 (o->no_fallback ? TBLK_REQ_NO_FALLBACK : 0);
+		return do_rw(io, RW_ZEROES, offset, NULL, count, flags);
+	}
+	/* No format of ours has a VM state area. */
+	if (o->vmstate)
 		return -ENOTSUP;
-	if (!o->zeroes)
-		return do_rw(io, RW_WRITE, offset, buf, count, flags);
-	flags |= (o->unmap ? TBLK_REQ_MAY_UNMAP : 0) | (o->no_fallback ? TBLK_REQ_NO_FALLBACK : 0);
-	return do_rw(io, RW_ZEROES, offset, NULL, count, flags);
+	if (o->compress) {
+		/*
+		 * Only formats with clusters compress. The library does not refuse the flag
+		 * for the others yet (raw would write the data plainly): refuse it here.
+		 */
+		if (!tblk_blk_cluster_size(io->blk))
+			return -ENOTSUP;
+		flags |= TBLK_REQ_COMPRESSED;
+	}
+	return do_rw(io, RW_WRITE, offset, buf, count, flags);
 }
 
 int io_write_f(struct io_ctx *io, int argc, char **argv)
@@ -283,8 +288,9 @@ int io_write_f(struct io_ctx *io, int argc, char **argv)
 	if (ret < 0 || (ret = write_check_flags(&o)) < 0 ||
 	    (ret = parse_off_len(argv + optind, &offset, &count, " without -n")) < 0)
 		return ret;
-	if (o.compress && ((ret = check_sector_aligned(offset, "offset")) < 0 ||
-			   (ret = check_sector_aligned(count, "count")) < 0))
+	if ((o.compress || o.vmstate) &&
+	    ((ret = check_sector_aligned(offset, "offset")) < 0 ||
+	     (ret = check_sector_aligned(count, "count")) < 0))
 		return ret;
 	if (!o.zeroes) {
 		buf = tool_buf_new((size_t)count, o.pattern);

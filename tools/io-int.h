@@ -16,10 +16,27 @@
 
 #include "tools/tool-util.h"
 
+/* How the open image was opened: what reopen starts from. */
+struct io_open_state {
+	char *filename;			/* file argument, NULL if options name the file */
+	GHashTable *opts;		/* the options as given (-f, -o, --image-opts) */
+	unsigned int flags;		/* TBLK_OPEN_* */
+	int snapshot_fd;		/* -s: the unlinked overlay file, else -1 */
+};
+
 struct io_ctx {
 	struct tblk_loop *loop;
 	struct tblk_blk *blk;		/* NULL when no image is open */
+	struct io_open_state open;	/* valid while blk is set */
 	unsigned int nr_aio;		/* asynchronous requests in flight */
+};
+
+/* What the program's options and the open command's options set up for opening. */
+struct io_open_req {
+	const char *filename;		/* may be NULL if opts name the file */
+	GHashTable *opts;		/* borrowed; boolean values may be rewritten on/off */
+	unsigned int flags;		/* TBLK_OPEN_* */
+	bool snapshot;			/* -s */
 };
 
 typedef int io_cmd_fn(struct io_ctx *io, int argc, char **argv);
@@ -38,6 +55,24 @@ struct io_cmd {
 	const char *oneline;
 	const char *help;		/* extended help, NULL if none */
 };
+
+/* io-cmds-open.c */
+/*
+ * Applies an option letter the program and the open command share (-n, -k, -U, -t, -i, -d,
+ * and -r) to *flags; -EINVAL after printing qemu-io's error, 1 if @c is not one of them.
+ */
+int io_open_flag_opt(int c, const char *arg, unsigned int *flags);
+/* Opens the image as qemu-io's open command and its file argument do; -errno after printing. */
+int io_open_image(struct io_ctx *io, const struct io_open_req *r);
+/* Drains and closes the open image (nothing if none). */
+void io_close_image(struct io_ctx *io);
+/* Records how the image now open was opened (copies @filename and @opts), for reopen. */
+void io_save_open_state(struct io_ctx *io, const char *filename, GHashTable *opts,
+			unsigned int flags);
+
+/* io-open-snapshot.c */
+/* Opens @r's image under a temporary qcow2 overlay (-s); 0, or -errno and *errp. */
+int io_open_snapshot(struct io_ctx *io, const struct io_open_req *r, GError **errp);
 
 /* io-cmd.c */
 extern const struct io_cmd io_cmds[];
@@ -63,7 +98,7 @@ bool io_verify_pattern(const void *buf, int pattern, int64_t offset, int64_t len
 /* Waits (running the loop, so AIO completions are processed) until *done. */
 void io_wait(struct io_ctx *io, const bool *done);
 
-/* Builds an iovec over one buffer from the length arguments of aio_read/aio_write. */
+/* Builds an iovec over one buffer from the lengths of aio_read, aio_write, readv, writev. */
 struct io_vec {
 	struct iovec *iov;
 	int niov;
@@ -76,8 +111,24 @@ void io_vec_destroy(struct io_vec *v);
 /* Waits until every AIO request has completed and printed (aio_flush, exit). */
 void io_drain_all(struct io_ctx *io);
 
-/* io-cmds-rw.c, io-cmds-aio.c, io-cmds-misc.c */
-io_cmd_fn io_read_f, io_write_f, io_aio_read_f, io_aio_write_f, io_aio_flush_f;
-io_cmd_fn io_flush_f, io_discard_f, io_length_f, io_info_f, io_quit_f, io_help_f;
+/* Runs the loop, processing AIO completions, until the monotonic time @deadline_ns. */
+void io_wait_until(struct io_ctx *io, uint64_t deadline_ns);
+
+/* The result of one request a blocking command waits for (opaque of io_sync_cb). */
+struct io_sync {
+	bool done;
+	int ret;
+};
+tblk_cb io_sync_cb;
+
+/* The commands, one file per family. */
+io_cmd_fn io_read_f, io_write_f, io_readv_f, io_writev_f;		/* io-cmds-rw.c, -vec.c */
+io_cmd_fn io_aio_read_f, io_aio_write_f, io_aio_flush_f;		/* io-cmds-aio.c */
+io_cmd_fn io_flush_f, io_discard_f, io_length_f, io_info_f, io_truncate_f; /* io-cmds-misc.c */
+io_cmd_fn io_alloc_f, io_map_f;						/* io-cmds-alloc.c */
+io_cmd_fn io_open_f, io_close_f, io_reopen_f;				/* io-cmds-open.c */
+io_cmd_fn io_sleep_f, io_abort_f, io_sigraise_f, io_break_f, io_remove_break_f;
+io_cmd_fn io_resume_f, io_wait_break_f;					/* io-cmds-debug.c */
+io_cmd_fn io_quit_f, io_help_f;						/* io-cmd.c */
 
 #endif /* TBLK_IO_INT_H */

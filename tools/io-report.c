@@ -122,6 +122,35 @@ void io_wait(struct io_ctx *io, const bool *done)
 		tblk_loop_iterate(io->loop, true);
 }
 
+void io_sync_cb(void *opaque, int ret)
+{
+	struct io_sync *s = opaque;
+
+	s->ret = ret;
+	s->done = true;
+}
+
+void io_wait_until(struct io_ctx *io, uint64_t deadline_ns)
+{
+	/* The loop has no timer in the public API: poll it while requests are in flight. */
+	for (;;) {
+		uint64_t now, step;
+		struct timespec ts;
+
+		while (tblk_loop_iterate(io->loop, false))
+			;
+		now = tool_now_ns();
+		if (now >= deadline_ns)
+			return;
+		step = deadline_ns - now;
+		if (io->nr_aio && step > 1000000)
+			step = 1000000;
+		ts.tv_sec = (time_t)(step / 1000000000u);
+		ts.tv_nsec = (long)(step % 1000000000u);
+		nanosleep(&ts, NULL);
+	}
+}
+
 int io_vec_init(struct io_vec *v, char **lens, int nr, int pattern)
 {
 	int64_t *sizes = g_new(int64_t, nr);

@@ -38,7 +38,7 @@ static void usage(FILE *f)
 		"  -c, --cmd STRING     run this command (may be repeated)\n"
 		"  -f, --format FMT     the image format (default: probe)\n"
 		"  -r, --read-only      open the image read-only\n"
-		"  -s, --snapshot       throw writes away on exit (not supported)\n"
+		"  -s, --snapshot       write to a temporary overlay, never to the image\n"
 		"  -n, --nocache        bypass the host page cache (-t none)\n"
 		"  -C, --copy-on-read   accepted, no effect without a backing file\n"
 		"  -m, --misalign       accepted, ignored\n"
@@ -57,29 +57,6 @@ static void usage_exit(int code)
 {
 	usage(stdout);
 	exit(code);
-}
-
-static void option_error(const char *what, const char *arg)
-{
-	tool_error("Invalid %s option: %s", what, arg);
-	exit(1);
-}
-
-static void handle_cache_aio(int c, const char *arg, unsigned int *flags)
-{
-	static const char *const discard_modes[] = { "ignore", "off", "unmap", "on", NULL };
-	unsigned int i;
-
-	if (c == 't' && tblk_parse_cache_mode(arg, flags, NULL) < 0)
-		option_error("cache", arg);
-	if (c == 'i' && tblk_parse_aio_mode(arg, flags, NULL) < 0)
-		option_error("aio", arg);
-	if (c == 'd') {
-		for (i = 0; discard_modes[i] && strcmp(discard_modes[i], arg); i++)
-			;
-		if (!discard_modes[i])
-			option_error("discard", arg);
-	}
 }
 
 enum { OPT_OBJECT = 256, OPT_IMAGE_OPTS };
@@ -118,17 +95,13 @@ static void parse_args(int argc, char **argv, struct io_opts *o)
 			exit(0);
 		case 'c': g_ptr_array_add(o->cmds, optarg); break;
 		case 'f': o->format = optarg; break;
-		case 'r': o->flags &= ~TBLK_OPEN_RDWR; break;
 		case 's': o->snapshot = true; break;
-		case 'n':
-			o->flags |= TBLK_OPEN_NOCACHE;
-			o->flags &= ~TBLK_OPEN_WRITETHROUGH;
-			break;
-		case 'k': o->flags |= TBLK_OPEN_AIO_NATIVE; break;
-		case 'U': o->flags |= TBLK_OPEN_SHARE_RW; break;
-		case 'C': case 'm': case 'T': case OPT_OBJECT: break;
+		case 'm': case 'T': case OPT_OBJECT: break;
 		case OPT_IMAGE_OPTS: o->image_opts = true; break;
-		case 't': case 'i': case 'd': handle_cache_aio(c, optarg, &o->flags); break;
+		case 'r': case 'n': case 'k': case 'U': case 'C': case 't': case 'i': case 'd':
+			if (io_open_flag_opt(c, optarg, &o->flags) < 0)
+				exit(1);
+			break;
 		default: usage_exit(1);
 		}
 	}
@@ -143,45 +116,25 @@ static void parse_args(int argc, char **argv, struct io_opts *o)
 
 static int open_image(struct io_ctx *io, const struct io_opts *o)
 {
-	GHashTable *opts = tblk_opts_new();
-	const char *file = o->filename, *probe_name = o->filename;
+	struct io_open_req r = { .filename = o->filename, .flags = o->flags,
+				 .snapshot = o->snapshot };
 	GError *err = NULL;
 	int ret;
 
+	r.opts = tblk_opts_new();
 	if (o->image_opts) {
-		file = NULL;
-		if (tblk_opts_parse(opts, o->filename, NULL, &err) < 0)
-			goto fail;
-		probe_name = g_hash_table_lookup(opts, "file.filename");
-		if (g_hash_table_lookup(opts, "driver"))
-			probe_name = NULL;
+		r.filename = NULL;
+		if (tblk_opts_parse(r.opts, o->filename, NULL, &err) < 0) {
+			tool_error_gerror(err, "can't open: ");
+			g_hash_table_unref(r.opts);
+			return -EINVAL;
+		}
 	} else if (o->format) {
-		g_hash_table_insert(opts, g_strdup("driver"), g_strdup(o->format));
-		probe_name = NULL;
+		g_hash_table_insert(r.opts, g_strdup("driver"), g_strdup(o->format));
 	}
-	if ((o->flags & TBLK_OPEN_SHARE_RW) && (o->flags & TBLK_OPEN_RDWR)) {
-		g_set_error(&err, tblk_error_quark(), EINVAL,
-			    "force-share=on can only be used with read-only images");
-		goto fail;
-	}
-	if (o->snapshot) {
-		g_set_error(&err, tblk_error_quark(), ENOTSUP, "-s (snapshot) is not supported");
-		goto fail;
-	}
-	ret = tblk_blk_open(&io->blk, file, opts, o->flags, io->loop, &err);
-	if (ret < 0)
-		goto fail;
-	if (probe_name)
-		tool_warn_probed_raw(io->blk, probe_name);
-	g_hash_table_unref(opts);
-	return 0;
-fail:
-	g_hash_table_unref(opts);
-	if (o->image_opts)
-		tool_error_gerror(err, "can't open: ");
-	else
-		tool_error_gerror(err, "can't open device %s: ", o->filename);
-	return -1;
+	ret = io_open_image(io, &r);
+	g_hash_table_unref(r.opts);
+	return ret;
 }
 
 struct line_reader {
@@ -260,7 +213,7 @@ static int command_loop(struct io_ctx *io)
 int main(int argc, char **argv)
 {
 	struct io_opts o = { .flags = TBLK_OPEN_RDWR | TBLK_OPEN_WRITETHROUGH };
-	struct io_ctx io = { 0 };
+	struct io_ctx io = { .open.snapshot_fd = -1 };
 	GError *err = NULL;
 	bool quit = false;
 	int failed = 0;
@@ -274,17 +227,16 @@ int main(int argc, char **argv)
 		tool_error_gerror(err, NULL);
 		return 1;
 	}
-	if (o.filename && open_image(&io, &o) < 0)
-		return 1;
+	if (o.filename && open_image(&io, &o) < 0) {
+		failed = 1;
+		goto out_free_loop;
+	}
 	if (o.cmds->len == 0)
 		failed = command_loop(&io);
 	for (i = 0; i < o.cmds->len && !quit; i++)
 		failed |= io_run_line(&io, o.cmds->pdata[i], &quit);
-	if (io.blk) {
-		/* Requests still in flight complete, and print, before the image closes. */
-		io_drain_all(&io);
-		tblk_blk_close(io.blk);
-	}
+	io_close_image(&io);
+out_free_loop:
 	tblk_loop_free(io.loop);
 	g_ptr_array_free(o.cmds, TRUE);
 	return failed ? 1 : 0;

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * tool-util.c - program name, error printing, timing and I/O buffers for the tools.
+ * tool-util.c - program name, error printing, timing and I/O buffers for the tools, and the
+ * human "Format specific information" block both tools print.
  *
  * Errors go unbuffered to stderr with the invoked program's name as prefix, so a tool
  * installed under qemu's name prints exactly qemu's prefix.
@@ -97,4 +98,24 @@ void tool_warn_probed_raw(struct tblk_blk *blk, const char *name)
 		"raw.\n         Automatically detecting the format is dangerous for raw images, "
 		"write operations on block 0 will be restricted.\n         Specify the 'raw' "
 		"format explicitly to remove the restrictions.\n", name);
+}
+
+void tool_print_format_specific(const struct tblk_format_info *fi)
+{
+	bool v3;
+
+	if (!fi->is_qcow2)
+		return;
+	v3 = strcmp(fi->compat, "0.10") != 0;
+	printf("Format specific information:\n    compat: %s\n    compression type: %s\n",
+	       fi->compat, fi->compression_type);
+	if (v3)
+		printf("    lazy refcounts: %s\n", fi->lazy_refcounts ? "true" : "false");
+	printf("    refcount bits: %u\n", fi->refcount_bits);
+	if (fi->data_file)
+		printf("    data file: %s\n    data file raw: %s\n", fi->data_file,
+		       fi->data_file_raw ? "true" : "false");
+	if (v3)
+		printf("    corrupt: %s\n    extended l2: %s\n", fi->corrupt ? "true" : "false",
+		       fi->extended_l2 ? "true" : "false");
 }

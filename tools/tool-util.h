@@ -58,6 +58,10 @@ struct tblk_blk;
 /* qemu's warning about a writable image whose raw format was only probed (stderr). */
 void tool_warn_probed_raw(struct tblk_blk *blk, const char *name);
 
+struct tblk_format_info;
+/* qemu's human "Format specific information:" block (qcow2 only; nothing for other formats). */
+void tool_print_format_specific(const struct tblk_format_info *fi);
+
 /* Appends @s as a JSON string (quoted, escaped as QEMU's JSON writer does) to @out. */
 void tool_json_string(GString *out, const char *s);
 
