@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * img-int.h - what the files of tblk-img share: the subcommands, qemu-img's ways of
- * reporting bad command lines, its number parsing with range messages, and opening an image
- * with qemu-img's messages.
+ * reporting bad command lines, its number parsing with range messages, opening an image with
+ * qemu-img's messages, creating a target image from -o lists, --object checks, the progress
+ * display (-p) and the block status of an image as qemu-img's map, compare and convert see it.
  *
  * Threading: tblk-img is single-threaded; the backend's loop runs in the main thread.
  */
@@ -20,8 +21,12 @@
 /* Subcommands: argv[0] is the subcommand's name. Each returns the exit status. */
 int img_bench(int argc, char **argv);
 int img_check(int argc, char **argv);
+int img_compare(int argc, char **argv);
+int img_convert(int argc, char **argv);
 int img_create(int argc, char **argv);
+int img_dd(int argc, char **argv);
 int img_info(int argc, char **argv);
+int img_map(int argc, char **argv);
 
 /* "prog: <msg>" then "Try 'qemu-img --help' for more information", exit 1. */
 void img_error_exit(const char *fmt, ...) TOOL_PRINTF(1, 2) IMG_NORETURN;
@@ -44,5 +49,49 @@ struct img_open_opts {
 	unsigned int flags;		/* TBLK_OPEN_* */
 };
 int img_open(struct tblk_blk **pblk, const struct img_open_opts *o, struct tblk_loop *loop);
+
+/* --object OBJECTDEF: checked as qemu-img does at option time; exits 1 on a bad one. */
+void img_object_check(const char *def);
+
+/*
+ * Creation options of a target image (convert, dd): the "-o" lists joined by ',' are checked
+ * against what @fmt accepts, with qemu's messages; the checked options (not "size") go into
+ * @opts as strings, "key" alone meaning "key=on". -1 after printing the error, else 0.
+ */
+int img_create_opts_parse(const char *fmt, const char *list, GHashTable *opts);
+/* True if the table of creation options of @fmt has @key (unknown formats: true). */
+bool img_fmt_has_create_opt(const char *fmt, const char *key);
+/* True if @fmt is a format tblk-img knows to take compressed writes (qcow2). */
+bool img_fmt_can_compress(const char *fmt);
+/* True if @fmt names a format or protocol driver of this build. */
+bool img_fmt_known(const char *fmt);
+/* qemu's "-o help" text for @fmt on stdout (tblk's own words). */
+void img_create_opts_help(const char *fmt);
+
+/*
+ * The progress display of -p: "    (P/100%)\r" on stdout each time the figure moved by more
+ * than @min_skip (or reached 0 or 100), a newline at the end. Disabled, SIGUSR1 prints the
+ * figure once. @max 0 sets the figure to @delta; otherwise @delta percent of @max is added.
+ * The arithmetic is single precision, as qemu's, so the same figures come out.
+ */
+void img_progress_init(bool enabled, float min_skip);
+void img_progress_print(float delta, int max);
+void img_progress_end(void);
+
+/*
+ * Block status as qemu-img's map and compare see it, through the backing chain: the layer
+ * that holds [offset, offset + *pnum) and its bits. @present is false where no layer holds
+ * the range (it then reads as zeroes, depth is the layer whose end or lack of backing file
+ * says so). 0 or -errno.
+ */
+struct img_status {
+	uint64_t pnum;
+	unsigned int bits;		/* TBLK_BS_* */
+	uint64_t map;			/* valid with TBLK_BS_OFFSET_VALID */
+	int depth;
+	bool present;
+};
+int img_block_status(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
+		     struct img_status *st);
 
 #endif /* TBLK_IMG_INT_H */

@@ -2,25 +2,39 @@
 /*
  * img-open.c - opening the image of a tblk-img subcommand, with qemu-img's messages:
  * "Could not open 'F': <why>", the --image-opts/-f conflict, and the warning about writing
- * to an image whose raw format was only probed.
+ * to an image whose raw format was only probed; what else subcommands check before they open
+ * or create an image (--object definitions, the creation options of a target format, which
+ * formats take compressed writes); and block status through the backing chain in the terms
+ * qemu-img's map and compare use.
  *
  * Threading: the tool's single thread.
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "tools/img-int.h"
 
-/* Builds the open options; sets *probe_name to the name to warn about if probing. */
+/*
+ * Builds the open options; sets *probe_name to the name to warn about if probing, and
+ * *open_name to the file name to open (NULL: the options name it).
+ */
 static int build_opts(GHashTable *opts, const struct img_open_opts *o, const char **probe_name,
-		      GError **errp)
+		      char **open_name, GError **errp)
 {
 	*probe_name = o->filename;
+	*open_name = o->image_opts ? NULL : g_strdup(o->filename);
 	if (o->image_opts) {
 		if (tblk_opts_parse(opts, o->filename, NULL, errp) < 0)
 			return -EINVAL;
 		*probe_name = g_hash_table_lookup(opts, "driver") ? NULL :
 			      g_hash_table_lookup(opts, "file.filename");
+		/* No format named: probe the plain file the options name, as qemu does. */
+		if (*probe_name && !g_hash_table_lookup(opts, "file.driver")) {
+			*open_name = g_strdup(*probe_name);
+			g_hash_table_remove(opts, "file.filename");
+			*probe_name = *open_name;
+		}
 	} else if (o->fmt) {
 		g_hash_table_insert(opts, g_strdup("driver"), g_strdup(o->fmt));
 		*probe_name = NULL;
@@ -37,6 +51,7 @@ int img_open(struct tblk_blk **pblk, const struct img_open_opts *o, struct tblk_
 {
 	GHashTable *opts;
 	const char *probe_name;
+	char *open_name = NULL;
 	GError *err = NULL;
 	int ret;
 
@@ -45,15 +60,286 @@ int img_open(struct tblk_blk **pblk, const struct img_open_opts *o, struct tblk_
 		return -EINVAL;
 	}
 	opts = tblk_opts_new();
-	ret = build_opts(opts, o, &probe_name, &err);
+	ret = build_opts(opts, o, &probe_name, &open_name, &err);
 	if (ret == 0)
-		ret = tblk_blk_open(pblk, o->image_opts ? NULL : o->filename, opts, o->flags, loop,
-				    &err);
+		ret = tblk_blk_open(pblk, open_name, opts, o->flags, loop, &err);
 	if (ret < 0) {
 		tool_error_gerror(err, "Could not open '%s': ", o->filename);
 	} else if (probe_name) {
 		tool_warn_probed_raw(*pblk, probe_name);
 	}
+	g_free(open_name);
 	g_hash_table_unref(opts);
 	return ret;
+}
+
+/* ---------------------------------------------------------------- --object */
+
+void img_object_check(const char *def)
+{
+	static const char *const types[] = {
+		"secret", "secret_keyring", "throttle-group", "tls-creds-anon", "tls-creds-psk",
+		"tls-creds-x509", "tls-cipher-suites", "authz-simple", "authz-list",
+		"authz-listfile", "authz-pam", NULL,
+	};
+	GHashTable *opts = tblk_opts_new();
+	GError *err = NULL;
+	const char *type;
+	const char *const *t;
+
+	if (tblk_opts_parse(opts, def, "qom-type", &err) < 0) {
+		tool_error_gerror(err, NULL);
+		exit(1);
+	}
+	type = g_hash_table_lookup(opts, "qom-type");
+	if (!type) {
+		tool_error("Parameter 'qom-type' is missing");
+		exit(1);
+	}
+	for (t = types; *t && strcmp(*t, type); t++)
+		;
+	if (!*t) {
+		if (!strcmp(type, "iothread") || !strcmp(type, "memory-backend-ram"))
+			tool_error("invalid object type: %s", type);
+		else
+			tool_error("Parameter 'qom-type' does not accept value '%s'", type);
+		exit(1);
+	}
+	if (!g_hash_table_lookup(opts, "id")) {
+		tool_error("Parameter 'id' is missing");
+		exit(1);
+	}
+	if (!strcmp(type, "secret") && !g_hash_table_lookup(opts, "data") &&
+	    !g_hash_table_lookup(opts, "file")) {
+		tool_error("Either 'file' or 'data' must be provided");
+		exit(1);
+	}
+	g_hash_table_unref(opts);
+}
+
+/* ---------------------------------------------------------------- creation options */
+
+enum opt_type { OPT_STR, OPT_SIZE, OPT_BOOL, OPT_NUM };
+
+struct fmt_opt {
+	const char *name;
+	enum opt_type type;
+	const char *help;
+};
+
+#define PROTO_OPTS								\
+	{ "extent_size_hint", OPT_SIZE, "extent size hint of the file, 0 for none" },	\
+	{ "nocow", OPT_BOOL, "turn copy-on-write off (btrfs)" },		\
+	{ "size", OPT_SIZE, "virtual disk size" }
+
+static const struct fmt_opt raw_opts[] = {
+	{ "preallocation", OPT_STR, "off, falloc or full" },
+	PROTO_OPTS,
+	{ NULL },
+};
+
+static const struct fmt_opt qcow2_opts[] = {
+	{ "backing_file", OPT_STR, "file name of the backing image" },
+	{ "backing_fmt", OPT_STR, "format of the backing image" },
+	{ "cluster_size", OPT_SIZE, "cluster size in bytes" },
+	{ "compat", OPT_STR, "version: v2 (0.10) or v3 (1.1)" },
+	{ "compression_type", OPT_STR, "compression of compressed clusters" },
+	{ "data_file", OPT_STR, "external data file" },
+	{ "data_file_raw", OPT_BOOL, "keep the external data file a valid raw image" },
+	{ "encrypt.cipher-alg", OPT_STR, "encryption cipher" },
+	{ "encrypt.cipher-mode", OPT_STR, "encryption cipher mode" },
+	{ "encrypt.format", OPT_STR, "encryption format (aes, luks)" },
+	{ "encrypt.hash-alg", OPT_STR, "encryption hash" },
+	{ "encrypt.iter-time", OPT_NUM, "PBKDF time in milliseconds" },
+	{ "encrypt.ivgen-alg", OPT_STR, "IV generator" },
+	{ "encrypt.ivgen-hash-alg", OPT_STR, "IV generator hash" },
+	{ "encrypt.key-secret", OPT_STR, "secret holding the key" },
+	{ "encryption", OPT_BOOL, "encrypt with aes (deprecated)" },
+	{ "extended_l2", OPT_BOOL, "extended L2 entries (subclusters)" },
+	{ "lazy_refcounts", OPT_BOOL, "postpone refcount updates" },
+	{ "preallocation", OPT_STR, "off, metadata, falloc or full" },
+	{ "refcount_bits", OPT_NUM, "width of a refcount in bits" },
+	PROTO_OPTS,
+	{ NULL },
+};
+
+/* What tblk-img knows of a format before creating an image of it. */
+static const struct fmt_info {
+	const char *name;
+	const struct fmt_opt *opts;
+	bool can_compress;
+} fmt_infos[] = {
+	{ "raw", raw_opts, false },
+	{ "file", raw_opts, false },
+	{ "host_device", raw_opts, false },
+	{ "qcow2", qcow2_opts, true },
+};
+
+static const struct fmt_info *fmt_info(const char *fmt)
+{
+	for (size_t i = 0; i < sizeof(fmt_infos) / sizeof(fmt_infos[0]); i++)
+		if (!strcmp(fmt_infos[i].name, fmt))
+			return &fmt_infos[i];
+	return NULL;
+}
+
+static const struct fmt_opt *fmt_opt(const char *fmt, const char *key)
+{
+	const struct fmt_info *fi = fmt_info(fmt);
+	const struct fmt_opt *o;
+
+	if (!fi)
+		return NULL;
+	for (o = fi->opts; o->name; o++)
+		if (!strcmp(o->name, key))
+			return o;
+	return NULL;
+}
+
+bool img_fmt_has_create_opt(const char *fmt, const char *key)
+{
+	return !fmt_info(fmt) || fmt_opt(fmt, key);
+}
+
+bool img_fmt_can_compress(const char *fmt)
+{
+	const struct fmt_info *fi = fmt_info(fmt);
+
+	return fi ? fi->can_compress : true;
+}
+
+bool img_fmt_known(const char *fmt)
+{
+	for (const char *const *f = tblk_format_names(); *f; f++)
+		if (!strcmp(*f, fmt))
+			return true;
+	return !strcmp(fmt, "file") || !strcmp(fmt, "host_device");
+}
+
+void img_create_opts_help(const char *fmt)
+{
+	const struct fmt_info *fi = fmt_info(fmt);
+
+	printf("Creation options of %s images:\n", fmt);
+	for (const struct fmt_opt *o = fi ? fi->opts : raw_opts; o->name; o++)
+		printf("  %-24s %s\n", o->name, o->help);
+}
+
+/* Checks a value against its type, with the messages of qemu's option parser. */
+static int check_value(const struct fmt_opt *o, const char *val)
+{
+	unsigned long long n;
+	uint64_t v;
+	bool hex_suffix;
+	char *end;
+	int ret;
+
+	switch (o->type) {
+	case OPT_STR:
+		return 0;
+	case OPT_BOOL:
+		if (!strcmp(val, "on") || !strcmp(val, "off"))
+			return 0;
+		tool_error("Parameter '%s' expects 'on' or 'off'", o->name);
+		return -1;
+	case OPT_NUM:
+		errno = 0;
+		n = strtoull(val, &end, 0);
+		(void)n;
+		if (end == val || *end) {
+			tool_error("Parameter '%s' expects a number", o->name);
+			return -1;
+		}
+		if (errno == ERANGE) {
+			tool_error("Value '%s' is too large for parameter '%s'", val, o->name);
+			return -1;
+		}
+		return 0;
+	case OPT_SIZE:
+		ret = tool_strtosz(val, &v, &hex_suffix);
+		if (ret == -ERANGE) {
+			tool_error("Value '%s' is out of range for parameter '%s'", val, o->name);
+			return -1;
+		}
+		if (ret < 0) {
+			tool_error("Parameter '%s' expects a non-negative number below 2^64\n"
+				   "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, "
+				   "tera-, peta-\nand exabytes, respectively.", o->name);
+			return -1;
+		}
+		return 0;
+	}
+	return 0;
+}
+
+/* One "key=value" element; a bare "key" is "key=on", a bare "nokey" is "key=off". */
+static int create_opt_set(const char *fmt, char *elem, GHashTable *opts)
+{
+	char *eq = strchr(elem, '=');
+	const char *key = elem, *val = eq ? eq + 1 : "on";
+	const struct fmt_opt *o;
+
+	if (eq)
+		*eq = '\0';
+	else if (!strncmp(elem, "no", 2))
+		key = elem + 2, val = "off";
+	o = fmt_opt(fmt, key);
+	if (!o && fmt_info(fmt)) {
+		tool_error("Invalid parameter '%s'", key);
+		return -1;
+	}
+	if (o && check_value(o, val) < 0)
+		return -1;
+	if (strcmp(key, "size"))
+		g_hash_table_insert(opts, g_strdup(key), g_strdup(val));
+	return 0;
+}
+
+int img_create_opts_parse(const char *fmt, const char *list, GHashTable *opts)
+{
+	GString *elem = g_string_new(NULL);
+	const char *p = list;
+	int ret = 0;
+
+	while (*p && ret == 0) {
+		g_string_truncate(elem, 0);
+		for (; *p && (*p != ',' || p[1] == ','); p++) {
+			g_string_append_c(elem, *p);
+			if (*p == ',')
+				p++;
+		}
+		if (*p == ',')
+			p++;
+		ret = create_opt_set(fmt, elem->str, opts);
+	}
+	g_string_free(elem, TRUE);
+	return ret;
+}
+
+/* ---------------------------------------------------------------- block status */
+
+int img_block_status(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
+		     struct img_status *st)
+{
+	uint64_t pnum = 0, map = 0;
+	int depth = 0;
+	int ret = tblk_blk_block_status_depth(blk, offset, bytes, &pnum, &map, &depth);
+
+	if (ret < 0)
+		return ret;
+	st->pnum = pnum;
+	st->map = map;
+	st->present = ret & TBLK_BS_ALLOCATED;
+	if (!st->present) {
+		/*
+		 * Nobody holds the range: it reads as zeroes because the layer above the one
+		 * reported has no backing file there (qemu names that layer).
+		 */
+		st->bits = TBLK_BS_ZERO;
+		st->depth = depth > 0 ? depth - 1 : 0;
+	} else {
+		st->bits = (unsigned int)ret;
+		st->depth = depth;
+	}
+	return 0;
 }

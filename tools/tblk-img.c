@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * tblk-img.c - the main program of tblk-img, a command-line compatible replacement for
- * qemu-img: global options, subcommand dispatch, help and version, and the error
- * conventions shared by all subcommands (declared in img-int.h).
+ * qemu-img: global options, subcommand dispatch, help and version, the error conventions
+ * shared by all subcommands and the progress display of -p (declared in img-int.h).
  *
- * Threading: single-threaded.
+ * Threading: single-threaded (the progress figure is only read by the SIGUSR1 handler's
+ * flag test, on the same thread).
  */
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,10 +58,21 @@ void img_help(void)
 	       "  bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] "
 	       "[-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] "
 	       "[-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename\n"
+	       "  compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] "
+	       "[-p] [-q] [-s] [-U] filename1 filename2\n"
+	       "  convert [--object objectdef] [--image-opts] [--target-image-opts] "
+	       "[--target-is-zero] [--bitmaps] [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] "
+	       "[-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] "
+	       "[-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] "
+	       "[--salvage] filename [filename2 [...]] output_filename\n"
 	       "  create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] "
 	       "[-u] [-o options] filename [size]\n"
+	       "  dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] "
+	       "[skip=blocks] if=input of=output\n"
 	       "  info [--object objectdef] [--image-opts] [-f fmt] [--output=ofmt] "
-	       "[--backing-chain] [-U] filename\n\n"
+	       "[--backing-chain] [-U] filename\n"
+	       "  map [--object objectdef] [--image-opts] [-f fmt] [--start-offset=offset] "
+	       "[--max-length=len] [--output=ofmt] [-U] filename\n\n"
 	       "Sizes take the suffixes k, M, G, T, P and E (powers of 1024); 'b' means bytes.\n\n"
 	       "Supported formats:");
 	for (const char *const *f = tblk_format_names(); *f; f++)
@@ -90,10 +103,72 @@ int64_t img_cvtnum_full(const char *name, const char *value, int64_t min, int64_
 	return (int64_t)v;
 }
 
+/* ---------------------------------------------------------------- progress (-p) */
+
+static struct {
+	bool enabled;
+	float current;		/* the figure, percent */
+	float last_print;	/* the figure last printed */
+	float min_skip;
+} progress;
+
+/* Set by SIGUSR1 when -p is off: the next update prints the figure once. */
+static volatile sig_atomic_t progress_requested;
+
+static void progress_sigusr1(int sig)
+{
+	(void)sig;
+	progress_requested = 1;
+}
+
+void img_progress_init(bool enabled, float min_skip)
+{
+	struct sigaction sa = { .sa_handler = progress_sigusr1 };
+
+	progress.enabled = enabled;
+	progress.current = 0;
+	progress.last_print = 0;
+	progress.min_skip = min_skip;
+	if (!enabled) {
+		sigemptyset(&sa.sa_mask);
+		sigaction(SIGUSR1, &sa, NULL);
+	}
+}
+
+void img_progress_print(float delta, int max)
+{
+	/* Single precision throughout, as qemu computes it: the printed figures must agree. */
+	float cur = max == 0 ? delta : progress.current + delta / 100 * (float)max;
+
+	if (progress_requested) {
+		progress_requested = 0;
+		printf("    (%3.2f/100%%)\n", (double)progress.current);
+		fflush(stdout);
+	}
+	progress.current = cur;
+	if (!(cur > progress.last_print + progress.min_skip ||
+	      cur < progress.last_print - progress.min_skip || cur == 0 || cur == 100))
+		return;
+	progress.last_print = cur;
+	if (progress.enabled) {
+		printf("    (%3.2f/100%%)\r", (double)cur);
+		fflush(stdout);
+	}
+}
+
+void img_progress_end(void)
+{
+	if (progress.enabled) {
+		printf("\n");
+		fflush(stdout);
+	}
+}
+
+/* ---------------------------------------------------------------- dispatch */
+
 /* Subcommands qemu-img 7.2 has that tblk-img does not implement yet. */
 static const char *const unimplemented[] = {
-	"amend", "bitmap", "check", "commit", "compare", "convert", "dd", "map", "measure",
-	"snapshot", "rebase", "resize", NULL,
+	"amend", "bitmap", "check", "commit", "measure", "snapshot", "rebase", "resize", NULL,
 };
 
 static const struct {
@@ -102,8 +177,12 @@ static const struct {
 } subcommands[] = {
 	{ "bench", img_bench },
 	{ "check", img_check },
+	{ "compare", img_compare },
+	{ "convert", img_convert },
 	{ "create", img_create },
+	{ "dd", img_dd },
 	{ "info", img_info },
+	{ "map", img_map },
 };
 
 static int dispatch(int argc, char **argv)
