@@ -56,8 +56,8 @@ enum slot_state {
 	SLOT_FREE,		/* may take the next chunk */
 	SLOT_READING,		/* source read in flight */
 	SLOT_READY,		/* data in the buffer (or none needed), waiting to write */
-	SLOT_WRITING,		/* target writes in flight */
-	SLOT_WRITTEN,		/* every write completed */
+	SLOT_WRITING,		/* a target write in flight */
+	SLOT_WRITTEN,		/* the writes issued completed (more pieces may follow) */
 };
 
 struct convert;
@@ -70,8 +70,9 @@ struct slot {
 	int64_t n;			/* chunk length in sectors */
 	enum chunk_status status;
 	uint8_t *buf;
-	struct iovec iov;		/* the read; writes use their piece's iovec */
-	struct iovec *piece_iov;	/* one per data piece of the buffer */
+	struct iovec iov;		/* the read */
+	struct iovec wiov;		/* the data write in flight */
+	int64_t cursor;			/* pieces: where the next one starts */
 	unsigned int pending;		/* requests in flight */
 	int ret;			/* first error of the requests */
 	bool advanced;			/* the in-order write position is past this chunk */
@@ -108,7 +109,8 @@ struct convert {
 	int ret;			/* first error; stops handing out chunks */
 
 	uint64_t rate_slice_start;	/* -r: current accounting slice */
-	uint64_t rate_slice_bytes;
+	uint64_t rate_slice_bytes;	/* -r: read in it */
+	uint64_t rate_next;		/* -r: when the next data chunk may start */
 };
 
 /* ---------------------------------------------------------------- command line */
@@ -431,6 +433,9 @@ static int src_status(struct convert *cv, int i, int64_t off, int64_t n, int64_t
 						  (uint64_t)n * SECTOR, &bytes, NULL, NULL);
 	if (ret >= 0)
 		*pnum = (int64_t)((bytes + SECTOR - 1) / SECTOR);
+	/* The walk moves on by *pnum: a driver that describes nothing would stall it. */
+	if (ret >= 0 && *pnum == 0)
+		ret = -EIO;
 	return ret;
 }
 
@@ -561,14 +566,14 @@ static void write_done(void *opaque, int ret)
 }
 
 /* --salvage: reads the chunk sector by sector, zeroes where that fails. */
-static void salvage_read(struct slot *s, int64_t off)
+static void salvage_read(struct slot *s)
 {
 	struct convert *cv = s->cv;
-	int i = select_src(cv, s->sector, &off);
+	int64_t start;
+	int i = select_src(cv, s->sector, &start);
 
-	off = s->sector - off;
 	for (int64_t k = 0; k < s->n; k++) {
-		uint64_t pos = (uint64_t)(off + k) * SECTOR;
+		uint64_t pos = (uint64_t)(s->sector - start + k) * SECTOR;
 		int ret = tblk_blk_pread(cv->src[i], pos, s->buf + k * SECTOR, SECTOR, 0);
 
 		if (ret < 0) {
@@ -581,30 +586,43 @@ static void salvage_read(struct slot *s, int64_t off)
 	s->ret = 0;
 }
 
-/* -r: true if a chunk of @bytes may start now (else wait for the next slice). */
-static bool rate_allows(struct convert *cv, uint64_t bytes)
+/*
+ * -r: true if the next data chunk may start now. Each chunk read is accounted in slices of
+ * RATE_SLICE_NS holding rate / 10 bytes; a chunk that overdraws the slice pushes the start of
+ * the next one back by as many slices as it used. Waits here if nothing else is in flight.
+ */
+static bool rate_allows(struct convert *cv)
 {
-	uint64_t now = tool_now_ns(), quota;
+	uint64_t now = tool_now_ns();
+
+	if (!cv->a->rate_limit || now >= cv->rate_next)
+		return true;
+	if (cv->inflight == 0) {
+		uint64_t left = cv->rate_next - now;
+		struct timespec ts = { (time_t)(left / 1000000000ull),
+				       (long)(left % 1000000000ull) };
+
+		nanosleep(&ts, NULL);
+	}
+	return false;
+}
+
+static void rate_account(struct convert *cv, uint64_t bytes)
+{
+	uint64_t now = tool_now_ns();
+	double quota = (double)cv->a->rate_limit * RATE_SLICE_NS / 1e9;
 
 	if (!cv->a->rate_limit)
-		return true;
-	quota = (uint64_t)cv->a->rate_limit / (1000000000ull / RATE_SLICE_NS);
-	if (now - cv->rate_slice_start >= RATE_SLICE_NS) {
+		return;
+	if (now >= cv->rate_next) {
 		cv->rate_slice_start = now;
 		cv->rate_slice_bytes = 0;
 	}
-	if (cv->rate_slice_bytes > 0 && cv->rate_slice_bytes + bytes > quota) {
-		if (cv->inflight == 0) {
-			uint64_t left = RATE_SLICE_NS - (now - cv->rate_slice_start);
-			struct timespec ts = { (time_t)(left / 1000000000ull),
-					       (long)(left % 1000000000ull) };
-
-			nanosleep(&ts, NULL);
-		}
-		return false;
-	}
 	cv->rate_slice_bytes += bytes;
-	return true;
+	cv->rate_next = cv->rate_slice_start +
+			(uint64_t)((double)cv->rate_slice_bytes / quota * RATE_SLICE_NS);
+	if ((double)cv->rate_slice_bytes < quota)
+		cv->rate_next = now;
 }
 
 /* Hands the next chunk to a free slot and starts its read if it has data. */
@@ -616,7 +634,7 @@ static bool slot_start(struct slot *s)
 
 	if (cv->ret < 0 || cv->next_sector >= cv->total_sectors)
 		return false;
-	if (!rate_allows(cv, (uint64_t)cv->buf_sectors * SECTOR))
+	if (!rate_allows(cv))
 		return false;
 	n = next_chunk(cv, cv->next_sector);
 	if (n < 0) {
@@ -629,6 +647,8 @@ static bool slot_start(struct slot *s)
 	s->ret = 0;
 	s->advanced = false;
 	cv->next_sector += n;
+	if (counts_for_progress(cv, s->status))
+		rate_account(cv, (uint64_t)n * SECTOR);
 	if (s->status == ST_DATA) {
 		i = select_src(cv, s->sector, &start);
 		s->iov = (struct iovec){ s->buf, (size_t)n * SECTOR };
@@ -649,7 +669,6 @@ static void submit_write(struct slot *s, int64_t sector, int64_t n, bool data,
 {
 	struct convert *cv = s->cv;
 	uint64_t off = (uint64_t)sector * SECTOR, bytes = (uint64_t)n * SECTOR;
-	struct iovec *iov;
 
 	s->pending++;
 	cv->inflight++;
@@ -658,9 +677,31 @@ static void submit_write(struct slot *s, int64_t sector, int64_t n, bool data,
 					   s);
 		return;
 	}
-	iov = &s->piece_iov[s->pending - 1];
-	*iov = (struct iovec){ s->buf + (sector - s->sector) * SECTOR, (size_t)bytes };
-	tblk_blk_pwritev(cv->target, off, iov, 1, flags, write_done, s);
+	s->wiov = (struct iovec){ s->buf + (sector - s->sector) * SECTOR, (size_t)bytes };
+	tblk_blk_pwritev(cv->target, off, &s->wiov, 1, flags, write_done, s);
+}
+
+/*
+ * Issues the next write of a data chunk cut into pieces: data runs and the zero runs
+ * between them (nothing to write for those on a target known to read zeroes). One piece
+ * at a time, in order, as qemu-img does: a format allocates their clusters in that order.
+ */
+static void write_next_piece(struct slot *s)
+{
+	struct convert *cv = s->cv;
+	int64_t end = s->sector + s->n, pnum;
+
+	while (s->cursor < end && s->pending == 0) {
+		const uint8_t *p = s->buf + (s->cursor - s->sector) * SECTOR;
+		bool data = next_piece(p, end - s->cursor, s->cursor, cv->min_sparse,
+				       cv->alignment, &pnum);
+
+		if (data || !cv->has_zero_init)
+			submit_write(s, s->cursor, pnum, data, 0);
+		s->cursor += pnum;
+	}
+	if (s->pending == 0)
+		s->state = SLOT_WRITTEN;
 }
 
 /* A range that reads as zeroes: nothing to do on a target known to be zero. */
@@ -670,39 +711,29 @@ static void write_zero_range(struct slot *s, int64_t sector, int64_t n)
 		submit_write(s, sector, n, false, 0);
 }
 
-/* Issues the chunk's writes: pieces of data and zeroes, side by side. */
+/* Starts the chunk's writes. */
 static void slot_write(struct slot *s)
 {
 	struct convert *cv = s->cv;
-	int64_t sector = s->sector, left = s->n, pnum;
-	const uint8_t *p = s->buf;
+	unsigned int flags = cv->compressed ? TBLK_REQ_COMPRESSED : 0;
 
 	s->pending = 0;
+	s->cursor = s->sector + s->n;
 	s->state = SLOT_WRITING;
 	if (s->status == ST_ZERO && cv->min_sparse) {
-		write_zero_range(s, sector, left);
+		write_zero_range(s, s->sector, s->n);
 	} else if (s->status == ST_BACKING) {
 		/* the target's backing file provides it */
 	} else if (!cv->min_sparse || cv->a->copy_range) {
-		submit_write(s, sector, left, true, 0);
+		submit_write(s, s->sector, s->n, true, flags);
 	} else if (cv->compressed) {
-		if (buffer_is_zero(p, left))
-			write_zero_range(s, sector, left);
+		if (buffer_is_zero(s->buf, s->n))
+			write_zero_range(s, s->sector, s->n);
 		else
-			submit_write(s, sector, left, true, TBLK_REQ_COMPRESSED);
+			submit_write(s, s->sector, s->n, true, flags);
 	} else {
-		while (left > 0) {
-			bool data = next_piece(p, left, sector, cv->min_sparse, cv->alignment,
-					       &pnum);
-
-			if (data)
-				submit_write(s, sector, pnum, true, 0);
-			else
-				write_zero_range(s, sector, pnum);
-			sector += pnum;
-			left -= pnum;
-			p += pnum * SECTOR;
-		}
+		s->cursor = s->sector;
+		write_next_piece(s);
 	}
 	/* Compressed writes run side by side; the order is that of their start. */
 	if (cv->compressed && cv->a->in_order) {
@@ -747,7 +778,7 @@ static bool slot_step(struct slot *s)
 		return false;
 	case SLOT_READY:
 		if (s->ret < 0 && cv->a->salvage)
-			salvage_read(s, 0);
+			salvage_read(s);
 		if (s->ret < 0) {
 			if (cv->ret == 0)
 				tool_error("error while reading at byte %" PRId64 ": %s",
@@ -765,7 +796,12 @@ static bool slot_step(struct slot *s)
 	case SLOT_WRITING:
 		return false;
 	case SLOT_WRITTEN:
-		slot_finish(s);
+		if (s->ret == 0 && s->cursor < s->sector + s->n) {
+			s->state = SLOT_WRITING;
+			write_next_piece(s);
+		} else {
+			slot_finish(s);
+		}
 		return true;
 	}
 	return false;
@@ -808,8 +844,6 @@ static int copy_setup(struct convert *cv)
 
 		s->cv = cv;
 		s->buf = tool_buf_new(len, 0);
-		/* A buffer splits into at most one data piece per two sectors. */
-		s->piece_iov = g_new(struct iovec, cv->buf_sectors / 2 + 1);
 		if (!s->buf) {
 			tool_error("Could not allocate memory");
 			return -ENOMEM;
@@ -820,10 +854,8 @@ static int copy_setup(struct convert *cv)
 
 static void copy_cleanup(struct convert *cv)
 {
-	for (int i = 0; i < cv->nr_slots; i++) {
+	for (int i = 0; i < cv->nr_slots; i++)
 		tool_buf_free(cv->slots[i].buf);
-		g_free(cv->slots[i].piece_iov);
-	}
 }
 
 static int convert_do_copy(struct convert *cv)
@@ -893,16 +925,22 @@ static int open_sources(struct convert *cv)
 	return 0;
 }
 
-/* -l: tblk's formats have no internal snapshots to load. */
+/* -l: tblk cannot load internal snapshots yet; qcow2 without any has none to find. */
 static int load_snapshot(struct convert *cv)
 {
 	const struct convert_args *a = cv->a;
+	struct tblk_format_info info;
 
 	if (!a->snapshot)
 		return 0;
 	if (!a->snapshot_opts && a->nr_srcs > 1) {
 		tool_error("No support for concatenating multiple snapshot");
 		return -EINVAL;
+	}
+	if (tblk_blk_get_format_info(cv->src[0], &info) == 0 && info.is_qcow2) {
+		tool_error("Failed to load snapshot: %s", info.nb_snapshots ?
+			   "tblk cannot load internal snapshots yet" : "Can't find snapshot");
+		return -ENOTSUP;
 	}
 	tool_error("Failed to load snapshot: Block format '%s' used by device '' does not "
 		   "support temporarily loading internal snapshots",

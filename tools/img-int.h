@@ -56,7 +56,8 @@ void img_object_check(const char *def);
 /*
  * Creation options of a target image (convert, dd): the "-o" lists joined by ',' are checked
  * against what @fmt accepts, with qemu's messages; the checked options (not "size") go into
- * @opts as strings, "key" alone meaning "key=on". -1 after printing the error, else 0.
+ * @opts as strings, "key" alone meaning "key=on" and "nokey" "key=off", as in qemu. -1 after
+ * printing the error, else 0.
  */
 int img_create_opts_parse(const char *fmt, const char *list, GHashTable *opts);
 /* True if the table of creation options of @fmt has @key (unknown formats: true). */

@@ -4,7 +4,9 @@
  * is walked with block status through the backing chain; neighbouring extents that agree
  * (same layer, same flags, contiguous host offsets) are merged into one entry. The human
  * output lists only the extents holding data, and treats unallocated, zero and zero-data
- * extents alike so that they merge; the JSON output lists every extent.
+ * extents alike so that they merge; the JSON output lists every extent. The human output
+ * names the file of each layer of the chain as qemu-img does: a relative backing file name
+ * joined to the directory of the image that records it.
  *
  * Threading: single-threaded.
  */
@@ -79,19 +81,64 @@ static void map_parse(int argc, char **argv, struct map_args *a)
 	}
 }
 
-/*
- * The file name of the layer at @depth, for the human output. The public API names only the
- * top of the chain; deeper layers print an empty name until it names them too.
- */
-static const char *layer_filename(struct tblk_blk *blk, int depth)
+/* The file names of the layers of the chain, found as they are first needed. */
+struct chain_names {
+	struct tblk_blk *blk;
+	GPtrArray *names;		/* char *, by depth; NULL where unknown */
+};
+
+/* qemu's way of naming a relative backing file: next to the image that records it. */
+static char *path_combine(const char *base, const char *name)
 {
-	return depth == 0 ? tblk_blk_filename(blk) : NULL;
+	const char *slash = strrchr(base, '/');
+
+	if (name[0] == '/' || !slash)
+		return g_strdup(name);
+	return g_strdup_printf("%.*s%s", (int)(slash - base + 1), base, name);
 }
 
-static int get_entry(struct tblk_blk *blk, int64_t offset, int64_t bytes, struct map_entry *e)
+/* Opens layer @depth - 1 again (read-only, shared) to learn what backing file it names. */
+static char *backing_name(struct tblk_blk *top, const char *name, int depth)
+{
+	struct tblk_format_info info;
+	struct tblk_blk *blk = top;
+	GError *err = NULL;
+	char *ret = NULL;
+
+	if (depth > 1) {
+		GHashTable *opts = tblk_opts_new();
+
+		if (tblk_blk_open(&blk, name, opts, TBLK_OPEN_SHARE_RW, NULL, &err) < 0)
+			blk = NULL;
+		g_clear_error(&err);
+		g_hash_table_unref(opts);
+	}
+	if (blk && tblk_blk_get_format_info(blk, &info) == 0 && info.backing_file)
+		ret = path_combine(name, info.backing_file);
+	if (blk != top)
+		tblk_blk_close(blk);
+	return ret;
+}
+
+/* The file name of the layer at @depth, for the human output; NULL if unknown. */
+static const char *layer_filename(struct chain_names *cn, int depth)
+{
+	if (!cn->names->len)
+		g_ptr_array_add(cn->names, g_strdup(tblk_blk_filename(cn->blk)));
+	while ((int)cn->names->len <= depth) {
+		const char *prev = g_ptr_array_index(cn->names, cn->names->len - 1);
+
+		g_ptr_array_add(cn->names, prev ? backing_name(cn->blk, prev, cn->names->len) :
+					   NULL);
+	}
+	return g_ptr_array_index(cn->names, depth);
+}
+
+static int get_entry(struct chain_names *cn, int64_t offset, int64_t bytes,
+		     struct map_entry *e)
 {
 	struct img_status st;
-	int ret = img_block_status(blk, (uint64_t)offset, (uint64_t)bytes, &st);
+	int ret = img_block_status(cn->blk, (uint64_t)offset, (uint64_t)bytes, &st);
 
 	if (ret < 0)
 		return ret;
@@ -106,7 +153,7 @@ static int get_entry(struct tblk_blk *blk, int64_t offset, int64_t bytes, struct
 		.offset = (int64_t)st.map,
 	};
 	if (e->has_offset)
-		e->filename = layer_filename(blk, st.depth);
+		e->filename = layer_filename(cn, st.depth);
 	return 0;
 }
 
@@ -147,10 +194,10 @@ static int dump_entry(bool json, const struct map_entry *e, struct map_entry *ne
 	return 0;
 }
 
-static int map_run(struct tblk_blk *blk, const struct map_args *a, bool json)
+static int map_run(struct chain_names *cn, const struct map_args *a, bool json)
 {
 	struct map_entry curr = { .start = a->start }, next;
-	int64_t length = tblk_blk_getlength(blk);
+	int64_t length = tblk_blk_getlength(cn->blk);
 	int ret;
 
 	if (length < 0) {
@@ -171,13 +218,11 @@ static int map_run(struct tblk_blk *blk, const struct map_args *a, bool json)
 	while (curr.start + curr.length < length) {
 		int64_t offset = curr.start + curr.length;
 
-		ret = get_entry(blk, offset, length - offset, &next);
+		ret = get_entry(cn, offset, length - offset, &next);
 		if (ret < 0) {
 			tool_error("Could not read file metadata: %s", strerror(-ret));
 			return -1;
 		}
-		if (next.length == 0)
-			break;
 		if (mergeable(&curr, &next)) {
 			curr.length += next.length;
 			continue;
@@ -195,13 +240,14 @@ static int map_run(struct tblk_blk *blk, const struct map_args *a, bool json)
 int img_map(int argc, char **argv)
 {
 	struct map_args a = { .output = "human", .max_length = -1 };
-	struct tblk_blk *blk;
+	struct chain_names cn = { .names = g_ptr_array_new_with_free_func(g_free) };
 	int ret;
 
 	map_parse(argc, argv, &a);
-	if (img_open(&blk, &a.open, NULL) < 0)
+	if (img_open(&cn.blk, &a.open, NULL) < 0)
 		return 1;
-	ret = map_run(blk, &a, !strcmp(a.output, "json"));
-	tblk_blk_close(blk);
+	ret = map_run(&cn, &a, !strcmp(a.output, "json"));
+	tblk_blk_close(cn.blk);
+	g_ptr_array_free(cn.names, TRUE);
 	return ret < 0 ? 1 : 0;
 }

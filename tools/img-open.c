@@ -327,6 +327,9 @@ int img_block_status(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
 
 	if (ret < 0)
 		return ret;
+	/* Callers walk forward by pnum: a driver that describes nothing would stall them. */
+	if (pnum == 0 && bytes > 0)
+		return -EIO;
 	st->pnum = pnum;
 	st->map = map;
 	st->present = ret & TBLK_BS_ALLOCATED;
