@@ -59,19 +59,7 @@ static void print_human(const struct image_info *ii)
 	}
 	if (fi->backing_fmt)
 		printf("backing file format: %s\n", fi->backing_fmt);
-	if (!fi->is_qcow2)
-		return;
-	printf("Format specific information:\n    compat: %s\n    compression type: %s\n",
-	       fi->compat, fi->compression_type);
-	if (strcmp(fi->compat, "0.10"))
-		printf("    lazy refcounts: %s\n", fi->lazy_refcounts ? "true" : "false");
-	printf("    refcount bits: %u\n", fi->refcount_bits);
-	if (fi->data_file)
-		printf("    data file: %s\n    data file raw: %s\n", fi->data_file,
-		       fi->data_file_raw ? "true" : "false");
-	if (strcmp(fi->compat, "0.10"))
-		printf("    corrupt: %s\n    extended l2: %s\n", fi->corrupt ? "true" : "false",
-		       fi->extended_l2 ? "true" : "false");
+	tool_print_format_specific(fi);
 }
 
 static void json_key(GString *out, int indent, const char *key)

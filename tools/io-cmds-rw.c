@@ -264,15 +264,8 @@ static int do_write(struct io_ctx *io, const struct write_opts *o, int64_t offse
 	/* No format of ours has a VM state area. */
 	if (o->vmstate)
 		return -ENOTSUP;
-	if (o->compress) {
-		/*
-		 * Only formats with clusters compress. The library does not refuse the flag
-		 * for the others yet (raw would write the data plainly): refuse it here.
-		 */
-		if (!tblk_blk_cluster_size(io->blk))
-			return -ENOTSUP;
-		flags |= TBLK_REQ_COMPRESSED;
-	}
+	if (o->compress)
+		flags |= TBLK_REQ_COMPRESSED;	/* formats without clusters refuse it */
 	return do_rw(io, RW_WRITE, offset, buf, count, flags);
 }
 

@@ -134,6 +134,9 @@ static int req_rw(struct tblk_req *req)
 
 	if (write && req->node->read_only)
 		return -EPERM;
+	/* Only formats with clusters can store compressed data. */
+	if (write && (req->flags & TBLK_REQ_COMPRESSED) && !req->node->drv->cluster_size)
+		return -ENOTSUP;
 	return rw_range(req, write, req->offset, req->bytes, req->iov, req->iovcnt, req->flags);
 }
 
