@@ -6,7 +6,8 @@
  * L2 table that points at clusters they count.
  *
  * Threading: every function runs under the image lock (qcow2_state.meta), which may be held
- * across the metadata I/O done here.
+ * across the metadata I/O done here; qcow2_cache_peek() may also run under qcow2_state.mu
+ * alone while nobody holds the image lock (the fast path), which excludes every other user.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -114,6 +115,17 @@ static void entry_forget(struct qcow2_cache *c, struct cache_entry *e)
 		g_hash_table_remove(c->index, &e->offset);
 	e->offset = 0;
 	e->dirty = false;
+}
+
+int qcow2_cache_peek(struct qcow2_cache *c, uint64_t offset, void **table)
+{
+	struct cache_entry *e = lookup(c, offset);
+
+	if (!e)
+		return -ENOENT;
+	e->lru = ++c->clock;
+	*table = e->table;
+	return 0;
 }
 
 int qcow2_cache_get(struct qcow2_cache *c, uint64_t offset, bool fresh, void **table)

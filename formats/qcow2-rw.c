@@ -656,11 +656,13 @@ static int cluster_reads_zero(struct qcow2_state *s, uint64_t offset, bool *zero
 static int zero_partial(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
 			unsigned int flags)
 {
-	uint64_t start = qcow2_start_of_cluster(s, offset);
+	uint64_t start = qcow2_start_of_cluster(s, offset), n = s->cluster_size;
 	bool zero = false;
 	int ret;
 
 	qcow2_lock(s);
+	/* An allocation in flight in this cluster decides what it reads: wait for it first. */
+	wait_dependencies(s, start, &n);
 	ret = cluster_reads_zero(s, start, &zero);
 	if (ret >= 0 && zero)
 		ret = rewrite_range(s, start, s->cluster_size, flags, zero_entry);

@@ -373,4 +373,5 @@ const struct tblk_driver tblk__drv_qcow2 = {
 	.cluster_size = qcow2_cluster_size,
 	.get_info = qcow2_get_info,
 	.check = qcow2_check_node,
+	.submit_fast = tblk__qcow2_submit_fast,
 };

@@ -188,6 +188,7 @@ static void areq_done(void *opaque, int ret)
 
 void tblk__req_fast_done(struct tblk_req *req, int ret)
 {
+	req->fast = true;
 	areq_complete(req, ret);
 }
 

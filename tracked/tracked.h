@@ -38,6 +38,7 @@ struct tblk_req {
 	bool waiting;			/* [node->lock] blocked in an overlap wait */
 	bool on_list;			/* [node->lock] on node->in_flight */
 	bool async;			/* [owner] tracked by tblk__req_track_async() */
+	bool fast;			/* [owner] completed by the fast path */
 	uint64_t overlap_offset;	/* [node->lock] */
 	uint64_t overlap_bytes;		/* [node->lock] */
 	struct tblk_list node_link;	/* [node->lock] on node->in_flight */

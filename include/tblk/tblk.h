@@ -246,6 +246,7 @@ struct tblk_stats {
 	uint64_t bytes[TBLK_STAT_NR];
 	uint64_t total_ns[TBLK_STAT_NR];
 	uint64_t max_ns[TBLK_STAT_NR];
+	uint64_t fast_ops[TBLK_STAT_NR];	/* of ops: served by the fast path, not the pool */
 };
 void tblk_blk_get_stats(struct tblk_blk *blk, struct tblk_stats *st);
 
