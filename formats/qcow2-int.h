@@ -94,8 +94,11 @@ struct qcow2_alloc {
 struct qcow2_state {
 	/* The image lock (see the file comment). Lock order: meta before node locks; mu is a leaf. */
 	struct tblk_mutex mu;
-	struct tblk_cond cv;		/* [mu] meta released, or an allocation finished */
+	struct tblk_cond cv;		/* [mu] the image lock released: allocations may have ended */
+	struct tblk_cond lock_cv;	/* [mu] the image lock released: one waiter may take it */
 	bool meta_held;			/* [mu] */
+	unsigned int nr_lock_waiters;	/* [mu] sleeping on lock_cv */
+	unsigned int nr_alloc_waiters;	/* [mu] sleeping on cv */
 
 	/* Geometry. [const] after open. */
 	unsigned int cluster_bits;

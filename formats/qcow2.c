@@ -14,20 +14,42 @@
 /* qemu's defaults: L2 cache covering the whole image up to 32 MiB, refcount cache a quarter. */
 #define L2_CACHE_MAX_BYTES	(32u << 20)
 
+/*
+ * The image lock hands over to one waiter at a time (lock_cv is signalled, not broadcast: a
+ * woken waiter either takes the lock or waits again behind a holder who will signal in turn),
+ * so a busy image does not wake every blocked worker at each release. Waiters for an
+ * allocation sleep on cv, woken together when the lock is released.
+ */
+static void lock_locked(struct qcow2_state *s) TBLK_REQUIRES(s->mu)
+{
+	while (s->meta_held) {
+		s->nr_lock_waiters++;
+		tblk_pool_wait(&s->lock_cv, &s->mu);
+		s->nr_lock_waiters--;
+	}
+	s->meta_held = true;
+}
+
+static void release_locked(struct qcow2_state *s) TBLK_REQUIRES(s->mu)
+{
+	s->meta_held = false;
+	if (s->nr_lock_waiters)
+		tblk_cond_signal(&s->lock_cv);
+}
+
 void qcow2_lock(struct qcow2_state *s)
 {
 	tblk_mutex_lock(&s->mu);
-	while (s->meta_held)
-		tblk_pool_wait(&s->cv, &s->mu);
-	s->meta_held = true;
+	lock_locked(s);
 	tblk_mutex_unlock(&s->mu);
 }
 
 void qcow2_unlock(struct qcow2_state *s)
 {
 	tblk_mutex_lock(&s->mu);
-	s->meta_held = false;
-	tblk_cond_broadcast(&s->cv);
+	release_locked(s);
+	if (s->nr_alloc_waiters)
+		tblk_cond_broadcast(&s->cv);
 	tblk_mutex_unlock(&s->mu);
 }
 
@@ -35,12 +57,11 @@ void qcow2_wait_alloc(struct qcow2_state *s)
 {
 	/* Allocations end under the image lock and broadcast cv when they release it. */
 	tblk_mutex_lock(&s->mu);
-	s->meta_held = false;
-	tblk_cond_broadcast(&s->cv);
+	release_locked(s);
+	s->nr_alloc_waiters++;
 	tblk_pool_wait(&s->cv, &s->mu);
-	while (s->meta_held)
-		tblk_pool_wait(&s->cv, &s->mu);
-	s->meta_held = true;
+	s->nr_alloc_waiters--;
+	lock_locked(s);
 	tblk_mutex_unlock(&s->mu);
 }
 
@@ -191,6 +212,7 @@ static void state_free(struct qcow2_state *s)
 	g_free(s->pending_free);
 	qcow2_state_free_header(s);
 	tblk_cond_destroy(&s->cv);
+	tblk_cond_destroy(&s->lock_cv);
 	tblk_mutex_destroy(&s->mu);
 }
 
@@ -204,6 +226,7 @@ static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int fla
 
 	tblk_mutex_init(&s->mu);
 	tblk_cond_init(&s->cv);
+	tblk_cond_init(&s->lock_cv);
 	tblk_list_init(&s->allocs);
 	s->node = node;
 	s->read_only = node->read_only;
