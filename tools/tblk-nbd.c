@@ -325,6 +325,7 @@ static void detach(int ready_fd)
 	if (null >= 0) {
 		dup2(null, 0);
 		dup2(null, 1);
+		dup2(null, 2);	/* as qemu-nbd: the parent's pipes must see EOF */
 		if (null > 2)
 			close(null);
 	}
@@ -358,6 +359,7 @@ int main(int argc, char **argv)
 	sigset_t mask;
 
 	tool_set_progname(argv[0]);
+	argv[0] = (char *)tool_progname;	/* getopt's messages name the program as qemu's do */
 	parse_args(argc, argv, &o);
 	signal(SIGPIPE, SIG_IGN);
 	/* Before any thread exists, so that every thread inherits the mask. */
