@@ -172,6 +172,22 @@ int nbds_server_listen_unix(struct nbds_server *srv, const char *path, GError **
 	return add_listener(srv, fd, errp);
 }
 
+int nbds_server_listen_fd(struct nbds_server *srv, int fd, GError **errp)
+{
+	int type = 0, acc = 0, fl;
+	socklen_t len = sizeof(type);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 || type != SOCK_STREAM ||
+	    getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &(socklen_t){ sizeof(acc) }) < 0 ||
+	    !acc)
+		return tblk_error_set(errp, EINVAL, "File descriptor %d is not a listening socket",
+				      fd);
+	fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+		return tblk_error_set_errno(errp, errno, "Failed to set up socket %d", fd);
+	return add_listener(srv, fd, errp);
+}
+
 /* A client came or went: tell the owner, listen or stop listening. Server loop. */
 static void clients_changed(void *opaque)
 {

@@ -51,6 +51,8 @@ int nbds_server_listen_inet(struct nbds_server *srv, const char *host, const cha
 			    GError **errp);
 /* Listens on a Unix socket at @path (replaced if it exists, removed at free). */
 int nbds_server_listen_unix(struct nbds_server *srv, const char *path, GError **errp);
+/* Listens on an already listening socket @fd (takes ownership). 0 or -errno with *errp. */
+int nbds_server_listen_fd(struct nbds_server *srv, int fd, GError **errp);
 /* Serves an already connected socket (takes ownership of @fd). 0 or -errno. */
 int nbds_server_add_client(struct nbds_server *srv, int fd);
 
