@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * export-nbd-srv.h - what export-nbd.c (server, exports, listeners) and export-nbd-conn.c
+ * (one client connection) share.
+ *
+ * Lock order: srv->lock is a leaf. A connection's own fields belong to the thread running
+ * its loop (conn->loop): the server's loop during the handshake, the backend's afterwards.
+ */
+#ifndef TBLK_TOOLS_EXPORT_NBD_SRV_H
+#define TBLK_TOOLS_EXPORT_NBD_SRV_H
+
+#include "tblk/tblk.h"
+#include "threadpool/threadpool.h"
+#include "tools/export-nbd-int.h"
+#include "tools/export-nbd.h"
+
+struct nbds_export {
+	struct nbds_proto_export p;	/* [const] what clients are told */
+	struct tblk_blk *blk;		/* [const] borrowed */
+	char *id, *name, *description;	/* [const] */
+	bool discard;			/* [const] TRIM/zero writes may unmap */
+	unsigned int nr_conns;		/* [srv->lock] connections serving it */
+	struct tblk_list link;		/* [server loop] srv->exports */
+};
+
+struct nbds_listener {
+	int fd;				/* [const] */
+	struct nbds_server *srv;	/* [const] */
+};
+
+struct nbds_server {
+	struct tblk_loop *loop;		/* [const] */
+	struct nbds_export_table table;	/* [const] for handshakes */
+	struct tblk_list exports;	/* [server loop] struct nbds_export */
+	struct nbds_listener listeners[8]; /* [server loop] */
+	unsigned int nr_listeners;	/* [server loop] */
+	bool listening;			/* [server loop] accept handlers installed */
+	bool stopping;			/* [server loop] nbds_server_free() began */
+	unsigned int max_clients;	/* [server loop] 0: unlimited */
+	char *unix_path;		/* [server loop] removed at free */
+	nbds_clients_fn *clients_fn;	/* [server loop] */
+	void *clients_opaque;		/* [server loop] */
+
+	struct tblk_mutex lock;		/* leaf */
+	struct tblk_cond cond;		/* [lock] broadcast when a client or notification ends */
+	struct tblk_list conns;		/* [lock] struct nbds_conn */
+	unsigned int nr_clients;	/* [lock] */
+	unsigned int nr_notify_pending;	/* [lock] clients_changed() calls not yet run */
+};
+
+struct nbds_out;
+struct nbds_req;
+
+enum nbds_in_state {
+	NBDS_IN_HANDSHAKE,
+	NBDS_IN_HEADER,		/* waiting for a 28-byte request header */
+	NBDS_IN_PAYLOAD,	/* reading a WRITE's data into conn->cur */
+	NBDS_IN_SKIP,		/* discarding a refused WRITE's data */
+};
+
+#define NBDS_INBUF_SIZE	(64 * 1024)
+
+struct nbds_conn {
+	struct nbds_server *srv;	/* [const] */
+	int fd;				/* [const] */
+	struct tblk_list link;		/* [srv->lock] srv->conns */
+	struct nbds_export *exp;	/* [srv->lock] set once, at the end of the handshake */
+
+	/* The rest belongs to the thread running conn->loop. */
+	struct tblk_loop *loop;		/* server loop, then the backend's */
+	struct tblk_blk *blk;
+	struct nbds_handshake hs;
+	GByteArray *hs_out;		/* handshake replies not yet queued */
+	struct nbds_tx tx;
+	enum nbds_in_state in_state;
+	uint8_t *inbuf;			/* NBDS_INBUF_SIZE bytes received, [in_start, in_end) unused */
+	size_t in_start, in_end;
+	struct nbds_req *cur;		/* request whose payload is being read */
+	uint32_t cur_fill;
+	uint64_t skip;			/* bytes of payload left to discard */
+	struct nbds_request skipped;	/* the refused request whose payload we discard */
+	struct nbds_out *out_head, *out_tail; /* replies to send, in order */
+	size_t buffered;		/* bytes in replies and request buffers */
+	unsigned int nr_inflight;	/* requests submitted and not yet replied */
+	bool reading, writing;		/* fd handlers installed */
+	bool closing;			/* no more input: finish in-flight work, flush, close */
+	bool dead;			/* the socket failed: drop output, close when idle */
+	bool moving;			/* between loops */
+};
+
+struct nbds_conn *nbds__conn_new(struct nbds_server *srv, int fd);
+/* Installs the connection's handlers and queues the greeting. Server loop. */
+void nbds__conn_start(struct nbds_conn *conn);
+/* The connection is gone: take it off the server's books. Any loop. */
+void nbds__server_client_gone(struct nbds_server *srv, struct nbds_conn *conn);
+
+#endif /* TBLK_TOOLS_EXPORT_NBD_SRV_H */
