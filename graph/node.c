@@ -14,6 +14,7 @@ extern const struct tblk_driver tblk__drv_file;
 extern const struct tblk_driver tblk__drv_host_device;
 extern const struct tblk_driver tblk__drv_null_co;
 extern const struct tblk_driver tblk__drv_null_aio;
+extern const struct tblk_driver tblk__drv_nbd;
 
 static const struct tblk_driver *const formats[] = {
 	&tblk__drv_raw,
@@ -26,6 +27,7 @@ static const struct tblk_driver *const protocols[] = {
 	&tblk__drv_host_device,
 	&tblk__drv_null_co,
 	&tblk__drv_null_aio,
+	&tblk__drv_nbd,
 	NULL,
 };
 
@@ -57,7 +59,10 @@ const struct tblk_driver *tblk__driver_find(const char *name)
 	return NULL;
 }
 
-/* A protocol named by a "proto://..." or "proto:" prefix of the file name, if any. */
+/*
+ * A protocol named by a "proto://..." or "proto:" prefix of the file name, if any; a
+ * transport may follow the name after a '+' ("nbd+unix://").
+ */
 static const struct tblk_driver *protocol_from_filename(const char *filename)
 {
 	const char *colon = filename ? strchr(filename, ':') : NULL;
@@ -68,7 +73,8 @@ static const struct tblk_driver *protocol_from_filename(const char *filename)
 	for (size_t i = 0; protocols[i]; i++) {
 		size_t n = strlen(protocols[i]->name);
 
-		if ((size_t)(colon - filename) == n && !strncmp(filename, protocols[i]->name, n))
+		if ((size_t)(colon - filename) >= n && !strncmp(filename, protocols[i]->name, n) &&
+		    (filename[n] == ':' || filename[n] == '+'))
 			return protocols[i];
 	}
 	return NULL;
@@ -158,6 +164,11 @@ static int node_open_drv(struct tblk_node **pnode, const struct tblk_driver *drv
 	if (ret < 0) {
 		tblk__node_close(node);
 		return ret;
+	}
+	/* A protocol that names itself canonically (nbd://host:port/x) names its format too. */
+	if (node->file && node->file->filename && protocol_from_filename(node->file->filename)) {
+		g_free(node->filename);
+		node->filename = g_strdup(node->file->filename);
 	}
 	if (!node->filename && node->file)
 		node->filename = g_strdup(node->file->filename);
