@@ -677,7 +677,7 @@ def summarise(res):
                                iops=(med(iops), min(iops), max(iops)),
                                cpu=(med(cpu), min(cpu), max(cpu))))
     base = runs.get("tblk-img", [])
-    for ref in ("qemu-img", "fio"):
+    for ref in ("qemu-img", "fio", "tblk-raw"):
         other = runs.get(ref, [])
         n = min(len(base), len(other))
         if n == 0:
