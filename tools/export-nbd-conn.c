@@ -234,6 +234,7 @@ static bool conn_can_read(struct nbds_conn *conn)
 
 static void on_read(void *opaque);
 static void on_write(void *opaque);
+static void conn_arrived(void *opaque);
 
 /*
  * Sends what can be sent, installs the handlers the state needs, and frees the connection
@@ -242,10 +243,20 @@ static void on_write(void *opaque);
  */
 static void conn_update(struct nbds_conn *conn)
 {
+	struct tblk_loop *dst;
 	bool r, w;
 
-	if (conn->moving)
+	if (conn->moving) {
+		if (!conn->move_to)
+			return;
+		/* The hand-off to the backend's loop is the last thing this thread does. */
+		tblk_loop_set_fd_handler(conn->loop, conn->fd, NULL, NULL, NULL, NULL);
+		conn->reading = conn->writing = false;
+		dst = conn->loop = conn->move_to;
+		conn->move_to = NULL;
+		tblk_loop_call_soon(dst, conn_arrived, conn);
 		return;
+	}
 	if (!conn->dead && !conn_flush(conn))
 		conn_fail(conn);
 	if (conn->closing && !conn->nr_inflight && (conn->dead || !conn->out_head)) {
@@ -809,15 +820,16 @@ static void on_read(void *opaque)
 
 /* ---------------------------------------------------------------- export attach */
 
+/* On the backend's loop, after the move: take up where the server's loop left off. */
 static void conn_arrived(void *opaque)
 {
 	struct nbds_conn *conn = opaque;
 
 	conn->moving = false;
-	conn->reading = conn->writing = false;
 	process_input(conn);
 	conn_update(conn);
 }
+
 
 static void attach_export(struct nbds_conn *conn)
 {
@@ -834,13 +846,12 @@ static void attach_export(struct nbds_conn *conn)
 	conn->in_state = NBDS_IN_HEADER;
 	if (!loop || loop == conn->loop)
 		return;
-	/* Requests go to the backend from its own loop: follow it there. */
-	if (!conn_flush(conn))
-		conn_fail(conn);
-	tblk_loop_set_fd_handler(conn->loop, conn->fd, NULL, NULL, NULL, NULL);
-	conn->loop = loop;
+	/*
+	 * Requests go to the backend from its own loop: follow it there, once the current
+	 * callback ends (conn_update() makes the move; input stops meanwhile).
+	 */
 	conn->moving = true;
-	tblk_loop_call_soon(loop, conn_arrived, conn);
+	conn->move_to = loop;
 }
 
 void nbds__conn_start(struct nbds_conn *conn)

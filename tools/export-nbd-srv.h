@@ -85,7 +85,8 @@ struct nbds_conn {
 	bool reading, writing;		/* fd handlers installed */
 	bool closing;			/* no more input: finish in-flight work, flush, close */
 	bool dead;			/* the socket failed: drop output, close when idle */
-	bool moving;			/* between loops */
+	bool moving;			/* between loops: no input, no output */
+	struct tblk_loop *move_to;	/* the loop to move to when the callback ends */
 };
 
 struct nbds_conn *nbds__conn_new(struct nbds_server *srv, int fd);
