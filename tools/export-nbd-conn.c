@@ -24,7 +24,8 @@ struct nbds_out {
 	struct nbds_out *next;
 	GByteArray *hdr;		/* chunk headers, referenced by offset until finished */
 	GArray *segs;			/* struct seg, while being built */
-	void *data;			/* data buffer (free()), may be NULL */
+	void *data;			/* data buffer (buf_put()), may be NULL */
+	uint32_t data_len;		/* its requested length */
 	struct iovec *iov;
 	int iovcnt, idx;		/* iov[idx..] not yet sent */
 	size_t bytes;			/* accounted in conn->buffered */
@@ -38,7 +39,7 @@ struct seg {
 struct nbds_req {
 	struct nbds_conn *conn;
 	struct nbds_request r;
-	void *buf;			/* READ/WRITE data (free()) */
+	void *buf;			/* READ/WRITE data (buf_put()) */
 	struct iovec iov;
 	struct tblk_work work;		/* BLOCK_STATUS on the pool */
 	GByteArray *bs;			/* BLOCK_STATUS chunks built by the worker */
@@ -47,6 +48,62 @@ struct nbds_req {
 
 static void conn_update(struct nbds_conn *conn);
 static void process_input(struct nbds_conn *conn);
+
+/* ---------------------------------------------------------------- data buffers */
+
+/*
+ * Request buffers come in power-of-two classes from 64 KiB to 32 MiB and are kept for
+ * reuse per connection: large allocations are otherwise mmap()ed, faulted in and unmapped
+ * once per request, which cost more CPU than the I/O itself.
+ */
+static unsigned int buf_class(size_t len)
+{
+	unsigned int c = 0;
+
+	while (((size_t)NBDS_BUF_MIN << c) < len)
+		c++;
+	return c;
+}
+
+/* A 4 KiB-aligned buffer of at least @len bytes; NULL if memory is short. */
+static void *buf_get(struct nbds_conn *conn, size_t len)
+{
+	unsigned int c = buf_class(len);
+	void *p = NULL;
+
+	if (conn->nr_cached[c]) {
+		conn->cached_bytes -= (size_t)NBDS_BUF_MIN << c;
+		return conn->buf_cache[c][--conn->nr_cached[c]];
+	}
+	if (posix_memalign(&p, 4096, (size_t)NBDS_BUF_MIN << c))
+		return NULL;
+	return p;
+}
+
+static void buf_put(struct nbds_conn *conn, void *p, size_t len)
+{
+	unsigned int c = buf_class(len);
+	size_t size = (size_t)NBDS_BUF_MIN << c;
+
+	if (!p)
+		return;
+	if (conn->nr_cached[c] < NBDS_BUF_KEEP && conn->cached_bytes + size <= NBDS_BUF_CACHE_MAX) {
+		conn->buf_cache[c][conn->nr_cached[c]++] = p;
+		conn->cached_bytes += size;
+		return;
+	}
+	free(p);
+}
+
+static void buf_cache_free(struct nbds_conn *conn)
+{
+	unsigned int c;
+
+	for (c = 0; c < NBDS_BUF_CLASSES; c++)
+		while (conn->nr_cached[c])
+			free(conn->buf_cache[c][--conn->nr_cached[c]]);
+	conn->cached_bytes = 0;
+}
 
 /* ---------------------------------------------------------------- output */
 
@@ -84,13 +141,13 @@ static void out_data_piece(struct nbds_out *o, size_t off, size_t len)
 		g_array_append_val(o->segs, s);
 }
 
-static void out_free(struct nbds_out *o)
+static void out_free(struct nbds_conn *conn, struct nbds_out *o)
 {
 	if (o->hdr)
 		g_byte_array_free(o->hdr, TRUE);
 	if (o->segs)
 		g_array_free(o->segs, TRUE);
-	free(o->data);
+	buf_put(conn, o->data, o->data_len);
 	g_free(o->iov);
 	g_free(o);
 }
@@ -101,7 +158,7 @@ static void out_queue(struct nbds_conn *conn, struct nbds_out *o)
 	guint i;
 
 	if (conn->dead) {
-		out_free(o);
+		out_free(conn, o);
 		return;
 	}
 	o->iovcnt = (int)o->segs->len;
@@ -170,7 +227,7 @@ static bool conn_flush(struct nbds_conn *conn)
 		if (!conn->out_head)
 			conn->out_tail = NULL;
 		conn->buffered -= o->bytes;
-		out_free(o);
+		out_free(conn, o);
 	}
 	return true;
 }
@@ -182,7 +239,7 @@ static void drop_output(struct nbds_conn *conn)
 
 		conn->out_head = o->next;
 		conn->buffered -= o->bytes;
-		out_free(o);
+		out_free(conn, o);
 	}
 	conn->out_tail = NULL;
 }
@@ -208,12 +265,13 @@ static void conn_free(struct nbds_conn *conn)
 	close(conn->fd);
 	drop_output(conn);
 	if (conn->cur) {
-		free(conn->cur->buf);
+		buf_put(conn, conn->cur->buf, conn->cur->r.len);
 		g_free(conn->cur);
 	}
 	nbds_hs_destroy(&conn->hs);
 	g_byte_array_free(conn->hs_out, TRUE);
 	g_free(conn->inbuf);
+	buf_cache_free(conn);
 	nbds__server_client_gone(conn->srv, conn);
 	g_free(conn);
 }
@@ -285,7 +343,7 @@ static void req_free(struct nbds_req *req)
 	struct nbds_conn *conn = req->conn;
 
 	if (req->buf) {
-		free(req->buf);
+		buf_put(conn, req->buf, req->r.len);
 		conn->buffered -= req->r.len;
 	}
 	if (req->bs)
@@ -419,6 +477,7 @@ static void read_done(void *opaque, int ret)
 	}
 	/* The reply takes the buffer; its bytes move from the request to the output. */
 	o->data = req->buf;
+	o->data_len = req->r.len;
 	req->buf = NULL;
 	conn->buffered -= req->r.len;
 	out_queue(conn, o);
@@ -627,11 +686,10 @@ static void submit(struct nbds_conn *conn, struct nbds_req *req)
 /* Allocates a request's data buffer; NULL if memory is short. */
 static void *data_buf(struct nbds_conn *conn, uint32_t len)
 {
-	void *p = NULL;
+	void *p = buf_get(conn, len);
 
-	if (posix_memalign(&p, 4096, len ? len : 1))
-		return NULL;
-	conn->buffered += len;
+	if (p)
+		conn->buffered += len;
 	return p;
 }
 

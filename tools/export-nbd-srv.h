@@ -59,6 +59,11 @@ enum nbds_in_state {
 };
 
 #define NBDS_INBUF_SIZE	(64 * 1024)
+/* Data buffer classes: 64 KiB << 0..9 (32 MiB); a few kept per class for reuse. */
+#define NBDS_BUF_MIN		(64u * 1024)
+#define NBDS_BUF_CLASSES	10
+#define NBDS_BUF_KEEP		8
+#define NBDS_BUF_CACHE_MAX	(64u << 20)
 
 struct nbds_conn {
 	struct nbds_server *srv;	/* [const] */
@@ -83,6 +88,9 @@ struct nbds_conn {
 	size_t buffered;		/* bytes in replies and request buffers */
 	unsigned int nr_inflight;	/* requests submitted and not yet replied */
 	bool reading, writing;		/* fd handlers installed */
+	void *buf_cache[NBDS_BUF_CLASSES][NBDS_BUF_KEEP]; /* free data buffers by class */
+	unsigned int nr_cached[NBDS_BUF_CLASSES];
+	size_t cached_bytes;
 	bool closing;			/* no more input: finish in-flight work, flush, close */
 	bool dead;			/* the socket failed: drop output, close when idle */
 	bool moving;			/* between loops: no input, no output */
