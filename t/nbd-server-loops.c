@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -220,23 +221,53 @@ static void *srv_thread(void *opaque)
 	return NULL;
 }
 
-struct del_ctx {
-	struct nbds_server *srv;
-	int ret;
+/* Runs @fn(@arg) on the server's loop thread and waits for it. */
+struct on_loop {
+	void (*fn)(void *arg);
+	void *arg;
 	struct tblk_mutex lock;
 	struct tblk_cond cv;
 	bool done;		/* [lock] */
 };
 
-static void del_on_loop(void *opaque)
+static void on_loop_cb(void *opaque)
 {
-	struct del_ctx *d = opaque;
+	struct on_loop *o = opaque;
 
-	d->ret = nbds_server_del_export(d->srv, "disk");
-	tblk_mutex_lock(&d->lock);
-	d->done = true;
-	tblk_cond_broadcast(&d->cv);
-	tblk_mutex_unlock(&d->lock);
+	o->fn(o->arg);
+	tblk_mutex_lock(&o->lock);
+	o->done = true;
+	tblk_cond_broadcast(&o->cv);
+	tblk_mutex_unlock(&o->lock);
+}
+
+static void run_on(struct tblk_loop *loop, void (*fn)(void *arg), void *arg)
+{
+	struct on_loop o = { .fn = fn, .arg = arg };
+
+	tblk_mutex_init(&o.lock);
+	tblk_cond_init(&o.cv);
+	tblk_loop_call_soon(loop, on_loop_cb, &o);
+	tblk_mutex_lock(&o.lock);
+	while (!o.done)
+		tblk_cond_wait(&o.cv, &o.lock);
+	tblk_mutex_unlock(&o.lock);
+	tblk_cond_destroy(&o.cv);
+	tblk_mutex_destroy(&o.lock);
+}
+
+static struct nbds_server *the_srv;
+static int del_ret;
+
+static void del_export(void *arg)
+{
+	(void)arg;
+	del_ret = nbds_server_del_export(the_srv, "disk");
+}
+
+static void set_handshake_timeout(void *arg)
+{
+	nbds_server_set_handshake_timeout(the_srv, *(uint64_t *)arg);
 }
 
 static void clients_seen(void *opaque, unsigned int nr)
@@ -256,7 +287,6 @@ int main(int argc, char **argv)
 	struct tblk_loop *srv_loop;
 	struct nbds_server *srv;
 	struct tblk_blk *blk;
-	struct del_ctx del = { 0 };
 	GError *err = NULL;
 	pthread_t st;
 	char *img;
@@ -276,7 +306,7 @@ int main(int argc, char **argv)
 	}
 	seed = tap_seed(20261121);
 
-	tap_plan(8);
+	tap_plan(9);
 	if (!mkdtemp(dir))
 		tap_bail("mkdtemp");
 	img = g_strdup_printf("%s/img.raw", dir);
@@ -292,7 +322,7 @@ int main(int argc, char **argv)
 		tap_bail("loops");
 	ok(tblk_blk_open(&blk, img, NULL, TBLK_OPEN_RDWR | TBLK_OPEN_NO_PROBE,
 			 tblk_iothread_get_loop(iot), &err) == 0, "open the image on an iothread");
-	srv = nbds_server_new(srv_loop);
+	srv = the_srv = nbds_server_new(srv_loop);
 	nbds_server_set_clients_cb(srv, clients_seen, &max_clients);
 	ok(nbds_server_add_export(srv, blk, &eo, &err) == 0 &&
 	   nbds_server_listen_unix(srv, sock_path, &err) == 0, "export and listen");
@@ -322,6 +352,30 @@ int main(int argc, char **argv)
 	}
 	ok(!bad, "the image holds what the clients wrote");
 
+	/* A client that never completes its handshake is dropped. */
+	{
+		uint64_t ns = 100 * 1000 * 1000;
+
+		run_on(srv_loop, set_handshake_timeout, &ns);
+	}
+	fd = cl_connect();
+	{
+		struct timeval tv = { .tv_sec = 30 };
+		uint8_t greet[18];
+		char c;
+
+		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		ok(fd >= 0 && xfer(fd, greet, sizeof(greet), false) == 0 &&
+		   recv(fd, &c, 1, 0) == 0, "a client silent after the greeting is disconnected");
+		if (fd >= 0)
+			close(fd);
+	}
+	{
+		uint64_t ns = NBDS_HANDSHAKE_NS;
+
+		run_on(srv_loop, set_handshake_timeout, &ns);
+	}
+
 	/* An idle client: removing the export disconnects it. */
 	fd = cl_connect();
 	{
@@ -329,15 +383,8 @@ int main(int argc, char **argv)
 		char c;
 
 		ok(fd >= 0 && cl_go(fd, &size) == 0, "another client connects");
-		del.srv = srv;
-		tblk_mutex_init(&del.lock);
-		tblk_cond_init(&del.cv);
-		tblk_loop_call_soon(srv_loop, del_on_loop, &del);
-		tblk_mutex_lock(&del.lock);
-		while (!del.done)
-			tblk_cond_wait(&del.cv, &del.lock);
-		tblk_mutex_unlock(&del.lock);
-		ok(del.ret == 0 && recv(fd, &c, 1, 0) == 0,
+		run_on(srv_loop, del_export, NULL);
+		ok(del_ret == 0 && recv(fd, &c, 1, 0) == 0,
 		   "removing the export disconnects its client");
 		close(fd);
 	}
@@ -356,8 +403,6 @@ int main(int argc, char **argv)
 	tblk_blk_close(blk);
 	tblk_iothread_free(iot);
 	tblk_loop_free(srv_loop);
-	tblk_cond_destroy(&del.cv);
-	tblk_mutex_destroy(&del.lock);
 	unlink(img);
 	rmdir(dir);
 	g_free(img);

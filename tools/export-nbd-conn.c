@@ -261,6 +261,8 @@ struct nbds_conn *nbds__conn_new(struct nbds_server *srv, int fd)
 
 static void conn_free(struct nbds_conn *conn)
 {
+	if (conn->in_state == NBDS_IN_HANDSHAKE)
+		tblk_timer_del(&conn->hs_timer);
 	tblk_loop_set_fd_handler(conn->loop, conn->fd, NULL, NULL, NULL, NULL);
 	close(conn->fd);
 	drop_output(conn);
@@ -895,6 +897,7 @@ static void attach_export(struct nbds_conn *conn)
 	struct nbds_export *e = tblk_container_of(conn->hs.exp, struct nbds_export, p);
 	struct tblk_loop *loop = tblk_blk_get_loop(e->blk);
 
+	tblk_timer_del(&conn->hs_timer);
 	nbds_tx_from_hs(&conn->tx, &conn->hs);
 	tblk_mutex_lock(&srv->lock);
 	conn->exp = e;
@@ -912,10 +915,21 @@ static void attach_export(struct nbds_conn *conn)
 	conn->move_to = loop;
 }
 
+/* The handshake took too long. Server loop. */
+static void handshake_timeout(void *opaque)
+{
+	struct nbds_conn *conn = opaque;
+
+	conn_fail(conn);
+	conn_update(conn);
+}
+
 void nbds__conn_start(struct nbds_conn *conn)
 {
 	nbds_hs_init(&conn->hs, &conn->srv->table, conn->hs_out);
 	conn->in_state = NBDS_IN_HANDSHAKE;
+	tblk_timer_init(&conn->hs_timer, conn->loop, handshake_timeout, conn);
+	tblk_timer_mod(&conn->hs_timer, tblk_clock_ns() + conn->srv->handshake_ns);
 	queue_bytes(conn, conn->hs_out);
 	conn_update(conn);
 }

@@ -37,6 +37,7 @@ struct nbds_server {
 	bool listening;			/* [server loop] accept handlers installed */
 	bool stopping;			/* [server loop] nbds_server_free() began */
 	unsigned int max_clients;	/* [server loop] 0: unlimited */
+	uint64_t handshake_ns;		/* [server loop] */
 	char *unix_path;		/* [server loop] removed at free */
 	nbds_clients_fn *clients_fn;	/* [server loop] */
 	void *clients_opaque;		/* [server loop] */
@@ -59,6 +60,8 @@ enum nbds_in_state {
 };
 
 #define NBDS_INBUF_SIZE	(64 * 1024)
+/* A client that has not finished its handshake by then is dropped (qemu-nbd's limit). */
+#define NBDS_HANDSHAKE_NS	(10ull * 1000 * 1000 * 1000)
 /* Data buffer classes: 64 KiB << 0..9 (32 MiB); a few kept per class for reuse. */
 #define NBDS_BUF_MIN		(64u * 1024)
 #define NBDS_BUF_CLASSES	10
@@ -75,7 +78,8 @@ struct nbds_conn {
 	struct tblk_loop *loop;		/* server loop, then the backend's */
 	struct tblk_blk *blk;
 	struct nbds_handshake hs;
-	GByteArray *hs_out;		/* handshake replies not yet queued */
+	GByteArray *hs_out;
+	struct tblk_timer hs_timer;	/* armed on the server loop while in the handshake */		/* handshake replies not yet queued */
 	struct nbds_tx tx;
 	enum nbds_in_state in_state;
 	uint8_t *inbuf;			/* NBDS_INBUF_SIZE bytes received, [in_start, in_end) unused */

@@ -48,6 +48,7 @@ struct nbds_server *nbds_server_new(struct tblk_loop *loop)
 	struct nbds_server *srv = g_new0(struct nbds_server, 1);
 
 	srv->loop = loop;
+	srv->handshake_ns = NBDS_HANDSHAKE_NS;
 	tblk_mutex_init(&srv->lock);
 	tblk_cond_init(&srv->cond);
 	tblk_list_init(&srv->exports);
@@ -56,6 +57,11 @@ struct nbds_server *nbds_server_new(struct tblk_loop *loop)
 	srv->table.nth = table_nth;
 	srv->table.opaque = srv;
 	return srv;
+}
+
+void nbds_server_set_handshake_timeout(struct nbds_server *srv, uint64_t ns)
+{
+	srv->handshake_ns = ns;
 }
 
 void nbds_server_set_max_clients(struct nbds_server *srv, unsigned int max)
