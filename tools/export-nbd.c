@@ -341,7 +341,7 @@ static void shutdown_conns_locked(struct nbds_server *srv, struct nbds_export *e
 	}
 }
 
-static void export_free(struct nbds_export *e)
+static void nbds_export_destroy(struct nbds_export *e)
 {
 	g_free(e->id);
 	g_free(e->name);
@@ -369,7 +369,7 @@ int nbds_server_del_export(struct nbds_server *srv, const char *id)
 	shutdown_conns_locked(srv, e);
 	wait_locked(srv, tblk_blk_get_loop(e->blk), export_idle, e);
 	tblk_mutex_unlock(&srv->lock);
-	export_free(e);
+	nbds_export_destroy(e);
 	return 0;
 }
 
@@ -400,7 +400,7 @@ void nbds_server_free(struct nbds_server *srv)
 	tblk_mutex_unlock(&srv->lock);
 	tblk_list_for_each_safe(pos, tmp, &srv->exports) {
 		tblk_list_del(pos);
-		export_free(tblk_list_entry(pos, struct nbds_export, link));
+		nbds_export_destroy(tblk_list_entry(pos, struct nbds_export, link));
 	}
 	tblk_cond_destroy(&srv->cond);
 	tblk_mutex_destroy(&srv->lock);
