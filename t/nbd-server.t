@@ -333,6 +333,7 @@ def messages(d):
              ["--bogus", img], ["-x"], ["--image-opts", "-f", "raw", img],
              ["--detect-zeroes=unmap", img], ["-x", "n" * 5000, img],
              ["-D", "d" * 5000, img], ["-k", "/nonexistent/dir/s", img],
+             ["-p", "abc", "-f", "raw", img],
              ["-k", sock, "-f", "raw", os.path.join(d, "missing.img")]]
     for c in cases:
         a = run([NBD] + c)

@@ -48,6 +48,7 @@ struct nbds_server *nbds_server_new(struct tblk_loop *loop)
 	struct nbds_server *srv = g_new0(struct nbds_server, 1);
 
 	srv->loop = loop;
+	srv->handshake_ns = NBDS_HANDSHAKE_NS;
 	tblk_mutex_init(&srv->lock);
 	tblk_cond_init(&srv->cond);
 	tblk_list_init(&srv->exports);
@@ -56,6 +57,11 @@ struct nbds_server *nbds_server_new(struct tblk_loop *loop)
 	srv->table.nth = table_nth;
 	srv->table.opaque = srv;
 	return srv;
+}
+
+void nbds_server_set_handshake_timeout(struct nbds_server *srv, uint64_t ns)
+{
+	srv->handshake_ns = ns;
 }
 
 void nbds_server_set_max_clients(struct nbds_server *srv, unsigned int max)
@@ -335,7 +341,7 @@ static void shutdown_conns_locked(struct nbds_server *srv, struct nbds_export *e
 	}
 }
 
-static void export_free(struct nbds_export *e)
+static void nbds_export_destroy(struct nbds_export *e)
 {
 	g_free(e->id);
 	g_free(e->name);
@@ -363,7 +369,7 @@ int nbds_server_del_export(struct nbds_server *srv, const char *id)
 	shutdown_conns_locked(srv, e);
 	wait_locked(srv, tblk_blk_get_loop(e->blk), export_idle, e);
 	tblk_mutex_unlock(&srv->lock);
-	export_free(e);
+	nbds_export_destroy(e);
 	return 0;
 }
 
@@ -394,7 +400,7 @@ void nbds_server_free(struct nbds_server *srv)
 	tblk_mutex_unlock(&srv->lock);
 	tblk_list_for_each_safe(pos, tmp, &srv->exports) {
 		tblk_list_del(pos);
-		export_free(tblk_list_entry(pos, struct nbds_export, link));
+		nbds_export_destroy(tblk_list_entry(pos, struct nbds_export, link));
 	}
 	tblk_cond_destroy(&srv->cond);
 	tblk_mutex_destroy(&srv->lock);

@@ -44,6 +44,8 @@ void nbds_server_free(struct nbds_server *srv);
 
 /* At most @max clients at once (0: no limit); more wait in the listen backlog. */
 void nbds_server_set_max_clients(struct nbds_server *srv, unsigned int max);
+/* Drops clients that have not finished the handshake after @ns (default 10 s). */
+void nbds_server_set_handshake_timeout(struct nbds_server *srv, uint64_t ns);
 void nbds_server_set_clients_cb(struct nbds_server *srv, nbds_clients_fn *fn, void *opaque);
 
 /* Listens on @host:@port (host NULL or "" for any address). 0 or -errno with *errp. */

@@ -266,6 +266,8 @@ static int open_image(struct nbd_opts *o, struct tblk_loop *loop, struct tblk_bl
 		ret = tblk_blk_open(pblk, filename, opts, o->flags, loop, &err);
 	if (ret < 0)
 		tool_error_gerror(err, "Failed to blk_new_open '%s': ", o->filename);
+	else if (!o->image_opts && !o->fmt && tblk_blk_format_probed(*pblk))
+		tool_warn_probed_raw(*pblk, o->filename);
 	g_hash_table_unref(opts);
 	return ret;
 }
@@ -376,12 +378,23 @@ int main(int argc, char **argv)
 		tool_error_gerror(err, NULL);
 		return 1;
 	}
-	if (open_image(&o, st.loop, &blk) < 0)
-		goto out_loop;
 	srv = nbds_server_new(st.loop);
 	st.persistent = o.persistent;
 	nbds_server_set_clients_cb(srv, on_clients, &st);
 	nbds_server_set_max_clients(srv, (unsigned int)o.shared);
+	/* As qemu-nbd: the socket first, then the image. */
+	if (o.sockpath)
+		ret = nbds_server_listen_unix(srv, o.sockpath, &err);
+	else
+		ret = nbds_server_listen_inet(srv, o.bind, o.port, &err);
+	if (ret < 0) {
+		ret = 1;
+		tool_error_gerror(err, NULL);
+		goto out_srv;
+	}
+	ret = 1;
+	if (open_image(&o, st.loop, &blk) < 0)
+		goto out_srv;
 	eo.name = o.name;
 	eo.description = o.description;
 	eo.writable = o.flags & TBLK_OPEN_RDWR;
@@ -389,15 +402,6 @@ int main(int argc, char **argv)
 	eo.multi_conn = o.shared != 1;	/* qemu-nbd: multi-conn when shared by several */
 	eo.discard = o.discard;
 	if (nbds_server_add_export(srv, blk, &eo, &err) < 0) {
-		tool_error_gerror(err, NULL);
-		goto out_srv;
-	}
-	if (o.sockpath)
-		ret = nbds_server_listen_unix(srv, o.sockpath, &err);
-	else
-		ret = nbds_server_listen_inet(srv, o.bind, o.port, &err);
-	if (ret < 0) {
-		ret = 1;
 		tool_error_gerror(err, NULL);
 		goto out_srv;
 	}
@@ -422,7 +426,6 @@ out_srv:
 	tblk_blk_close(blk);
 	if (o.pid_file && ret == 0)
 		unlink(o.pid_file);
-out_loop:
 	tblk_loop_free(st.loop);
 	return ret;
 }
