@@ -207,6 +207,10 @@ int img_snapshot(int argc, char **argv)
 		break;
 	case SN_APPLY:
 		if (tblk_blk_snapshot_goto(blk, a.name, &err) < 0) {
+			/* qemu reopens a format without snapshots to try its file: warns again. */
+			if (g_error_matches(err, tblk_error_quark(), ENOTSUP) &&
+			    !a.open.image_opts && tblk_blk_format_probed(blk))
+				tool_warn_probed_raw(blk, a.open.filename);
 			tool_error_gerror(err, "Could not apply snapshot '%s': ", a.name);
 			ret = 1;
 		}
