@@ -581,3 +581,88 @@ int tblk_blk_check(struct tblk_blk *blk, int fix, struct tblk_check_result *res)
 	ret = root->drv->check(root, res, fix);
 	return ret;
 }
+
+/* ---------------------------------------------------------------- internal snapshots */
+
+void tblk_snapshot_list_free(struct tblk_snapshot_info *sn, int n)
+{
+	for (int i = 0; sn && i < n; i++) {
+		g_free(sn[i].id);
+		g_free(sn[i].name);
+	}
+	g_free(sn);
+}
+
+int tblk_blk_snapshot_list(struct tblk_blk *blk, struct tblk_snapshot_info **psn, int *pn)
+{
+	struct tblk_node *root = blk->root;
+
+	if (!root->drv->snapshot_list)
+		return -ENOTSUP;
+	tblk_blk_drain(blk);
+	return root->drv->snapshot_list(root, psn, pn);
+}
+
+/* Runs a snapshot operation of the root's driver in a drained section. */
+static int snapshot_op(struct tblk_blk *blk, int (*op)(struct tblk_node *node, const void *a,
+						      const void *b, GError **errp),
+		       const void *a, const void *b, GError **errp)
+{
+	int ret;
+
+	if (blk->root->read_only)
+		return tblk_error_set(errp, EACCES, "Image is read-only");
+	/*
+	 * Only the root is quiesced: the driver's own metadata I/O to its children runs as
+	 * outside requests from this thread. Wait for idle first, turning the loop if need be.
+	 */
+	tblk_blk_drain(blk);
+	tblk_node_drained_begin(blk->root);
+	ret = op(blk->root, a, b, errp);
+	if (ret >= 0)
+		ret = blk_refresh_size(blk);
+	tblk_node_drained_end(blk->root);
+	if (blk->resume_bh)
+		tblk_bh_schedule(blk->resume_bh);
+	return ret;
+}
+
+static int op_create(struct tblk_node *n, const void *a, const void *b, GError **errp)
+{
+	(void)b;
+	return n->drv->snapshot_create(n, a, errp);
+}
+
+static int op_goto(struct tblk_node *n, const void *a, const void *b, GError **errp)
+{
+	(void)b;
+	return n->drv->snapshot_goto(n, a, errp);
+}
+
+static int op_delete(struct tblk_node *n, const void *a, const void *b, GError **errp)
+{
+	return n->drv->snapshot_delete(n, a, b, errp);
+}
+
+int tblk_blk_snapshot_create(struct tblk_blk *blk, const struct tblk_snapshot_info *sn,
+			     GError **errp)
+{
+	if (!blk->root->drv->snapshot_create)
+		return tblk_error_set(errp, ENOTSUP, "Block driver does not support snapshots");
+	return snapshot_op(blk, op_create, sn, NULL, errp);
+}
+
+int tblk_blk_snapshot_goto(struct tblk_blk *blk, const char *id_or_name, GError **errp)
+{
+	if (!blk->root->drv->snapshot_goto)
+		return tblk_error_set(errp, ENOTSUP, "Block driver does not support snapshots");
+	return snapshot_op(blk, op_goto, id_or_name, NULL, errp);
+}
+
+int tblk_blk_snapshot_delete(struct tblk_blk *blk, const char *id, const char *name,
+			     GError **errp)
+{
+	if (!blk->root->drv->snapshot_delete)
+		return tblk_error_set(errp, ENOTSUP, "Block driver does not support snapshots");
+	return snapshot_op(blk, op_delete, id, name, errp);
+}

@@ -67,6 +67,17 @@ struct tblk_driver {
 			GError **errp);
 
 	/*
+	 * Internal snapshots (tblk_blk_snapshot_*); all NULL if the format has none. Called on
+	 * the control thread with the node drained.
+	 */
+	int (*snapshot_list)(struct tblk_node *node, struct tblk_snapshot_info **psn, int *pn);
+	int (*snapshot_create)(struct tblk_node *node, const struct tblk_snapshot_info *sn,
+			       GError **errp);
+	int (*snapshot_goto)(struct tblk_node *node, const char *id_or_name, GError **errp);
+	int (*snapshot_delete)(struct tblk_node *node, const char *id, const char *name,
+			       GError **errp);
+
+	/*
 	 * Fast path: called on @req's loop thread to serve an asynchronous request without
 	 * the pool (e.g. Linux AIO submitted straight from the iothread). Returns 0 if it
 	 * took @req (it will call tblk__req_fast_done() later, on the loop thread), or

@@ -26,6 +26,8 @@ struct image_info {
 	int64_t actual_size;		/* < 0: unknown, left out */
 	struct tblk_format_info fi;
 	char *full_backing;		/* backing file name resolved against the image's */
+	struct tblk_snapshot_info *sn;	/* internal snapshots, nsn of them */
+	int nsn;
 };
 
 /* qemu's path_combine: a relative backing name is relative to the image's directory. */
@@ -59,6 +61,7 @@ static void print_human(const struct image_info *ii)
 	}
 	if (fi->backing_fmt)
 		printf("backing file format: %s\n", fi->backing_fmt);
+	img_snapshot_dump(ii->sn, ii->nsn);
 	tool_print_format_specific(fi);
 }
 
@@ -101,6 +104,11 @@ static void print_json_object(GString *out, const struct image_info *ii, int ind
 	if (fi->backing_fmt) {
 		g_string_append_printf(out, "%*s\"backing-filename-format\": ", indent, "");
 		tool_json_string(out, fi->backing_fmt);
+		g_string_append(out, ",\n");
+	}
+	if (ii->nsn > 0) {
+		g_string_append_printf(out, "%*s\"snapshots\": ", indent, "");
+		img_snapshot_json(out, ii->sn, ii->nsn, indent);
 		g_string_append(out, ",\n");
 	}
 	g_string_append_printf(out, "%*s\"virtual-size\": %" PRId64, indent, "",
@@ -178,6 +186,10 @@ static int collect(struct tblk_blk *blk, const char *name, struct image_info *ii
 		return -1;
 	}
 	tblk_blk_get_format_info(blk, &ii->fi);
+	if (tblk_blk_snapshot_list(blk, &ii->sn, &ii->nsn) < 0) {
+		ii->sn = NULL;
+		ii->nsn = 0;
+	}
 	ii->full_backing = ii->fi.backing_file ?
 			   full_backing_name(ii->filename, ii->fi.backing_file) : NULL;
 	return 0;
@@ -218,6 +230,7 @@ int img_info(int argc, char **argv)
 			print_human(&ii);
 		}
 		first = false;
+		tblk_snapshot_list_free(ii.sn, ii.nsn);
 		g_free(next);
 		g_free(next_fmt);
 		next = ii.full_backing;

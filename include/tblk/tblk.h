@@ -221,6 +221,35 @@ struct tblk_check_result {
 /* Checks (and with @fix, repairs) the image's metadata. -ENOTSUP if the format has no
  * check. @blk must be opened read-write to repair. */
 int tblk_blk_check(struct tblk_blk *blk, int fix, struct tblk_check_result *res);
+/*
+ * Internal snapshots (qcow2). A snapshot as the image records it; @icount is UINT64_MAX when
+ * the image does not record one. Strings are owned by the array tblk_blk_snapshot_list()
+ * returns (free it with tblk_snapshot_list_free()).
+ */
+struct tblk_snapshot_info {
+	char *id;			/* "1", "2", ... */
+	char *name;			/* the tag */
+	uint64_t vm_state_size;		/* bytes of VM state saved with it (0: disk only) */
+	uint32_t date_sec;		/* creation time, seconds and nanoseconds since 1970 */
+	uint32_t date_nsec;
+	uint64_t vm_clock_nsec;		/* guest clock at creation */
+	uint64_t icount;		/* instruction count at creation, UINT64_MAX: none */
+	uint64_t disk_size;		/* virtual size at creation */
+};
+/* The image's snapshots in table order: *psn (NULL if none), *pn. 0 or -errno (-ENOTSUP:
+ * the format has no internal snapshots). Control thread; no request may be in flight. */
+int tblk_blk_snapshot_list(struct tblk_blk *blk, struct tblk_snapshot_info **psn, int *pn);
+void tblk_snapshot_list_free(struct tblk_snapshot_info *sn, int n);
+/* Creates a snapshot of the current state named @sn->name with @sn's date, vm clock and
+ * icount (the id is chosen by the format, the VM state is empty). Drains @blk. 0 or -errno;
+ * *errp tells why. */
+int tblk_blk_snapshot_create(struct tblk_blk *blk, const struct tblk_snapshot_info *sn,
+			     GError **errp);
+/* Reverts the image to the snapshot whose id, else whose name, is @id_or_name. Drains. */
+int tblk_blk_snapshot_goto(struct tblk_blk *blk, const char *id_or_name, GError **errp);
+/* Deletes the snapshot matching @id and @name (either may be NULL: not compared). Drains. */
+int tblk_blk_snapshot_delete(struct tblk_blk *blk, const char *id, const char *name,
+			     GError **errp);
 /* Number of images in the backing chain (1 without a backing file). */
 int tblk_blk_chain_length(struct tblk_blk *blk);
 
