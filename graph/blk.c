@@ -581,3 +581,23 @@ int tblk_blk_check(struct tblk_blk *blk, int fix, struct tblk_check_result *res)
 	ret = root->drv->check(root, res, fix);
 	return ret;
 }
+
+int tblk_blk_debug_breakpoint(struct tblk_blk *blk, const char *event, const char *tag)
+{
+	return tblk__node_debug_breakpoint(blk->root, event, tag);
+}
+
+int tblk_blk_debug_remove_breakpoint(struct tblk_blk *blk, const char *tag)
+{
+	return tblk__node_debug_remove_breakpoint(blk->root, tag);
+}
+
+int tblk_blk_debug_resume(struct tblk_blk *blk, const char *tag)
+{
+	return tblk__node_debug_resume(blk->root, tag);
+}
+
+bool tblk_blk_debug_is_suspended(struct tblk_blk *blk, const char *tag)
+{
+	return tblk__node_debug_is_suspended(blk->root, tag);
+}
