@@ -372,8 +372,9 @@ static int bd_remove_breakpoint(struct tblk_node *node, const char *tag)
 			n++;
 		}
 	}
+	/* The requests stopped there go on; only a removed breakpoint counts as found. */
 	while (resume_locked(s, tag))
-		n++;
+		;
 	tblk_mutex_unlock(&s->lock);
 	return n ? 0 : -ENOENT;
 }
