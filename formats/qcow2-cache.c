@@ -62,7 +62,7 @@ static int write_dependencies(struct qcow2_cache *c)
 	struct qcow2_state *s = c->s;
 	int ret;
 
-	if (!c->is_l2)
+	if (c != s->l2_cache)	/* is_l2 is never set */
 		return 0;
 	ret = qcow2_cache_write(s->rc_cache);
 	if (ret < 0)
@@ -85,6 +85,8 @@ static int entry_write(struct qcow2_cache *c, struct cache_entry *e)
 	ret = write_dependencies(c);
 	if (ret < 0)
 		return ret;
+	tblk_node_debug_event(c->s->node->file, c == c->s->l2_cache ? TBLK_DBG_L2_UPDATE :
+			      TBLK_DBG_REFBLOCK_UPDATE_PART);
 	ret = tblk_node_pwrite(c->s->node->file, e->offset, e->table, c->s->cluster_size, 0);
 	if (ret < 0)
 		return ret;

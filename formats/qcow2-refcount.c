@@ -69,6 +69,7 @@ int qcow2_refcount_load_table(struct qcow2_state *s, GError **errp)
 	s->reftable = g_try_malloc(bytes);
 	if (!s->reftable)
 		return tblk_error_set(errp, ENOMEM, "Could not allocate refcount table");
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFTABLE_LOAD);
 	ret = tblk_node_pread(s->node->file, s->reftable_offset, s->reftable, bytes);
 	if (ret < 0)
 		return tblk_error_set_errno(errp, -ret, "Could not read refcount table");
@@ -90,6 +91,7 @@ static int get_block(struct qcow2_state *s, uint64_t cluster_index, void **block
 		return 0;
 	if (off & (s->cluster_size - 1))
 		return qcow2_signal_corruption(s, "Refblock offset not aligned", off);
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_LOAD);
 	return qcow2_cache_get(s->rc_cache, off, false, block);
 }
 
@@ -130,7 +132,10 @@ static int64_t alloc_noref(struct qcow2_state *s, uint64_t n)
 static int write_reftable_entry(struct qcow2_state *s, uint64_t index)
 {
 	uint64_t be = htobe64(s->reftable[index]);
-	int ret = tblk_node_pwrite(s->node->file, s->reftable_offset + index * 8, &be, 8, 0);
+	int ret;
+
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC_HOOKUP);
+	ret = tblk_node_pwrite(s->node->file, s->reftable_offset + index * 8, &be, 8, 0);
 
 	if (ret >= 0)
 		ret = tblk_node_flush(s->node->file);
@@ -154,6 +159,7 @@ static int alloc_refcount_block(struct qcow2_state *s, uint64_t cluster_index)
 
 	if (ti < s->reftable_size && (s->reftable[ti] & ~QCOW2_REFT_RESERVED))
 		return 0;
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC);
 	nb = alloc_noref(s, 1);
 	if (nb < 0)
 		return (int)nb;
@@ -174,6 +180,7 @@ static int alloc_refcount_block(struct qcow2_state *s, uint64_t cluster_index)
 		if (ret < 0)
 			return ret;
 	}
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC_WRITE);
 	ret = qcow2_cache_write(s->rc_cache);
 	if (ret >= 0)
 		ret = tblk_node_flush(s->node->file);
@@ -215,6 +222,7 @@ static int grow_reftable(struct qcow2_state *s, uint64_t cluster_index, uint64_t
 	}
 	if (new_size * 8 > QCOW2_MAX_REFTABLE_BYTES)
 		return -EFBIG;
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFTABLE_GROW);
 	table = g_new0(uint64_t, table_clusters << s->cluster_bits >> 3);
 	memcpy(table, s->reftable, s->reftable_size * 8);
 	table[cluster_index >> s->rc_block_bits] = new_block;
@@ -236,11 +244,13 @@ static int grow_reftable(struct qcow2_state *s, uint64_t cluster_index, uint64_t
 				rc_set(s, block, c, 1);
 		}
 	}
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC_WRITE_BLOCKS);
 	ret = qcow2_cache_write(s->rc_cache);
 	if (ret < 0)
 		return ret;
 	for (uint64_t i = 0; i < table_clusters << s->cluster_bits >> 3; i++)
 		table[i] = htobe64(table[i]);
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC_WRITE_TABLE);
 	ret = tblk_node_pwrite(s->node->file, table_off, table, table_clusters << s->cluster_bits,
 			       0);
 	if (ret >= 0)
@@ -254,6 +264,7 @@ static int grow_reftable(struct qcow2_state *s, uint64_t cluster_index, uint64_t
 	s->reftable_size = table_clusters << s->cluster_bits >> 3;
 	s->reftable_offset = table_off;
 	s->reftable_clusters = (uint32_t)table_clusters;
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC_SWITCH_TABLE);
 	ret = qcow2_header_write(s);
 	if (ret >= 0)
 		ret = tblk_node_flush(s->node->file);
@@ -292,6 +303,7 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, 
 					: -ERANGE;
 			break;
 		}
+		tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_UPDATE);
 		rc += (uint64_t)delta;
 		rc_set(s, block, done & mask, rc);
 		qcow2_cache_mark_dirty(s->rc_cache, block);
@@ -328,6 +340,7 @@ int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t len)
 		if (ret < 0)
 			return ret;
 	}
+	tblk_node_debug_event(s->node->file, TBLK_DBG_CLUSTER_ALLOC);
 	do {
 		off = alloc_noref(s, n);
 		if (off < 0)
@@ -372,6 +385,7 @@ int64_t qcow2_alloc_bytes(struct qcow2_state *s, uint64_t len)
 	uint64_t off = s->free_byte_offset, free_in = 0, rc;
 	int ret;
 
+	tblk_node_debug_event(s->node->file, TBLK_DBG_CLUSTER_ALLOC_BYTES);
 	if (s->nr_pending_free) {
 		ret = qcow2_flush_metadata(s);
 		if (ret < 0)
@@ -415,6 +429,7 @@ int qcow2_free_clusters(struct qcow2_state *s, uint64_t offset, uint64_t len,
 	uint64_t first = offset >> s->cluster_bits;
 	uint64_t last = (offset + len - 1) >> s->cluster_bits;
 
+	tblk_node_debug_event(s->node->file, TBLK_DBG_CLUSTER_FREE);
 	for (uint64_t c = first; c <= last; c++) {
 		if (s->nr_pending_free == s->pending_free_cap) {
 			s->pending_free_cap = TBLK_MAX(s->pending_free_cap * 2, (size_t)64);

@@ -31,6 +31,7 @@ static int read_backing(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 		n = TBLK_MIN(bytes, (uint64_t)blen - offset);
 	if (n) {
 		cnt = tblk_iov_slice(slice, iovcnt, iov, iovcnt, iov_off, n);
+		tblk_node_debug_event(node->file, TBLK_DBG_READ_BACKING_AIO);
 		ret = tblk_node_preadv(node->backing, offset, n, slice, cnt, 0);
 		if (ret < 0)
 			return ret;
@@ -47,8 +48,10 @@ static int read_compressed(struct qcow2_state *s, uint64_t entry, void *buf)
 	uint64_t sectors = ((entry >> s->csize_shift) & s->csize_mask) + 1;
 	uint64_t len = sectors * 512 - (off & 511);
 	g_autofree uint8_t *cbuf = g_malloc(len);
-	int ret = tblk_node_pread(s->node->file, off, cbuf, len);
+	int ret;
 
+	tblk_node_debug_event(s->node->file, TBLK_DBG_READ_COMPRESSED);
+	ret = tblk_node_pread(s->node->file, off, cbuf, len);
 	if (ret < 0)
 		return ret;
 	ret = tblk__qcow2_decompress(s->compression_type, buf, s->cluster_size, cbuf, len);
@@ -81,6 +84,7 @@ static int read_run(struct qcow2_state *s, const struct qcow2_map *m, uint64_t o
 	case QCOW2_NORMAL:
 		slice = g_new(struct iovec, iovcnt);
 		cnt = tblk_iov_slice(slice, iovcnt, iov, iovcnt, iov_off, n);
+		tblk_node_debug_event(s->node->file, TBLK_DBG_READ_AIO);
 		return tblk_node_preadv(s->data, m->host, n, slice, cnt, 0);
 	}
 	return -EIO;
@@ -295,11 +299,13 @@ static int write_alloc(struct qcow2_state *s, struct alloc_job *job, uint64_t of
 		ret = tblk_iov_slice(v, iovcnt, iov, iovcnt, iov_off, n);
 		if (ret < 0)
 			return ret;
+		tblk_node_debug_event(s->node->file, TBLK_DBG_WRITE_AIO);
 		return tblk_node_pwritev(s->data, offset - job->a.start + job->host, n, v, ret,
 					 flags & TBLK_REQ_FUA);
 	}
 	hbuf = head ? g_malloc(head) : NULL;
 	tbuf = tail ? g_malloc(tail) : NULL;
+	tblk_node_debug_event(s->node->file, TBLK_DBG_COW_READ);
 	ret = read_old(s, job->old[0], job->a.start, head, hbuf);
 	if (ret >= 0)
 		ret = read_old(s, job->old[job->n - 1], offset + n, tail, tbuf);
@@ -313,6 +319,7 @@ static int write_alloc(struct qcow2_state *s, struct alloc_job *job, uint64_t of
 	cnt += ret;
 	if (tail)
 		v[cnt++] = (struct iovec){ tbuf, tail };
+	tblk_node_debug_event(s->node->file, TBLK_DBG_WRITE_AIO);
 	return tblk_node_pwritev(s->data, job->host, job->a.end - job->a.start, v, cnt,
 				 flags & TBLK_REQ_FUA);
 }
@@ -371,6 +378,7 @@ static int write_chunk(struct qcow2_state *s, uint64_t offset, uint64_t *pbytes,
 		n = m.bytes;
 		slice = g_new(struct iovec, iovcnt);
 		ret = tblk_iov_slice(slice, iovcnt, iov, iovcnt, iov_off, n);
+		tblk_node_debug_event(s->node->file, TBLK_DBG_WRITE_AIO);
 		if (ret >= 0)
 			ret = tblk_node_pwritev(s->data, m.host, n, slice, ret, flags & TBLK_REQ_FUA);
 		*pbytes = n;
@@ -406,6 +414,7 @@ int tblk__qcow2_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 	uint64_t done = 0, hint = 0;
 	int ret = 0;
 
+	tblk_node_debug_event(node->file, TBLK_DBG_PWRITEV);
 	if (flags & TBLK_REQ_COMPRESSED)
 		return write_compressed(s, offset, bytes, iov, iovcnt);
 	while (done < bytes) {
@@ -473,6 +482,7 @@ static int write_compressed_cluster(struct qcow2_state *s, uint64_t offset, uint
 		goto out_unlock;
 	}
 	qcow2_unlock(s);
+	tblk_node_debug_event(s->node->file, TBLK_DBG_WRITE_COMPRESSED);
 	ret = tblk_node_pwrite(s->node->file, (uint64_t)host, dst, (uint64_t)clen, 0);
 	qcow2_lock(s);
 	if (ret < 0)
@@ -482,6 +492,7 @@ static int write_compressed_cluster(struct qcow2_state *s, uint64_t offset, uint
 	ret = qcow2_get_l2_for_write(s, offset, &table, &l2i);
 	if (ret < 0)
 		goto out_unlock;
+	tblk_node_debug_event(s->node->file, TBLK_DBG_L2_UPDATE_COMPRESSED);
 	qcow2_l2_set(s, table, l2i, desc, 0);
 	qcow2_cache_mark_dirty(s->l2_cache, table);
 	s->meta_dirty = true;
@@ -719,6 +730,7 @@ int tblk__qcow2_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t 
 	uint64_t tail_start = TBLK_MAX(qcow2_start_of_cluster(s, end), head_end);
 	int ret = 0;
 
+	tblk_node_debug_event(node->file, TBLK_DBG_PWRITEV_ZERO);
 	if (s->version < 3 && node->backing)
 		return -ENOTSUP;	/* written as zero data */
 	if (end == s->size)
@@ -750,9 +762,11 @@ int tblk__qcow2_flush(struct tblk_node *node)
 
 	if (node->read_only)
 		return 0;
+	tblk_node_debug_event(node->file, TBLK_DBG_FLUSH_TO_OS);
 	qcow2_lock(s);
 	ret = qcow2_flush_metadata(s);
 	qcow2_unlock(s);
+	tblk_node_debug_event(node->file, TBLK_DBG_FLUSH_TO_DISK);
 	if (ret >= 0 && s->data != node->file)
 		ret = tblk_node_flush(s->data);
 	return ret;

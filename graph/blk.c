@@ -665,4 +665,23 @@ int tblk_blk_snapshot_delete(struct tblk_blk *blk, const char *id, const char *n
 	if (!blk->root->drv->snapshot_delete)
 		return tblk_error_set(errp, ENOTSUP, "Block driver does not support snapshots");
 	return snapshot_op(blk, op_delete, id, name, errp);
+
+int tblk_blk_debug_breakpoint(struct tblk_blk *blk, const char *event, const char *tag)
+{
+	return tblk__node_debug_breakpoint(blk->root, event, tag);
+}
+
+int tblk_blk_debug_remove_breakpoint(struct tblk_blk *blk, const char *tag)
+{
+	return tblk__node_debug_remove_breakpoint(blk->root, tag);
+}
+
+int tblk_blk_debug_resume(struct tblk_blk *blk, const char *tag)
+{
+	return tblk__node_debug_resume(blk->root, tag);
+}
+
+bool tblk_blk_debug_is_suspended(struct tblk_blk *blk, const char *tag)
+{
+	return tblk__node_debug_is_suspended(blk->root, tag);
 }

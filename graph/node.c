@@ -15,6 +15,7 @@ extern const struct tblk_driver tblk__drv_host_device;
 extern const struct tblk_driver tblk__drv_null_co;
 extern const struct tblk_driver tblk__drv_null_aio;
 extern const struct tblk_driver tblk__drv_nbd;
+extern const struct tblk_driver tblk__drv_blkdebug;
 
 static const struct tblk_driver *const formats[] = {
 	&tblk__drv_raw,
@@ -28,6 +29,7 @@ static const struct tblk_driver *const protocols[] = {
 	&tblk__drv_null_co,
 	&tblk__drv_null_aio,
 	&tblk__drv_nbd,
+	&tblk__drv_blkdebug,
 	NULL,
 };
 

@@ -282,6 +282,25 @@ void tblk_blk_get_stats(struct tblk_blk *blk, struct tblk_stats *st);
 /* Names of the format drivers this build has, NULL-terminated, for probing tools. */
 const char *const *tblk_format_names(void);
 
+/*
+ * Fault injection: breakpoints of the first blkdebug node below @blk's root (qemu-io's
+ * break, remove_break, resume, wait_break). A request that raises @event stops in its
+ * thread until resumed; a breakpoint is removed when it is hit. 0 or -errno: -ENOTSUP
+ * without a blkdebug node, -ENOENT for an unknown event, tag, or no stopped request.
+ * Any thread.
+ */
+int tblk_blk_debug_breakpoint(struct tblk_blk *blk, const char *event, const char *tag);
+int tblk_blk_debug_remove_breakpoint(struct tblk_blk *blk, const char *tag);
+int tblk_blk_debug_resume(struct tblk_blk *blk, const char *tag);
+bool tblk_blk_debug_is_suspended(struct tblk_blk *blk, const char *tag);
+/*
+ * Called when a request stops at a breakpoint @tag (@suspended) and when it goes on again;
+ * runs in the request's thread (a pool worker), before it waits and once it woke. Process
+ * wide; NULL turns it off.
+ */
+typedef void tblk_debug_notify_fn(void *opaque, const char *tag, bool suspended);
+void tblk_debug_set_notify(tblk_debug_notify_fn *fn, void *opaque);
+
 #ifdef __cplusplus
 }
 #endif
