@@ -665,6 +665,7 @@ int tblk_blk_snapshot_delete(struct tblk_blk *blk, const char *id, const char *n
 	if (!blk->root->drv->snapshot_delete)
 		return tblk_error_set(errp, ENOTSUP, "Block driver does not support snapshots");
 	return snapshot_op(blk, op_delete, id, name, errp);
+}
 
 int tblk_blk_debug_breakpoint(struct tblk_blk *blk, const char *event, const char *tag)
 {
