@@ -694,17 +694,11 @@ static void conn_drop(struct vu_conn *c)
 	}
 }
 
-static void listen_readable(void *opaque)
+/* Serves the connected socket @fd (taking it); 0 or -errno. */
+static int conn_adopt(struct tblk_vu_server *srv, int fd)
 {
-	struct tblk_vu_server *srv = opaque;
 	struct vu_conn *c;
-	int fd;
 
-	if (srv->conn)
-		return;
-	fd = accept4(srv->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-	if (fd < 0)
-		return;
 	c = g_new0(struct vu_conn, 1);
 	c->srv = srv;
 	c->fd = fd;
@@ -717,10 +711,23 @@ static void listen_readable(void *opaque)
 		close(fd);
 		tblk_bh_free(c->resume_bh);
 		g_free(c);
-		return;
+		return -ENOMEM;
 	}
 	srv->conn = c;
 	__atomic_add_fetch(&srv->nr_conns, 1, __ATOMIC_RELAXED);
+	return 0;
+}
+
+static void listen_readable(void *opaque)
+{
+	struct tblk_vu_server *srv = opaque;
+	int fd;
+
+	if (srv->conn)
+		return;
+	fd = accept4(srv->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	if (fd < 0 || conn_adopt(srv, fd) < 0)
+		return;
 	/* One front-end at a time: the others wait in the backlog until this one leaves. */
 	tblk_loop_set_fd_handler(srv->loop, srv->listen_fd, NULL, NULL, NULL, NULL);
 }
@@ -754,7 +761,8 @@ int tblk_vu_server_start(struct tblk_vu_server **psrv, struct tblk_blk *blk,
 {
 	struct tblk_vu_server *srv;
 	struct tblk_vblk *probe;
-	int ret, fd;
+	int ret, fd, listening = 1;
+	socklen_t len = sizeof(listening);
 
 	/* Validate the device options once, before anything is created. */
 	ret = tblk_vblk_new(&probe, blk, &opts->blk, errp);
@@ -769,6 +777,9 @@ int tblk_vu_server_start(struct tblk_vu_server **psrv, struct tblk_blk *blk,
 		fd = opts->listen_fd;
 		if (fd < 0)
 			return tblk_error_set(errp, EINVAL, "no socket to listen on");
+		if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0)
+			return tblk_error_set_errno(errp, errno, "File descriptor %d is not a "
+						    "socket", fd);
 		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 	}
 	srv = g_new0(struct tblk_vu_server, 1);
@@ -780,10 +791,17 @@ int tblk_vu_server_start(struct tblk_vu_server **psrv, struct tblk_blk *blk,
 	srv->opts.serial = srv->serial;
 	srv->path = g_strdup(opts->path);
 	srv->listen_fd = fd;
-	ret = tblk_loop_set_fd_handler(srv->loop, fd, listen_readable, NULL, NULL, srv);
+	if (!listening) {
+		/* A socket already connected to its front-end: serve it, listen to nothing. */
+		srv->listen_fd = -1;
+		ret = conn_adopt(srv, fd);
+	} else {
+		ret = tblk_loop_set_fd_handler(srv->loop, fd, listen_readable, NULL, NULL, srv);
+	}
 	if (ret < 0) {
 		tblk_error_set_errno(errp, -ret, "Cannot watch the socket");
-		close(fd);
+		if (listening)
+			close(fd);
 		if (srv->path)
 			unlink(srv->path);
 		g_free(srv->path);

@@ -288,7 +288,8 @@ struct tblk_vu_server;
 struct tblk_vu_opts {
 	struct tblk_vblk_opts blk;
 	const char *path;	/* unix socket to create (unlinked first), or NULL with fd */
-	int listen_fd;		/* an already listening socket (taken over), when !path */
+	int listen_fd;		/* when !path, a socket (taken over): listening, or already
+				 * connected to the one front-end it will serve */
 };
 
 /*
