@@ -132,12 +132,14 @@ static void build_config(struct tblk_vblk *dev, struct virtio_blk_config *c)
 
 int tblk_vblk_get_config(struct tblk_vblk *dev, uint32_t offset, void *buf, uint32_t len)
 {
+	uint8_t space[TBLK_VBLK_CONFIG_MAX] = { 0 };
 	struct virtio_blk_config c;
 
-	if (offset > sizeof(c) || len > sizeof(c) - offset)
+	if (offset > sizeof(space) || len > sizeof(space) - offset)
 		return -EINVAL;
 	build_config(dev, &c);
-	memcpy(buf, (uint8_t *)&c + offset, len);
+	memcpy(space, &c, sizeof(c));
+	memcpy(buf, space + offset, len);
 	return 0;
 }
 

@@ -238,8 +238,12 @@ uint64_t tblk_vblk_get_features(struct tblk_vblk *dev);
 int tblk_vblk_set_features(struct tblk_vblk *dev, uint64_t features);
 uint64_t tblk_vblk_features(struct tblk_vblk *dev);
 unsigned int tblk_vblk_num_queues(struct tblk_vblk *dev);
-/* Copies the config space (refreshing capacity) into @buf: [offset, offset+len). -EINVAL if
- * out of range. */
+/*
+ * Copies the config space (refreshing capacity) into @buf: [offset, offset+len); fields
+ * beyond what we implement (secure erase, zoned) read as zero. -EINVAL past
+ * TBLK_VBLK_CONFIG_MAX.
+ */
+#define TBLK_VBLK_CONFIG_MAX	256
 int tblk_vblk_get_config(struct tblk_vblk *dev, uint32_t offset, void *buf, uint32_t len);
 /* Writes the config space: only `writeback` (with CONFIG_WCE) is writable. */
 int tblk_vblk_set_config(struct tblk_vblk *dev, uint32_t offset, const void *buf,
@@ -284,7 +288,8 @@ struct tblk_vu_server;
 struct tblk_vu_opts {
 	struct tblk_vblk_opts blk;
 	const char *path;	/* unix socket to create (unlinked first), or NULL with fd */
-	int listen_fd;		/* an already listening socket (taken over), when !path */
+	int listen_fd;		/* when !path, a socket (taken over): listening, or already
+				 * connected to the one front-end it will serve */
 };
 
 /*

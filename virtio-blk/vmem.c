@@ -9,15 +9,25 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include "virtio-blk/virtio-blk.h"
 
 struct tblk_vmap *tblk__vmap_open(int fd, uint64_t offset, uint64_t len, int *perr)
 {
 	struct tblk_vmap *map;
+	struct stat st;
 	void *p;
 
 	if (len == 0 || len > SIZE_MAX || offset > (uint64_t)INT64_MAX - len) {
+		*perr = -EINVAL;
+		return NULL;
+	}
+	/*
+	 * Touching a page past the end of the file would kill us with SIGBUS: the file must
+	 * be a regular one (memfd, shm, hugetlbfs) at least as long as the region.
+	 */
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size < offset + len) {
 		*perr = -EINVAL;
 		return NULL;
 	}
