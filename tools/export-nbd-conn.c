@@ -335,7 +335,16 @@ static void conn_update(struct nbds_conn *conn)
 
 static void on_write(void *opaque)
 {
-	conn_update(opaque);
+	struct nbds_conn *conn = opaque;
+
+	/*
+	 * Sending may lift the limit on buffered bytes: requests already received must then
+	 * be taken up here, since no new input may come to wake on_read().
+	 */
+	if (!conn->dead && !conn_flush(conn))
+		conn_fail(conn);
+	process_input(conn);
+	conn_update(conn);
 }
 
 /* ---------------------------------------------------------------- replies */
