@@ -433,9 +433,13 @@ static void put_read_chunks(struct nbds_out *o, struct nbds_req *req)
 	uint32_t len = req->r.len, pos = 0;
 	bool holes = !(req->r.flags & TBLK_NBD_CMD_FLAG_DF);
 
+	size_t last = 0;
+
 	while (pos < len) {
 		uint32_t end = pos, start_hdr = o->hdr->len;
 		bool zero = false;
+
+		last = start_hdr;
 
 		if (holes && len - pos >= blk)
 			zero = block_is_zero(buf + pos, blk);
@@ -461,11 +465,8 @@ static void put_read_chunks(struct nbds_out *o, struct nbds_req *req)
 		}
 		pos = end;
 	}
-	/* The last chunk carries DONE; a NONE chunk is the simplest way to say it. */
-	pos = o->hdr->len;
-	nbds_put_chunk_header(o->hdr, TBLK_NBD_REPLY_FLAG_DONE, TBLK_NBD_REPLY_TYPE_NONE,
-			      req->r.cookie, 0);
-	out_hdr_piece(o, pos);
+	/* The last chunk carries DONE (its flags follow the 4-byte magic). */
+	o->hdr->data[last + 5] |= TBLK_NBD_REPLY_FLAG_DONE;
 }
 
 static void read_done(void *opaque, int ret)
