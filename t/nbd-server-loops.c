@@ -270,8 +270,9 @@ static void set_handshake_timeout(void *arg)
 	nbds_server_set_handshake_timeout(the_srv, *(uint64_t *)arg);
 }
 
-static void clients_seen(void *opaque, unsigned int nr)
+static void clients_seen(void *opaque, unsigned int nr, uint64_t total)
 {
+	(void)total;
 	unsigned int *max = opaque;
 
 	if (nr > *max)

@@ -269,6 +269,29 @@ def differential_maps(d):
     return local
 
 
+def raw_maps(d):
+    img = os.path.join(d, "sparse.raw")
+    run(["qemu-img", "create", "-q", "-f", "raw", img, "64M"])
+    qio(img, "write -P 1 0 64k", "write -P 2 5M 3M", "write -z 20M 1M", "write -P 3 63M 1M")
+    s1 = os.path.join(d, "rawours.sock")
+    s2 = os.path.join(d, "rawqemu.sock")
+    p1 = serve(NBD, ["-t", "-r", "-f", "raw", img], sock=s1)
+    p2 = serve("qemu-nbd", ["-t", "-r", "-f", "raw", img], sock=s2)
+    a = run(["qemu-img", "map", "--output=json", "-f", "raw", uri(s1)])
+    b = run(["qemu-img", "map", "--output=json", "-f", "raw", uri(s2)])
+    ok(a[0] == 0 and a[1] == b[1], "sparse raw: qemu-img map over NBD equals qemu-nbd's",
+       a[1] + a[2] + "\n" + b[1])
+    a = run(["nbdinfo", "--map", uri(s1)])
+    b = run(["nbdinfo", "--map", uri(s2)])
+    ok(a[0] == 0 and a[1] == b[1], "sparse raw: nbdinfo --map equals qemu-nbd's", a[1] + b[1])
+    out = os.path.join(d, "sparse.copy")
+    rc, o, e = run(["qemu-img", "convert", "-f", "raw", "-O", "raw", uri(s1), out])
+    ok(rc == 0 and sha(out) == sha(img), "sparse raw: convert from the export is identical",
+       o + e)
+    stop(p1)
+    stop(p2)
+
+
 def nbdcopy_in(d, local):
     img = os.path.join(d, "dst.qcow2")
     sock = os.path.join(d, "dst.sock")
@@ -350,6 +373,7 @@ def body(d):
     tcp_and_names(d)
     read_only(d)
     local = differential_maps(d)
+    raw_maps(d)
     nbdcopy_in(d, local)
     lifecycle(d)
     messages(d)

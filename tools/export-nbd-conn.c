@@ -335,7 +335,16 @@ static void conn_update(struct nbds_conn *conn)
 
 static void on_write(void *opaque)
 {
-	conn_update(opaque);
+	struct nbds_conn *conn = opaque;
+
+	/*
+	 * Sending may lift the limit on buffered bytes: requests already received must then
+	 * be taken up here, since no new input may come to wake on_read().
+	 */
+	if (!conn->dead && !conn_flush(conn))
+		conn_fail(conn);
+	process_input(conn);
+	conn_update(conn);
 }
 
 /* ---------------------------------------------------------------- replies */
@@ -424,9 +433,13 @@ static void put_read_chunks(struct nbds_out *o, struct nbds_req *req)
 	uint32_t len = req->r.len, pos = 0;
 	bool holes = !(req->r.flags & TBLK_NBD_CMD_FLAG_DF);
 
+	size_t last = 0;
+
 	while (pos < len) {
 		uint32_t end = pos, start_hdr = o->hdr->len;
 		bool zero = false;
+
+		last = start_hdr;
 
 		if (holes && len - pos >= blk)
 			zero = block_is_zero(buf + pos, blk);
@@ -452,11 +465,8 @@ static void put_read_chunks(struct nbds_out *o, struct nbds_req *req)
 		}
 		pos = end;
 	}
-	/* The last chunk carries DONE; a NONE chunk is the simplest way to say it. */
-	pos = o->hdr->len;
-	nbds_put_chunk_header(o->hdr, TBLK_NBD_REPLY_FLAG_DONE, TBLK_NBD_REPLY_TYPE_NONE,
-			      req->r.cookie, 0);
-	out_hdr_piece(o, pos);
+	/* The last chunk carries DONE (its flags follow the 4-byte magic). */
+	o->hdr->data[last + 5] |= TBLK_NBD_REPLY_FLAG_DONE;
 }
 
 static void read_done(void *opaque, int ret)

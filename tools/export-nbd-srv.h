@@ -46,6 +46,7 @@ struct nbds_server {
 	struct tblk_cond cond;		/* [lock] broadcast when a client or notification ends */
 	struct tblk_list conns;		/* [lock] struct nbds_conn */
 	unsigned int nr_clients;	/* [lock] */
+	uint64_t nr_accepted;		/* [lock] clients ever served */
 	unsigned int nr_notify_pending;	/* [lock] clients_changed() calls not yet run */
 };
 
@@ -87,7 +88,6 @@ struct nbds_conn {
 	struct nbds_req *cur;		/* request whose payload is being read */
 	uint32_t cur_fill;
 	uint64_t skip;			/* bytes of payload left to discard */
-	struct nbds_request skipped;	/* the refused request whose payload we discard */
 	struct nbds_out *out_head, *out_tail; /* replies to send, in order */
 	size_t buffered;		/* bytes in replies and request buffers */
 	unsigned int nr_inflight;	/* requests submitted and not yet replied */

@@ -199,15 +199,17 @@ static void clients_changed(void *opaque)
 {
 	struct nbds_server *srv = opaque;
 	unsigned int nr;
+	uint64_t total;
 
 	listeners_update(srv);
 	tblk_mutex_lock(&srv->lock);
 	nr = srv->nr_clients;
+	total = srv->nr_accepted;
 	srv->nr_notify_pending--;
 	tblk_cond_broadcast(&srv->cond);
 	tblk_mutex_unlock(&srv->lock);
 	if (srv->clients_fn && !srv->stopping)
-		srv->clients_fn(srv->clients_opaque, nr);
+		srv->clients_fn(srv->clients_opaque, nr, total);
 }
 
 void nbds__server_client_gone(struct nbds_server *srv, struct nbds_conn *conn)
@@ -236,6 +238,7 @@ int nbds_server_add_client(struct nbds_server *srv, int fd)
 	tblk_mutex_lock(&srv->lock);
 	tblk_list_add_tail(&srv->conns, &conn->link);
 	srv->nr_clients++;
+	srv->nr_accepted++;
 	srv->nr_notify_pending++;
 	tblk_mutex_unlock(&srv->lock);
 	tblk_loop_call_soon(srv->loop, clients_changed, srv);

@@ -30,8 +30,11 @@ struct nbds_export_opts {
 	bool discard;			/* TRIM and WRITE_ZEROES may unmap (--discard=unmap) */
 };
 
-/* Called on the server's loop whenever the number of connected clients changed. */
-typedef void nbds_clients_fn(void *opaque, unsigned int nr_clients);
+/*
+ * Called on the server's loop after the number of connected clients changed: how many are
+ * connected now, and how many connected since the server started.
+ */
+typedef void nbds_clients_fn(void *opaque, unsigned int nr_clients, uint64_t nr_accepted);
 
 /* A server whose listeners and handshakes run on @loop. Never fails. */
 struct nbds_server *nbds_server_new(struct tblk_loop *loop);

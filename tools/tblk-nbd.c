@@ -49,7 +49,6 @@ struct nbd_opts {
 struct nbd_state {
 	struct tblk_loop *loop;
 	bool persistent;
-	bool had_client;
 	int sigfd;
 };
 
@@ -272,13 +271,12 @@ static int open_image(struct nbd_opts *o, struct tblk_loop *loop, struct tblk_bl
 	return ret;
 }
 
-static void on_clients(void *opaque, unsigned int nr)
+/* qemu-nbd without -t: exit once the last client is gone. */
+static void on_clients(void *opaque, unsigned int nr, uint64_t total)
 {
 	struct nbd_state *st = opaque;
 
-	if (nr)
-		st->had_client = true;
-	else if (st->had_client && !st->persistent)
+	if (!nr && total && !st->persistent)
 		tblk_loop_stop(st->loop);
 }
 
