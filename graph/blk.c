@@ -564,7 +564,13 @@ int tblk_blk_get_format_info(struct tblk_blk *blk, struct tblk_format_info *info
 	memset(info, 0, sizeof(*info));
 	if (root->drv->cluster_size)
 		info->cluster_size = root->drv->cluster_size(root);
-	return root->drv->get_info ? root->drv->get_info(root, info) : 0;
+	if (root->drv->get_info)
+		return root->drv->get_info(root, info);
+	/*
+	 * qemu's raw asks its protocol, and only a local file or device answers; over nbd or
+	 * null there is nothing to report (qemu-img info leaves out dirty-flag).
+	 */
+	return tblk__node_protocol(root)->drv->get_allocated_size ? 0 : -ENOTSUP;
 }
 
 int tblk_blk_check(struct tblk_blk *blk, int fix, struct tblk_check_result *res)

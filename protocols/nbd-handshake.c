@@ -59,6 +59,8 @@ static int connect_unix(const char *path, GError **errp)
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
 	int fd, err;
 
+	if (!*path)	/* as qemu words it */
+		return tblk_error_set_errno(errp, ECONNREFUSED, "Failed to connect to ''");
 	if (strlen(path) >= sizeof(sun.sun_path))
 		return tblk_error_set(errp, ENAMETOOLONG, "UNIX socket path '%s' is too long",
 				      path);
@@ -123,15 +125,16 @@ static int lost(GError **errp, int ret)
 
 static int send_option(int fd, uint32_t opt, const void *data, uint32_t len, GError **errp)
 {
-	uint8_t hdr[16];
+	g_autofree uint8_t *buf = g_malloc(16 + (size_t)len);
 	int ret;
 
-	tblk__nbd_put64(hdr, TBLK_NBD_OPTS_MAGIC);
-	tblk__nbd_put32(hdr + 8, opt);
-	tblk__nbd_put32(hdr + 12, len);
-	ret = tblk__nbd_write_full(fd, hdr, sizeof(hdr));
-	if (ret == 0 && len)
-		ret = tblk__nbd_write_full(fd, data, len);
+	/* One write per option: fewer small segments for Nagle and delayed ACKs to hold. */
+	tblk__nbd_put64(buf, TBLK_NBD_OPTS_MAGIC);
+	tblk__nbd_put32(buf + 8, opt);
+	tblk__nbd_put32(buf + 12, len);
+	if (len)
+		memcpy(buf + 16, data, len);
+	ret = tblk__nbd_write_full(fd, buf, 16 + (size_t)len);
 	return ret < 0 ? lost(errp, ret) : 0;
 }
 

@@ -104,10 +104,12 @@ static int parse_legacy(const char *filename, struct tblk_nbd_addr *addr)
 	g_autofree char *head = ex ? g_strndup(rest, (size_t)(ex - rest)) : g_strdup(rest);
 
 	addr->export = g_strdup(ex ? ex + 12 : "");
+	if (ex && !ex[12])
+		return -ENOENT;	/* qemu's parser drops an empty name with the address */
 	if (g_str_has_prefix(head, "unix:")) {
 		addr->is_unix = true;
 		addr->path = g_strdup(head + 5);
-		return *addr->path ? 0 : -EINVAL;
+		return 0;
 	}
 	return parse_authority(head, addr);
 }
@@ -119,7 +121,9 @@ static int parse_filename(const char *filename, struct tblk_nbd_addr *addr, GErr
 
 	if (ret < 0) {
 		tblk__nbd_addr_clear(addr);
-		return tblk_error_set(errp, EINVAL, "Invalid NBD file name '%s'", filename);
+		if (ret == -ENOENT)
+			return tblk_error_set(errp, EINVAL, "NBD server address missing");
+		return tblk_error_set(errp, EINVAL, "No valid URL specified");
 	}
 	return 0;
 }
@@ -351,10 +355,10 @@ static int nbd_block_status(struct tblk_node *node, uint64_t offset, uint64_t by
 
 	if (map)
 		*map = offset;
-	/* Past the export's true end (inside the last sector): zeroes. */
+	/* Past the export's true end (inside the last sector): zeroes stored nowhere. */
 	if (offset >= s->info.size) {
 		*pnum = bytes;
-		return TBLK_BS_ZERO | TBLK_BS_OFFSET_VALID;
+		return TBLK_BS_ZERO;
 	}
 	bytes = TBLK_MIN(bytes, s->info.size - offset);
 	if (!s->info.has_alloc) {

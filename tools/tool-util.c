@@ -92,6 +92,11 @@ void tool_buf_free(void *buf)
 
 void tool_warn_probed_raw(struct tblk_blk *blk, const char *name)
 {
+	const char *canonical = tblk_blk_filename(blk);
+
+	/* qemu names the node: a URL (nbd://...) comes out in its canonical form. */
+	if (canonical && strstr(canonical, "://"))
+		name = canonical;
 	if (tblk_blk_is_read_only(blk) || strcmp(tblk_blk_format_name(blk), "raw"))
 		return;
 	fprintf(stderr, "WARNING: Image format was not specified for '%s' and probing guessed "
