@@ -166,6 +166,9 @@ CONFIGS = [
     ("c4k-rb8", "cluster_size=4096,refcount_bits=8"),
     ("c64k-extl2", "cluster_size=65536,extended_l2=on"),
     ("c64k-rb64", "cluster_size=65536,refcount_bits=64"),
+    ("c64k-rb2", "cluster_size=65536,refcount_bits=2"),
+    ("c64k-lazy", "cluster_size=65536,lazy_refcounts=on"),
+    ("c2M-rb16", "cluster_size=2097152"),
 ]
 
 
@@ -180,7 +183,8 @@ def qemu_made():
     run(["qemu-io", "-c", "write -c -P 11 512k 64k", q])
     run(["qemu-img", "snapshot", "-c", "third", q])
     for args in (["snapshot", "-l"], ["snapshot", "-U", "-l"], ["info"],
-                 ["info", "--output=json"], ["info", "-U", "--output=json"]):
+                 ["info", "--output=json"], ["info", "-U", "--output=json"], ["check"],
+                 ["check", "--output=json"]):
         a = run(["qemu-img"] + args + [q])
         b = run([TIMG] + args + [q])
         ok(a[0] == b[0] and a[1] == b[1] and a[2].replace("qemu-img", "") ==
