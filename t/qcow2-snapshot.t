@@ -280,6 +280,33 @@ def crafted():
            "qemu: %r\ntblk: %r identical=%s" % (a, b, same))
 
 
+def broken_l1():
+    """A snapshot whose L1 table fails qemu's checks: the same messages from -a and -d."""
+    q = os.path.join(TMP, "bl.qcow2")
+    run(["qemu-img", "create", "-q", "-f", "qcow2", q, "1M"])
+    run(["qemu-io", "-c", "write 0 64k", q])
+    run(["qemu-img", "snapshot", "-c", "s", q])
+
+    def unaligned(i, e):
+        e["l1o"] = 0x3004
+
+    def too_large(i, e):
+        e["l1s"] = 0xffffffff
+    for label, change in (("L1 offset unaligned", unaligned), ("L1 too large", too_large)):
+        b = os.path.join(TMP, "bl-b.qcow2")
+        shutil.copy(q, b)
+        rewrite_table(b, change)
+        for args in (["-l"], ["-a", "s"], ["-d", "s"]):
+            qc = os.path.join(TMP, "bl-q.qcow2")
+            tc = os.path.join(TMP, "bl-t.qcow2")
+            shutil.copy(b, qc)
+            shutil.copy(b, tc)
+            x = norm(run(["qemu-img", "snapshot"] + args + [qc]))
+            y = norm(run([TIMG, "snapshot"] + args + [tc]))
+            ok(x == y and open(qc, "rb").read() == open(tc, "rb").read(),
+               "%s: snapshot %s" % (label, " ".join(args)), "qemu: %r\ntblk: %r" % (x, y))
+
+
 def cli_errors():
     q = os.path.join(TMP, "cli.qcow2")
     r = os.path.join(TMP, "cli.raw")
@@ -306,6 +333,7 @@ for label, opts in CONFIGS:
     differential(label, opts)
 qemu_made()
 crafted()
+broken_l1()
 cli_errors()
 
 print("1..%d" % len(tests))
