@@ -13,6 +13,7 @@
 #   qemu's;
 # - command line errors as qemu-img gives them.
 import os
+import random
 import re
 import shutil
 import struct
@@ -122,10 +123,10 @@ def run_seq(img, io, path, compress):
     return results
 
 
-def differential(label, create_opts):
+def differential(label, create_opts, size="2M"):
     q = os.path.join(TMP, "q-%s.qcow2" % label)
     t = os.path.join(TMP, "t-%s.qcow2" % label)
-    rc, out, err = run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", create_opts, q, "2M"])
+    rc, out, err = run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", create_opts, q, size])
     if rc:
         ok(False, "%s: create" % label, err)
         return
@@ -307,6 +308,45 @@ def broken_l1():
                "%s: snapshot %s" % (label, " ".join(args)), "qemu: %r\ntblk: %r" % (x, y))
 
 
+def random_sequence(rnd, size, cs):
+    seq, names = [], ["a", "b", "c", "d"]
+    for _ in range(24):
+        k = rnd.randrange(100)
+        if k < 45:
+            cmds = []
+            for _ in range(rnd.randrange(1, 4)):
+                off = rnd.randrange(size // 512) * 512
+                ln = min(rnd.choice([512, 4096, cs, 3 * cs + 1024]), size - off)
+                c = rnd.randrange(100)
+                if c < 70:
+                    cmds.append("write -P %d %d %d" % (rnd.randrange(1, 255), off, ln))
+                elif c < 85:
+                    cmds.append("write -z %d %d" % (off, ln))
+                else:
+                    cmds.append("discard %d %d" % (off - off % cs, cs))
+            seq.append(step("io", *cmds))
+        elif k < 65:
+            seq.append(step("snap", "-c", rnd.choice(names)))
+        elif k < 80:
+            seq.append(step("snap", "-a", rnd.choice(names + ["1", "2", "3"])))
+        elif k < 95:
+            seq.append(step("snap", "-d", rnd.choice(names)))
+        else:
+            seq.append(step("snap", "-l"))
+    return seq
+
+
+def randomized():
+    seed = int(os.environ.get("TBLK_SEED", random.randrange(1 << 30)))
+    rnd = random.Random(seed)
+    for label, opts, cs in (("rand-c64k", "cluster_size=65536", 65536),
+                            ("rand-c4k-v2", "cluster_size=4096,compat=0.10", 4096),
+                            ("rand-c512-rb4", "cluster_size=512,refcount_bits=4", 512)):
+        SEQ[:] = random_sequence(rnd, 1 << 20, cs)
+        differential("%s-seed%d" % (label, seed), opts, size="1M")
+    print("# seed %d (TBLK_SEED=N repeats a run)" % seed)
+
+
 def cli_errors():
     q = os.path.join(TMP, "cli.qcow2")
     r = os.path.join(TMP, "cli.raw")
@@ -335,6 +375,7 @@ qemu_made()
 crafted()
 broken_l1()
 cli_errors()
+randomized()
 
 print("1..%d" % len(tests))
 for i, (good, name, diag, todo) in enumerate(tests, 1):
