@@ -183,6 +183,25 @@ static int do_delete(struct tblk_blk *blk, const char *name)
 	return 0;
 }
 
+/*
+ * qemu-img reports a snapshot that fails its checks on a line of its own, then the failure
+ * of the load with the errno; other failures of the load come as they are.
+ */
+static void apply_error(GError *err, const char *name)
+{
+	if (err && err->domain == tblk_error_quark() &&
+	    strncmp(err->message, "Failed to load snapshot", 23) &&
+	    strncmp(err->message, "Block driver", 12)) {
+		int code = err->code;
+
+		tool_error_gerror(err, NULL);
+		tool_error("Could not apply snapshot '%s': Failed to load snapshot: %s", name,
+			   strerror(code));
+		return;
+	}
+	tool_error_gerror(err, "Could not apply snapshot '%s': ", name);
+}
+
 int img_snapshot(int argc, char **argv)
 {
 	struct snapshot_args a = { .action = SN_NONE };
@@ -211,7 +230,7 @@ int img_snapshot(int argc, char **argv)
 			if (g_error_matches(err, tblk_error_quark(), ENOTSUP) &&
 			    !a.open.image_opts && tblk_blk_format_probed(blk))
 				tool_warn_probed_raw(blk, a.open.filename);
-			tool_error_gerror(err, "Could not apply snapshot '%s': ", a.name);
+			apply_error(err, a.name);
 			ret = 1;
 		}
 		break;
