@@ -229,8 +229,11 @@ int qcow2_get_l2_for_write(struct qcow2_state *s, uint64_t offset, void **table,
 	s->meta_dirty = false;
 	s->l1[l1i] = (uint64_t)new | QCOW2_OFLAG_COPIED;
 	ret = qcow2_write_l1_entry(s, (uint32_t)l1i);
-	if (ret < 0)
+	if (ret < 0) {
+		/* The disk may still point at the old table: so must we (the new one leaks). */
+		s->l1[l1i] = old;
 		return ret;
+	}
 	if (old_off) {
 		ret = qcow2_free_clusters(s, old_off, s->cluster_size, QCOW2_DISCARD_OTHER);
 		if (ret < 0)
@@ -244,6 +247,7 @@ int qcow2_grow_l1(struct qcow2_state *s, uint64_t min_size, bool exact)
 	uint64_t new_size = exact ? min_size : TBLK_MAX((uint64_t)s->l1_size, 1);
 	uint64_t old_off = s->l1_offset, old_bytes = (uint64_t)s->l1_size * 8;
 	g_autofree uint64_t *table = NULL;
+	uint64_t *old_l1;
 	int64_t off;
 	int ret;
 
@@ -270,14 +274,22 @@ int qcow2_grow_l1(struct qcow2_state *s, uint64_t min_size, bool exact)
 		return ret;
 	for (uint64_t i = 0; i < new_size; i++)
 		table[i] = be64toh(table[i]);
-	g_free(s->l1);
+	old_l1 = s->l1;
 	s->l1 = g_steal_pointer(&table);
 	s->l1_size = (uint32_t)new_size;
 	s->l1_offset = (uint64_t)off;
 	tblk_node_debug_event(s->node->file, TBLK_DBG_L1_GROW_ACTIVATE_TABLE);
 	ret = qcow2_header_write(s);
-	if (ret >= 0)
-		ret = tblk_node_flush(s->node->file);
+	if (ret < 0) {
+		/* The header still names the old table: so must we. The new one leaks. */
+		g_free(s->l1);
+		s->l1 = old_l1;
+		s->l1_size = (uint32_t)(old_bytes / 8);
+		s->l1_offset = old_off;
+		return ret;
+	}
+	g_free(old_l1);
+	ret = tblk_node_flush(s->node->file);
 	if (ret < 0)
 		return ret;
 	s->meta_dirty = false;

@@ -157,9 +157,9 @@ static int alloc_refcount_block(struct qcow2_state *s, uint64_t cluster_index)
 	void *block;
 	int ret;
 
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC);
 	if (ti < s->reftable_size && (s->reftable[ti] & ~QCOW2_REFT_RESERVED))
 		return 0;
-	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC);
 	nb = alloc_noref(s, 1);
 	if (nb < 0)
 		return (int)nb;
@@ -189,6 +189,8 @@ static int alloc_refcount_block(struct qcow2_state *s, uint64_t cluster_index)
 	if (ti < s->reftable_size) {
 		s->reftable[ti] = (uint64_t)nb;
 		ret = write_reftable_entry(s, ti);
+		if (ret < 0)
+			s->reftable[ti] = 0;	/* as the disk may say; the block leaks */
 		return ret < 0 ? ret : -EAGAIN;
 	}
 	ret = grow_reftable(s, cluster_index, (uint64_t)nb);
@@ -209,7 +211,7 @@ static int grow_reftable(struct qcow2_state *s, uint64_t cluster_index, uint64_t
 	uint64_t table_clusters, area_blocks, old_off = s->reftable_offset;
 	uint64_t old_bytes = (uint64_t)s->reftable_clusters << s->cluster_bits;
 	g_autofree uint64_t *table = NULL;
-	uint64_t table_off, ti;
+	uint64_t table_off, ti, old_size, *old_table;
 	int ret;
 
 	/* Size the table and the blocks that describe the area holding them. */
@@ -259,15 +261,25 @@ static int grow_reftable(struct qcow2_state *s, uint64_t cluster_index, uint64_t
 		return ret;
 	for (uint64_t i = 0; i < table_clusters << s->cluster_bits >> 3; i++)
 		table[i] = be64toh(table[i]);
-	g_free(s->reftable);
+	old_table = s->reftable;
+	old_size = s->reftable_size;
 	s->reftable = g_steal_pointer(&table);
 	s->reftable_size = table_clusters << s->cluster_bits >> 3;
 	s->reftable_offset = table_off;
 	s->reftable_clusters = (uint32_t)table_clusters;
 	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC_SWITCH_TABLE);
 	ret = qcow2_header_write(s);
-	if (ret >= 0)
-		ret = tblk_node_flush(s->node->file);
+	if (ret < 0) {
+		/* The header still names the old table: so must we. The new one leaks. */
+		g_free(s->reftable);
+		s->reftable = old_table;
+		s->reftable_size = old_size;
+		s->reftable_offset = old_off;
+		s->reftable_clusters = (uint32_t)(old_bytes >> s->cluster_bits);
+		return ret;
+	}
+	g_free(old_table);
+	ret = tblk_node_flush(s->node->file);
 	if (ret < 0)
 		return ret;
 	return qcow2_free_clusters(s, old_off, old_bytes, QCOW2_DISCARD_OTHER);
@@ -303,7 +315,6 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, 
 					: -ERANGE;
 			break;
 		}
-		tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_UPDATE);
 		rc += (uint64_t)delta;
 		rc_set(s, block, done & mask, rc);
 		qcow2_cache_mark_dirty(s->rc_cache, block);

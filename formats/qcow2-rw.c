@@ -305,7 +305,8 @@ static int write_alloc(struct qcow2_state *s, struct alloc_job *job, uint64_t of
 	}
 	hbuf = head ? g_malloc(head) : NULL;
 	tbuf = tail ? g_malloc(tail) : NULL;
-	tblk_node_debug_event(s->node->file, TBLK_DBG_COW_READ);
+	if (head || tail)
+		tblk_node_debug_event(s->node->file, TBLK_DBG_COW_READ);
 	ret = read_old(s, job->old[0], job->a.start, head, hbuf);
 	if (ret >= 0)
 		ret = read_old(s, job->old[job->n - 1], offset + n, tail, tbuf);

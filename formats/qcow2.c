@@ -203,6 +203,47 @@ static int open_data_file(struct tblk_node *node, struct qcow2_state *s, GHashTa
 	return tblk__node_open(&s->data, path, dopts, flags | TBLK_OPEN_PROTOCOL, errp);
 }
 
+/* Clears the dirty bit once the refcounts are right again. */
+static int mark_clean(struct qcow2_state *s)
+{
+	int ret;
+
+	if (!(s->incompat & QCOW2_INCOMPAT_DIRTY))
+		return 0;
+	s->incompat &= ~QCOW2_INCOMPAT_DIRTY;
+	ret = qcow2_header_write(s);
+	if (ret >= 0)
+		ret = tblk_node_flush(s->node->file);
+	return ret;
+}
+
+/*
+ * The dirty bit says that refcounts may be stale (lazy refcounts, not closed cleanly): as
+ * qemu, repair them before writing, then clear the bit. A check (TBLK_OPEN_CHECK) does not
+ * come here: it shows and repairs what it finds itself.
+ */
+static int repair_dirty(struct qcow2_state *s, GError **errp)
+{
+	struct tblk_check_result res = { .messages = g_string_new(NULL) };
+	int ret;
+
+	qcow2_lock(s);
+	ret = qcow2_check(s, &res, TBLK_CHECK_FIX_LEAKS | TBLK_CHECK_FIX_ERRORS);
+	if (ret >= 0 && (res.corruptions || res.check_errors))
+		ret = -EIO;
+	if (ret < 0) {
+		qcow2_unlock(s);
+		g_string_free(res.messages, TRUE);
+		return tblk_error_set_errno(errp, -ret, "qcow2: Could not repair dirty image");
+	}
+	ret = mark_clean(s);
+	qcow2_unlock(s);
+	g_string_free(res.messages, TRUE);
+	if (ret < 0)
+		return tblk_error_set_errno(errp, -ret, "qcow2: Could not update qcow2 header");
+	return 0;
+}
+
 static void state_free(struct qcow2_state *s)
 {
 	qcow2_cache_free(s->l2_cache);
@@ -259,11 +300,6 @@ static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int fla
 				     "read/write");
 		goto out_file;
 	}
-	if ((s->incompat & QCOW2_INCOMPAT_DIRTY) && !node->read_only) {
-		ret = tblk_error_set(errp, ENOTSUP, "qcow2: Image was not closed cleanly (lazy "
-				     "refcounts); repair it with 'check -r all' first");
-		goto out_file;
-	}
 	s->corrupt = s->incompat & QCOW2_INCOMPAT_CORRUPT;
 	ret = setup_caches(s, opts, errp);
 	if (ret < 0)
@@ -296,6 +332,12 @@ static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int fla
 	ret = open_backing(node, s, opts, flags, errp);
 	if (ret < 0)
 		goto out_data;
+	if ((s->incompat & QCOW2_INCOMPAT_DIRTY) && !node->read_only &&
+	    !(flags & TBLK_OPEN_CHECK)) {
+		ret = repair_dirty(s, errp);
+		if (ret < 0)
+			goto out_backing;
+	}
 	node->limits.request_alignment = 512;
 	node->limits.mem_alignment = node->file->limits.mem_alignment;
 	node->limits.pdiscard_alignment = s->cluster_size;
@@ -379,6 +421,9 @@ static int qcow2_check_node(struct tblk_node *node, struct tblk_check_result *re
 
 	qcow2_lock(s);
 	ret = qcow2_check(s, res, fix);
+	/* A repair that left nothing to fix makes a dirty image clean, as qemu's. */
+	if (ret >= 0 && fix && !res->corruptions && !res->check_errors)
+		ret = mark_clean(s);
 	qcow2_unlock(s);
 	return ret;
 }

@@ -248,12 +248,21 @@ static int bd_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 	return ret ?: tblk_node_preadv(node->file, offset, bytes, iov, iovcnt, flags);
 }
 
+/*
+ * As qemu's block layer, a write raises pwritev (pwritev_zero) on the node it is written to
+ * just before the driver runs, and pwritev_done after: on this node itself, too.
+ */
 static int bd_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 		      const struct iovec *iov, int iovcnt, unsigned int flags)
 {
-	int ret = check_rules(node, BD_IO_WRITE, offset, bytes);
+	int ret;
 
-	return ret ?: tblk_node_pwritev(node->file, offset, bytes, iov, iovcnt, flags);
+	bd_debug_event(node, TBLK_DBG_PWRITEV);
+	ret = check_rules(node, BD_IO_WRITE, offset, bytes);
+	if (!ret)
+		ret = tblk_node_pwritev(node->file, offset, bytes, iov, iovcnt, flags);
+	bd_debug_event(node, TBLK_DBG_PWRITEV_DONE);
+	return ret;
 }
 
 /* The core flushes the image child after this. */
@@ -272,9 +281,14 @@ static int bd_pdiscard(struct tblk_node *node, uint64_t offset, uint64_t bytes)
 static int bd_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 			    unsigned int flags)
 {
-	int ret = check_rules(node, BD_IO_WRITE_ZEROES, offset, bytes);
+	int ret;
 
-	return ret ?: tblk_node_pwrite_zeroes(node->file, offset, bytes, flags);
+	bd_debug_event(node, TBLK_DBG_PWRITEV_ZERO);
+	ret = check_rules(node, BD_IO_WRITE_ZEROES, offset, bytes);
+	if (!ret)
+		ret = tblk_node_pwrite_zeroes(node->file, offset, bytes, flags);
+	bd_debug_event(node, TBLK_DBG_PWRITEV_DONE);
+	return ret;
 }
 
 static int bd_block_status(struct tblk_node *node, uint64_t offset, uint64_t bytes,

@@ -61,6 +61,7 @@ void tblk_iothread_free(struct tblk_iothread *iot);
 #define TBLK_OPEN_NO_PROBE	0x0040u	/* without a driver option, assume raw, never probe */
 #define TBLK_OPEN_SHARE_RW	0x0080u	/* do not take image locks (-U / force-share) */
 #define TBLK_OPEN_PROTOCOL	0x0100u	/* open the protocol node only, no format on top */
+#define TBLK_OPEN_CHECK		0x1000u	/* opened to be checked: no repair of a dirty image */
 
 /*
  * Parses a cache mode as qemu does ("none", "writeback", "writethrough", "directsync",
