@@ -124,3 +124,23 @@ void tool_print_format_specific(const struct tblk_format_info *fi)
 		printf("    corrupt: %s\n    extended l2: %s\n", fi->corrupt ? "true" : "false",
 		       fi->extended_l2 ? "true" : "false");
 }
+
+int tool_object_add(const char *def)
+{
+	g_autoptr(GHashTable) opts = tblk_opts_new();
+	GError *err = NULL;
+	const char *type;
+
+	if (tblk_opts_parse(opts, def, "qom-type", &err) < 0) {
+		tool_error_gerror(err, NULL);
+		return -EINVAL;
+	}
+	type = g_hash_table_lookup(opts, "qom-type");
+	if (!type || strcmp(type, "throttle-group"))
+		return 0;
+	if (tblk_throttle_group_new(g_hash_table_lookup(opts, "id"), opts, &err) < 0) {
+		tool_error_gerror(err, NULL);
+		return -EINVAL;
+	}
+	return 0;
+}

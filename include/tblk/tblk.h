@@ -62,6 +62,7 @@ void tblk_iothread_free(struct tblk_iothread *iot);
 #define TBLK_OPEN_SHARE_RW	0x0080u	/* do not take image locks (-U / force-share) */
 #define TBLK_OPEN_PROTOCOL	0x0100u	/* open the protocol node only, no format on top */
 #define TBLK_OPEN_CHECK		0x1000u	/* opened to be checked: no repair of a dirty image */
+#define TBLK_OPEN_COPY_ON_READ	0x0200u	/* copy-on-read filter on top (copy-on-read=on) */
 
 /*
  * Parses a cache mode as qemu does ("none", "writeback", "writethrough", "directsync",
@@ -93,6 +94,14 @@ int tblk_blk_open(struct tblk_blk **pblk, const char *filename, GHashTable *opti
 		  unsigned int flags, struct tblk_loop *loop, GError **errp);
 /* Drains and closes @blk; NULL ok. Not from a callback of @blk. */
 void tblk_blk_close(struct tblk_blk *blk);
+
+/*
+ * Defines the throttle group @id (--object throttle-group,id=...) with limits from @props
+ * ("x-iops-total", "limits.bps-read-max", ...; "id" and "qom-type" ignored). Backends join
+ * it with throttling.group=@id, throttle filter nodes with throttle-group=@id. The group
+ * lives until the process exits. 0 or -errno with *errp. Any thread.
+ */
+int tblk_throttle_group_new(const char *id, GHashTable *props, GError **errp);
 
 /*
  * Creates an image of @fmt ("raw" so far) and @size bytes at @filename with creation options
