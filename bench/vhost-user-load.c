@@ -33,7 +33,9 @@ struct qstate {
 
 static void slot_setup(struct drv *d, unsigned int slot, uint64_t *hdr_gpa)
 {
-	uint64_t h = drv_alloc(d, 16), data = drv_alloc(d, bs), st = drv_alloc(d, 1);
+	uint64_t h = drv_alloc(d, 16), st = drv_alloc(d, 1);
+	/* Page-aligned data, as a guest's block layer gives it (O_DIRECT needs no bounce). */
+	uint64_t data = (drv_alloc(d, bs + 4096) + 4095) & ~4095ull;
 	unsigned int base = slot * 3;
 
 	d->desc[base] = (struct vring_desc){ h, 16, VRING_DESC_F_NEXT, (uint16_t)(base + 1) };
