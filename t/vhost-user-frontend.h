@@ -31,6 +31,9 @@ struct fe {
 	struct drv d[FE_MAXQ];
 	int kick[FE_MAXQ], call[FE_MAXQ], err[FE_MAXQ];
 	uint64_t proto;
+	bool want_inflight;	/* negotiate INFLIGHT_SHMFD */
+	int ifl_fd;		/* the in-flight area to hand back, -1: ask for one */
+	bool keep_rings;	/* reconnecting: the rings stay as they are */
 };
 
 static inline int fe_connect(const char *path)
@@ -112,6 +115,30 @@ static inline bool fe_closed(int sock)
 			return false;
 	}
 	return false;
+}
+
+/* Receives one message and the fd that came with it (5 s at most). */
+static inline int fe_recv_fd(int sock, struct vhost_user_hdr *h, void *p, size_t max, int *fd)
+{
+	union {
+		struct cmsghdr align;
+		uint8_t b[CMSG_SPACE(sizeof(int) * 4)];
+	} ctl;
+	struct iovec iov = { h, sizeof(*h) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
+			     .msg_controllen = sizeof(ctl.b) };
+	struct pollfd pfd = { sock, POLLIN, 0 };
+	struct cmsghdr *cm;
+
+	*fd = -1;
+	if (poll(&pfd, 1, 5000) != 1 || recvmsg(sock, &mh, MSG_WAITALL) != (ssize_t)sizeof(*h))
+		return -1;
+	cm = CMSG_FIRSTHDR(&mh);
+	if (cm && cm->cmsg_type == SCM_RIGHTS)
+		memcpy(fd, CMSG_DATA(cm), sizeof(int));
+	if (h->size > max || (h->size && recv(sock, p, h->size, MSG_WAITALL) != (ssize_t)h->size))
+		return -1;
+	return (int)h->size + 1;
 }
 
 /* A message with a u64 answer (GET_*); -1 on failure. */
@@ -199,7 +226,8 @@ static inline int fe_setup(struct fe *f, const char *path, unsigned int nq, uint
 	if (fe_get_u64(f, VHOST_USER_GET_PROTOCOL_FEATURES, &v) < 0)
 		return 3;
 	v &= 1ull << VHOST_USER_PROTOCOL_F_MQ | 1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK |
-	     1ull << VHOST_USER_PROTOCOL_F_CONFIG;
+	     1ull << VHOST_USER_PROTOCOL_F_CONFIG |
+	     (f->want_inflight ? 1ull << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD : 0);
 	if (fe_set_u64(f, VHOST_USER_SET_PROTOCOL_FEATURES, v) != 0)
 		return 4;
 	f->proto = v;
@@ -209,12 +237,29 @@ static inline int fe_setup(struct fe *f, const char *path, unsigned int nq, uint
 		return 6;
 	if (fe_set_mem_table(f) != 0)
 		return 7;
+	if (f->want_inflight) {
+		struct vhost_user_inflight in = { 0, 0, (uint16_t)nq, FE_QSIZE };
+		struct vhost_user_hdr h;
+
+		if (f->ifl_fd < 0) {
+			fe_send(f->sock, VHOST_USER_GET_INFLIGHT_FD, VHOST_USER_VERSION, &in,
+				sizeof(in), NULL, 0);
+			if (fe_recv_fd(f->sock, &h, &in, sizeof(in), &f->ifl_fd) !=
+			    (int)sizeof(in) + 1 || f->ifl_fd < 0)
+				return 10;
+		} else {
+			in.mmap_size = nq * (uint64_t)(((16 + 16 * FE_QSIZE) + 63) & ~63);
+		}
+		if (fe_set(f, VHOST_USER_SET_INFLIGHT_FD, &in, sizeof(in), &f->ifl_fd, 1) != 0)
+			return 11;
+	}
 	for (unsigned int q = 0; q < nq; q++) {
 		struct drv *d = &f->d[q];
 		uint64_t base = (f->memsize / 2 / FE_MAXQ) * q + (f->memsize / 2) * (q & 1);
 		struct vhost_user_addr a;
 
-		drv_init(d, f->mem + base, base, f->memsize / 2 / FE_MAXQ, FE_QSIZE);
+		if (!f->keep_rings)
+			drv_init(d, f->mem + base, base, f->memsize / 2 / FE_MAXQ, FE_QSIZE);
 		a = (struct vhost_user_addr){ q, 0, (uint64_t)(uintptr_t)d->desc,
 					      (uint64_t)(uintptr_t)d->used,
 					      (uint64_t)(uintptr_t)d->avail, 0 };

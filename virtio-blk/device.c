@@ -69,12 +69,30 @@ void tblk_vblk_unref(struct tblk_vblk *dev)
 	g_free(dev);
 }
 
+size_t tblk_vblk_inflight_size(unsigned int qsize)
+{
+	return TBLK_ALIGN_UP(sizeof(struct vblk_inflight) +
+			     qsize * sizeof(struct vblk_inflight_desc), 64);
+}
+
+void tblk_vblk_set_inflight(struct tblk_vblk *dev, void *base, unsigned int nq,
+			    unsigned int qsize)
+{
+	dev->ifl_base = base;
+	dev->ifl_nq = base ? nq : 0;
+	dev->ifl_qsize = qsize;
+	for (unsigned int i = 0; i < dev->nq; i++)
+		if (!dev->vq[i].started)
+			dev->vq[i].ifl = NULL;
+}
+
 void tblk_vblk_detach(struct tblk_vblk *dev)
 {
 	dev->detached = true;
 	memset(&dev->cbs, 0, sizeof(dev->cbs));
 	for (unsigned int i = 0; i < dev->nq; i++) {
 		dev->vq[i].started = false;
+		dev->vq[i].ifl = NULL;
 		tblk_bh_cancel(dev->vq[i].bh);
 	}
 }
@@ -222,6 +240,11 @@ int tblk_vblk_vq_start(struct tblk_vblk *dev, unsigned int qidx)
 	if (ret < 0)
 		return ret;
 	vq->used_idx = __atomic_load_n(&vq->used->idx, __ATOMIC_RELAXED);
+	vq->ifl = NULL;
+	if (dev->ifl_base && qidx < dev->ifl_nq && dev->ifl_qsize == vq->num)
+		vq->ifl = (struct vblk_inflight *)(dev->ifl_base +
+						   qidx * tblk_vblk_inflight_size(vq->num));
+	tblk__vq_inflight_start(vq);
 	vq->signalled_valid = false;
 	vq->broken = false;
 	vq->stopping = false;
@@ -271,6 +294,20 @@ void tblk_vblk_vq_kick(struct tblk_vblk *dev, unsigned int qidx)
 
 	if (vq)
 		tblk__vq_process(vq);
+}
+
+bool tblk_vblk_vq_poll(struct tblk_vblk *dev, unsigned int qidx)
+{
+	struct tblk_vq *vq = get_vq(dev, qidx);
+
+	if (!vq || !vq->started || !vq->enabled || vq->broken || vq->stopping || vq->stalled ||
+	    !vq->avail || dev->detached)
+		return false;
+	if (__atomic_load_n(&vq->avail->idx, __ATOMIC_ACQUIRE) == vq->last_avail &&
+	    !vq->nr_resubmit)
+		return false;
+	tblk__vq_process(vq);
+	return true;
 }
 
 bool tblk_vblk_vq_is_broken(struct tblk_vblk *dev, unsigned int qidx)

@@ -12,7 +12,9 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -47,6 +49,10 @@ struct vu_conn {
 	int fds[VHOST_USER_MAX_FDS];	/* received with the message being assembled */
 	unsigned int nfds;
 	struct vu_vq vq[TBLK_VBLK_MAX_QUEUES];
+	void *ifl_map;			/* in-flight area (INFLIGHT_SHMFD), NULL if none */
+	size_t ifl_len;
+	unsigned int ifl_nq, ifl_qsize;
+	size_t ifl_offset;
 };
 
 struct tblk_vu_server {
@@ -95,6 +101,29 @@ static int reply(struct vu_conn *c, uint32_t request, const void *payload, uint3
 	memcpy(msg, &h, sizeof(h));
 	memcpy(msg + sizeof(h), payload, size);
 	return send_all(c->fd, msg, sizeof(h) + size);
+}
+
+static int reply_fd(struct vu_conn *c, uint32_t request, const void *payload, uint32_t size,
+		    int fd)
+{
+	uint8_t msg[VHOST_USER_HDR_SIZE + 64];
+	struct vhost_user_hdr h = { request, VHOST_USER_VERSION | VHOST_USER_REPLY, size };
+	union {
+		struct cmsghdr align;
+		uint8_t b[CMSG_SPACE(sizeof(int))];
+	} ctl;
+	struct iovec iov = { msg, sizeof(h) + size };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
+			     .msg_controllen = sizeof(ctl.b) };
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+
+	memcpy(msg, &h, sizeof(h));
+	memcpy(msg + sizeof(h), payload, size);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	return sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)iov.iov_len ? 0 : -EIO;
 }
 
 static int reply_u64(struct vu_conn *c, uint32_t request, uint64_t v)
@@ -168,6 +197,13 @@ static void kick_readable(void *opaque)
 		return;
 	}
 	tblk_vblk_vq_kick(v->conn->dev, v->idx);
+}
+
+static bool kick_poll(void *opaque)
+{
+	struct vu_vq *v = opaque;
+
+	return tblk_vblk_vq_poll(v->conn->dev, v->idx);
 }
 
 static void vq_unwatch(struct vu_conn *c, struct vu_vq *v)
@@ -323,7 +359,7 @@ static int msg_vring_fd(struct vu_conn *c, struct msg *m)
 		close(fd);
 		return ret;
 	}
-	ret = tblk_loop_set_fd_handler(c->srv->loop, fd, kick_readable, NULL, NULL, q);
+	ret = tblk_loop_set_fd_handler(c->srv->loop, fd, kick_readable, NULL, kick_poll, q);
 	if (ret < 0) {
 		close(fd);
 		return ret;
@@ -425,10 +461,86 @@ static int msg_u64(struct msg *m, uint64_t *v)
 	return 0;
 }
 
+/* ------------------------------------------------------------ in-flight area */
+
+static void conn_inflight_clear(struct vu_conn *c)
+{
+	if (c->dev)
+		tblk_vblk_set_inflight(c->dev, NULL, 0, 0);
+	if (c->ifl_map)
+		munmap(c->ifl_map, c->ifl_len);
+	c->ifl_map = NULL;
+	c->ifl_len = 0;
+}
+
+/* Maps @len bytes at @offset of @fd as the in-flight area of @nq queues of @qsize. */
+static int conn_inflight_map(struct vu_conn *c, int fd, uint64_t offset, uint64_t len,
+			     unsigned int nq, unsigned int qsize)
+{
+	struct stat st;
+	void *p;
+
+	if (nq == 0 || nq > TBLK_VBLK_MAX_QUEUES || qsize == 0 || qsize > TBLK_VQ_MAX_SIZE ||
+	    !TBLK_IS_POW2(qsize) || len < nq * tblk_vblk_inflight_size(qsize) ||
+	    offset > SIZE_MAX / 2 || len > SIZE_MAX / 2)
+		return -EINVAL;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size < offset + len)
+		return -EINVAL;
+	p = mmap(NULL, offset + len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	conn_inflight_clear(c);
+	c->ifl_map = p;
+	c->ifl_len = offset + len;
+	c->ifl_offset = offset;
+	c->ifl_nq = nq;
+	c->ifl_qsize = qsize;
+	tblk_vblk_set_inflight(c->dev, (uint8_t *)p + offset, nq, qsize);
+	return 0;
+}
+
+static int msg_inflight(struct vu_conn *c, struct msg *m)
+{
+	struct vhost_user_inflight in = { 0 };
+	uint64_t len;
+	int fd, ret;
+
+	if (m->h.size < 20 || m->h.size > sizeof(in))
+		return VU_DROP;
+	memcpy(&in, m->p, m->h.size);
+	if (m->h.request == VHOST_USER_SET_INFLIGHT_FD) {
+		fd = take_fd(m);
+		if (fd < 0)
+			return VU_DROP;
+		ret = conn_inflight_map(c, fd, in.mmap_offset, in.mmap_size, in.num_queues,
+					in.queue_size);
+		close(fd);
+		return ret;
+	}
+	/* GET_INFLIGHT_FD: a zeroed area of our layout; the front-end keeps it for us. */
+	if (m->nfds || in.num_queues == 0 || in.num_queues > TBLK_VBLK_MAX_QUEUES ||
+	    in.queue_size == 0 || in.queue_size > TBLK_VQ_MAX_SIZE || !TBLK_IS_POW2(in.queue_size))
+		return VU_DROP;
+	len = in.num_queues * tblk_vblk_inflight_size(in.queue_size);
+	fd = memfd_create("tblk-inflight", MFD_CLOEXEC);
+	if (fd < 0 || ftruncate(fd, (off_t)len) < 0 ||
+	    conn_inflight_map(c, fd, 0, len, in.num_queues, in.queue_size) < 0) {
+		if (fd >= 0)
+			close(fd);
+		return VU_DROP;
+	}
+	in.mmap_size = len;
+	in.mmap_offset = 0;
+	ret = reply_fd(c, m->h.request, &in, sizeof(in), fd);
+	close(fd);
+	return ret < 0 ? VU_DROP : 1;
+}
+
 static uint64_t offered_protocol(void)
 {
 	return 1ull << VHOST_USER_PROTOCOL_F_MQ | 1ull << VHOST_USER_PROTOCOL_F_REPLY_ACK |
 	       1ull << VHOST_USER_PROTOCOL_F_CONFIG |
+	       1ull << VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD |
 	       1ull << VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS;
 }
 
@@ -498,6 +610,9 @@ static int handle(struct vu_conn *c, struct msg *m)
 	case VHOST_USER_GET_CONFIG:
 	case VHOST_USER_SET_CONFIG:
 		return msg_config(c, m);
+	case VHOST_USER_GET_INFLIGHT_FD:
+	case VHOST_USER_SET_INFLIGHT_FD:
+		return msg_inflight(c, m);
 	case VHOST_USER_SET_LOG_BASE:
 	case VHOST_USER_SET_LOG_FD:
 	case VHOST_USER_SET_VRING_ENDIAN:
@@ -660,6 +775,9 @@ static int conn_new_device(struct vu_conn *c)
 	if (ret < 0)
 		return VU_DROP;
 	tblk_vblk_set_callbacks(c->dev, &cbs);
+	if (c->ifl_map)
+		tblk_vblk_set_inflight(c->dev, (uint8_t *)c->ifl_map + c->ifl_offset, c->ifl_nq,
+				       c->ifl_qsize);
 	c->paused = false;
 	c->features = 0;
 	return 0;
@@ -674,6 +792,7 @@ static void conn_drop(struct vu_conn *c)
 	if (!c->dead) {
 		tblk_loop_set_fd_handler(srv->loop, c->fd, NULL, NULL, NULL, NULL);
 		conn_release_device(c);
+		conn_inflight_clear(c);
 		close_fd(&c->fd);
 		for (unsigned int i = 0; i < c->nfds; i++)
 			close(c->fds[i]);

@@ -25,6 +25,23 @@ struct vblk_req {
 	struct iovec iov[VBLK_REQ_IOV];
 };
 
+/* The in-flight region of one split queue (the vhost-user spec's layout). */
+struct vblk_inflight_desc {
+	uint8_t inflight;
+	uint8_t padding[5];
+	uint16_t next;
+	uint64_t counter;
+};
+
+struct vblk_inflight {
+	uint64_t features;
+	uint16_t version;
+	uint16_t desc_num;
+	uint16_t last_batch_head;
+	uint16_t used_idx;
+	struct vblk_inflight_desc desc[];
+};
+
 struct tblk_vq {
 	struct tblk_vblk *dev;		/* [const] */
 	unsigned int idx;		/* [const] */
@@ -44,6 +61,10 @@ struct tblk_vq {
 	struct tblk_bh *bh;		/* publishes used entries and notifies, once per batch */
 	struct vblk_req *free_reqs;	/* cache of request objects */
 	unsigned int nr_free;
+	struct vblk_inflight *ifl;	/* shared in-flight region, NULL: not tracked */
+	uint64_t ifl_counter;		/* order in which requests were taken */
+	uint16_t *resubmit;		/* heads to take again before the avail ring */
+	unsigned int nr_resubmit;	/* (taken from the end: sorted by counter, descending) */
 };
 
 struct tblk_vblk {
@@ -59,6 +80,8 @@ struct tblk_vblk {
 	struct tblk_vmem *vmem;		/* reference, may be NULL */
 	struct tblk_vblk_callbacks cbs;
 	struct tblk_vblk_stats stats;
+	uint8_t *ifl_base;		/* in-flight area, borrowed */
+	unsigned int ifl_nq, ifl_qsize;
 	unsigned int nq;		/* [const] */
 	struct tblk_vq vq[];		/* [const] count */
 };
@@ -72,6 +95,8 @@ static inline bool vblk_has(const struct tblk_vblk *dev, unsigned int bit)
 void tblk__vq_init(struct tblk_vblk *dev, struct tblk_vq *vq, unsigned int idx);
 void tblk__vq_destroy(struct tblk_vq *vq);
 int tblk__vq_translate(struct tblk_vq *vq);
+/* At queue start: checks the in-flight region, lists what to resubmit, moves last_avail. */
+void tblk__vq_inflight_start(struct tblk_vq *vq);
 void tblk__vq_process(struct tblk_vq *vq);
 void tblk__vq_break(struct tblk_vq *vq);
 /* device.c: decodes and submits a request whose buffers are mapped. */

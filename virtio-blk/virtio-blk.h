@@ -253,6 +253,18 @@ int tblk_vblk_set_config(struct tblk_vblk *dev, uint32_t offset, const void *buf
 void tblk_vblk_set_mem(struct tblk_vblk *dev, struct tblk_vmem *vmem);
 struct tblk_vmem *tblk_vblk_get_mem(struct tblk_vblk *dev);	/* borrowed, may be NULL */
 
+/*
+ * In-flight tracking (vhost-user's INFLIGHT_SHMFD, split rings): @base is a shared area of
+ * @nq regions of tblk_vblk_inflight_size(@qsize) bytes, one per queue, that survives the
+ * back-end: requests taken are marked there until their used entry is published, and a
+ * queue started on a region that still marks requests resubmits them (in the order they
+ * were taken) and resumes the avail ring after them. Borrowed until replaced or the device
+ * is detached; NULL turns tracking off.
+ */
+size_t tblk_vblk_inflight_size(unsigned int qsize);
+void tblk_vblk_set_inflight(struct tblk_vblk *dev, void *base, unsigned int nq,
+			    unsigned int qsize);
+
 /* Queue setup, in the order a transport gives it. -EINVAL for bad values. */
 int tblk_vblk_vq_set_num(struct tblk_vblk *dev, unsigned int qidx, unsigned int num);
 /* Ring addresses in the front-end's address space (uva); checked at start. */
@@ -271,6 +283,11 @@ int tblk_vblk_vq_enable(struct tblk_vblk *dev, unsigned int qidx, bool on);
 uint16_t tblk_vblk_vq_stop(struct tblk_vblk *dev, unsigned int qidx, unsigned int *pinflight);
 /* Handles a kick of queue @qidx: takes every available request. */
 void tblk_vblk_vq_kick(struct tblk_vblk *dev, unsigned int qidx);
+/*
+ * For the loop's busy-polling phase: if requests wait in queue @qidx, takes them and
+ * returns true (no kick needed to find them).
+ */
+bool tblk_vblk_vq_poll(struct tblk_vblk *dev, unsigned int qidx);
 bool tblk_vblk_vq_is_broken(struct tblk_vblk *dev, unsigned int qidx);
 /* Statistics for tests. */
 struct tblk_vblk_stats {
@@ -278,6 +295,7 @@ struct tblk_vblk_stats {
 	uint64_t notifies;	/* notify callbacks */
 	uint64_t errors;	/* requests completed with IOERR or UNSUPP, or unanswerable */
 	unsigned int inflight;	/* requests taken and not yet completed, all queues */
+	uint64_t resubmitted;	/* requests taken again from an in-flight region */
 };
 void tblk_vblk_get_stats(struct tblk_vblk *dev, struct tblk_vblk_stats *st);
 

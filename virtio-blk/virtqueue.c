@@ -32,6 +32,7 @@ void tblk__vq_destroy(struct tblk_vq *vq)
 		vq->free_reqs = r->next_free;
 		g_free(r);
 	}
+	g_free(vq->resubmit);
 }
 
 /* Translates the ring addresses against the current memory map; -EFAULT if they miss. */
@@ -92,6 +93,8 @@ static void vq_flush(struct tblk_vq *vq)
 	struct tblk_vblk *dev = vq->dev;
 	bool need;
 
+	unsigned int batch = vq->nr_unpublished;
+
 	if (!vq->nr_unpublished || dev->detached || !vq->used)
 		return;
 	vq->nr_unpublished = 0;
@@ -100,6 +103,16 @@ static void vq_flush(struct tblk_vq *vq)
 	 * both sequentially consistent; no bare fence, which ThreadSanitizer cannot follow).
 	 */
 	__atomic_store_n(&vq->used->idx, vq->used_idx, __ATOMIC_SEQ_CST);
+	if (vq->ifl) {
+		/* The batch is in the used ring: its heads are no longer in flight. */
+		uint16_t h = __atomic_load_n(&vq->ifl->last_batch_head, __ATOMIC_RELAXED);
+
+		for (unsigned int i = 0; i < batch && h < vq->num; i++) {
+			__atomic_store_n(&vq->ifl->desc[h].inflight, 0, __ATOMIC_RELAXED);
+			h = vq->ifl->desc[h].next;
+		}
+		__atomic_store_n(&vq->ifl->used_idx, vq->used_idx, __ATOMIC_RELEASE);
+	}
 	if (vblk_has(dev, VIRTIO_RING_F_EVENT_IDX)) {
 		uint16_t old = vq->signalled_used;
 		bool valid = vq->signalled_valid;
@@ -160,6 +173,10 @@ void tblk__vq_complete(struct vblk_req *req, int status)
 		}
 		__atomic_store_n(&e->id, req->head, __ATOMIC_RELAXED);
 		__atomic_store_n(&e->len, req->used_len, __ATOMIC_RELAXED);
+		if (vq->ifl) {
+			vq->ifl->desc[req->head].next = vq->ifl->last_batch_head;
+			__atomic_store_n(&vq->ifl->last_batch_head, req->head, __ATOMIC_RELEASE);
+		}
 		vq->used_idx++;
 		vq->nr_unpublished++;
 		tblk_bh_schedule(vq->bh);
@@ -293,6 +310,10 @@ static int vq_take(struct tblk_vq *vq, uint16_t head)
 	dev->stats.requests++;
 	vq->inflight++;
 	tblk_vblk_ref(dev);
+	if (vq->ifl) {
+		vq->ifl->desc[head].counter = ++vq->ifl_counter;
+		__atomic_store_n(&vq->ifl->desc[head].inflight, 1, __ATOMIC_RELEASE);
+	}
 	if (w.err || !req->status || !w.in_cnt) {
 		tblk__vq_complete(req, VIRTIO_BLK_S_IOERR);
 		return 0;
@@ -312,6 +333,18 @@ static bool vq_runnable(struct tblk_vq *vq)
 
 void tblk__vq_process(struct tblk_vq *vq)
 {
+	/* Requests a previous back-end took and never completed go first, in their order. */
+	while (vq->nr_resubmit && vq_runnable(vq)) {
+		if (vq->inflight >= vq->num) {
+			vq->stalled = true;
+			return;
+		}
+		vq->dev->stats.resubmitted++;
+		if (vq_take(vq, vq->resubmit[--vq->nr_resubmit]) < 0) {
+			tblk__vq_break(vq);
+			return;
+		}
+	}
 	while (vq_runnable(vq)) {
 		uint16_t avail_idx = __atomic_load_n(&vq->avail->idx, __ATOMIC_ACQUIRE);
 
@@ -343,4 +376,57 @@ void tblk__vq_process(struct tblk_vq *vq)
 		if (__atomic_load_n(&vq->avail->idx, __ATOMIC_SEQ_CST) == avail_idx)
 			return;
 	}
+}
+
+static int counter_desc(const void *a, const void *b, void *opaque)
+{
+	const struct vblk_inflight *ifl = opaque;
+	uint64_t ca = ifl->desc[*(const uint16_t *)a].counter;
+	uint64_t cb = ifl->desc[*(const uint16_t *)b].counter;
+
+	return ca < cb ? 1 : ca > cb ? -1 : 0;
+}
+
+void tblk__vq_inflight_start(struct tblk_vq *vq)
+{
+	struct vblk_inflight *ifl = vq->ifl;
+	uint16_t used_idx = __atomic_load_n(&vq->used->idx, __ATOMIC_ACQUIRE);
+	unsigned int n = 0;
+
+	g_free(vq->resubmit);
+	vq->resubmit = NULL;
+	vq->nr_resubmit = 0;
+	vq->ifl_counter = 0;
+	if (!ifl)
+		return;
+	if (ifl->version == 0 || ifl->desc_num != vq->num) {
+		/* A fresh region (or one for another queue size): nothing to resume. */
+		memset(ifl, 0, tblk_vblk_inflight_size(vq->num));
+		ifl->version = 1;
+		ifl->desc_num = (uint16_t)vq->num;
+		ifl->used_idx = used_idx;
+		return;
+	}
+	if (ifl->used_idx != used_idx) {
+		/* The last batch reached the used ring but was not cleared here. */
+		uint16_t h = ifl->last_batch_head;
+		unsigned int batch = (uint16_t)(used_idx - ifl->used_idx);
+
+		for (unsigned int i = 0; i < batch && i < vq->num && h < vq->num; i++) {
+			ifl->desc[h].inflight = 0;
+			h = ifl->desc[h].next;
+		}
+		ifl->used_idx = used_idx;
+	}
+	vq->resubmit = g_new(uint16_t, vq->num);
+	for (unsigned int i = 0; i < vq->num; i++) {
+		if (ifl->desc[i].inflight != 1)
+			continue;
+		vq->resubmit[n++] = (uint16_t)i;
+		vq->ifl_counter = TBLK_MAX(vq->ifl_counter, ifl->desc[i].counter);
+	}
+	g_qsort_with_data(vq->resubmit, (gint)n, sizeof(uint16_t), counter_desc, ifl);
+	vq->nr_resubmit = n;
+	/* What is in flight was taken from the avail ring after the used entries. */
+	vq->last_avail = (uint16_t)(used_idx + n);
 }
