@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -111,6 +112,30 @@ def body(d):
     stop(p)
     rc, out, err = run(["qemu-io", "-f", "raw", "-c", "read -P 0x42 1M 1M", img])
     ok(rc == 0 and "failed" not in out, "the data is in the image", out + err)
+
+    # An export on an iothread, over TCP: connections move to the iothread's loop.
+    s2 = socket.socket()
+    s2.bind(("127.0.0.1", 0))
+    port = s2.getsockname()[1]
+    s2.close()
+    p = subprocess.Popen([DAEMON, "--object", "iothread,id=io0",
+                          "--blockdev", "driver=file,node-name=f,filename=" + img,
+                          "--nbd-server", "addr.type=inet,addr.host=127.0.0.1,addr.port=%d" % port,
+                          "--export", "type=nbd,id=e2,node-name=f,name=io,writable=on,"
+                          "iothread=io0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = "nbd://127.0.0.1:%d/io" % port
+    end = time.time() + 20
+    while time.time() < end and p.poll() is None:
+        if run(["nbdinfo", "--size", url])[0] == 0:
+            break
+        time.sleep(0.05)
+    rc, out, err = run(["nbdcopy", "--connections=2", img, url])
+    ok(rc == 0, "nbdcopy into an export on an iothread over TCP", out + err)
+    rc, out, err = run(["qemu-io", "-f", "raw", "-c", "read -P 0x42 1M 1M", "-c",
+                        "write -P 0x43 2M 64k", "-c", "read -P 0x43 2M 64k", url])
+    ok(rc == 0 and "failed" not in out, "reads and writes through the iothread", out + err)
+    stop(p)
+    ok(p.returncode == 0, "the daemon exits 0 on SIGTERM", p.stderr.read())
 
     for args in [["--nbd-server", "addr.type=foo"], ["--nbd-server", "addr.type=inet"],
                  ["--nbd-server", "addr.type=unix"],

@@ -333,6 +333,29 @@ def lifecycle(d):
         pass
     ok(rc == 0 and p.returncode == 0, "without -t the server exits after its client",
        "rc=%s exit=%s %s" % (rc, p.returncode, out + err))
+    # -e 1 (the default): a second client waits until the first is gone.
+    p = serve(NBD, ["-t", "-f", "raw", img], sock=sock)
+    a = socket.socket(socket.AF_UNIX)
+    a.connect(sock)
+    a.settimeout(20)
+    first = a.recv(18)
+    b = socket.socket(socket.AF_UNIX)
+    b.connect(sock)     # lands in the listen backlog
+    b.settimeout(0.5)
+    try:
+        early = b.recv(18)
+    except socket.timeout:
+        early = b""
+    a.close()
+    b.settimeout(20)
+    try:
+        late = early or b.recv(18)
+    except socket.timeout:
+        late = b""
+    ok(len(first) == 18 and early == b"" and len(late) == 18,
+       "-e 1: the second client is served once the first left", (first, early, late))
+    b.close()
+    stop(p)
     pidf = os.path.join(d, "nbd.pid")
     rc, out, err = run([NBD, "--fork", "--pid-file", pidf, "-t", "-k", sock, "-f", "raw", img])
     ok(rc == 0 and os.path.exists(sock), "--fork returns once the socket listens", err)

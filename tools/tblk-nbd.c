@@ -127,7 +127,6 @@ static void bad_usage(void)
 static void parse_args(int argc, char **argv, struct nbd_opts *o)
 {
 	const char *detect_zeroes = NULL;
-	GError *err = NULL;
 	int c;
 
 	while ((c = getopt_long(argc, argv, "hVp:b:k:e:tvx:D:Af:rnT:", long_opts, NULL)) != -1) {
@@ -230,7 +229,6 @@ static void parse_args(int argc, char **argv, struct nbd_opts *o)
 			bad_usage();
 		}
 	}
-	(void)err;
 	if (argc - optind != 1) {
 		tool_error("Invalid number of arguments");
 		fprintf(stderr, "Try `%s --help' for more information.\n", tool_progname);
