@@ -18,6 +18,9 @@
 
 #include "protocols/nbd-int.h"
 
+/* Replies to one option we read before calling the server hostile. */
+#define MAX_REPLIES	64
+
 int tblk__nbd_read_full(int fd, void *buf, size_t n)
 {
 	uint8_t *p = buf;
@@ -245,7 +248,11 @@ static int opt_meta_context(int fd, const char *export, struct tblk_nbd_info *in
 	tblk__nbd_put32(buf + 8 + nlen, clen);
 	memcpy(buf + 12 + nlen, ctx, clen);
 	ret = send_option(fd, TBLK_NBD_OPT_SET_META_CONTEXT, buf, len, errp);
-	while (ret == 0) {
+	for (int n = 0; ret == 0; n++) {
+		if (n == MAX_REPLIES) {
+			ret = tblk_error_set(errp, EINVAL, "Server sent too many replies");
+			break;
+		}
 		ret = read_reply(fd, TBLK_NBD_OPT_SET_META_CONTEXT, &rep, errp);
 		if (ret < 0)
 			break;
@@ -323,7 +330,11 @@ static int opt_go(int fd, const char *export, struct tblk_nbd_info *info, GError
 	tblk__nbd_put16(buf + 4 + nlen, 1);
 	tblk__nbd_put16(buf + 6 + nlen, TBLK_NBD_INFO_BLOCK_SIZE);
 	ret = send_option(fd, TBLK_NBD_OPT_GO, buf, len, errp);
-	while (ret == 0) {
+	for (int n = 0; ret == 0; n++) {
+		if (n == MAX_REPLIES) {
+			ret = tblk_error_set(errp, EINVAL, "Server sent too many replies");
+			break;
+		}
 		ret = read_reply(fd, TBLK_NBD_OPT_GO, &rep, errp);
 		if (ret < 0)
 			break;

@@ -7,6 +7,10 @@
  *
  * Threading: the state is [const] after open; data-path calls run concurrently in any
  * thread and share the node's one connection (nbd-conn.c), requests in flight together.
+ * Asynchronous reads, writes and flushes take the fast path: the loop thread sends them,
+ * the connection's reader thread queues their completion on the loop's list, and one
+ * bottom half per batch completes them on the loop thread. Everything else (and whatever
+ * the fast path refuses) runs in the pool.
  */
 #include <string.h>
 
@@ -381,6 +385,133 @@ static int nbd_block_status(struct tblk_node *node, uint64_t offset, uint64_t by
 	       ((cmd.bs_flags & TBLK_NBD_STATE_ZERO) ? TBLK_BS_ZERO : 0);
 }
 
+/* ---------------------------------------------------------------- fast path */
+
+/* Fast-path requests whose replies came in, waiting for the loop; one per loop. */
+struct nbd_loop {
+	struct tblk_bh *bh;		/* [const] */
+	struct tblk_mutex lock;		/* leaf (taken under the connection's lock) */
+	struct nbd_fast *head;		/* [lock] FIFO */
+	struct nbd_fast **tail;		/* [lock] */
+};
+
+/* What a fast-path request keeps in its drv_scratch while the server has it. */
+struct nbd_fast {
+	struct tblk_nbd_slot slot;
+	struct tblk_nbd_cmd cmd;
+	struct nbd_loop *nl;
+	struct nbd_fast *next;		/* [nl->lock] */
+};
+_Static_assert(sizeof(struct nbd_fast) <= sizeof(((struct tblk_req *)0)->drv_scratch),
+	       "drv_scratch too small for the nbd fast path");
+
+static const char nbd_loop_key;
+
+/* Reader thread. */
+static void nbd_fast_complete(struct tblk_nbd_slot *slot)
+{
+	struct nbd_fast *f = tblk_container_of(slot, struct nbd_fast, slot);
+	struct nbd_loop *nl = f->nl;
+	bool first;
+
+	tblk_mutex_lock(&nl->lock);
+	f->next = NULL;
+	first = !nl->head;
+	*nl->tail = f;
+	nl->tail = &f->next;
+	tblk_mutex_unlock(&nl->lock);
+	if (first)
+		tblk_bh_schedule(nl->bh);
+}
+
+/* Loop thread: completes the batch. */
+static void nbd_loop_bh(void *opaque)
+{
+	struct nbd_loop *nl = opaque;
+	struct nbd_fast *f;
+
+	tblk_mutex_lock(&nl->lock);
+	f = nl->head;
+	nl->head = NULL;
+	nl->tail = &nl->head;
+	tblk_mutex_unlock(&nl->lock);
+	while (f) {
+		struct nbd_fast *next = f->next;
+		struct tblk_req *req = tblk_container_of((void *)f, struct tblk_req, drv_scratch);
+
+		tblk__req_fast_done(req, f->slot.ret);
+		f = next;
+	}
+}
+
+static void nbd_loop_free(void *data)
+{
+	struct nbd_loop *nl = data;
+
+	tblk_bh_free(nl->bh);
+	tblk_mutex_destroy(&nl->lock);
+	g_free(nl);
+}
+
+static struct nbd_loop *nbd_loop_get(struct tblk_loop *loop)
+{
+	struct nbd_loop *nl = tblk_loop_get_data(loop, &nbd_loop_key);
+
+	if (!nl) {
+		nl = g_new0(struct nbd_loop, 1);
+		tblk_mutex_init(&nl->lock);
+		nl->tail = &nl->head;
+		nl->bh = tblk_bh_new(loop, nbd_loop_bh, nl);
+		tblk_loop_set_data(loop, &nbd_loop_key, nl, nbd_loop_free);
+	}
+	return nl;
+}
+
+/* Loop thread. Reads and writes that fit one command, and flushes; else -EAGAIN. */
+static int nbd_submit_fast(struct tblk_node *node, struct tblk_req *req, uint64_t offset)
+{
+	struct nbd_state *s = node->opaque;
+	struct nbd_fast *f = (struct nbd_fast *)req->drv_scratch;
+	uint32_t align = node->limits.request_alignment;
+	uint16_t type, flags = 0;
+
+	switch (req->kind) {
+	case TBLK_REQ_READ:
+		if (offset > s->info.size || req->bytes > s->info.size - offset)
+			return -EAGAIN;	/* the tail past the export's end reads as zeroes */
+		type = TBLK_NBD_CMD_READ;
+		break;
+	case TBLK_REQ_WRITE:
+		if (req->flags & TBLK_REQ_FUA) {
+			if (!(s->info.flags & TBLK_NBD_FLAG_SEND_FUA))
+				return -EAGAIN;
+			flags = TBLK_NBD_CMD_FLAG_FUA;
+		}
+		type = TBLK_NBD_CMD_WRITE;
+		break;
+	case TBLK_REQ_FLUSH:
+		if ((node->flags & TBLK_OPEN_NO_FLUSH) || !(s->info.flags & TBLK_NBD_FLAG_SEND_FLUSH))
+			return -EAGAIN;
+		type = TBLK_NBD_CMD_FLUSH;
+		break;
+	default:
+		return -EAGAIN;
+	}
+	if (type != TBLK_NBD_CMD_FLUSH &&
+	    (!req->bytes || req->bytes > node->limits.max_transfer ||
+	     ((offset | req->bytes) & (align - 1))))
+		return -EAGAIN;
+	f->cmd = (struct tblk_nbd_cmd){
+		.type = type, .flags = flags,
+		.offset = type == TBLK_NBD_CMD_FLUSH ? 0 : offset,
+		.len = type == TBLK_NBD_CMD_FLUSH ? 0 : (uint32_t)req->bytes,
+		.iov = req->iov, .iovcnt = req->iovcnt,
+	};
+	f->slot = (struct tblk_nbd_slot){ .cmd = &f->cmd, .complete = nbd_fast_complete };
+	f->nl = nbd_loop_get(req->work.loop);
+	return tblk__nbd_conn_submit(s->conn, &f->slot);
+}
+
 static int64_t nbd_getlength(struct tblk_node *node)
 {
 	struct nbd_state *s = node->opaque;
@@ -401,4 +532,5 @@ const struct tblk_driver tblk__drv_nbd = {
 	.pwrite_zeroes = nbd_pwrite_zeroes,
 	.block_status = nbd_block_status,
 	.getlength = nbd_getlength,
+	.submit_fast = nbd_submit_fast,
 };

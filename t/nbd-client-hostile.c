@@ -31,6 +31,8 @@ enum hs {			/* handshake */
 	HS_NO_GO,		/* ERR_UNSUP to OPT_GO: the client falls back to EXPORT_NAME */
 	HS_OLDSTYLE,
 	HS_UNKNOWN_EXPORT,
+	HS_ENDLESS_INFO,	/* OPT_GO answered by info replies that never end */
+	HS_BAD_BLOCK_SIZE,
 };
 
 enum tx {			/* how the first READ is answered */
@@ -195,6 +197,19 @@ static int handshake(struct fake *f, int fd)
 			if (f->hs == HS_UNKNOWN_EXPORT) {
 				opt_reply(fd, opt, TBLK_NBD_REP_ERR_UNKNOWN, "no such export", 14);
 				return -1;
+			}
+			if (f->hs == HS_ENDLESS_INFO) {
+				put16(b, TBLK_NBD_INFO_NAME);
+				while (opt_reply(fd, opt, TBLK_NBD_REP_INFO, b, 2) == 0)
+					;
+				return -1;
+			}
+			if (f->hs == HS_BAD_BLOCK_SIZE) {
+				put16(b, TBLK_NBD_INFO_BLOCK_SIZE);
+				put32(b + 2, 3);	/* not a power of 2 */
+				put32(b + 6, 4096);
+				put32(b + 10, 1 << 20);
+				opt_reply(fd, opt, TBLK_NBD_REP_INFO, b, 14);
 			}
 			put16(b, TBLK_NBD_INFO_EXPORT);
 			put64(b + 2, DISK_SIZE);
@@ -679,6 +694,122 @@ static void test_concurrency(void)
 	free(f.disk);
 }
 
+/* ---------------------------------------------------------------- asynchronous requests */
+
+#define NR_ASYNC	64
+#define ASYNC_LEN	8192
+
+struct async_op {
+	int ret;
+	bool done;
+};
+
+static void async_cb(void *opaque, int ret)
+{
+	struct async_op *op = opaque;
+
+	op->ret = ret;
+	op->done = true;
+}
+
+/* Runs @loop until every op of @ops is done; counts those that failed with other than @want. */
+static int async_wait(struct tblk_loop *loop, struct async_op *ops, int n, int want)
+{
+	int bad = 0;
+
+	for (int i = 0; i < n; i++) {
+		while (!ops[i].done)
+			tblk_loop_iterate(loop, true);
+		bad += ops[i].ret != want;
+		ops[i].done = false;
+	}
+	return bad;
+}
+
+/* The fast path: requests sent from the loop thread, completed through its bottom half. */
+static void test_async(void)
+{
+	static uint8_t bufs[NR_ASYNC][ASYNC_LEN], rbuf[NR_ASYNC][ASYNC_LEN];
+	struct iovec wiov[NR_ASYNC], riov[NR_ASYNC];
+	struct async_op ops[NR_ASYNC];
+	struct tblk_loop *loop = tblk_loop_new(NULL);
+	GHashTable *opts = tblk_opts_new();
+	struct tblk_blk *blk = NULL;
+	struct fake f;
+	char *s;
+	int bad = 0;
+
+	fake_start(&f, HS_OK, TX_GOOD);
+	s = g_strdup_printf("driver=nbd,server.type=unix,server.path=%s", f.path);
+	tblk_opts_parse(opts, s, NULL, NULL);
+	if (tblk_blk_open(&blk, NULL, opts, TBLK_OPEN_RDWR, loop, NULL) < 0) {
+		ok(0, "async: open");
+		goto out;
+	}
+	memset(ops, 0, sizeof(ops));
+	for (int i = 0; i < NR_ASYNC; i++) {
+		memset(bufs[i], i + 1, ASYNC_LEN);
+		wiov[i] = (struct iovec){ bufs[i], ASYNC_LEN };
+		tblk_blk_pwritev(blk, (uint64_t)i * ASYNC_LEN * 2, &wiov[i], 1,
+				 i % 2 ? TBLK_REQ_FUA : 0, async_cb, &ops[i]);
+	}
+	is_int(async_wait(loop, ops, NR_ASYNC, 0), 0, "async: %d writes in flight", NR_ASYNC);
+	for (int i = 0; i < NR_ASYNC; i++) {
+		riov[i] = (struct iovec){ rbuf[i], ASYNC_LEN };
+		tblk_blk_preadv(blk, (uint64_t)i * ASYNC_LEN * 2, &riov[i], 1, 0, async_cb,
+				&ops[i]);
+	}
+	is_int(async_wait(loop, ops, NR_ASYNC, 0), 0, "async: %d reads in flight", NR_ASYNC);
+	for (int i = 0; i < NR_ASYNC; i++)
+		bad += memcmp(rbuf[i], bufs[i], ASYNC_LEN) != 0;
+	is_int(bad, 0, "async: reads return what the writes wrote");
+	tblk_blk_aio_flush(blk, async_cb, &ops[0]);
+	is_int(async_wait(loop, ops, 1, 0), 0, "async: flush");
+	tblk_blk_close(blk);
+out:
+	fake_stop(&f);
+	free(f.disk);
+	g_free(s);
+	g_hash_table_unref(opts);
+	tblk_loop_free(loop);
+}
+
+/* The server hangs up while asynchronous reads wait: every callback gets -EIO. */
+static void test_async_hangup(void)
+{
+	static uint8_t rbuf[8][4096];
+	struct iovec riov[8];
+	struct async_op ops[8];
+	struct tblk_loop *loop = tblk_loop_new(NULL);
+	GHashTable *opts = tblk_opts_new();
+	struct tblk_blk *blk = NULL;
+	struct fake f;
+	char *s;
+
+	fake_start(&f, HS_OK, TX_HANG_UP);
+	s = g_strdup_printf("driver=nbd,server.type=unix,server.path=%s", f.path);
+	tblk_opts_parse(opts, s, NULL, NULL);
+	if (tblk_blk_open(&blk, NULL, opts, 0, loop, NULL) < 0) {
+		ok(0, "async hang-up: open");
+		goto out;
+	}
+	memset(ops, 0, sizeof(ops));
+	for (int i = 0; i < 8; i++) {
+		riov[i] = (struct iovec){ rbuf[i], 4096 };
+		tblk_blk_preadv(blk, (uint64_t)i * 4096, &riov[i], 1, 0, async_cb, &ops[i]);
+	}
+	is_int(async_wait(loop, ops, 8, -EIO), 0, "async hang-up: 8 reads in flight fail with EIO");
+	tblk_blk_preadv(blk, 0, &riov[0], 1, 0, async_cb, &ops[0]);
+	is_int(async_wait(loop, ops, 1, -EIO), 0, "async hang-up: a later read fails at once");
+	tblk_blk_close(blk);
+out:
+	fake_stop(&f);
+	free(f.disk);
+	g_free(s);
+	g_hash_table_unref(opts);
+	tblk_loop_free(loop);
+}
+
 int main(void)
 {
 	alarm(120);	/* a hang is a failure, not a stuck CI */
@@ -708,10 +839,14 @@ int main(void)
 	open_case("handshake cut", HS_CLOSE_EARLY, "closed the connection");
 	open_case("huge option reply", HS_HUGE_OPTION_REPLY, "too long");
 	open_case("unknown export", HS_UNKNOWN_EXPORT, "Requested export not available");
+	open_case("endless info replies", HS_ENDLESS_INFO, "too many replies");
+	open_case("invalid block sizes", HS_BAD_BLOCK_SIZE, "invalid block sizes");
 	compat_case("simple replies only", HS_NOT_STRUCTURED);
 	compat_case("no OPT_GO", HS_NO_GO);
 	compat_case("oldstyle", HS_OLDSTYLE);
 	test_concurrency();
+	test_async();
+	test_async_hangup();
 	rmdir(dir);
 	return tap_done();
 }
