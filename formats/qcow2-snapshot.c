@@ -227,36 +227,37 @@ static int walk_entry(struct qcow2_state *s, uint64_t entry, int addend, GArray 
 	return ret;
 }
 
-/* The entries of the L2 table at @l2_off, with their refcounts changed by @addend. */
+/*
+ * The entries of the L2 table at @l2_off, with their refcounts changed by @addend. After a
+ * failure the entries walked so far keep their new flags, as in qemu.
+ */
 static int walk_l2(struct qcow2_state *s, uint64_t l2_off, int addend, GArray *discards,
 		   uint8_t *buf)
 {
 	bool modified = false;
 	void *t;
-	int ret = qcow2_cache_get(s->l2_cache, l2_off, false, &t);
+	int ret = qcow2_cache_get(s->l2_cache, l2_off, false, &t), err = 0;
 
 	if (ret < 0)
 		return ret;
 	memcpy(buf, t, s->cluster_size);
-	for (uint32_t j = 0; j < s->l2_size; j++) {
+	for (uint32_t j = 0; j < s->l2_size && !err; j++) {
 		uint64_t e = qcow2_l2_get(s, buf, j), ne = e;
 
-		ret = walk_entry(s, e, addend, discards, &ne);
-		if (ret < 0)
-			return ret;
-		if (ne != e) {
+		err = walk_entry(s, e, addend, discards, &ne);
+		if (!err && ne != e) {
 			qcow2_l2_set(s, buf, j, ne, qcow2_l2_get_bitmap(s, buf, j));
 			modified = true;
 		}
 	}
 	if (!modified)
-		return 0;
+		return err;
 	ret = qcow2_cache_get(s->l2_cache, l2_off, false, &t);
 	if (ret < 0)
 		return ret;
 	memcpy(t, buf, s->cluster_size);
 	qcow2_cache_mark_dirty(s->l2_cache, t);
-	return 0;
+	return err;
 }
 
 /*
