@@ -204,6 +204,19 @@ def qemu_made():
            " ".join(args), "qemu: %r\ntblk: %r identical=%s" % (a, b, same))
         rc, out, err = run(["qemu-img", "check", tc])
         ok(rc == 0, "qemu-made image: check after snapshot %s" % " ".join(args), out + err)
+    # a backing chain with snapshots in both images
+    cb = os.path.join(TMP, "chain-base.qcow2")
+    ct = os.path.join(TMP, "chain-top.qcow2")
+    run(["qemu-img", "create", "-q", "-f", "qcow2", cb, "1M"])
+    run(["qemu-img", "snapshot", "-c", "in base", cb])
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", cb, "-F", "qcow2", ct])
+    run(["qemu-img", "snapshot", "-c", "in top", ct])
+    run(["qemu-img", "snapshot", "-c", "again", ct])
+    for args in (["info", "--backing-chain"], ["info", "--backing-chain", "--output=json"]):
+        a = run(["qemu-img"] + args + [ct])
+        b = run([TIMG] + args + [ct])
+        ok(a == b, "backing chain with snapshots: %s" % " ".join(args),
+           "qemu: %r\ntblk: %r" % (a, b))
     # tblk reads the snapshot's data after applying it
     tc = os.path.join(TMP, "qm-t.qcow2")
     shutil.copy(q, tc)
