@@ -685,3 +685,43 @@ int tblk__qcow2_snapshot_delete(struct tblk_node *node, const char *id, const ch
 	qcow2_unlock(s);
 	return ret;
 }
+
+int tblk__qcow2_snapshot_load_tmp(struct tblk_node *node, const char *id, const char *name,
+				  GError **errp)
+{
+	struct qcow2_state *s = node->opaque;
+	g_autofree uint64_t *l1 = NULL;
+	struct qcow2_snapshot sn;
+	int idx, ret;
+
+	qcow2_lock(s);
+	idx = find_snapshot(s, id, name);
+	if (idx < 0) {
+		ret = tblk_error_set(errp, ENOENT, "Can't find snapshot");
+		goto out_unlock;
+	}
+	sn = s->snapshots[idx];
+	ret = check_snapshot_l1(s, &sn, errp);
+	if (ret < 0)
+		goto out_unlock;
+	l1 = g_try_new0(uint64_t, TBLK_MAX(sn.l1_size, 1u));
+	if (!l1) {
+		ret = tblk_error_set(errp, ENOMEM, "Could not allocate the snapshot's L1 table");
+		goto out_unlock;
+	}
+	ret = tblk_node_pread(s->node->file, sn.l1_offset, l1, (uint64_t)sn.l1_size * 8);
+	if (ret < 0) {
+		tblk_error_set_errno(errp, -ret, "Could not read the snapshot's L1 table");
+		goto out_unlock;
+	}
+	for (uint32_t i = 0; i < sn.l1_size; i++)
+		l1[i] = be64toh(l1[i]);
+	/* Read-only from here on: the image reads as the snapshot until it is closed. */
+	g_free(s->l1);
+	s->l1 = g_steal_pointer(&l1);
+	s->l1_size = sn.l1_size;
+	s->l1_offset = sn.l1_offset;
+out_unlock:
+	qcow2_unlock(s);
+	return ret;
+}
