@@ -28,6 +28,7 @@ import platform
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -80,6 +81,13 @@ CASES = [
     dict(name="raw-seq64k-d32", kind="raw", aio="native", depth=32,
          bs=65536, pattern="seq", fio_engine="libaio", count=40_000,
          targets=[]),
+    # qcow2 (64 KiB clusters, fully allocated, converted from the raw image):
+    # tblk-img and qemu-img on the qcow2, and tblk-img on the raw image it
+    # was made from ("tblk-raw"), all in the same rounds.
+    dict(name="qcow2-native-d32", kind="qcow2", aio="native", depth=32,
+         bs=4096, pattern="rand", count=200_000,
+         targets=[("iops", "tblk-raw", ">=", 0.97),
+                  ("cpu", "qemu-img", "<=", 0.8)]),
 ]
 
 QUICK_DIVISOR = 20
@@ -200,15 +208,34 @@ def case_step(case, size):
     return case["bs"]
 
 
-def img_args(case, count, image, size):
+def img_args(case, count, image, size, fmt=None):
     args = ["bench", "-c", str(count), "-d", str(case["depth"]),
             "-s", str(case["bs"])]
     if case["kind"] == "null":
         args += ["--image-opts", "driver=null-co,size=%d" % size]
     else:
-        args += ["-S", str(case_step(case, size)), "-f", "raw", "-t", "none",
+        fmt = fmt or case["kind"]
+        if fmt == "qcow2":
+            image += ".qcow2"
+        args += ["-S", str(case_step(case, size)), "-f", fmt, "-t", "none",
                  "-i", case["aio"], image]
     return args
+
+
+def prepare_qcow2(raw, qemu, verbose):
+    """Create (or reuse) RAW.qcow2: RAW converted by qemu-img, 64k clusters."""
+    path = raw + ".qcow2"
+    try:
+        if os.stat(path).st_mtime >= os.stat(raw).st_mtime:
+            if verbose:
+                sys.stderr.write("reusing %s\n" % path)
+            return path
+    except FileNotFoundError:
+        pass
+    sys.stderr.write("converting %s to qcow2...\n" % raw)
+    subprocess.check_call([qemu, "convert", "-f", "raw", "-O", "qcow2", "-o",
+                           "cluster_size=65536", raw, path])
+    return path
 
 
 def fio_args(case, count, image, size, extra):
@@ -228,6 +255,8 @@ def run_one(prog, case, count, image, size, fio_extra, verbose):
     raises RuntimeError."""
     if prog.kind == "img":
         argv = [prog.path] + img_args(case, count, image, size)
+    elif prog.kind == "img-raw":
+        argv = [prog.path] + img_args(case, count, image, size, "raw")
     else:
         argv = [prog.path] + fio_args(case, count, image, size, fio_extra)
     if verbose:
@@ -236,7 +265,7 @@ def run_one(prog, case, count, image, size, fio_extra, verbose):
     if rc != 0:
         raise RuntimeError("%s exited with %d: %s" %
                            (prog.label, rc, (err or out).strip()[-500:]))
-    if prog.kind == "img":
+    if prog.kind in ("img", "img-raw"):
         m = RUN_RE.search(out)
         s = SEND_RE.search(out)
         if not m:
@@ -438,7 +467,7 @@ def main():
     # image
     image = None
     made_image = False
-    need_raw = any(c["kind"] == "raw" for c in cases)
+    need_raw = any(c["kind"] in ("raw", "qcow2") for c in cases)
     if need_raw:
         if a.image:
             image = os.path.abspath(a.image)
@@ -452,6 +481,10 @@ def main():
             made_image = prepare_image(image, size, a.verbose) or \
                 os.path.exists(image)
 
+    qcow2_image = None
+    if image and any(c["kind"] == "qcow2" for c in cases):
+        qcow2_image = prepare_qcow2(image, qemu, a.verbose)
+
     env = environment(tblk, qemu, fio, size, repeat, warmup, a, selfcheck)
     sys.stderr.write(env["summary"] + "\n")
 
@@ -463,6 +496,8 @@ def main():
             progs = list(progs_img)
             if case["kind"] == "raw" and prog_fio:
                 progs.append(prog_fio)
+            if case["kind"] == "qcow2":
+                progs.append(Program("tblk-raw", tblk, "img-raw"))
             res = dict(case=case, count=count,
                        runs={p.label: [] for p in progs}, error=None,
                        step=case_step(case, size),
@@ -471,6 +506,10 @@ def main():
                 if p.kind == "img":
                     res["cmds"][p.label] = " ".join(
                         [p.label] + img_args(case, count, "IMG", size))
+                elif p.kind == "img-raw":
+                    res["cmds"][p.label] = " ".join(
+                        ["tblk-img"] + img_args(case, count, "IMG", size,
+                                                "raw"))
                 else:
                     res["cmds"][p.label] = " ".join(
                         ["fio"] + fio_args(case, count, "IMG", size,
@@ -522,10 +561,12 @@ def main():
         sys.stderr.write("interrupted; reporting what was measured\n")
     finally:
         if image and made_image and not a.image and not a.keep_image:
-            try:
-                os.unlink(image)
-            except OSError:
-                pass
+            for f in (image, qcow2_image):
+                try:
+                    if f:
+                        os.unlink(f)
+                except OSError:
+                    pass
     elapsed = time.monotonic() - t_start
 
     summaries = [summarise(r) for r in results]
@@ -553,6 +594,10 @@ def main():
 def describe(c):
     if c["kind"] == "null":
         s = "null-co, %s reads, depth %d" % (fmt_size(c["bs"]), c["depth"])
+    elif c["kind"] == "qcow2":
+        s = ("qcow2 (64k clusters, allocated) O_DIRECT, %s random reads, "
+             "-i %s, depth %d; tblk-raw: tblk-img on the raw source" % (
+                 fmt_size(c["bs"]), c["aio"], c["depth"]))
     else:
         s = "raw O_DIRECT, %s %s reads, -i %s, depth %d; fio %s" % (
             fmt_size(c["bs"]),
@@ -632,7 +677,7 @@ def summarise(res):
                                iops=(med(iops), min(iops), max(iops)),
                                cpu=(med(cpu), min(cpu), max(cpu))))
     base = runs.get("tblk-img", [])
-    for ref in ("qemu-img", "fio"):
+    for ref in ("qemu-img", "fio", "tblk-raw"):
         other = runs.get(ref, [])
         n = min(len(base), len(other))
         if n == 0:

@@ -6,7 +6,8 @@
  * L2 table that points at clusters they count.
  *
  * Threading: every function runs under the image lock (qcow2_state.meta), which may be held
- * across the metadata I/O done here.
+ * across the metadata I/O done here; qcow2_cache_peek() may also run under qcow2_state.mu
+ * alone while nobody holds the image lock (the fast path), which excludes every other user.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -61,7 +62,7 @@ static int write_dependencies(struct qcow2_cache *c)
 	struct qcow2_state *s = c->s;
 	int ret;
 
-	if (!c->is_l2)
+	if (c != s->l2_cache)	/* is_l2 is never set */
 		return 0;
 	ret = qcow2_cache_write(s->rc_cache);
 	if (ret < 0)
@@ -84,6 +85,8 @@ static int entry_write(struct qcow2_cache *c, struct cache_entry *e)
 	ret = write_dependencies(c);
 	if (ret < 0)
 		return ret;
+	tblk_node_debug_event(c->s->node->file, c == c->s->l2_cache ? TBLK_DBG_L2_UPDATE :
+			      TBLK_DBG_REFBLOCK_UPDATE_PART);
 	ret = tblk_node_pwrite(c->s->node->file, e->offset, e->table, c->s->cluster_size, 0);
 	if (ret < 0)
 		return ret;
@@ -114,6 +117,17 @@ static void entry_forget(struct qcow2_cache *c, struct cache_entry *e)
 		g_hash_table_remove(c->index, &e->offset);
 	e->offset = 0;
 	e->dirty = false;
+}
+
+int qcow2_cache_peek(struct qcow2_cache *c, uint64_t offset, void **table)
+{
+	struct cache_entry *e = lookup(c, offset);
+
+	if (!e)
+		return -ENOENT;
+	e->lru = ++c->clock;
+	*table = e->table;
+	return 0;
 }
 
 int qcow2_cache_get(struct qcow2_cache *c, uint64_t offset, bool fresh, void **table)

@@ -164,7 +164,10 @@ int qcow2_get_mapping(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
 int qcow2_write_l1_entry(struct qcow2_state *s, uint32_t index)
 {
 	uint64_t be = htobe64(s->l1[index]);
-	int ret = tblk_node_pwrite(s->node->file, s->l1_offset + (uint64_t)index * 8, &be, 8, 0);
+	int ret;
+
+	tblk_node_debug_event(s->node->file, TBLK_DBG_L1_UPDATE);
+	ret = tblk_node_pwrite(s->node->file, s->l1_offset + (uint64_t)index * 8, &be, 8, 0);
 
 	if (ret >= 0)
 		ret = tblk_node_flush(s->node->file);
@@ -206,6 +209,7 @@ int qcow2_get_l2_for_write(struct qcow2_state *s, uint64_t offset, void **table,
 		if (ret < 0)
 			return ret;
 		/* src may have been evicted by the get above: read it again. */
+		tblk_node_debug_event(s->node->file, TBLK_DBG_L2_ALLOC_COW_READ);
 		ret = tblk_node_pread(s->node->file, old_off, t, s->cluster_size);
 		if (ret < 0)
 			return ret;
@@ -215,6 +219,7 @@ int qcow2_get_l2_for_write(struct qcow2_state *s, uint64_t offset, void **table,
 		if (ret < 0)
 			return ret;
 	}
+	tblk_node_debug_event(s->node->file, TBLK_DBG_L2_ALLOC_WRITE);
 	/* The table is on disk before the L1 entry that points at it. */
 	ret = qcow2_cache_write(s->l2_cache);
 	if (ret >= 0)
@@ -224,8 +229,11 @@ int qcow2_get_l2_for_write(struct qcow2_state *s, uint64_t offset, void **table,
 	s->meta_dirty = false;
 	s->l1[l1i] = (uint64_t)new | QCOW2_OFLAG_COPIED;
 	ret = qcow2_write_l1_entry(s, (uint32_t)l1i);
-	if (ret < 0)
+	if (ret < 0) {
+		/* The disk may still point at the old table: so must we (the new one leaks). */
+		s->l1[l1i] = old;
 		return ret;
+	}
 	if (old_off) {
 		ret = qcow2_free_clusters(s, old_off, s->cluster_size, QCOW2_DISCARD_OTHER);
 		if (ret < 0)
@@ -239,6 +247,7 @@ int qcow2_grow_l1(struct qcow2_state *s, uint64_t min_size, bool exact)
 	uint64_t new_size = exact ? min_size : TBLK_MAX((uint64_t)s->l1_size, 1);
 	uint64_t old_off = s->l1_offset, old_bytes = (uint64_t)s->l1_size * 8;
 	g_autofree uint64_t *table = NULL;
+	uint64_t *old_l1;
 	int64_t off;
 	int ret;
 
@@ -251,9 +260,11 @@ int qcow2_grow_l1(struct qcow2_state *s, uint64_t min_size, bool exact)
 	table = g_new0(uint64_t, new_size);
 	for (uint32_t i = 0; i < s->l1_size; i++)
 		table[i] = htobe64(s->l1[i]);
+	tblk_node_debug_event(s->node->file, TBLK_DBG_L1_GROW_ALLOC_TABLE);
 	off = qcow2_alloc_clusters(s, new_size * 8);
 	if (off < 0)
 		return (int)off;
+	tblk_node_debug_event(s->node->file, TBLK_DBG_L1_GROW_WRITE_TABLE);
 	ret = qcow2_cache_write(s->rc_cache);
 	if (ret >= 0)
 		ret = tblk_node_pwrite(s->node->file, (uint64_t)off, table, new_size * 8, 0);
@@ -263,13 +274,22 @@ int qcow2_grow_l1(struct qcow2_state *s, uint64_t min_size, bool exact)
 		return ret;
 	for (uint64_t i = 0; i < new_size; i++)
 		table[i] = be64toh(table[i]);
-	g_free(s->l1);
+	old_l1 = s->l1;
 	s->l1 = g_steal_pointer(&table);
 	s->l1_size = (uint32_t)new_size;
 	s->l1_offset = (uint64_t)off;
+	tblk_node_debug_event(s->node->file, TBLK_DBG_L1_GROW_ACTIVATE_TABLE);
 	ret = qcow2_header_write(s);
-	if (ret >= 0)
-		ret = tblk_node_flush(s->node->file);
+	if (ret < 0) {
+		/* The header still names the old table: so must we. The new one leaks. */
+		g_free(s->l1);
+		s->l1 = old_l1;
+		s->l1_size = (uint32_t)(old_bytes / 8);
+		s->l1_offset = old_off;
+		return ret;
+	}
+	g_free(old_l1);
+	ret = tblk_node_flush(s->node->file);
 	if (ret < 0)
 		return ret;
 	s->meta_dirty = false;

@@ -110,8 +110,11 @@ struct qcow2_alloc {
 struct qcow2_state {
 	/* The image lock (see the file comment). Lock order: meta before node locks; mu is a leaf. */
 	struct tblk_mutex mu;
-	struct tblk_cond cv;		/* [mu] meta released, or an allocation finished */
+	struct tblk_cond cv;		/* [mu] the image lock released: allocations may have ended */
+	struct tblk_cond lock_cv;	/* [mu] the image lock released: one waiter may take it */
 	bool meta_held;			/* [mu] */
+	unsigned int nr_lock_waiters;	/* [mu] sleeping on lock_cv */
+	unsigned int nr_alloc_waiters;	/* [mu] sleeping on cv */
 
 	/* Geometry. [const] after open. */
 	unsigned int cluster_bits;
@@ -225,6 +228,8 @@ void qcow2_cache_free(struct qcow2_cache *c);
 /* The table at host @offset (one cluster), loaded if needed; stays valid until the next
  * cache call. With @fresh, the table is zero-filled instead of read. */
 int qcow2_cache_get(struct qcow2_cache *c, uint64_t offset, bool fresh, void **table);
+/* The table at host @offset if it is cached (-ENOENT if not): never does I/O. */
+int qcow2_cache_peek(struct qcow2_cache *c, uint64_t offset, void **table);
 void qcow2_cache_mark_dirty(struct qcow2_cache *c, void *table);
 /* Writes dirty tables. */
 int qcow2_cache_write(struct qcow2_cache *c);
@@ -294,6 +299,9 @@ int tblk__qcow2_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t 
 			      unsigned int flags);
 int tblk__qcow2_block_status(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 			     uint64_t *pnum, uint64_t *map);
+
+/* ------------------------------------------------ fast path (qcow2-fast.c) */
+int tblk__qcow2_submit_fast(struct tblk_node *node, struct tblk_req *req, uint64_t offset);
 
 /* ------------------------------------------------ check (qcow2-check.c) */
 int qcow2_check(struct qcow2_state *s, struct tblk_check_result *res, int fix);

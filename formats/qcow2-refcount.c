@@ -69,6 +69,7 @@ int qcow2_refcount_load_table(struct qcow2_state *s, GError **errp)
 	s->reftable = g_try_malloc(bytes);
 	if (!s->reftable)
 		return tblk_error_set(errp, ENOMEM, "Could not allocate refcount table");
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFTABLE_LOAD);
 	ret = tblk_node_pread(s->node->file, s->reftable_offset, s->reftable, bytes);
 	if (ret < 0)
 		return tblk_error_set_errno(errp, -ret, "Could not read refcount table");
@@ -90,6 +91,7 @@ static int get_block(struct qcow2_state *s, uint64_t cluster_index, void **block
 		return 0;
 	if (off & (s->cluster_size - 1))
 		return qcow2_signal_corruption(s, "Refblock offset not aligned", off);
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_LOAD);
 	return qcow2_cache_get(s->rc_cache, off, false, block);
 }
 
@@ -130,7 +132,10 @@ static int64_t alloc_noref(struct qcow2_state *s, uint64_t n)
 static int write_reftable_entry(struct qcow2_state *s, uint64_t index)
 {
 	uint64_t be = htobe64(s->reftable[index]);
-	int ret = tblk_node_pwrite(s->node->file, s->reftable_offset + index * 8, &be, 8, 0);
+	int ret;
+
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC_HOOKUP);
+	ret = tblk_node_pwrite(s->node->file, s->reftable_offset + index * 8, &be, 8, 0);
 
 	if (ret >= 0)
 		ret = tblk_node_flush(s->node->file);
@@ -152,6 +157,7 @@ static int alloc_refcount_block(struct qcow2_state *s, uint64_t cluster_index)
 	void *block;
 	int ret;
 
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC);
 	if (ti < s->reftable_size && (s->reftable[ti] & ~QCOW2_REFT_RESERVED))
 		return 0;
 	nb = alloc_noref(s, 1);
@@ -174,6 +180,7 @@ static int alloc_refcount_block(struct qcow2_state *s, uint64_t cluster_index)
 		if (ret < 0)
 			return ret;
 	}
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC_WRITE);
 	ret = qcow2_cache_write(s->rc_cache);
 	if (ret >= 0)
 		ret = tblk_node_flush(s->node->file);
@@ -182,6 +189,8 @@ static int alloc_refcount_block(struct qcow2_state *s, uint64_t cluster_index)
 	if (ti < s->reftable_size) {
 		s->reftable[ti] = (uint64_t)nb;
 		ret = write_reftable_entry(s, ti);
+		if (ret < 0)
+			s->reftable[ti] = 0;	/* as the disk may say; the block leaks */
 		return ret < 0 ? ret : -EAGAIN;
 	}
 	ret = grow_reftable(s, cluster_index, (uint64_t)nb);
@@ -202,7 +211,7 @@ static int grow_reftable(struct qcow2_state *s, uint64_t cluster_index, uint64_t
 	uint64_t table_clusters, area_blocks, old_off = s->reftable_offset;
 	uint64_t old_bytes = (uint64_t)s->reftable_clusters << s->cluster_bits;
 	g_autofree uint64_t *table = NULL;
-	uint64_t table_off, ti;
+	uint64_t table_off, ti, old_size, *old_table;
 	int ret;
 
 	/* Size the table and the blocks that describe the area holding them. */
@@ -215,6 +224,7 @@ static int grow_reftable(struct qcow2_state *s, uint64_t cluster_index, uint64_t
 	}
 	if (new_size * 8 > QCOW2_MAX_REFTABLE_BYTES)
 		return -EFBIG;
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFTABLE_GROW);
 	table = g_new0(uint64_t, table_clusters << s->cluster_bits >> 3);
 	memcpy(table, s->reftable, s->reftable_size * 8);
 	table[cluster_index >> s->rc_block_bits] = new_block;
@@ -236,11 +246,13 @@ static int grow_reftable(struct qcow2_state *s, uint64_t cluster_index, uint64_t
 				rc_set(s, block, c, 1);
 		}
 	}
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC_WRITE_BLOCKS);
 	ret = qcow2_cache_write(s->rc_cache);
 	if (ret < 0)
 		return ret;
 	for (uint64_t i = 0; i < table_clusters << s->cluster_bits >> 3; i++)
 		table[i] = htobe64(table[i]);
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC_WRITE_TABLE);
 	ret = tblk_node_pwrite(s->node->file, table_off, table, table_clusters << s->cluster_bits,
 			       0);
 	if (ret >= 0)
@@ -249,14 +261,25 @@ static int grow_reftable(struct qcow2_state *s, uint64_t cluster_index, uint64_t
 		return ret;
 	for (uint64_t i = 0; i < table_clusters << s->cluster_bits >> 3; i++)
 		table[i] = be64toh(table[i]);
-	g_free(s->reftable);
+	old_table = s->reftable;
+	old_size = s->reftable_size;
 	s->reftable = g_steal_pointer(&table);
 	s->reftable_size = table_clusters << s->cluster_bits >> 3;
 	s->reftable_offset = table_off;
 	s->reftable_clusters = (uint32_t)table_clusters;
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC_SWITCH_TABLE);
 	ret = qcow2_header_write(s);
-	if (ret >= 0)
-		ret = tblk_node_flush(s->node->file);
+	if (ret < 0) {
+		/* The header still names the old table: so must we. The new one leaks. */
+		g_free(s->reftable);
+		s->reftable = old_table;
+		s->reftable_size = old_size;
+		s->reftable_offset = old_off;
+		s->reftable_clusters = (uint32_t)(old_bytes >> s->cluster_bits);
+		return ret;
+	}
+	g_free(old_table);
+	ret = tblk_node_flush(s->node->file);
 	if (ret < 0)
 		return ret;
 	return qcow2_free_clusters(s, old_off, old_bytes, QCOW2_DISCARD_OTHER);
@@ -328,6 +351,7 @@ int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t len)
 		if (ret < 0)
 			return ret;
 	}
+	tblk_node_debug_event(s->node->file, TBLK_DBG_CLUSTER_ALLOC);
 	do {
 		off = alloc_noref(s, n);
 		if (off < 0)
@@ -372,6 +396,7 @@ int64_t qcow2_alloc_bytes(struct qcow2_state *s, uint64_t len)
 	uint64_t off = s->free_byte_offset, free_in = 0, rc;
 	int ret;
 
+	tblk_node_debug_event(s->node->file, TBLK_DBG_CLUSTER_ALLOC_BYTES);
 	if (s->nr_pending_free) {
 		ret = qcow2_flush_metadata(s);
 		if (ret < 0)
@@ -415,6 +440,7 @@ int qcow2_free_clusters(struct qcow2_state *s, uint64_t offset, uint64_t len,
 	uint64_t first = offset >> s->cluster_bits;
 	uint64_t last = (offset + len - 1) >> s->cluster_bits;
 
+	tblk_node_debug_event(s->node->file, TBLK_DBG_CLUSTER_FREE);
 	for (uint64_t c = first; c <= last; c++) {
 		if (s->nr_pending_free == s->pending_free_cap) {
 			s->pending_free_cap = TBLK_MAX(s->pending_free_cap * 2, (size_t)64);

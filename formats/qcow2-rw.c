@@ -31,6 +31,7 @@ static int read_backing(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 		n = TBLK_MIN(bytes, (uint64_t)blen - offset);
 	if (n) {
 		cnt = tblk_iov_slice(slice, iovcnt, iov, iovcnt, iov_off, n);
+		tblk_node_debug_event(node->file, TBLK_DBG_READ_BACKING_AIO);
 		ret = tblk_node_preadv(node->backing, offset, n, slice, cnt, 0);
 		if (ret < 0)
 			return ret;
@@ -47,8 +48,10 @@ static int read_compressed(struct qcow2_state *s, uint64_t entry, void *buf)
 	uint64_t sectors = ((entry >> s->csize_shift) & s->csize_mask) + 1;
 	uint64_t len = sectors * 512 - (off & 511);
 	g_autofree uint8_t *cbuf = g_malloc(len);
-	int ret = tblk_node_pread(s->node->file, off, cbuf, len);
+	int ret;
 
+	tblk_node_debug_event(s->node->file, TBLK_DBG_READ_COMPRESSED);
+	ret = tblk_node_pread(s->node->file, off, cbuf, len);
 	if (ret < 0)
 		return ret;
 	ret = tblk__qcow2_decompress(s->compression_type, buf, s->cluster_size, cbuf, len);
@@ -81,6 +84,7 @@ static int read_run(struct qcow2_state *s, const struct qcow2_map *m, uint64_t o
 	case QCOW2_NORMAL:
 		slice = g_new(struct iovec, iovcnt);
 		cnt = tblk_iov_slice(slice, iovcnt, iov, iovcnt, iov_off, n);
+		tblk_node_debug_event(s->node->file, TBLK_DBG_READ_AIO);
 		return tblk_node_preadv(s->data, m->host, n, slice, cnt, 0);
 	}
 	return -EIO;
@@ -258,17 +262,51 @@ static int plan_alloc(struct qcow2_state *s, uint64_t offset, uint64_t end, uint
 	return 0;
 }
 
-/* Writes guest data and the copy-on-write edges of the planned clusters in one request. */
+/* True if what a cluster held before, per its old L2 entry, reads as zeroes without I/O. */
+static bool cow_reads_zero(const struct qcow2_state *s, uint64_t entry)
+{
+	switch (qcow2_entry_type(s, entry)) {
+	case QCOW2_UNALLOCATED:
+		return !s->node->backing;
+	case QCOW2_ZERO_PLAIN:
+	case QCOW2_ZERO_ALLOC:
+		return true;
+	default:
+		return false;
+	}
+}
+
+/*
+ * Writes guest data and the copy-on-write edges of the planned clusters in one request. Where
+ * the edges read as zeroes, the new clusters are zeroed by the file (fallocate, no data
+ * written) and only the guest data is written: the file ends up with the same bytes and the
+ * same size, for a fraction of the I/O.
+ */
 static int write_alloc(struct qcow2_state *s, struct alloc_job *job, uint64_t offset,
 		       uint64_t n, const struct iovec *iov, int iovcnt, size_t iov_off,
 		       unsigned int flags)
 {
 	uint64_t head = offset - job->a.start, tail = job->a.end - (offset + n);
 	g_autofree struct iovec *v = g_new(struct iovec, iovcnt + 2);
-	g_autofree uint8_t *hbuf = head ? g_malloc(head) : NULL;
-	g_autofree uint8_t *tbuf = tail ? g_malloc(tail) : NULL;
+	g_autofree uint8_t *hbuf = NULL;
+	g_autofree uint8_t *tbuf = NULL;
 	int cnt = 0, ret;
 
+	if ((head || tail) && !s->ext_l2 && (!head || cow_reads_zero(s, job->old[0])) &&
+	    (!tail || cow_reads_zero(s, job->old[job->n - 1])) &&
+	    tblk_node_pwrite_zeroes(s->data, job->host, job->a.end - job->a.start,
+				    TBLK_REQ_NO_FALLBACK) >= 0) {
+		ret = tblk_iov_slice(v, iovcnt, iov, iovcnt, iov_off, n);
+		if (ret < 0)
+			return ret;
+		tblk_node_debug_event(s->node->file, TBLK_DBG_WRITE_AIO);
+		return tblk_node_pwritev(s->data, offset - job->a.start + job->host, n, v, ret,
+					 flags & TBLK_REQ_FUA);
+	}
+	hbuf = head ? g_malloc(head) : NULL;
+	tbuf = tail ? g_malloc(tail) : NULL;
+	if (head || tail)
+		tblk_node_debug_event(s->node->file, TBLK_DBG_COW_READ);
 	ret = read_old(s, job->old[0], job->a.start, head, hbuf);
 	if (ret >= 0)
 		ret = read_old(s, job->old[job->n - 1], offset + n, tail, tbuf);
@@ -282,6 +320,7 @@ static int write_alloc(struct qcow2_state *s, struct alloc_job *job, uint64_t of
 	cnt += ret;
 	if (tail)
 		v[cnt++] = (struct iovec){ tbuf, tail };
+	tblk_node_debug_event(s->node->file, TBLK_DBG_WRITE_AIO);
 	return tblk_node_pwritev(s->data, job->host, job->a.end - job->a.start, v, cnt,
 				 flags & TBLK_REQ_FUA);
 }
@@ -340,6 +379,7 @@ static int write_chunk(struct qcow2_state *s, uint64_t offset, uint64_t *pbytes,
 		n = m.bytes;
 		slice = g_new(struct iovec, iovcnt);
 		ret = tblk_iov_slice(slice, iovcnt, iov, iovcnt, iov_off, n);
+		tblk_node_debug_event(s->node->file, TBLK_DBG_WRITE_AIO);
 		if (ret >= 0)
 			ret = tblk_node_pwritev(s->data, m.host, n, slice, ret, flags & TBLK_REQ_FUA);
 		*pbytes = n;
@@ -375,6 +415,7 @@ int tblk__qcow2_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 	uint64_t done = 0, hint = 0;
 	int ret = 0;
 
+	tblk_node_debug_event(node->file, TBLK_DBG_PWRITEV);
 	if (flags & TBLK_REQ_COMPRESSED)
 		return write_compressed(s, offset, bytes, iov, iovcnt);
 	while (done < bytes) {
@@ -442,6 +483,7 @@ static int write_compressed_cluster(struct qcow2_state *s, uint64_t offset, uint
 		goto out_unlock;
 	}
 	qcow2_unlock(s);
+	tblk_node_debug_event(s->node->file, TBLK_DBG_WRITE_COMPRESSED);
 	ret = tblk_node_pwrite(s->node->file, (uint64_t)host, dst, (uint64_t)clen, 0);
 	qcow2_lock(s);
 	if (ret < 0)
@@ -451,6 +493,7 @@ static int write_compressed_cluster(struct qcow2_state *s, uint64_t offset, uint
 	ret = qcow2_get_l2_for_write(s, offset, &table, &l2i);
 	if (ret < 0)
 		goto out_unlock;
+	tblk_node_debug_event(s->node->file, TBLK_DBG_L2_UPDATE_COMPRESSED);
 	qcow2_l2_set(s, table, l2i, desc, 0);
 	qcow2_cache_mark_dirty(s->l2_cache, table);
 	s->meta_dirty = true;
@@ -656,11 +699,13 @@ static int cluster_reads_zero(struct qcow2_state *s, uint64_t offset, bool *zero
 static int zero_partial(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
 			unsigned int flags)
 {
-	uint64_t start = qcow2_start_of_cluster(s, offset);
+	uint64_t start = qcow2_start_of_cluster(s, offset), n = s->cluster_size;
 	bool zero = false;
 	int ret;
 
 	qcow2_lock(s);
+	/* An allocation in flight in this cluster decides what it reads: wait for it first. */
+	wait_dependencies(s, start, &n);
 	ret = cluster_reads_zero(s, start, &zero);
 	if (ret >= 0 && zero)
 		ret = rewrite_range(s, start, s->cluster_size, flags, zero_entry);
@@ -686,6 +731,7 @@ int tblk__qcow2_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t 
 	uint64_t tail_start = TBLK_MAX(qcow2_start_of_cluster(s, end), head_end);
 	int ret = 0;
 
+	tblk_node_debug_event(node->file, TBLK_DBG_PWRITEV_ZERO);
 	if (s->version < 3 && node->backing)
 		return -ENOTSUP;	/* written as zero data */
 	if (end == s->size)
@@ -717,9 +763,11 @@ int tblk__qcow2_flush(struct tblk_node *node)
 
 	if (node->read_only)
 		return 0;
+	tblk_node_debug_event(node->file, TBLK_DBG_FLUSH_TO_OS);
 	qcow2_lock(s);
 	ret = qcow2_flush_metadata(s);
 	qcow2_unlock(s);
+	tblk_node_debug_event(node->file, TBLK_DBG_FLUSH_TO_DISK);
 	if (ret >= 0 && s->data != node->file)
 		ret = tblk_node_flush(s->data);
 	return ret;

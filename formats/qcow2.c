@@ -14,20 +14,42 @@
 /* qemu's defaults: L2 cache covering the whole image up to 32 MiB, refcount cache a quarter. */
 #define L2_CACHE_MAX_BYTES	(32u << 20)
 
+/*
+ * The image lock hands over to one waiter at a time (lock_cv is signalled, not broadcast: a
+ * woken waiter either takes the lock or waits again behind a holder who will signal in turn),
+ * so a busy image does not wake every blocked worker at each release. Waiters for an
+ * allocation sleep on cv, woken together when the lock is released.
+ */
+static void lock_locked(struct qcow2_state *s) TBLK_REQUIRES(s->mu)
+{
+	while (s->meta_held) {
+		s->nr_lock_waiters++;
+		tblk_pool_wait(&s->lock_cv, &s->mu);
+		s->nr_lock_waiters--;
+	}
+	s->meta_held = true;
+}
+
+static void release_locked(struct qcow2_state *s) TBLK_REQUIRES(s->mu)
+{
+	s->meta_held = false;
+	if (s->nr_lock_waiters)
+		tblk_cond_signal(&s->lock_cv);
+}
+
 void qcow2_lock(struct qcow2_state *s)
 {
 	tblk_mutex_lock(&s->mu);
-	while (s->meta_held)
-		tblk_pool_wait(&s->cv, &s->mu);
-	s->meta_held = true;
+	lock_locked(s);
 	tblk_mutex_unlock(&s->mu);
 }
 
 void qcow2_unlock(struct qcow2_state *s)
 {
 	tblk_mutex_lock(&s->mu);
-	s->meta_held = false;
-	tblk_cond_broadcast(&s->cv);
+	release_locked(s);
+	if (s->nr_alloc_waiters)
+		tblk_cond_broadcast(&s->cv);
 	tblk_mutex_unlock(&s->mu);
 }
 
@@ -35,12 +57,11 @@ void qcow2_wait_alloc(struct qcow2_state *s)
 {
 	/* Allocations end under the image lock and broadcast cv when they release it. */
 	tblk_mutex_lock(&s->mu);
-	s->meta_held = false;
-	tblk_cond_broadcast(&s->cv);
+	release_locked(s);
+	s->nr_alloc_waiters++;
 	tblk_pool_wait(&s->cv, &s->mu);
-	while (s->meta_held)
-		tblk_pool_wait(&s->cv, &s->mu);
-	s->meta_held = true;
+	s->nr_alloc_waiters--;
+	lock_locked(s);
 	tblk_mutex_unlock(&s->mu);
 }
 
@@ -182,6 +203,47 @@ static int open_data_file(struct tblk_node *node, struct qcow2_state *s, GHashTa
 	return tblk__node_open(&s->data, path, dopts, flags | TBLK_OPEN_PROTOCOL, errp);
 }
 
+/* Clears the dirty bit once the refcounts are right again. */
+static int mark_clean(struct qcow2_state *s)
+{
+	int ret;
+
+	if (!(s->incompat & QCOW2_INCOMPAT_DIRTY))
+		return 0;
+	s->incompat &= ~QCOW2_INCOMPAT_DIRTY;
+	ret = qcow2_header_write(s);
+	if (ret >= 0)
+		ret = tblk_node_flush(s->node->file);
+	return ret;
+}
+
+/*
+ * The dirty bit says that refcounts may be stale (lazy refcounts, not closed cleanly): as
+ * qemu, repair them before writing, then clear the bit. A check (TBLK_OPEN_CHECK) does not
+ * come here: it shows and repairs what it finds itself.
+ */
+static int repair_dirty(struct qcow2_state *s, GError **errp)
+{
+	struct tblk_check_result res = { .messages = g_string_new(NULL) };
+	int ret;
+
+	qcow2_lock(s);
+	ret = qcow2_check(s, &res, TBLK_CHECK_FIX_LEAKS | TBLK_CHECK_FIX_ERRORS);
+	if (ret >= 0 && (res.corruptions || res.check_errors))
+		ret = -EIO;
+	if (ret < 0) {
+		qcow2_unlock(s);
+		g_string_free(res.messages, TRUE);
+		return tblk_error_set_errno(errp, -ret, "qcow2: Could not repair dirty image");
+	}
+	ret = mark_clean(s);
+	qcow2_unlock(s);
+	g_string_free(res.messages, TRUE);
+	if (ret < 0)
+		return tblk_error_set_errno(errp, -ret, "qcow2: Could not update qcow2 header");
+	return 0;
+}
+
 static void state_free(struct qcow2_state *s)
 {
 	qcow2_cache_free(s->l2_cache);
@@ -192,6 +254,7 @@ static void state_free(struct qcow2_state *s)
 	qcow2_snapshots_free(s);
 	qcow2_state_free_header(s);
 	tblk_cond_destroy(&s->cv);
+	tblk_cond_destroy(&s->lock_cv);
 	tblk_mutex_destroy(&s->mu);
 }
 
@@ -205,6 +268,7 @@ static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int fla
 
 	tblk_mutex_init(&s->mu);
 	tblk_cond_init(&s->cv);
+	tblk_cond_init(&s->lock_cv);
 	tblk_list_init(&s->allocs);
 	s->node = node;
 	s->read_only = node->read_only;
@@ -234,11 +298,6 @@ static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int fla
 	if ((s->incompat & QCOW2_INCOMPAT_CORRUPT) && !node->read_only) {
 		ret = tblk_error_set(errp, EACCES, "qcow2: Image is corrupt; cannot be opened "
 				     "read/write");
-		goto out_file;
-	}
-	if ((s->incompat & QCOW2_INCOMPAT_DIRTY) && !node->read_only) {
-		ret = tblk_error_set(errp, ENOTSUP, "qcow2: Image was not closed cleanly (lazy "
-				     "refcounts); repair it with 'check -r all' first");
 		goto out_file;
 	}
 	s->corrupt = s->incompat & QCOW2_INCOMPAT_CORRUPT;
@@ -273,6 +332,12 @@ static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int fla
 	ret = open_backing(node, s, opts, flags, errp);
 	if (ret < 0)
 		goto out_data;
+	if ((s->incompat & QCOW2_INCOMPAT_DIRTY) && !node->read_only &&
+	    !(flags & TBLK_OPEN_CHECK)) {
+		ret = repair_dirty(s, errp);
+		if (ret < 0)
+			goto out_backing;
+	}
 	node->limits.request_alignment = 512;
 	node->limits.mem_alignment = node->file->limits.mem_alignment;
 	node->limits.pdiscard_alignment = s->cluster_size;
@@ -356,6 +421,9 @@ static int qcow2_check_node(struct tblk_node *node, struct tblk_check_result *re
 
 	qcow2_lock(s);
 	ret = qcow2_check(s, res, fix);
+	/* A repair that left nothing to fix makes a dirty image clean, as qemu's. */
+	if (ret >= 0 && fix && !res->corruptions && !res->check_errors)
+		ret = mark_clean(s);
 	qcow2_unlock(s);
 	return ret;
 }
@@ -377,6 +445,7 @@ const struct tblk_driver tblk__drv_qcow2 = {
 	.cluster_size = qcow2_cluster_size,
 	.get_info = qcow2_get_info,
 	.check = qcow2_check_node,
+	.submit_fast = tblk__qcow2_submit_fast,
 	.snapshot_list = tblk__qcow2_snapshot_list,
 	.snapshot_create = tblk__qcow2_snapshot_create,
 	.snapshot_goto = tblk__qcow2_snapshot_goto,

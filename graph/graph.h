@@ -22,6 +22,62 @@ struct tblk_node;
 struct tblk_req;
 
 /*
+ * Points in a format driver's work that a fault-injection node below it (blkdebug) can
+ * act on: qemu's blkdebug event names, in qemu's order (tblk__debug_event_name()).
+ */
+enum tblk_debug_event {
+	TBLK_DBG_L1_UPDATE,
+	TBLK_DBG_L1_GROW_ALLOC_TABLE,
+	TBLK_DBG_L1_GROW_WRITE_TABLE,
+	TBLK_DBG_L1_GROW_ACTIVATE_TABLE,
+	TBLK_DBG_L2_LOAD,
+	TBLK_DBG_L2_UPDATE,
+	TBLK_DBG_L2_UPDATE_COMPRESSED,
+	TBLK_DBG_L2_ALLOC_COW_READ,
+	TBLK_DBG_L2_ALLOC_WRITE,
+	TBLK_DBG_READ_AIO,
+	TBLK_DBG_READ_BACKING_AIO,
+	TBLK_DBG_READ_COMPRESSED,
+	TBLK_DBG_WRITE_AIO,
+	TBLK_DBG_WRITE_COMPRESSED,
+	TBLK_DBG_VMSTATE_LOAD,
+	TBLK_DBG_VMSTATE_SAVE,
+	TBLK_DBG_COW_READ,
+	TBLK_DBG_COW_WRITE,
+	TBLK_DBG_REFTABLE_LOAD,
+	TBLK_DBG_REFTABLE_GROW,
+	TBLK_DBG_REFTABLE_UPDATE,
+	TBLK_DBG_REFBLOCK_LOAD,
+	TBLK_DBG_REFBLOCK_UPDATE,
+	TBLK_DBG_REFBLOCK_UPDATE_PART,
+	TBLK_DBG_REFBLOCK_ALLOC,
+	TBLK_DBG_REFBLOCK_ALLOC_HOOKUP,
+	TBLK_DBG_REFBLOCK_ALLOC_WRITE,
+	TBLK_DBG_REFBLOCK_ALLOC_WRITE_BLOCKS,
+	TBLK_DBG_REFBLOCK_ALLOC_WRITE_TABLE,
+	TBLK_DBG_REFBLOCK_ALLOC_SWITCH_TABLE,
+	TBLK_DBG_CLUSTER_ALLOC,
+	TBLK_DBG_CLUSTER_ALLOC_BYTES,
+	TBLK_DBG_CLUSTER_FREE,
+	TBLK_DBG_FLUSH_TO_OS,
+	TBLK_DBG_FLUSH_TO_DISK,
+	TBLK_DBG_PWRITEV_RMW_HEAD,
+	TBLK_DBG_PWRITEV_RMW_AFTER_HEAD,
+	TBLK_DBG_PWRITEV_RMW_TAIL,
+	TBLK_DBG_PWRITEV_RMW_AFTER_TAIL,
+	TBLK_DBG_PWRITEV,
+	TBLK_DBG_PWRITEV_ZERO,
+	TBLK_DBG_PWRITEV_DONE,
+	TBLK_DBG_EMPTY_IMAGE_PREPARE,
+	TBLK_DBG_L1_SHRINK_WRITE_TABLE,
+	TBLK_DBG_L1_SHRINK_FREE_L2_CLUSTERS,
+	TBLK_DBG_COR_WRITE,
+	TBLK_DBG_CLUSTER_ALLOC_SPACE,
+	TBLK_DBG_NONE,
+	TBLK_DBG__MAX,
+};
+
+/*
  * A driver: one const table per format or protocol. Data-path operations return >= 0 or
  * -errno; control-path ones fill *errp. Optional operations may be NULL.
  */
@@ -87,6 +143,17 @@ struct tblk_driver {
 	 * -EAGAIN if the pool must serve it. May be NULL.
 	 */
 	int (*submit_fast)(struct tblk_node *node, struct tblk_req *req, uint64_t offset);
+
+	/*
+	 * Fault injection (blkdebug), all optional. debug_event runs in the thread of the
+	 * request that raised @ev and may block it there (a breakpoint). The others are
+	 * control-path calls from any thread: 0 or -errno (-ENOENT: unknown event or tag).
+	 */
+	void (*debug_event)(struct tblk_node *node, enum tblk_debug_event ev);
+	int (*debug_breakpoint)(struct tblk_node *node, const char *event, const char *tag);
+	int (*debug_remove_breakpoint)(struct tblk_node *node, const char *tag);
+	int (*debug_resume)(struct tblk_node *node, const char *tag);
+	bool (*debug_is_suspended)(struct tblk_node *node, const char *tag);
 };
 
 /* Open-time limits and properties of a node, [const] after open. */
@@ -144,6 +211,31 @@ int tblk__node_open_child(struct tblk_node *parent, const char *name, GHashTable
 void tblk__node_close(struct tblk_node *node);
 /* The node at the bottom of the `file` chain. */
 struct tblk_node *tblk__node_protocol(struct tblk_node *node);
+
+/* ---------------------------------------------------------------- fault injection */
+
+/*
+ * Raises @ev on @child, the file child of the format raising it: the first node down its
+ * `file` chain with a debug driver (blkdebug) acts on it and may fail its next requests or
+ * hold the calling thread at a breakpoint. A cheap no-op when there is none. Call it with
+ * no driver lock held that a resumer would need. Any thread.
+ */
+void tblk__node_debug_event(struct tblk_node *child, enum tblk_debug_event ev);
+static inline void tblk_node_debug_event(struct tblk_node *child, enum tblk_debug_event ev)
+{
+	if (child && (child->drv->debug_event || child->file))
+		tblk__node_debug_event(child, ev);
+}
+/* qemu's name of @ev; and the event named @name, or -ENOENT. */
+const char *tblk__debug_event_name(enum tblk_debug_event ev);
+int tblk__debug_event_find(const char *name);
+/* Breakpoints on the first node of @node's `file` chain with a debug driver (-ENOTSUP if none). */
+int tblk__node_debug_breakpoint(struct tblk_node *node, const char *event, const char *tag);
+int tblk__node_debug_remove_breakpoint(struct tblk_node *node, const char *tag);
+int tblk__node_debug_resume(struct tblk_node *node, const char *tag);
+bool tblk__node_debug_is_suspended(struct tblk_node *node, const char *tag);
+/* Tells the notifier set with tblk_debug_set_notify() that a request stopped or goes on. */
+void tblk__debug_notify(const char *tag, bool suspended);
 
 /* ---------------------------------------------------------------- options */
 

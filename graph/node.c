@@ -14,6 +14,17 @@ extern const struct tblk_driver tblk__drv_file;
 extern const struct tblk_driver tblk__drv_host_device;
 extern const struct tblk_driver tblk__drv_null_co;
 extern const struct tblk_driver tblk__drv_null_aio;
+extern const struct tblk_driver tblk__drv_nbd;
+extern const struct tblk_driver tblk__drv_blkdebug;
+extern const struct tblk_driver tblk__drv_copy_on_read;
+extern const struct tblk_driver tblk__drv_throttle;
+
+/* Filters: opened by name only, never probed. */
+static const struct tblk_driver *const filters[] = {
+	&tblk__drv_copy_on_read,
+	&tblk__drv_throttle,
+	NULL,
+};
 
 static const struct tblk_driver *const formats[] = {
 	&tblk__drv_raw,
@@ -26,6 +37,8 @@ static const struct tblk_driver *const protocols[] = {
 	&tblk__drv_host_device,
 	&tblk__drv_null_co,
 	&tblk__drv_null_aio,
+	&tblk__drv_nbd,
+	&tblk__drv_blkdebug,
 	NULL,
 };
 
@@ -54,10 +67,16 @@ const struct tblk_driver *tblk__driver_find(const char *name)
 	for (size_t i = 0; protocols[i]; i++)
 		if (!strcmp(protocols[i]->name, name))
 			return protocols[i];
+	for (size_t i = 0; filters[i]; i++)
+		if (!strcmp(filters[i]->name, name))
+			return filters[i];
 	return NULL;
 }
 
-/* A protocol named by a "proto://..." or "proto:" prefix of the file name, if any. */
+/*
+ * A protocol named by a "proto://..." or "proto:" prefix of the file name, if any; a
+ * transport may follow the name after a '+' ("nbd+unix://").
+ */
 static const struct tblk_driver *protocol_from_filename(const char *filename)
 {
 	const char *colon = filename ? strchr(filename, ':') : NULL;
@@ -68,7 +87,8 @@ static const struct tblk_driver *protocol_from_filename(const char *filename)
 	for (size_t i = 0; protocols[i]; i++) {
 		size_t n = strlen(protocols[i]->name);
 
-		if ((size_t)(colon - filename) == n && !strncmp(filename, protocols[i]->name, n))
+		if ((size_t)(colon - filename) >= n && !strncmp(filename, protocols[i]->name, n) &&
+		    (filename[n] == ':' || filename[n] == '+'))
 			return protocols[i];
 	}
 	return NULL;
@@ -158,6 +178,11 @@ static int node_open_drv(struct tblk_node **pnode, const struct tblk_driver *drv
 	if (ret < 0) {
 		tblk__node_close(node);
 		return ret;
+	}
+	/* A protocol that names itself canonically (nbd://host:port/x) names its format too. */
+	if (node->file && node->file->filename && protocol_from_filename(node->file->filename)) {
+		g_free(node->filename);
+		node->filename = g_strdup(node->file->filename);
 	}
 	if (!node->filename && node->file)
 		node->filename = g_strdup(node->file->filename);

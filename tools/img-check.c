@@ -46,7 +46,7 @@ static void check_parse(int argc, char **argv, struct check_args *a)
 		case 'U': a->open.flags |= TBLK_OPEN_SHARE_RW; break;
 		case 'T': break;
 		case 'r':
-			a->open.flags |= TBLK_OPEN_RDWR;
+			a->open.flags |= TBLK_OPEN_RDWR | TBLK_OPEN_CHECK;
 			if (!strcmp(optarg, "leaks"))
 				a->fix = TBLK_CHECK_FIX_LEAKS;
 			else if (!strcmp(optarg, "all"))

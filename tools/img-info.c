@@ -25,6 +25,7 @@ struct image_info {
 	int64_t virtual_size;
 	int64_t actual_size;		/* < 0: unknown, left out */
 	struct tblk_format_info fi;
+	bool has_fi;			/* the driver has information (else no dirty-flag) */
 	char *full_backing;		/* backing file name resolved against the image's */
 	struct tblk_snapshot_info *sn;	/* internal snapshots, nsn of them */
 	int nsn;
@@ -133,8 +134,10 @@ static void print_json_object(GString *out, const struct image_info *ii, int ind
 		json_key(out, indent, "backing-filename");
 		tool_json_string(out, fi->backing_file);
 	}
-	g_string_append_printf(out, ",\n%*s\"dirty-flag\": %s\n%*s}", indent, "",
-			       fi->dirty ? "true" : "false", indent - 4, "");
+	if (ii->has_fi)
+		g_string_append_printf(out, ",\n%*s\"dirty-flag\": %s", indent, "",
+				       fi->dirty ? "true" : "false");
+	g_string_append_printf(out, "\n%*s}", indent - 4, "");
 }
 
 enum { OPT_OUTPUT = 256, OPT_BACKING_CHAIN, OPT_OBJECT, OPT_IMAGE_OPTS };
@@ -185,7 +188,7 @@ static int collect(struct tblk_blk *blk, const char *name, struct image_info *ii
 			   strerror((int)-ii->virtual_size));
 		return -1;
 	}
-	tblk_blk_get_format_info(blk, &ii->fi);
+	ii->has_fi = tblk_blk_get_format_info(blk, &ii->fi) == 0;
 	if (tblk_blk_snapshot_list(blk, &ii->sn, &ii->nsn) < 0) {
 		ii->sn = NULL;
 		ii->nsn = 0;

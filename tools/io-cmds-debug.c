@@ -3,11 +3,12 @@
  * io-cmds-debug.c - tblk-io's commands for test scripts: "sleep" (the loop keeps running, so
  * AIO requests complete and print meanwhile), "abort" (ends the process as a crash would:
  * buffered output is lost), "sigraise" (flushes the output first), and the blkdebug
- * breakpoint commands "break", "remove_break", "resume" and "wait_break". We have no
- * blkdebug driver, so the first three fail as qemu-io's do on an image without one, and
- * "wait_break" waits forever, as qemu-io's does, for a breakpoint that cannot be hit.
+ * breakpoint commands "break", "remove_break", "resume" and "wait_break" of a blkdebug node
+ * in the image's graph (without one they fail as qemu-io's do, and "wait_break" waits
+ * forever, as qemu-io's does, for a breakpoint that cannot be hit).
  *
- * Threading: the tool's single thread, which runs the backend's loop.
+ * Threading: the tool's single thread, which runs the backend's loop; the "blkdebug:"
+ * reports of a stopped request are printed from that request's worker thread.
  */
 #include <errno.h>
 #include <signal.h>
@@ -78,30 +79,52 @@ int io_sigraise_f(struct io_ctx *io, int argc, char **argv)
 	return 0;
 }
 
+/* Runs in the stopped request's thread; stdout's lock keeps each line whole. */
+static void debug_notify(void *opaque, const char *tag, bool suspended)
+{
+	(void)opaque;
+	printf("blkdebug: %s request '%s'\n", suspended ? "Suspended" : "Resuming", tag);
+}
+
 int io_break_f(struct io_ctx *io, int argc, char **argv)
 {
-	(void)io, (void)argc, (void)argv;
-	printf("Could not set breakpoint: %s\n", strerror(ENOTSUP));
-	return -ENOTSUP;
+	int ret;
+
+	(void)argc;
+	tblk_debug_set_notify(debug_notify, NULL);
+	ret = tblk_blk_debug_breakpoint(io->blk, argv[1], argv[2]);
+	if (ret < 0)
+		printf("Could not set breakpoint: %s\n", strerror(-ret));
+	return ret;
 }
 
 int io_remove_break_f(struct io_ctx *io, int argc, char **argv)
 {
-	(void)io, (void)argc;
-	printf("Could not remove breakpoint %s: %s\n", argv[1], strerror(ENOTSUP));
-	return -ENOTSUP;
+	int ret;
+
+	(void)argc;
+	ret = tblk_blk_debug_remove_breakpoint(io->blk, argv[1]);
+	if (ret < 0)
+		printf("Could not remove breakpoint %s: %s\n", argv[1], strerror(-ret));
+	return ret;
 }
 
 int io_resume_f(struct io_ctx *io, int argc, char **argv)
 {
-	(void)io, (void)argc, (void)argv;
-	printf("Could not resume request: %s\n", strerror(ENOTSUP));
-	return -ENOTSUP;
+	int ret;
+
+	(void)argc;
+	ret = tblk_blk_debug_resume(io->blk, argv[1]);
+	if (ret < 0)
+		printf("Could not resume request: %s\n", strerror(-ret));
+	return ret;
 }
 
+/* As qemu-io's: turns the loop until a request stops at @tag, forever if none ever does. */
 int io_wait_break_f(struct io_ctx *io, int argc, char **argv)
 {
-	(void)argc, (void)argv;
-	for (;;)
-		io_wait_until(io, UINT64_MAX);
+	(void)argc;
+	while (!tblk_blk_debug_is_suspended(io->blk, argv[1]))
+		io_wait_until(io, tool_now_ns() + 1000000);
+	return 0;
 }

@@ -110,6 +110,7 @@ void tblk__req_begin(struct tblk_req *req)
 
 	req_init_range(req);
 	req->async = false;
+	req->fast = false;
 	tblk_mutex_lock(&node->lock);
 	while (node->quiesce_counter > 0 && req_depth == 0)
 		node_wait_step_locked(node);
@@ -126,6 +127,7 @@ int tblk__req_track_async(struct tblk_req *req)
 
 	req_init_range(req);
 	req->async = true;
+	req->fast = false;
 	tblk_mutex_lock(&node->lock);
 	if (node->quiesce_counter > 0) {
 		tblk_mutex_unlock(&node->lock);
@@ -220,6 +222,7 @@ static void stats_account_locked(struct tblk_node *node, struct tblk_req *req, i
 		return;
 	}
 	st->ops[k]++;
+	st->fast_ops[k] += req->fast;
 	st->bytes[k] += req->bytes;
 	st->total_ns[k] += ns;
 	if (ns > st->max_ns[k])

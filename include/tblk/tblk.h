@@ -61,6 +61,8 @@ void tblk_iothread_free(struct tblk_iothread *iot);
 #define TBLK_OPEN_NO_PROBE	0x0040u	/* without a driver option, assume raw, never probe */
 #define TBLK_OPEN_SHARE_RW	0x0080u	/* do not take image locks (-U / force-share) */
 #define TBLK_OPEN_PROTOCOL	0x0100u	/* open the protocol node only, no format on top */
+#define TBLK_OPEN_CHECK		0x1000u	/* opened to be checked: no repair of a dirty image */
+#define TBLK_OPEN_COPY_ON_READ	0x0200u	/* copy-on-read filter on top (copy-on-read=on) */
 
 /*
  * Parses a cache mode as qemu does ("none", "writeback", "writethrough", "directsync",
@@ -92,6 +94,14 @@ int tblk_blk_open(struct tblk_blk **pblk, const char *filename, GHashTable *opti
 		  unsigned int flags, struct tblk_loop *loop, GError **errp);
 /* Drains and closes @blk; NULL ok. Not from a callback of @blk. */
 void tblk_blk_close(struct tblk_blk *blk);
+
+/*
+ * Defines the throttle group @id (--object throttle-group,id=...) with limits from @props
+ * ("x-iops-total", "limits.bps-read-max", ...; "id" and "qom-type" ignored). Backends join
+ * it with throttling.group=@id, throttle filter nodes with throttle-group=@id. The group
+ * lives until the process exits. 0 or -errno with *errp. Any thread.
+ */
+int tblk_throttle_group_new(const char *id, GHashTable *props, GError **errp);
 
 /*
  * Creates an image of @fmt ("raw" so far) and @size bytes at @filename with creation options
@@ -282,11 +292,31 @@ struct tblk_stats {
 	uint64_t bytes[TBLK_STAT_NR];
 	uint64_t total_ns[TBLK_STAT_NR];
 	uint64_t max_ns[TBLK_STAT_NR];
+	uint64_t fast_ops[TBLK_STAT_NR];	/* of ops: served by the fast path, not the pool */
 };
 void tblk_blk_get_stats(struct tblk_blk *blk, struct tblk_stats *st);
 
 /* Names of the format drivers this build has, NULL-terminated, for probing tools. */
 const char *const *tblk_format_names(void);
+
+/*
+ * Fault injection: breakpoints of the first blkdebug node below @blk's root (qemu-io's
+ * break, remove_break, resume, wait_break). A request that raises @event stops in its
+ * thread until resumed; a breakpoint is removed when it is hit. 0 or -errno: -ENOTSUP
+ * without a blkdebug node, -ENOENT for an unknown event, tag, or no stopped request.
+ * Any thread.
+ */
+int tblk_blk_debug_breakpoint(struct tblk_blk *blk, const char *event, const char *tag);
+int tblk_blk_debug_remove_breakpoint(struct tblk_blk *blk, const char *tag);
+int tblk_blk_debug_resume(struct tblk_blk *blk, const char *tag);
+bool tblk_blk_debug_is_suspended(struct tblk_blk *blk, const char *tag);
+/*
+ * Called when a request stops at a breakpoint @tag (@suspended) and when it goes on again;
+ * runs in the request's thread (a pool worker), before it waits and once it woke. Process
+ * wide; NULL turns it off.
+ */
+typedef void tblk_debug_notify_fn(void *opaque, const char *tag, bool suspended);
+void tblk_debug_set_notify(tblk_debug_notify_fn *fn, void *opaque);
 
 #ifdef __cplusplus
 }

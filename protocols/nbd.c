@@ -1,0 +1,404 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * nbd.c - the `nbd` protocol: an image served by an NBD server. File names as qemu takes
+ * them (nbd://host[:port]/export, nbd+unix:///export?socket=path, the legacy
+ * nbd:host:port[:exportname=name] and nbd:unix:path[:exportname=name]) or the options
+ * server.type=inet|unix, server.host, server.port, server.path, export.
+ *
+ * Threading: the state is [const] after open; data-path calls run concurrently in any
+ * thread and share the node's one connection (nbd-conn.c), requests in flight together.
+ */
+#include <string.h>
+
+#include "protocols/nbd-int.h"
+#include "tracked/tracked.h"
+
+struct nbd_state {
+	struct tblk_nbd_conn *conn;	/* [const] */
+	struct tblk_nbd_info info;	/* [const] copy of the negotiated export */
+};
+
+/* Largest NBD command length that is a multiple of @align (lengths are 32 bits). */
+static uint64_t max_len(uint32_t align)
+{
+	return TBLK_ALIGN_DOWN((uint64_t)1 << 31, (uint64_t)align);
+}
+
+/* ---------------------------------------------------------------- file names */
+
+void tblk__nbd_addr_clear(struct tblk_nbd_addr *addr)
+{
+	g_free(addr->host);
+	g_free(addr->port);
+	g_free(addr->path);
+	g_free(addr->export);
+	memset(addr, 0, sizeof(*addr));
+}
+
+/* "host[:port]" or "[v6]:port" of a URL's authority. */
+static int parse_authority(const char *auth, struct tblk_nbd_addr *addr)
+{
+	const char *colon;
+
+	if (*auth == '[') {
+		const char *end = strchr(auth, ']');
+
+		if (!end || (end[1] && end[1] != ':'))
+			return -EINVAL;
+		addr->host = g_strndup(auth + 1, (size_t)(end - auth - 1));
+		colon = end[1] ? end + 1 : NULL;
+	} else {
+		colon = strrchr(auth, ':');
+		addr->host = colon ? g_strndup(auth, (size_t)(colon - auth)) : g_strdup(auth);
+	}
+	if (colon && colon[1])
+		addr->port = g_strdup(colon + 1);
+	if (!*addr->host)
+		return -EINVAL;
+	return 0;
+}
+
+/* nbd://, nbd+tcp:// and nbd+unix:// URLs. */
+static int parse_url(const char *filename, struct tblk_nbd_addr *addr)
+{
+	const char *rest, *slash, *query;
+	g_autofree char *auth = NULL, *path = NULL;
+
+	if (g_str_has_prefix(filename, "nbd://"))
+		rest = filename + 6;
+	else if (g_str_has_prefix(filename, "nbd+tcp://"))
+		rest = filename + 10;
+	else if (g_str_has_prefix(filename, "nbd+unix://")) {
+		rest = filename + 11;
+		addr->is_unix = true;
+	} else
+		return -EINVAL;
+	query = strchr(rest, '?');
+	slash = strchr(rest, '/');
+	if (slash && query && slash > query)
+		slash = NULL;
+	auth = g_strndup(rest, (size_t)((slash ? slash : query ? query : rest + strlen(rest)) -
+					rest));
+	if (slash)
+		path = g_strndup(slash + 1, query ? (size_t)(query - slash - 1) : strlen(slash + 1));
+	addr->export = path ? g_uri_unescape_string(path, NULL) : g_strdup("");
+	if (!addr->export)
+		return -EINVAL;
+	if (addr->is_unix) {
+		/* nbd+unix: no host, exactly one query parameter socket=path */
+		if (*auth || !query || !g_str_has_prefix(query, "?socket=") ||
+		    strchr(query + 1, '&'))
+			return -EINVAL;
+		addr->path = g_uri_unescape_string(query + 8, NULL);
+		return addr->path && *addr->path ? 0 : -EINVAL;
+	}
+	if (query)
+		return -EINVAL;
+	return parse_authority(auth, addr);
+}
+
+/* Legacy nbd:unix:path[:exportname=x] and nbd:host[:port][:exportname=x]. */
+static int parse_legacy(const char *filename, struct tblk_nbd_addr *addr)
+{
+	const char *rest = filename + 4, *ex = strstr(rest, ":exportname=");
+	g_autofree char *head = ex ? g_strndup(rest, (size_t)(ex - rest)) : g_strdup(rest);
+
+	addr->export = g_strdup(ex ? ex + 12 : "");
+	if (ex && !ex[12])
+		return -ENOENT;	/* qemu's parser drops an empty name with the address */
+	if (g_str_has_prefix(head, "unix:")) {
+		addr->is_unix = true;
+		addr->path = g_strdup(head + 5);
+		return 0;
+	}
+	return parse_authority(head, addr);
+}
+
+static int parse_filename(const char *filename, struct tblk_nbd_addr *addr, GError **errp)
+{
+	int ret = strstr(filename, "://") ? parse_url(filename, addr) :
+		  g_str_has_prefix(filename, "nbd:") ? parse_legacy(filename, addr) : -EINVAL;
+
+	if (ret < 0) {
+		tblk__nbd_addr_clear(addr);
+		if (ret == -ENOENT)
+			return tblk_error_set(errp, EINVAL, "NBD server address missing");
+		return tblk_error_set(errp, EINVAL, "No valid URL specified");
+	}
+	return 0;
+}
+
+/* The server.* and export options. */
+static int parse_options(GHashTable *opts, struct tblk_nbd_addr *addr, GError **errp)
+{
+	g_autofree char *type = tblk__opts_take(opts, "server.type");
+	g_autofree char *host = tblk__opts_take(opts, "server.host");
+	g_autofree char *port = tblk__opts_take(opts, "server.port");
+	g_autofree char *path = tblk__opts_take(opts, "server.path");
+
+	addr->export = tblk__opts_take(opts, "export");
+	if (!addr->export)
+		addr->export = g_strdup("");
+	if (!type)
+		return tblk_error_set(errp, EINVAL, "NBD server address missing");
+	if (!strcmp(type, "unix")) {
+		if (!path)
+			return tblk_error_set(errp, EINVAL, "Parameter 'server.path' is missing");
+		if (host || port)
+			return tblk_error_set(errp, EINVAL, "Parameter 'server.%s' is unexpected",
+					      host ? "host" : "port");
+		addr->is_unix = true;
+		addr->path = g_steal_pointer(&path);
+	} else if (!strcmp(type, "inet")) {
+		if (!host)
+			return tblk_error_set(errp, EINVAL, "Parameter 'server.host' is missing");
+		if (path)
+			return tblk_error_set(errp, EINVAL, "Parameter 'server.path' is unexpected");
+		addr->host = g_steal_pointer(&host);
+		addr->port = g_steal_pointer(&port);
+	} else {
+		return tblk_error_set(errp, EINVAL, "Parameter 'server.type' does not accept "
+				      "value '%s'", type);
+	}
+	return 0;
+}
+
+/* The canonical name qemu gives the node. */
+static char *canonical_name(const struct tblk_nbd_addr *addr)
+{
+	g_autofree char *ex = g_uri_escape_string(addr->export, "/", TRUE);
+
+	if (addr->is_unix)
+		return g_strdup_printf("nbd+unix://%s%s?socket=%s", *ex ? "/" : "", ex,
+				       addr->path);
+	return g_strdup_printf(strchr(addr->host, ':') ? "nbd://[%s]:%s%s%s" : "nbd://%s:%s%s%s",
+			       addr->host, addr->port, *ex ? "/" : "", ex);
+}
+
+/* ---------------------------------------------------------------- open and close */
+
+static void set_limits(struct tblk_node *node, const struct tblk_nbd_info *info)
+{
+	struct tblk_node_limits *l = &node->limits;
+	uint32_t align = info->min_block ? info->min_block : 1;
+	uint64_t max = TBLK_NBD_MAX_BUFFER;
+
+	if (info->max_block)
+		max = TBLK_MIN(max, info->max_block);
+	l->request_alignment = align;
+	l->mem_alignment = 1;
+	l->max_transfer = TBLK_MAX(TBLK_ALIGN_DOWN(max, align), align);
+	l->max_pdiscard = max_len(align);
+	l->max_pwrite_zeroes = max_len(align);
+}
+
+static int nbd_open(struct tblk_node *node, GHashTable *opts, unsigned int flags,
+		    GError **errp)
+{
+	struct nbd_state *s = node->opaque;
+	g_autofree char *filename = tblk__opts_take(opts, "filename");
+	g_autofree char *tls = tblk__opts_take(opts, "tls-creds");
+	struct tblk_nbd_addr addr = { 0 };
+	bool has_server = g_hash_table_contains(opts, "server.type") ||
+			  g_hash_table_contains(opts, "server.host") ||
+			  g_hash_table_contains(opts, "server.path");
+	int ret;
+
+	if (tls)
+		return tblk_error_set(errp, ENOTSUP, "TLS is not supported by this NBD client");
+	if (filename && has_server)
+		return tblk_error_set(errp, EINVAL, "Server address in both the file name and "
+				      "the options");
+	ret = filename ? parse_filename(filename, &addr, errp) : parse_options(opts, &addr, errp);
+	if (ret < 0)
+		goto out_clear;
+	if (!addr.is_unix && !addr.port)
+		addr.port = g_strdup_printf("%d", TBLK_NBD_DEFAULT_PORT);
+	ret = tblk__nbd_conn_open(&addr, &s->conn, errp);
+	if (ret < 0)
+		goto out_clear;
+	s->info = *tblk__nbd_conn_info(s->conn);
+	if ((flags & TBLK_OPEN_RDWR) && (s->info.flags & TBLK_NBD_FLAG_READ_ONLY)) {
+		ret = tblk_error_set_errno(errp, EACCES, "Could not open image");
+		goto out_conn;
+	}
+	set_limits(node, &s->info);
+	node->filename = canonical_name(&addr);
+	tblk__nbd_addr_clear(&addr);
+	return 0;
+
+out_conn:
+	tblk__nbd_conn_free(s->conn);
+	s->conn = NULL;
+out_clear:
+	tblk__nbd_addr_clear(&addr);
+	return ret;
+}
+
+static void nbd_close(struct tblk_node *node)
+{
+	struct nbd_state *s = node->opaque;
+
+	tblk__nbd_conn_free(s->conn);
+	s->conn = NULL;
+}
+
+/* ---------------------------------------------------------------- data path */
+
+static int nbd_run(struct nbd_state *s, uint16_t type, uint16_t flags, uint64_t offset,
+		   uint64_t bytes, const struct iovec *iov, int iovcnt)
+{
+	struct tblk_nbd_cmd cmd = {
+		.type = type, .flags = flags, .offset = offset, .len = (uint32_t)bytes,
+		.iov = iov, .iovcnt = iovcnt,
+	};
+
+	assert(bytes <= UINT32_MAX);
+	return tblk__nbd_conn_run(s->conn, &cmd);
+}
+
+static int nbd_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+		      const struct iovec *iov, int iovcnt, unsigned int flags)
+{
+	struct nbd_state *s = node->opaque;
+	uint64_t size = s->info.size, in = bytes;
+
+	/* The node's size is rounded up to a sector, as qemu does: the tail reads as zeroes. */
+	if (offset >= size)
+		in = 0;
+	else if (bytes > size - offset)
+		in = size - offset;
+	if (in < bytes)
+		tblk_iov_memset(iov, iovcnt, (size_t)in, 0, (size_t)(bytes - in));
+	if (!in)
+		return 0;
+	return nbd_run(s, TBLK_NBD_CMD_READ, 0, offset, in, iov, iovcnt);
+}
+
+/* FUA on the wire if the server takes it, else a flush after the write. */
+static int fua_flag(struct nbd_state *s, unsigned int flags, bool *flush_after)
+{
+	*flush_after = false;
+	if (!(flags & TBLK_REQ_FUA))
+		return 0;
+	if (s->info.flags & TBLK_NBD_FLAG_SEND_FUA)
+		return TBLK_NBD_CMD_FLAG_FUA;
+	*flush_after = s->info.flags & TBLK_NBD_FLAG_SEND_FLUSH;
+	return 0;
+}
+
+static int nbd_flush(struct tblk_node *node)
+{
+	struct nbd_state *s = node->opaque;
+
+	if (!(s->info.flags & TBLK_NBD_FLAG_SEND_FLUSH))
+		return 0;
+	return nbd_run(s, TBLK_NBD_CMD_FLUSH, 0, 0, 0, NULL, 0);
+}
+
+static int nbd_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+		       const struct iovec *iov, int iovcnt, unsigned int flags)
+{
+	struct nbd_state *s = node->opaque;
+	bool flush_after;
+	uint16_t f = (uint16_t)fua_flag(s, flags, &flush_after);
+	int ret = nbd_run(s, TBLK_NBD_CMD_WRITE, f, offset, bytes, iov, iovcnt);
+
+	if (ret == 0 && flush_after)
+		ret = nbd_flush(node);
+	return ret;
+}
+
+static int nbd_pdiscard(struct tblk_node *node, uint64_t offset, uint64_t bytes)
+{
+	struct nbd_state *s = node->opaque;
+
+	if (!(s->info.flags & TBLK_NBD_FLAG_SEND_TRIM))
+		return -ENOTSUP;
+	return nbd_run(s, TBLK_NBD_CMD_TRIM, 0, offset, bytes, NULL, 0);
+}
+
+static int nbd_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+			     unsigned int flags)
+{
+	struct nbd_state *s = node->opaque;
+	bool flush_after;
+	uint16_t f = (uint16_t)fua_flag(s, flags, &flush_after);
+	int ret;
+
+	if (!(s->info.flags & TBLK_NBD_FLAG_SEND_WRITE_ZEROES))
+		return -ENOTSUP;
+	if (!(flags & TBLK_REQ_MAY_UNMAP))
+		f |= TBLK_NBD_CMD_FLAG_NO_HOLE;
+	if (flags & TBLK_REQ_NO_FALLBACK) {
+		if (!(s->info.flags & TBLK_NBD_FLAG_SEND_FAST_ZERO))
+			return -ENOTSUP;
+		f |= TBLK_NBD_CMD_FLAG_FAST_ZERO;
+	}
+	ret = nbd_run(s, TBLK_NBD_CMD_WRITE_ZEROES, f, offset, bytes, NULL, 0);
+	if (ret == 0 && flush_after)
+		ret = nbd_flush(node);
+	return ret;
+}
+
+static int nbd_block_status(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+			    uint64_t *pnum, uint64_t *map)
+{
+	struct nbd_state *s = node->opaque;
+	uint32_t align = node->limits.request_alignment;
+	struct tblk_nbd_cmd cmd = {
+		.type = TBLK_NBD_CMD_BLOCK_STATUS, .flags = TBLK_NBD_CMD_FLAG_REQ_ONE,
+		.offset = offset,
+	};
+	uint64_t n;
+	int ret;
+
+	if (map)
+		*map = offset;
+	/* Past the export's true end (inside the last sector): zeroes stored nowhere. */
+	if (offset >= s->info.size) {
+		*pnum = bytes;
+		return TBLK_BS_ZERO;
+	}
+	bytes = TBLK_MIN(bytes, s->info.size - offset);
+	if (!s->info.has_alloc) {
+		*pnum = bytes;
+		return TBLK_BS_DATA | TBLK_BS_OFFSET_VALID;
+	}
+	cmd.len = (uint32_t)TBLK_MIN(bytes, max_len(align));
+	ret = tblk__nbd_conn_run(s->conn, &cmd);
+	if (ret < 0)
+		return ret;
+	n = cmd.bs_len;
+	/* Keep to the node's alignment: a shorter extent reads as data, which is always safe. */
+	if (n < align) {
+		*pnum = TBLK_MIN((uint64_t)align, bytes);
+		return TBLK_BS_DATA | TBLK_BS_OFFSET_VALID;
+	}
+	*pnum = TBLK_ALIGN_DOWN(n, align);
+	return TBLK_BS_OFFSET_VALID |
+	       ((cmd.bs_flags & TBLK_NBD_STATE_HOLE) ? 0 : TBLK_BS_DATA) |
+	       ((cmd.bs_flags & TBLK_NBD_STATE_ZERO) ? TBLK_BS_ZERO : 0);
+}
+
+static int64_t nbd_getlength(struct tblk_node *node)
+{
+	struct nbd_state *s = node->opaque;
+
+	return (int64_t)s->info.size;
+}
+
+const struct tblk_driver tblk__drv_nbd = {
+	.name = "nbd",
+	.is_protocol = true,
+	.instance_size = sizeof(struct nbd_state),
+	.open = nbd_open,
+	.close = nbd_close,
+	.preadv = nbd_preadv,
+	.pwritev = nbd_pwritev,
+	.flush = nbd_flush,
+	.pdiscard = nbd_pdiscard,
+	.pwrite_zeroes = nbd_pwrite_zeroes,
+	.block_status = nbd_block_status,
+	.getlength = nbd_getlength,
+};

@@ -1,0 +1,110 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * export-nbd-srv.h - what export-nbd.c (server, exports, listeners) and export-nbd-conn.c
+ * (one client connection) share.
+ *
+ * Lock order: srv->lock is a leaf. A connection's own fields belong to the thread running
+ * its loop (conn->loop): the server's loop during the handshake, the backend's afterwards.
+ */
+#ifndef TBLK_TOOLS_EXPORT_NBD_SRV_H
+#define TBLK_TOOLS_EXPORT_NBD_SRV_H
+
+#include "tblk/tblk.h"
+#include "threadpool/threadpool.h"
+#include "tools/export-nbd-int.h"
+#include "tools/export-nbd.h"
+
+struct nbds_export {
+	struct nbds_proto_export p;	/* [const] what clients are told */
+	struct tblk_blk *blk;		/* [const] borrowed */
+	char *id, *name, *description;	/* [const] */
+	bool discard;			/* [const] TRIM/zero writes may unmap */
+	unsigned int nr_conns;		/* [srv->lock] connections serving it */
+	struct tblk_list link;		/* [server loop] srv->exports */
+};
+
+struct nbds_listener {
+	int fd;				/* [const] */
+	struct nbds_server *srv;	/* [const] */
+};
+
+struct nbds_server {
+	struct tblk_loop *loop;		/* [const] */
+	struct nbds_export_table table;	/* [const] for handshakes */
+	struct tblk_list exports;	/* [server loop] struct nbds_export */
+	struct nbds_listener listeners[8]; /* [server loop] */
+	unsigned int nr_listeners;	/* [server loop] */
+	bool listening;			/* [server loop] accept handlers installed */
+	bool stopping;			/* [server loop] nbds_server_free() began */
+	unsigned int max_clients;	/* [server loop] 0: unlimited */
+	uint64_t handshake_ns;		/* [server loop] */
+	char *unix_path;		/* [server loop] removed at free */
+	nbds_clients_fn *clients_fn;	/* [server loop] */
+	void *clients_opaque;		/* [server loop] */
+
+	struct tblk_mutex lock;		/* leaf */
+	struct tblk_cond cond;		/* [lock] broadcast when a client or notification ends */
+	struct tblk_list conns;		/* [lock] struct nbds_conn */
+	unsigned int nr_clients;	/* [lock] */
+	uint64_t nr_accepted;		/* [lock] clients ever served */
+	unsigned int nr_notify_pending;	/* [lock] clients_changed() calls not yet run */
+};
+
+struct nbds_out;
+struct nbds_req;
+
+enum nbds_in_state {
+	NBDS_IN_HANDSHAKE,
+	NBDS_IN_HEADER,		/* waiting for a 28-byte request header */
+	NBDS_IN_PAYLOAD,	/* reading a WRITE's data into conn->cur */
+	NBDS_IN_SKIP,		/* discarding a refused WRITE's data */
+};
+
+#define NBDS_INBUF_SIZE	(64 * 1024)
+/* A client that has not finished its handshake by then is dropped (qemu-nbd's limit). */
+#define NBDS_HANDSHAKE_NS	(10ull * 1000 * 1000 * 1000)
+/* Data buffer classes: 64 KiB << 0..9 (32 MiB); a few kept per class for reuse. */
+#define NBDS_BUF_MIN		(64u * 1024)
+#define NBDS_BUF_CLASSES	10
+#define NBDS_BUF_KEEP		8
+#define NBDS_BUF_CACHE_MAX	(64u << 20)
+
+struct nbds_conn {
+	struct nbds_server *srv;	/* [const] */
+	int fd;				/* [const] */
+	struct tblk_list link;		/* [srv->lock] srv->conns */
+	struct nbds_export *exp;	/* [srv->lock] set once, at the end of the handshake */
+
+	/* The rest belongs to the thread running conn->loop. */
+	struct tblk_loop *loop;		/* server loop, then the backend's */
+	struct tblk_blk *blk;
+	struct nbds_handshake hs;
+	GByteArray *hs_out;
+	struct tblk_timer hs_timer;	/* armed on the server loop while in the handshake */		/* handshake replies not yet queued */
+	struct nbds_tx tx;
+	enum nbds_in_state in_state;
+	uint8_t *inbuf;			/* NBDS_INBUF_SIZE bytes received, [in_start, in_end) unused */
+	size_t in_start, in_end;
+	struct nbds_req *cur;		/* request whose payload is being read */
+	uint32_t cur_fill;
+	uint64_t skip;			/* bytes of payload left to discard */
+	struct nbds_out *out_head, *out_tail; /* replies to send, in order */
+	size_t buffered;		/* bytes in replies and request buffers */
+	unsigned int nr_inflight;	/* requests submitted and not yet replied */
+	bool reading, writing;		/* fd handlers installed */
+	void *buf_cache[NBDS_BUF_CLASSES][NBDS_BUF_KEEP]; /* free data buffers by class */
+	unsigned int nr_cached[NBDS_BUF_CLASSES];
+	size_t cached_bytes;
+	bool closing;			/* no more input: finish in-flight work, flush, close */
+	bool dead;			/* the socket failed: drop output, close when idle */
+	bool moving;			/* between loops: no input, no output */
+	struct tblk_loop *move_to;	/* the loop to move to when the callback ends */
+};
+
+struct nbds_conn *nbds__conn_new(struct nbds_server *srv, int fd);
+/* Installs the connection's handlers and queues the greeting. Server loop. */
+void nbds__conn_start(struct nbds_conn *conn);
+/* The connection is gone: take it off the server's books. Any loop. */
+void nbds__server_client_gone(struct nbds_server *srv, struct nbds_conn *conn);
+
+#endif /* TBLK_TOOLS_EXPORT_NBD_SRV_H */
