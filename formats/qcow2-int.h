@@ -316,6 +316,8 @@ int tblk__qcow2_snapshot_create(struct tblk_node *node, const struct tblk_snapsh
 int tblk__qcow2_snapshot_goto(struct tblk_node *node, const char *id_or_name, GError **errp);
 int tblk__qcow2_snapshot_delete(struct tblk_node *node, const char *id, const char *name,
 				GError **errp);
+int tblk__qcow2_snapshot_load_tmp(struct tblk_node *node, const char *id, const char *name,
+				  GError **errp);
 
 /* ------------------------------------------------ create (qcow2-create.c) */
 int qcow2_create(const char *filename, uint64_t size, GHashTable *opts, GError **errp);

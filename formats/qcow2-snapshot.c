@@ -227,36 +227,37 @@ static int walk_entry(struct qcow2_state *s, uint64_t entry, int addend, GArray 
 	return ret;
 }
 
-/* The entries of the L2 table at @l2_off, with their refcounts changed by @addend. */
+/*
+ * The entries of the L2 table at @l2_off, with their refcounts changed by @addend. After a
+ * failure the entries walked so far keep their new flags, as in qemu.
+ */
 static int walk_l2(struct qcow2_state *s, uint64_t l2_off, int addend, GArray *discards,
 		   uint8_t *buf)
 {
 	bool modified = false;
 	void *t;
-	int ret = qcow2_cache_get(s->l2_cache, l2_off, false, &t);
+	int ret = qcow2_cache_get(s->l2_cache, l2_off, false, &t), err = 0;
 
 	if (ret < 0)
 		return ret;
 	memcpy(buf, t, s->cluster_size);
-	for (uint32_t j = 0; j < s->l2_size; j++) {
+	for (uint32_t j = 0; j < s->l2_size && !err; j++) {
 		uint64_t e = qcow2_l2_get(s, buf, j), ne = e;
 
-		ret = walk_entry(s, e, addend, discards, &ne);
-		if (ret < 0)
-			return ret;
-		if (ne != e) {
+		err = walk_entry(s, e, addend, discards, &ne);
+		if (!err && ne != e) {
 			qcow2_l2_set(s, buf, j, ne, qcow2_l2_get_bitmap(s, buf, j));
 			modified = true;
 		}
 	}
 	if (!modified)
-		return 0;
+		return err;
 	ret = qcow2_cache_get(s->l2_cache, l2_off, false, &t);
 	if (ret < 0)
 		return ret;
 	memcpy(t, buf, s->cluster_size);
 	qcow2_cache_mark_dirty(s->l2_cache, t);
-	return 0;
+	return err;
 }
 
 /*
@@ -681,6 +682,46 @@ int tblk__qcow2_snapshot_delete(struct tblk_node *node, const char *id, const ch
 		ret = tblk_error_set(errp, ENOENT, "Can't find the snapshot");
 	else
 		ret = delete_locked(s, idx, errp);
+	qcow2_unlock(s);
+	return ret;
+}
+
+int tblk__qcow2_snapshot_load_tmp(struct tblk_node *node, const char *id, const char *name,
+				  GError **errp)
+{
+	struct qcow2_state *s = node->opaque;
+	g_autofree uint64_t *l1 = NULL;
+	struct qcow2_snapshot sn;
+	int idx, ret;
+
+	qcow2_lock(s);
+	idx = find_snapshot(s, id, name);
+	if (idx < 0) {
+		ret = tblk_error_set(errp, ENOENT, "Can't find snapshot");
+		goto out_unlock;
+	}
+	sn = s->snapshots[idx];
+	ret = check_snapshot_l1(s, &sn, errp);
+	if (ret < 0)
+		goto out_unlock;
+	l1 = g_try_new0(uint64_t, TBLK_MAX(sn.l1_size, 1u));
+	if (!l1) {
+		ret = tblk_error_set(errp, ENOMEM, "Could not allocate the snapshot's L1 table");
+		goto out_unlock;
+	}
+	ret = tblk_node_pread(s->node->file, sn.l1_offset, l1, (uint64_t)sn.l1_size * 8);
+	if (ret < 0) {
+		tblk_error_set_errno(errp, -ret, "Could not read the snapshot's L1 table");
+		goto out_unlock;
+	}
+	for (uint32_t i = 0; i < sn.l1_size; i++)
+		l1[i] = be64toh(l1[i]);
+	/* Read-only from here on: the image reads as the snapshot until it is closed. */
+	g_free(s->l1);
+	s->l1 = g_steal_pointer(&l1);
+	s->l1_size = sn.l1_size;
+	s->l1_offset = sn.l1_offset;
+out_unlock:
 	qcow2_unlock(s);
 	return ret;
 }

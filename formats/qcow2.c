@@ -450,4 +450,5 @@ const struct tblk_driver tblk__drv_qcow2 = {
 	.snapshot_create = tblk__qcow2_snapshot_create,
 	.snapshot_goto = tblk__qcow2_snapshot_goto,
 	.snapshot_delete = tblk__qcow2_snapshot_delete,
+	.snapshot_load_tmp = tblk__qcow2_snapshot_load_tmp,
 };

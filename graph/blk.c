@@ -766,6 +766,27 @@ int tblk_blk_snapshot_delete(struct tblk_blk *blk, const char *id, const char *n
 	return snapshot_op(blk, op_delete, id, name, errp);
 }
 
+int tblk_blk_snapshot_load_tmp(struct tblk_blk *blk, const char *id, const char *name,
+			       GError **errp)
+{
+	struct tblk_node *root = blk->root;
+	int ret;
+
+	if (!root->drv->snapshot_load_tmp)
+		return tblk_error_set(errp, ENOTSUP, "Block format '%s' used by device '' does "
+				      "not support temporarily loading internal snapshots",
+				      root->drv->name);
+	if (!root->read_only)
+		return tblk_error_set(errp, EINVAL, "Device is not readonly");
+	tblk_blk_drain(blk);
+	tblk_node_drained_begin(root);
+	ret = root->drv->snapshot_load_tmp(root, id, name, errp);
+	tblk_node_drained_end(root);
+	if (blk->resume_bh)
+		tblk_bh_schedule(blk->resume_bh);
+	return ret;
+}
+
 int tblk_blk_debug_breakpoint(struct tblk_blk *blk, const char *event, const char *tag)
 {
 	return tblk__node_debug_breakpoint(blk->root, event, tag);

@@ -132,6 +132,9 @@ struct tblk_driver {
 	int (*snapshot_goto)(struct tblk_node *node, const char *id_or_name, GError **errp);
 	int (*snapshot_delete)(struct tblk_node *node, const char *id, const char *name,
 			       GError **errp);
+	/* Makes a read-only node read as the snapshot matching @id and @name until closed. */
+	int (*snapshot_load_tmp)(struct tblk_node *node, const char *id, const char *name,
+				 GError **errp);
 
 	/*
 	 * Fast path: called on @req's loop thread to serve an asynchronous request without

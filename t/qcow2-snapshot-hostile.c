@@ -148,6 +148,23 @@ static void test_api(void)
 	   verify(blk, CLUSTER, 0x22, CLUSTER) == 0, "after reopen, 'two' unchanged by the COW");
 	g_clear_error(&err);
 	tblk_blk_close(blk);
+	blk = open_image(path, true, NULL);
+	ok(blk && tblk_blk_snapshot_load_tmp(blk, NULL, "one", &err) == -EINVAL,
+	   "load_tmp refused on a writable image");
+	g_clear_error(&err);
+	tblk_blk_close(blk);
+	blk = open_image(path, false, NULL);
+	ok(blk && tblk_blk_snapshot_load_tmp(blk, NULL, "nope", &err) == -ENOENT,
+	   "load_tmp of an unknown snapshot: -ENOENT");
+	g_clear_error(&err);
+	ok(blk && tblk_blk_snapshot_load_tmp(blk, "1", NULL, &err) == 0 &&
+	   verify(blk, 0, 0x11, 3 * CLUSTER) == 0 && verify(blk, 200 * CLUSTER, 0, CLUSTER) == 0,
+	   "load_tmp of id 1 reads snapshot 'one'");
+	g_clear_error(&err);
+	tblk_blk_close(blk);
+	blk = open_image(path, false, NULL);
+	ok(blk && verify(blk, CLUSTER, 0x22, CLUSTER) == 0, "the image itself is unchanged");
+	tblk_blk_close(blk);
 }
 
 /* Opens read-only and lists; 0 if that worked, else the error. The file must not change. */

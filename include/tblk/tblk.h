@@ -260,6 +260,13 @@ int tblk_blk_snapshot_goto(struct tblk_blk *blk, const char *id_or_name, GError 
 /* Deletes the snapshot matching @id and @name (either may be NULL: not compared). Drains. */
 int tblk_blk_snapshot_delete(struct tblk_blk *blk, const char *id, const char *name,
 			     GError **errp);
+/*
+ * Makes a read-only @blk read as the snapshot matching @id and @name (either may be NULL)
+ * until it is closed (qemu-img convert -l). -EINVAL if @blk is writable, -ENOENT if there is
+ * no such snapshot. Drains.
+ */
+int tblk_blk_snapshot_load_tmp(struct tblk_blk *blk, const char *id, const char *name,
+			       GError **errp);
 /* Number of images in the backing chain (1 without a backing file). */
 int tblk_blk_chain_length(struct tblk_blk *blk);
 
