@@ -23,7 +23,8 @@ Limit of the power-cut variant: the copy is taken from the page cache, which hol
 write that returned, flushed or not, in order. It proves the ordering of tblk's writes as
 issued, not what a disk that loses or reorders unflushed writes would hold.
 
-TBLK_CRASH_ROUNDS (default 120, under a minute on a busy machine; 200 and more locally) sets the rounds, TBLK_CRASH_SEED the seed.
+TBLK_CRASH_ROUNDS (default 120: under a minute on a busy machine; run 200 and more
+locally) sets the rounds, TBLK_CRASH_SEED the seed.
 """
 import os
 import random
