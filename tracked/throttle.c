@@ -507,8 +507,9 @@ void tblk__thr_run_timer(struct tblk__thr_member *m)
 	tblk_mutex_unlock(&tg->lock);
 	if (wake)
 		tblk_cond_broadcast(&tg->cv);
+	/* Not inline: a timer re-armed from its own callback must wait for the next turn. */
 	if (m->loop)
-		member_bh(m);
+		tblk_bh_schedule(m->bh);
 }
 
 int tblk__thr_member_new(struct tblk__thr_member **pm, const char *name,
