@@ -143,7 +143,7 @@ static void test_round_robin(void)
 		wa[i] = (struct rr_waiter){ .w = { .write = false, .bytes = 512,
 						     .release = rr_release }, .id = 10 + i };
 		if (i < 3)
-			wb[i] = (struct rr_waiter){ .w = { .write = true, .bytes = 512,
+			wb[i] = (struct rr_waiter){ .w = { .write = false, .bytes = 512,
 							     .release = rr_release }, .id = 20 + i };
 	}
 	/* The bucket takes two ops at once (level 1 is still "not over"); then queue. */
