@@ -336,7 +336,7 @@ static void test_filter(void)
 	   err ? err->message : "(none)");
 	g_clear_error(&err);
 	blk = open_blk("driver=throttle,file.driver=null-co", NULL, &err);
-	ok(!blk && err && strstr(err->message, "throttle-group"), "the group is required: %s",
+	ok(!blk && err && strstr(err->message, "throttle group"), "the group is required: %s",
 	   err ? err->message : "(none)");
 	g_clear_error(&err);
 	blk = open_blk("driver=null-co,throttling.iops-totl=5", NULL, &err);
