@@ -22,7 +22,7 @@ static int thr_open(struct tblk_node *node, GHashTable *opts, unsigned int flags
 	int ret;
 
 	if (!group)
-		return tblk_error_set(errp, EINVAL, "Parameter 'throttle-group' is missing");
+		return tblk_error_set(errp, EINVAL, "Please specify a throttle group");
 	ret = tblk__thr_member_new(&s->member, group, NULL, NULL, errp);
 	if (ret < 0)
 		return ret;

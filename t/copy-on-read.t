@@ -100,6 +100,14 @@ def main():
         m = image_map(d, "tblk.qcow2")
         ok('"depth": 0' not in m, "plain reads allocate nothing", m)
 
+        # Without a backing file, unallocated clusters still become zero clusters, as in qemu.
+        for name in ("nb-tblk.qcow2", "nb-qemu.qcow2"):
+            run(["qemu-img", "create", "-q", "-f", "qcow2", name, "1M"], d)
+        run([TIO, "-C", "-c", "read 0 4k", "-c", "read 200k 8k", "nb-tblk.qcow2"], d)
+        run(["qemu-io", "-C", "-c", "read 0 4k", "-c", "read 200k 8k", "nb-qemu.qcow2"], d)
+        m1, m2 = image_map(d, "nb-tblk.qcow2"), image_map(d, "nb-qemu.qcow2")
+        ok(m1 == m2 and m1, "no backing file: the same map as qemu-io -C", m1 + m2)
+
         # Read-only: refused with qemu's message.
         rc, out, err = run([TIO, "-r", "-C", "-c", "read 0 4k", "tblk.qcow2"], d)
         rc2, out2, err2 = run(["qemu-io", "-r", "-C", "-c", "read 0 4k", "qemu.qcow2"], d)

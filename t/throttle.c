@@ -143,7 +143,7 @@ static void test_round_robin(void)
 		wa[i] = (struct rr_waiter){ .w = { .write = false, .bytes = 512,
 						     .release = rr_release }, .id = 10 + i };
 		if (i < 3)
-			wb[i] = (struct rr_waiter){ .w = { .write = true, .bytes = 512,
+			wb[i] = (struct rr_waiter){ .w = { .write = false, .bytes = 512,
 							     .release = rr_release }, .id = 20 + i };
 	}
 	/* The bucket takes two ops at once (level 1 is still "not over"); then queue. */
@@ -336,7 +336,7 @@ static void test_filter(void)
 	   err ? err->message : "(none)");
 	g_clear_error(&err);
 	blk = open_blk("driver=throttle,file.driver=null-co", NULL, &err);
-	ok(!blk && err && strstr(err->message, "throttle-group"), "the group is required: %s",
+	ok(!blk && err && strstr(err->message, "throttle group"), "the group is required: %s",
 	   err ? err->message : "(none)");
 	g_clear_error(&err);
 	blk = open_blk("driver=null-co,throttling.iops-totl=5", NULL, &err);

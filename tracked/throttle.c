@@ -5,7 +5,8 @@
  *
  * A group holds one set of buckets. Each member (a backend, or a throttle filter node) has
  * a queue per direction of requests waiting for budget. Whoever asks for budget, and every
- * timer expiry, runs one release pass: starting at the member whose turn it is, the head of
+ * timer expiry, runs one release pass per direction (reads, writes; which one goes first
+ * alternates): starting at the member whose turn it is, the head of
  * each non-empty queue is charged and released while the buckets allow, the turn moving to
  * the next member after each release. When budget runs out, the waiter at the head of the
  * next queue is made responsible for the next pass: an asynchronous one arms its member's
@@ -191,8 +192,9 @@ struct tblk__thr_group {
 	struct tblk__thr_cfg cfg;	/* [lock] */
 	uint64_t prev_ns;		/* [lock] when the buckets last leaked */
 	uint64_t deadline_ns;		/* [lock] next release pass due, 0: none */
+	int first_dir;			/* [lock] the direction served first next pass */
 	struct tblk_list members;	/* [lock] tblk__thr_member.link */
-	struct tblk__thr_member *turn;	/* [lock] the member served next, or NULL */
+	struct tblk__thr_member *turn[2];	/* [lock] the member served next per direction */
 	uint64_t (*clock_ns)(void);	/* [const] tblk_clock_ns() except in tests */
 };
 
@@ -323,8 +325,8 @@ static struct tblk__thr_member *next_member_locked(struct tblk__thr_group *tg,
 	return tblk_list_entry(n, struct tblk__thr_member, link);
 }
 
-/* The head waiter whose turn is next (round-robin over members, reads before writes). */
-static struct tblk__thr_waiter *next_waiter_locked(struct tblk__thr_group *tg,
+/* The head waiter of direction @dir whose turn is next (round-robin over members). */
+static struct tblk__thr_waiter *next_waiter_locked(struct tblk__thr_group *tg, int dir,
 						  struct tblk__thr_member **pm)
 	TBLK_REQUIRES(tg->lock)
 {
@@ -332,15 +334,12 @@ static struct tblk__thr_waiter *next_waiter_locked(struct tblk__thr_group *tg,
 
 	if (tblk_list_empty(&tg->members))
 		return NULL;
-	start = tg->turn ?: tblk_list_entry(tg->members.next, struct tblk__thr_member, link);
+	start = tg->turn[dir] ?: tblk_list_entry(tg->members.next, struct tblk__thr_member, link);
 	m = start;
 	do {
-		for (int dir = 0; dir < 2; dir++) {
-			if (!tblk_list_empty(&m->queue[dir])) {
-				*pm = m;
-				return tblk_list_entry(m->queue[dir].next, struct tblk__thr_waiter,
-						       link);
-			}
+		if (!tblk_list_empty(&m->queue[dir])) {
+			*pm = m;
+			return tblk_list_entry(m->queue[dir].next, struct tblk__thr_waiter, link);
 		}
 		m = next_member_locked(tg, m);
 	} while (m != start);
@@ -356,52 +355,68 @@ static void leak_locked(struct tblk__thr_group *tg, uint64_t now) TBLK_REQUIRES(
 }
 
 /*
- * Releases waiters while the budget allows; then makes the next head responsible for the
- * next pass. Returns true if synchronous waiters must be woken.
+ * Releases waiters of direction @dir while the budget allows (a read that must wait does not
+ * hold back writes the budget allows); returns when the next pass for @dir is due (0: no
+ * waiter left) and sets *wake if synchronous waiters must be woken.
  */
-static bool release_pass_locked(struct tblk__thr_group *tg) TBLK_REQUIRES(tg->lock)
+static uint64_t release_dir_locked(struct tblk__thr_group *tg, int dir, uint64_t now, bool *wake)
+	TBLK_REQUIRES(tg->lock)
 {
-	uint64_t now = tg->clock_ns(), wait;
 	struct tblk__thr_member *m;
 	struct tblk__thr_waiter *w;
-	bool wake = false;
 
-	leak_locked(tg, now);
-	while ((w = next_waiter_locked(tg, &m))) {
-		/* Per direction: a waiting write does not hold back reads the budget allows. */
-		wait = tblk__thr_wait_ns(&tg->cfg, w->write);
+	while ((w = next_waiter_locked(tg, dir, &m))) {
+		uint64_t wait = tblk__thr_wait_ns(&tg->cfg, dir);
+
 		if (wait > 0) {
 			uint64_t deadline = now + wait;
 
-			if (tg->deadline_ns != deadline)
-				wake = true;
-			tg->deadline_ns = deadline;
 			if (w->release && (!m->timer_want_ns || m->timer_want_ns > deadline)) {
 				m->timer_want_ns = deadline;
 				tblk_bh_schedule(m->bh);
 			}
-			return wake;
+			return deadline;
 		}
 		tblk_list_del(&w->link);
-		tblk__thr_account(&tg->cfg, w->write, w->bytes);
-		tg->turn = next_member_locked(tg, m);
+		tblk__thr_account(&tg->cfg, dir, w->bytes);
+		tg->turn[dir] = next_member_locked(tg, m);
 		if (w->release) {
 			tblk_list_add_tail(&m->released, &w->link);
 			tblk_bh_schedule(m->bh);
 		} else {
 			w->released = true;
-			wake = true;
+			*wake = true;
 		}
 	}
-	tg->deadline_ns = 0;
+	return 0;
+}
+
+/* One release pass over both directions. Returns true if synchronous waiters must wake. */
+static bool release_pass_locked(struct tblk__thr_group *tg) TBLK_REQUIRES(tg->lock)
+{
+	uint64_t now = tg->clock_ns(), deadline = 0;
+	bool wake = false;
+
+	leak_locked(tg, now);
+	/* Alternate which direction goes first, or a total limit would starve writes. */
+	tg->first_dir ^= 1;
+	for (int i = 0; i < 2; i++) {
+		uint64_t d = release_dir_locked(tg, tg->first_dir ^ i, now, &wake);
+
+		if (d && (!deadline || d < deadline))
+			deadline = d;
+	}
+	if (tg->deadline_ns != deadline)
+		wake = true;
+	tg->deadline_ns = deadline;
 	return wake;
 }
 
-static bool queues_empty_locked(struct tblk__thr_group *tg) TBLK_REQUIRES(tg->lock)
+static bool queue_empty_locked(struct tblk__thr_group *tg, int dir) TBLK_REQUIRES(tg->lock)
 {
 	struct tblk__thr_member *m;
 
-	return next_waiter_locked(tg, &m) == NULL;
+	return next_waiter_locked(tg, dir, &m) == NULL;
 }
 
 bool tblk__thr_submit(struct tblk__thr_member *m, struct tblk__thr_waiter *w)
@@ -414,7 +429,7 @@ bool tblk__thr_submit(struct tblk__thr_member *m, struct tblk__thr_waiter *w)
 	tblk_mutex_lock(&tg->lock);
 	leak_locked(tg, tg->clock_ns());
 	/* Nobody ahead and budget left: run now, without a queue round trip. */
-	if (queues_empty_locked(tg) && tblk__thr_wait_ns(&tg->cfg, w->write) == 0) {
+	if (queue_empty_locked(tg, w->write) && tblk__thr_wait_ns(&tg->cfg, w->write) == 0) {
 		tblk__thr_account(&tg->cfg, w->write, w->bytes);
 		tblk_mutex_unlock(&tg->lock);
 		return true;
@@ -549,10 +564,12 @@ void tblk__thr_member_free(struct tblk__thr_member *m)
 	tblk_mutex_lock(&tg->lock);
 	assert(tblk_list_empty(&m->queue[0]) && tblk_list_empty(&m->queue[1]));
 	assert(tblk_list_empty(&m->released));
-	if (tg->turn == m)
-		tg->turn = next_member_locked(tg, m);
-	if (tg->turn == m)	/* the last member */
-		tg->turn = NULL;
+	for (int dir = 0; dir < 2; dir++) {
+		if (tg->turn[dir] == m)
+			tg->turn[dir] = next_member_locked(tg, m);
+		if (tg->turn[dir] == m)	/* the last member */
+			tg->turn[dir] = NULL;
+	}
 	tblk_list_del(&m->link);
 	tblk_mutex_unlock(&tg->lock);
 	if (m->loop) {
