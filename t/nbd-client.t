@@ -279,7 +279,9 @@ slow_case() {
 			[ "$(ss -xH 2>/dev/null | grep -c "$tmp/slow.sock")" -ge 1 ] && break
 			sleep 0.05
 		done
-		sleep 0.5
+		# the handshake and the read must be under way even on a loaded machine: the
+		# read waits 30 s in the filter, so waiting 2 s here costs nothing in the race
+		sleep 2
 		stop_server slow "$sig"
 		wait $bg
 		filter <"$tmp/$side/out" >"$tmp/$side/out.f"
