@@ -58,15 +58,24 @@ echo "$cases" | while read -r fmt rw bs depth nq; do
 		done
 	done
 done | tee "$tmp/results"
-echo "--- medians (iops, cpu_us_per_io)"
-awk '{ split($9, a, "="); split($10, c, "="); k = $1" "$2" "$3" "$4" "$5" "$6;
-	iops[k] = iops[k] " " a[2]; cpu[k] = cpu[k] " " c[2] }
-	END { for (k in iops) print k, iops[k], "|", cpu[k] }' "$tmp/results" |
-	python3 -c '
-import sys, statistics
-for line in sys.stdin:
-    k, rest = line.split("  ", 1) if "  " in line else (line, "")
-    parts = line.split()
-    i = parts.index("|")
-    key = " ".join(parts[:6]); iops = list(map(float, parts[6:i])); cpu = list(map(float, parts[i + 1:]))
-    print("%-60s iops %9.0f  cpu/io %6.2f us" % (key, statistics.median(iops), statistics.median(cpu)))' | sort
+echo "--- medians over $rounds rounds"
+python3 - "$tmp/results" <<'PY'
+import collections, statistics, sys
+runs = collections.defaultdict(lambda: ([], []))
+for line in open(sys.argv[1]):
+    f = line.split()
+    kv = dict(x.split("=", 1) for x in f if "=" in x)
+    key = (" ".join(f[:5]), f[5])
+    runs[key][0].append(float(kv["iops"]))
+    runs[key][1].append(float(kv["cpu_us_per_io"]))
+cases = sorted({k[0] for k in runs})
+for c in cases:
+    t = runs.get((c, "tblk-daemon"))
+    q = runs.get((c, "qemu-storage-daemon"))
+    if not t or not q:
+        continue
+    ti, tc = statistics.median(t[0]), statistics.median(t[1])
+    qi, qc = statistics.median(q[0]), statistics.median(q[1])
+    print("%-48s tblk %8.0f IOPS %6.1f us/IO | qsd %8.0f IOPS %6.1f us/IO | x%.2f IOPS x%.2f CPU"
+          % (c, ti, tc, qi, qc, ti / qi, tc / qc))
+PY

@@ -4,7 +4,8 @@
 # vhost-user-blk export (two queues, on an iothread). The guest writes a pattern with
 # O_DIRECT, reads it back, discards, flushes and powers off; the host then finds the
 # pattern in the image, SIGTERMs the daemon and checks it exits 0 and removes its socket
-# and pid file. Skipped when the emulator, busybox or a kernel with virtio modules is absent.
+# and pid file. In between, the daemon is restarted under the running guest (QEMU
+# reconnects), and the guest reads its data back and writes more through the new one. Skipped when the emulator, busybox or a kernel with virtio modules is absent.
 import glob
 import hashlib
 import lzma
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 BUILD = os.environ.get("TBLK_BUILD", ".")
@@ -98,6 +100,12 @@ echo "TBLK-SIZE $(/bin/busybox cat /sys/block/vda/size) Q $(/bin/busybox ls /sys
 /bin/busybox blkdiscard -o 4194304 -l 1048576 /dev/vda && echo TBLK-DISCARD-OK
 /bin/busybox dd if=/dev/vda bs=65536 skip=64 count=16 iflag=direct 2>/dev/null | /bin/busybox sha256sum | /bin/busybox sed 's/^/TBLK-ZERO /'
 /bin/busybox sync
+echo TBLK-PHASE1
+read go < /dev/console
+/bin/busybox dd if=/dev/vda bs=65536 skip=16 count=16 iflag=direct 2>/dev/null | /bin/busybox sha256sum | /bin/busybox sed 's/^/TBLK-REREAD /'
+/bin/busybox yes tblk-second-pattern | /bin/busybox head -c 1048576 > /p2
+/bin/busybox dd if=/p2 of=/dev/vda bs=65536 seek=96 oflag=direct conv=fsync 2>/dev/null && echo TBLK-WRITE2-OK
+/bin/busybox sync
 echo TBLK-DONE
 /bin/busybox poweroff -f
 """
@@ -113,7 +121,7 @@ def main():
     vmlinuz, mods = find_kernel()
     if not vmlinuz:
         skip_all("no readable kernel with virtio modules in /boot and /lib/modules")
-    print("1..9", flush=True)
+    print("1..12", flush=True)
     tmp = tempfile.mkdtemp(prefix="tblk-guest.", dir=os.environ.get("TMPDIR", "/tmp"))
     daemon = None
     try:
@@ -133,17 +141,31 @@ def main():
             f.write(b"\xaa" * (8 << 20))
         sock = os.path.join(tmp, "vhost.sock")
         pidf = os.path.join(tmp, "daemon.pid")
-        daemon = subprocess.Popen([
-            DAEMON, "--object", "iothread,id=io0",
-            "--blockdev", "driver=file,node-name=f,filename=%s" % img,
-            "--blockdev", "driver=raw,node-name=disk,file=f",
-            "--export", "type=vhost-user-blk,id=e0,node-name=disk,addr.type=unix,"
-            "addr.path=%s,writable=on,num-queues=2,iothread=io0" % sock,
-            "--pidfile", pidf], stderr=subprocess.PIPE)
-        for _ in range(500):
-            if os.path.exists(pidf) or daemon.poll() is not None:
-                break
-            time.sleep(0.01)
+
+        def start_daemon():
+            d = subprocess.Popen([
+                DAEMON, "--object", "iothread,id=io0",
+                "--blockdev", "driver=file,node-name=f,filename=%s" % img,
+                "--blockdev", "driver=raw,node-name=disk,file=f",
+                "--export", "type=vhost-user-blk,id=e0,node-name=disk,addr.type=unix,"
+                "addr.path=%s,writable=on,num-queues=2,iothread=io0" % sock,
+                "--pidfile", pidf])
+            for _ in range(500):
+                if os.path.exists(pidf) or d.poll() is not None:
+                    break
+                time.sleep(0.01)
+            return d
+
+        def stop_daemon(d):
+            d.send_signal(signal.SIGTERM)
+            try:
+                return d.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                d.kill()
+                d.wait()
+                return None
+
+        daemon = start_daemon()
         ok(os.path.exists(sock) and daemon.poll() is None, "tblk-daemon listens")
         cmd = [qemu, "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "256M",
                "-object", "memory-backend-memfd,id=mem,size=256M,share=on",
@@ -151,14 +173,38 @@ def main():
                "-append", "console=ttyS0 panic=-1 quiet loglevel=3",
                "-display", "none", "-serial", "stdio", "-monitor", "none",
                "-no-reboot", "-nodefaults",
-               "-chardev", "socket,id=c0,path=%s" % sock,
+               "-chardev", "socket,id=c0,path=%s,reconnect=1" % sock,
                "-device", "vhost-user-blk-pci,chardev=c0,num-queues=2"]
+        qemu_p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT)
+        outl = []
+        phase1 = threading.Event()
+
+        def reader():
+            for raw in qemu_p.stdout:
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                outl.append(line)
+                if line.startswith("TBLK-PHASE1"):
+                    phase1.set()
+
+        th = threading.Thread(target=reader, daemon=True)
+        th.start()
+        restarted = None
+        if phase1.wait(60):
+            # Restart the daemon under the running guest; QEMU reconnects.
+            rc1 = stop_daemon(daemon)
+            daemon = start_daemon()
+            restarted = rc1 == 0 and daemon.poll() is None
+            qemu_p.stdin.write(b"go\n")
+            qemu_p.stdin.flush()
         try:
-            out = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, timeout=90).stdout.decode(
-                                     "utf-8", "replace")
-        except subprocess.TimeoutExpired as e:
-            out = (e.stdout or b"").decode("utf-8", "replace") + "\n(timeout)"
+            qemu_p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            qemu_p.kill()
+            qemu_p.wait()
+            outl.append("(timeout)")
+        th.join(5)
+        out = "\n".join(outl)
         lines = {}
         for line in out.splitlines():
             if line.startswith("TBLK-"):
@@ -178,11 +224,14 @@ def main():
         data = open(img, "rb").read()
         ok(data[1 << 20:2 << 20] == pattern and data[:1 << 20] == b"\xaa" * (1 << 20),
            "the image holds the pattern where the guest wrote it, and nothing else changed")
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            rc = daemon.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            rc = None
+        ok(restarted, "SIGTERM with the guest connected: exit 0; a new daemon starts")
+        ok(lines.get("TBLK-REREAD", "").split(" ")[0] == want,
+           "after the restart the guest reads its pattern back")
+        pattern2 = (b"tblk-second-pattern\n" * 60000)[:1 << 20]
+        ok("TBLK-WRITE2-OK" in lines and
+           open(img, "rb").read()[6 << 20:7 << 20] == pattern2,
+           "and writes through the new daemon land in the image")
+        rc = stop_daemon(daemon)
         ok(rc == 0, "SIGTERM: tblk-daemon exits 0 (%s)" % rc)
         ok(not os.path.exists(sock) and not os.path.exists(pidf),
            "its socket and pid file are removed")
