@@ -115,7 +115,7 @@ static int prog(char **out, const char *const *argv)
 
 int main(int argc, char **argv)
 {
-	char dir[] = "/tmp/tblk-nbdexp-XXXXXX";
+	char *dir;
 	struct export_host host = { 0 };
 	struct export exp = { 0 }, exp2 = { 0 };
 	struct tblk_loop *loop;
@@ -132,10 +132,11 @@ int main(int argc, char **argv)
 		execv("/proc/self/exe", argv);
 	}
 	tap_plan(19);
+	dir = g_dir_make_tmp("tblk-nbdexp-XXXXXX", NULL);
 	ok(registered && registered->server_option &&
 	   !strcmp(registered->server_option, "nbd-server"),
 	   "the nbd type registers itself with the nbd-server option");
-	if (!registered || !mkdtemp(dir))
+	if (!registered || !dir)
 		tap_bail("no nbd export type");
 	img = g_strdup_printf("%s/img.raw", dir);
 	sock = g_strdup_printf("%s/s", dir);
@@ -234,6 +235,7 @@ int main(int argc, char **argv)
 	tblk_loop_free(loop);
 	unlink(img);
 	rmdir(dir);
+	g_free(dir);
 	g_free(img);
 	g_free(sock);
 	g_free(uri);

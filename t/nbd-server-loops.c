@@ -281,7 +281,7 @@ static void clients_seen(void *opaque, unsigned int nr, uint64_t total)
 
 int main(int argc, char **argv)
 {
-	char dir[] = "/tmp/tblk-nbdloops-XXXXXX";
+	char *dir;
 	struct nbds_export_opts eo = { .id = "disk", .name = "", .writable = true };
 	struct client *cl = g_new0(struct client, NR_CLIENTS);
 	struct tblk_iothread *iot;
@@ -308,7 +308,8 @@ int main(int argc, char **argv)
 	seed = tap_seed(20261121);
 
 	tap_plan(9);
-	if (!mkdtemp(dir))
+	dir = g_dir_make_tmp("tblk-nbdloops-XXXXXX", NULL);
+	if (!dir)
 		tap_bail("mkdtemp");
 	img = g_strdup_printf("%s/img.raw", dir);
 	snprintf(sock_path, sizeof(sock_path), "%s/s", dir);
@@ -406,6 +407,7 @@ int main(int argc, char **argv)
 	tblk_loop_free(srv_loop);
 	unlink(img);
 	rmdir(dir);
+	g_free(dir);
 	g_free(img);
 	g_free(cl);
 	return tap_done();

@@ -43,6 +43,7 @@ struct nbds_req {
 	struct iovec iov;
 	struct tblk_work work;		/* BLOCK_STATUS on the pool */
 	GByteArray *bs;			/* BLOCK_STATUS chunks built by the worker */
+	size_t bs_last;			/* offset of the last chunk in bs */
 	int ret;
 };
 
@@ -618,6 +619,7 @@ static int block_status_work(void *opaque)
 		if (!ctx[i].nr)
 			bs_add(&ctx[i], req->r.len, 0);	/* cannot happen: len > 0 */
 		bs_finish(&ctx[i]);
+		req->bs_last = req->bs->len;
 		g_byte_array_append(req->bs, ctx[i].out->data, ctx[i].out->len);
 		g_byte_array_free(ctx[i].out, TRUE);
 	}
@@ -636,8 +638,8 @@ static void block_status_done(void *opaque, int ret)
 	}
 	o = out_new();
 	g_byte_array_append(o->hdr, req->bs->data, req->bs->len);
-	nbds_put_chunk_header(o->hdr, TBLK_NBD_REPLY_FLAG_DONE, TBLK_NBD_REPLY_TYPE_NONE,
-			      req->r.cookie, 0);
+	/* The last context's chunk carries DONE (its flags follow the 4-byte magic). */
+	o->hdr->data[req->bs_last + 5] |= TBLK_NBD_REPLY_FLAG_DONE;
 	out_hdr_piece(o, 0);
 	out_queue(conn, o);
 	req_free(req);

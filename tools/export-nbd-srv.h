@@ -20,7 +20,7 @@ struct nbds_export {
 	char *id, *name, *description;	/* [const] */
 	bool discard;			/* [const] TRIM/zero writes may unmap */
 	unsigned int nr_conns;		/* [srv->lock] connections serving it */
-	struct tblk_list link;		/* [server loop] srv->exports */
+	struct tblk_list link;		/* [srv->lock] srv->exports; unlinked on the server loop */
 };
 
 struct nbds_listener {
@@ -31,7 +31,7 @@ struct nbds_listener {
 struct nbds_server {
 	struct tblk_loop *loop;		/* [const] */
 	struct nbds_export_table table;	/* [const] for handshakes */
-	struct tblk_list exports;	/* [server loop] struct nbds_export */
+	struct tblk_list exports;	/* [lock] struct nbds_export; removals on the server loop */
 	struct nbds_listener listeners[8]; /* [server loop] */
 	unsigned int nr_listeners;	/* [server loop] */
 	bool listening;			/* [server loop] accept handlers installed */

@@ -5,8 +5,8 @@
  * serves any number of clients, each on the loop of the backend it picked, with its requests
  * submitted asynchronously and answered in whatever order they complete.
  *
- * Threading: create the server, add exports and listeners on the thread that runs the
- * server's loop (or before it runs). A backend's asynchronous requests are submitted on the
+ * Threading: create the server and its listeners on the thread that runs the server's loop
+ * (or before it runs); exports may be added and removed from any thread. A backend's asynchronous requests are submitted on the
  * backend's loop: connections move there after the handshake.
  */
 #ifndef TBLK_TOOLS_EXPORT_NBD_H
