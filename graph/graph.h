@@ -194,6 +194,8 @@ struct tblk_node {
 
 /* Finds a driver by name (formats and protocols); NULL if unknown. */
 const struct tblk_driver *tblk__driver_find(const char *name);
+/* The protocol a file name names ("nbd://...", "null-co://"), or "file" for plain paths. */
+const struct tblk_driver *tblk__protocol_for(const char *filename);
 /* The format drivers to probe and the NULL-terminated list of their names. */
 const struct tblk_driver *const *tblk__format_drivers(void);
 

@@ -94,6 +94,11 @@ static const struct tblk_driver *protocol_from_filename(const char *filename)
 	return NULL;
 }
 
+const struct tblk_driver *tblk__protocol_for(const char *filename)
+{
+	return protocol_from_filename(filename) ?: &tblk__drv_file;
+}
+
 static struct tblk_node *node_alloc(const struct tblk_driver *drv, unsigned int flags)
 {
 	struct tblk_node *node = g_new0(struct tblk_node, 1);

@@ -84,7 +84,8 @@ static int parse_url(const char *filename, struct tblk_nbd_addr *addr)
 	auth = g_strndup(rest, (size_t)((slash ? slash : query ? query : rest + strlen(rest)) -
 					rest));
 	if (slash)
-		path = g_strndup(slash + 1, query ? (size_t)(query - slash - 1) : strlen(slash + 1));
+		path = g_strndup(slash + 1,
+				 query ? (size_t)(query - slash - 1) : strlen(slash + 1));
 	addr->export = path ? g_uri_unescape_string(path, NULL) : g_strdup("");
 	if (!addr->export)
 		return -EINVAL;
@@ -157,7 +158,8 @@ static int parse_options(GHashTable *opts, struct tblk_nbd_addr *addr, GError **
 		if (!host)
 			return tblk_error_set(errp, EINVAL, "Parameter 'server.host' is missing");
 		if (path)
-			return tblk_error_set(errp, EINVAL, "Parameter 'server.path' is unexpected");
+			return tblk_error_set(errp, EINVAL,
+					      "Parameter 'server.path' is unexpected");
 		addr->host = g_steal_pointer(&host);
 		addr->port = g_steal_pointer(&port);
 	} else {
@@ -245,6 +247,51 @@ static void nbd_close(struct tblk_node *node)
 
 	tblk__nbd_conn_free(s->conn);
 	s->conn = NULL;
+}
+
+/*
+ * An export cannot be created, only reused, as qemu does for protocols without creation:
+ * it must be writable and at least @size bytes, and its first sector is zeroed so that no
+ * old header is probed later.
+ */
+#define NO_CREATE "Protocol driver 'nbd' does not support image creation, and opening the " \
+		  "image failed: "
+
+static int nbd_create(const char *filename, uint64_t size, GHashTable *opts, GError **errp)
+{
+	struct tblk_nbd_addr addr = { 0 };
+	struct tblk_nbd_conn *conn;
+	const struct tblk_nbd_info *info;
+	uint8_t zero[512] = { 0 };
+	struct iovec iov = { zero, sizeof(zero) };
+	struct tblk_nbd_cmd cmd = { .type = TBLK_NBD_CMD_WRITE, .iov = &iov, .iovcnt = 1 };
+	int ret = parse_filename(filename, &addr, errp);
+
+	if (ret < 0)
+		return ret;
+	if (!addr.is_unix && !addr.port)
+		addr.port = g_strdup_printf("%d", TBLK_NBD_DEFAULT_PORT);
+	ret = tblk__nbd_conn_open(&addr, &conn, errp);
+	tblk__nbd_addr_clear(&addr);
+	if (ret < 0) {
+		tblk_error_prepend(errp, "%s", NO_CREATE);
+		return ret;
+	}
+	info = tblk__nbd_conn_info(conn);
+	if (info->flags & TBLK_NBD_FLAG_READ_ONLY) {
+		ret = tblk_error_set_errno(errp, EACCES, NO_CREATE "Could not open image");
+	} else if (size > info->size) {
+		ret = tblk_error_set(errp, EINVAL, "Cannot grow NBD nodes");
+	} else if (size) {
+		cmd.len = (uint32_t)TBLK_MIN(size, sizeof(zero));
+		iov.iov_len = cmd.len;
+		ret = tblk__nbd_conn_run(conn, &cmd);
+		if (ret < 0)
+			tblk_error_set_errno(errp, -ret, "Failed to clear the new image's first "
+					     "sector");
+	}
+	tblk__nbd_conn_free(conn);
+	return ret;
 }
 
 /* ---------------------------------------------------------------- data path */
@@ -490,7 +537,8 @@ static int nbd_submit_fast(struct tblk_node *node, struct tblk_req *req, uint64_
 		type = TBLK_NBD_CMD_WRITE;
 		break;
 	case TBLK_REQ_FLUSH:
-		if ((node->flags & TBLK_OPEN_NO_FLUSH) || !(s->info.flags & TBLK_NBD_FLAG_SEND_FLUSH))
+		if ((node->flags & TBLK_OPEN_NO_FLUSH) ||
+		    !(s->info.flags & TBLK_NBD_FLAG_SEND_FLUSH))
 			return -EAGAIN;
 		type = TBLK_NBD_CMD_FLUSH;
 		break;
@@ -525,6 +573,7 @@ const struct tblk_driver tblk__drv_nbd = {
 	.instance_size = sizeof(struct nbd_state),
 	.open = nbd_open,
 	.close = nbd_close,
+	.create = nbd_create,
 	.preadv = nbd_preadv,
 	.pwritev = nbd_pwritev,
 	.flush = nbd_flush,

@@ -51,6 +51,7 @@ enum tx {			/* how the first READ is answered */
 	TX_UNKNOWN_CHUNK,
 	TX_BS_BAD_CONTEXT,
 	TX_BS_LONG_EXTENT,
+	TX_RANDOM,		/* chunks with random type, flags, length and payload */
 };
 
 struct fake {
@@ -61,6 +62,7 @@ struct fake {
 	enum tx tx;
 	uint8_t *disk;
 	int nr_requests;	/* served */
+	uint64_t seed;		/* TX_RANDOM */
 };
 
 static char dir[64];
@@ -96,8 +98,16 @@ static int rd(int fd, void *buf, size_t n)
 }
 
 static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
-static void put32(uint8_t *p, uint32_t v) { put16(p, (uint16_t)(v >> 16)); put16(p + 2, (uint16_t)v); }
-static void put64(uint8_t *p, uint64_t v) { put32(p, (uint32_t)(v >> 32)); put32(p + 4, (uint32_t)v); }
+static void put32(uint8_t *p, uint32_t v)
+{
+	put16(p, (uint16_t)(v >> 16));
+	put16(p + 2, (uint16_t)v);
+}
+static void put64(uint8_t *p, uint64_t v)
+{
+	put32(p, (uint32_t)(v >> 32));
+	put32(p + 4, (uint32_t)v);
+}
 static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static uint32_t get32(const uint8_t *p) { return (uint32_t)get16(p) << 16 | get16(p + 2); }
 static uint64_t get64(const uint8_t *p) { return (uint64_t)get32(p) << 32 | get32(p + 4); }
@@ -357,6 +367,23 @@ static int misbehave(struct fake *f, int fd, const struct fake_req *r)
 			     b + 8, 12, NULL, 0);
 	case TX_UNKNOWN_CHUNK:
 		return chunk(fd, TBLK_NBD_REPLY_FLAG_DONE, 77, c, b, 8, NULL, 0);
+	case TX_RANDOM:
+		/* a few chunks of the right cookie, then garbage or a hang-up */
+		for (int i = 0; i < 4; i++) {
+			static const uint16_t types[] = { 0, 1, 2, 5, 0x8001, 0x8002, 3, 0x8003 };
+			uint8_t p[300];
+			uint32_t len = (uint32_t)(tap_rand(&f->seed) % sizeof(p));
+			uint64_t x = tap_rand(&f->seed);
+
+			for (uint32_t j = 0; j < len; j++)
+				p[j] = (uint8_t)tap_rand(&f->seed);
+			if (x & 1)	/* often a plausible offset */
+				put64(p, x & 2 ? r->off : r->off + (x >> 8) % (r->len + 1024));
+			if (chunk(fd, (uint16_t)((x >> 4) & 1), types[(x >> 5) % 8], x & 8 ? c : c + 1,
+				  p, len, NULL, 0))
+				return -1;
+		}
+		return -1;
 	default:
 		return answer(f, fd, r, true);
 	}
@@ -520,6 +547,37 @@ static void read_case(const char *name, enum hs hs, enum tx tx, int want, int la
 	fake_stop(&f);
 	free(f.disk);
 	free(buf);
+}
+
+/* Seeded random chunks: every result is a clean one, never a crash or a hang. */
+static void test_random(void)
+{
+	uint64_t seed = tap_seed(12345);
+	int bad = 0;
+
+	for (int i = 0; i < 40; i++) {
+		struct tblk_blk *blk = NULL;
+		struct fake f;
+		uint8_t *buf = malloc(65536);
+		int r1 = 0, r2 = 0;
+
+		fake_start(&f, HS_OK, TX_RANDOM);
+		f.seed = seed + (uint64_t)i;
+		if (open_fake(&blk, &f, false, NULL) == 0) {
+			r1 = tblk_blk_pread(blk, 8192, buf, 65536, 0);
+			r2 = tblk_blk_pread(blk, 0, buf, 4096, 0);
+			tblk_blk_close(blk);
+		}
+		/* 0 or -errno, whatever came */
+		if (r1 > 0 || r1 < -4095 || r2 > 0 || r2 < -4095) {
+			tap_diag("seed %" PRIu64 ": %d %d", seed + (uint64_t)i, r1, r2);
+			bad++;
+		}
+		fake_stop(&f);
+		free(f.disk);
+		free(buf);
+	}
+	is_int(bad, 0, "40 servers sending random chunks: clean errors (seed %" PRIu64 ")", seed);
 }
 
 static void test_hole_and_data(void)
@@ -831,6 +889,7 @@ int main(void)
 	read_case("read not covered", HS_OK, TX_NOT_COVERED, -EIO, 0);
 	read_case("unknown chunk type", HS_OK, TX_UNKNOWN_CHUNK, -EIO, -EIO);
 	test_hole_and_data();
+	test_random();
 	bs_case("block status", TX_GOOD, TBLK_BS_DATA | TBLK_BS_OFFSET_VALID, 65536);
 	bs_case("block status, other context", TX_BS_BAD_CONTEXT, -EIO, 0);
 	bs_case("block status, extent past the request", TX_BS_LONG_EXTENT,
