@@ -30,7 +30,7 @@ struct bd_state {
 	struct tblk_mutex lock;		/* a leaf */
 	struct tblk_cond cv;		/* [lock] a stopped request is resumed or went on */
 	GPtrArray *rules;		/* [lock] struct bd_rule, in definition order */
-	GPtrArray *active;		/* [lock] inject-error rules of the last event that had any */
+	GPtrArray *active;		/* [lock] inject-error rules of the last event with some */
 	int state;			/* [lock] starts at 1 */
 	struct tblk_list stopped;	/* [lock] struct bd_stopped */
 };
@@ -114,7 +114,8 @@ static int bd_open(struct tblk_node *node, GHashTable *opts, unsigned int flags,
 		goto out_destroy;
 	if (!g_hash_table_contains(opts, "image.filename") &&
 	    !g_hash_table_contains(opts, "image.driver") && !g_hash_table_contains(opts, "image")) {
-		ret = tblk_error_set(errp, EINVAL, "A block device must be specified for \"image\"");
+		ret = tblk_error_set(errp, EINVAL,
+				     "A block device must be specified for \"image\"");
 		goto out_destroy;
 	}
 	ret = tblk__node_open_child(node, "image", opts, flags, &node->file, errp);
