@@ -85,6 +85,8 @@ static void state_destroy(struct bd_state *s)
 	tblk_mutex_destroy(&s->lock);
 }
 
+static void bd_debug_event(struct tblk_node *node, enum tblk_debug_event ev);
+
 static int bd_open(struct tblk_node *node, GHashTable *opts, unsigned int flags, GError **errp)
 {
 	struct bd_state *s = node->opaque;
@@ -126,6 +128,8 @@ static int bd_open(struct tblk_node *node, GHashTable *opts, unsigned int flags,
 		goto out_close_child;
 	/* Errors and relative backing names refer to the image below. */
 	node->filename = g_strdup(node->file->filename);
+	/* As qemu's, rules on the event "none" are active from the start. */
+	bd_debug_event(node, TBLK_DBG_NONE);
 	return 0;
 
 out_close_child:

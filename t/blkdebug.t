@@ -20,7 +20,8 @@
 # - An event activates the inject-error rules written for it (in the current state, state 0
 #   meaning any): from then on every request of their iotype fails with errno until another
 #   event activates other rules; with once=on a rule is removed after one failure. set-state
-#   changes the state after the event. A sector rule fails only requests covering it.
+#   changes the state after the event. A sector rule fails only requests covering it. Rules
+#   on the event "none" are active from the open on (a qcow2 header read fails).
 # - Breakpoints print "blkdebug: Suspended request 'TAG'" and "blkdebug: Resuming request
 #   'TAG'"; a breakpoint fires once; resume wakes one request; unknown tags and events are
 #   ENOENT ("No such file or directory").
@@ -182,6 +183,11 @@ conf '[inject-error]\nevent = "read_aio"\nonce = "on"\n'
 IMG=$tmp/data.qcow2 c "read_aio" -c "read 0 4k" -c "read -P 0x11 0 4k" $bd
 conf '[inject-error]\nevent = "write_aio"\n'
 IMG=$tmp/data.qcow2 c "overwrite fails at write_aio" -c "write 0 4k" -c "read -P 0x11 0 4k" $bd
+conf '[inject-error]\nevent = "none"\nonce = "on"\n'
+c "event none: active from the start" -c "read 0 4k" $bd
+conf '[inject-error]\nevent = "none"\niotype = "write"\n'
+c "event none, raw: writes fail" -c "read 0 4k" -c "write 0 4k" -c "read 0 4k" \
+	-f raw blkdebug:c.conf:img
 conf '[inject-error]\nevent = "l2_update"\nstate = "2"\n'
 c "rule of another state" -c "write 0 64k" $bd
 conf '[set-state]\nevent = "l2_alloc_write"\nstate = "1"\nnew_state = "2"\n'\
