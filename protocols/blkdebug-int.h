@@ -39,7 +39,7 @@ struct bd_rule {
 	int error;			/* positive errno; <= 0 makes requests succeed */
 	bool once;			/* removed after failing one request */
 	bool immediately;		/* accepted; our requests are failed synchronously anyway */
-	int64_t offset;			/* byte offset (sector * 512) a request must cover, -1: any */
+	int64_t offset;			/* sector * 512 a request must cover, -1: any */
 	unsigned int iotype_mask;	/* 1 << enum bd_iotype */
 	/* set-state */
 	int new_state;

@@ -30,7 +30,7 @@ struct bd_state {
 	struct tblk_mutex lock;		/* a leaf */
 	struct tblk_cond cv;		/* [lock] a stopped request is resumed or went on */
 	GPtrArray *rules;		/* [lock] struct bd_rule, in definition order */
-	GPtrArray *active;		/* [lock] inject-error rules of the last event that had any */
+	GPtrArray *active;		/* [lock] inject-error rules of the last event with some */
 	int state;			/* [lock] starts at 1 */
 	struct tblk_list stopped;	/* [lock] struct bd_stopped */
 };
@@ -85,6 +85,8 @@ static void state_destroy(struct bd_state *s)
 	tblk_mutex_destroy(&s->lock);
 }
 
+static void bd_debug_event(struct tblk_node *node, enum tblk_debug_event ev);
+
 static int bd_open(struct tblk_node *node, GHashTable *opts, unsigned int flags, GError **errp)
 {
 	struct bd_state *s = node->opaque;
@@ -114,7 +116,8 @@ static int bd_open(struct tblk_node *node, GHashTable *opts, unsigned int flags,
 		goto out_destroy;
 	if (!g_hash_table_contains(opts, "image.filename") &&
 	    !g_hash_table_contains(opts, "image.driver") && !g_hash_table_contains(opts, "image")) {
-		ret = tblk_error_set(errp, EINVAL, "A block device must be specified for \"image\"");
+		ret = tblk_error_set(errp, EINVAL,
+				     "A block device must be specified for \"image\"");
 		goto out_destroy;
 	}
 	ret = tblk__node_open_child(node, "image", opts, flags, &node->file, errp);
@@ -125,6 +128,8 @@ static int bd_open(struct tblk_node *node, GHashTable *opts, unsigned int flags,
 		goto out_close_child;
 	/* Errors and relative backing names refer to the image below. */
 	node->filename = g_strdup(node->file->filename);
+	/* As qemu's, rules on the event "none" are active from the start. */
+	bd_debug_event(node, TBLK_DBG_NONE);
 	return 0;
 
 out_close_child:

@@ -20,7 +20,8 @@
 # - An event activates the inject-error rules written for it (in the current state, state 0
 #   meaning any): from then on every request of their iotype fails with errno until another
 #   event activates other rules; with once=on a rule is removed after one failure. set-state
-#   changes the state after the event. A sector rule fails only requests covering it.
+#   changes the state after the event. A sector rule fails only requests covering it. Rules
+#   on the event "none" are active from the open on (a qcow2 header read fails).
 # - Breakpoints print "blkdebug: Suspended request 'TAG'" and "blkdebug: Resuming request
 #   'TAG'"; a breakpoint fires once; resume wakes one request; unknown tags and events are
 #   ENOENT ("No such file or directory").
@@ -47,7 +48,8 @@ qemu-io -f qcow2 -c "write -q -P 0x11 0 64k" "$tmp/data.qcow2" >/dev/null
 base=$tmp/base.qcow2
 
 filter() {
-	sed -E -e 's#[0-9]+ ops; [0-9:.]+( sec)? \([0-9.inf]+ [A-Za-z]+/sec and [0-9.inf]+ ops/sec\)#X ops; X#'
+	local n='[0-9.inf]+'
+	sed -E -e "s#[0-9]+ ops; [0-9:.]+( sec)? \\($n [A-Za-z]+/sec and $n ops/sec\\)#X ops; X#"
 }
 
 . "$TBLK_SRC/t/lib-diff.sh"
@@ -139,24 +141,26 @@ c "CRLF lines" -c "write 0 64k" $bd
 
 # ---- options
 io="--image-opts driver=qcow2,file.driver=blkdebug,file.image.filename=img"
-c "options: an error" -c "write 0 64k" $io,file.inject-error.0.event=l2_update
+ie=file.inject-error.0
+ss=file.set-state.0
+c "options: an error" -c "write 0 64k" $io,$ie.event=l2_update
 c "options: errno, once" -c "write 0 64k" -c "write 64k 64k" \
-	$io,file.inject-error.0.event=l2_update,file.inject-error.0.errno=28,file.inject-error.0.once=on
-c "options: missing event" -c "write 0 64k" $io,file.inject-error.0.errno=5
-c "options: unknown key" -c "write 0 64k" $io,file.inject-error.0.event=l2_update,file.inject-error.0.foo=1
+	$io,$ie.event=l2_update,$ie.errno=28,$ie.once=on
+c "options: missing event" -c "write 0 64k" $io,$ie.errno=5
+c "options: unknown key" -c "write 0 64k" $io,$ie.event=l2_update,$ie.foo=1
 c "options: index gap" -c "write 0 64k" $io,file.inject-error.1.event=l2_update
-c "options: bad iotype" -c "write 0 64k" $io,file.inject-error.0.event=l2_update,file.inject-error.0.iotype=x
+c "options: bad iotype" -c "write 0 64k" $io,$ie.event=l2_update,$ie.iotype=x
 c "options: iotype read spares writes" -c "write 0 64k" -c "read 0 64k" \
-	$io,file.inject-error.0.event=l2_update,file.inject-error.0.iotype=read
+	$io,$ie.event=l2_update,$ie.iotype=read
 c "options: set-state" -c "write 0 64k" -c "write 1M 64k" \
-	$io,file.set-state.0.event=l2_alloc_write,file.set-state.0.state=1,file.set-state.0.new_state=2,file.inject-error.0.event=write_aio,file.inject-error.0.state=2
-c "options: new-state is not a key" -c "write 0 64k" $io,file.set-state.0.event=l2_update,file.set-state.0.new-state=2
+	$io,$ss.event=l2_alloc_write,$ss.state=1,$ss.new_state=2,$ie.event=write_aio,$ie.state=2
+c "options: new-state is not a key" -c "write 0 64k" $io,$ss.event=l2_update,$ss.new-state=2
 c "options: unknown blkdebug option" -c "write 0 64k" $io,file.foo=1
 c "options: align not a power of two" -c "write 0 64k" $io,file.align=3
 c "options: align 4k" -c "write 512 512" -c "read -P 0xcd 512 512" $io,file.align=4k
 c "options: no image" -c "write 0 64k" --image-opts driver=qcow2,file.driver=blkdebug
 c "options: config and options" -c "write 0 64k" -c "write 64k 64k" \
-	$io,file.config=c.conf,file.inject-error.0.event=write_aio,file.inject-error.0.once=on
+	$io,file.config=c.conf,$ie.event=write_aio,$ie.once=on
 
 # ---- injected errors on qcow2 events
 for ev in l1_update l2_alloc_write l2_update write_aio refblock_update_part cluster_alloc; do
@@ -179,9 +183,15 @@ conf '[inject-error]\nevent = "read_aio"\nonce = "on"\n'
 IMG=$tmp/data.qcow2 c "read_aio" -c "read 0 4k" -c "read -P 0x11 0 4k" $bd
 conf '[inject-error]\nevent = "write_aio"\n'
 IMG=$tmp/data.qcow2 c "overwrite fails at write_aio" -c "write 0 4k" -c "read -P 0x11 0 4k" $bd
+conf '[inject-error]\nevent = "none"\nonce = "on"\n'
+c "event none: active from the start" -c "read 0 4k" $bd
+conf '[inject-error]\nevent = "none"\niotype = "write"\n'
+c "event none, raw: writes fail" -c "read 0 4k" -c "write 0 4k" -c "read 0 4k" \
+	-f raw blkdebug:c.conf:img
 conf '[inject-error]\nevent = "l2_update"\nstate = "2"\n'
 c "rule of another state" -c "write 0 64k" $bd
-conf '[set-state]\nevent = "l2_alloc_write"\nstate = "1"\nnew_state = "2"\n[inject-error]\nevent = "write_aio"\nstate = "2"\nonce = "on"\n'
+conf '[set-state]\nevent = "l2_alloc_write"\nstate = "1"\nnew_state = "2"\n'\
+'[inject-error]\nevent = "write_aio"\nstate = "2"\nonce = "on"\n'
 c "state machine" -c "write 0 64k" -c "write 64k 64k" -c "write 1M 64k" $bd
 
 # ---- breakpoints
