@@ -399,6 +399,37 @@ static struct vblk_ifl {
 	return p == MAP_FAILED ? NULL : p;
 }
 
+/* A call eventfd left one short of overflowing and a kick pipe at EOF: no hang, no spin. */
+static void test_hostile_fds(struct fe *f)
+{
+	int full = eventfd(0, EFD_CLOEXEC), p[2];
+	uint64_t big = 0xfffffffffffffffeull, v = 0;
+	struct drv *d = &f->d[0];
+	struct vreq r;
+	int i;
+
+	is_int(fe_setup(f, sock, 2, want_features()), 0, "setup");
+	if (write(full, &big, 8) != 8 || pipe(p) < 0)
+		tap_bail("eventfd");
+	is_int(fe_set(f, VHOST_USER_SET_VRING_CALL, &v, 8, &full, 1), 0,
+	       "a call eventfd that cannot take one more signal");
+	drv_req(d, &r, VIRTIO_BLK_T_FLUSH, 0, 0, 1, false);
+	fe_kick(f, 0);
+	for (i = 0; i < 1000 && drv_used_idx(d) == d->last_used; i++)
+		usleep(5000);
+	d->last_used = drv_used_idx(d);
+	drv_reset_heap(d);
+	ok(i < 1000, "the request still completes");
+	close(p[1]);
+	v = 1;
+	is_int(fe_set(f, VHOST_USER_SET_VRING_KICK, &v, 8, &p[0], 1), 0,
+	       "a kick fd that is a pipe at end of file");
+	is_int(fe_get_u64(f, VHOST_USER_GET_QUEUE_NUM, &v), 0, "the back-end still answers");
+	fe_close(f);
+	close(full);
+	close(p[0]);
+}
+
 /* A back-end "crashed" with three writes taken: the next one resubmits them, in order. */
 static void test_inflight_resume(struct fe *f)
 {
@@ -536,6 +567,7 @@ int main(void)
 	test_malformed(&f);
 	test_garbage(seed);
 	test_reconnect(&f);
+	test_hostile_fds(&f);
 	test_inflight_resume(&f);
 	test_inflight_disconnect(&f);
 

@@ -190,9 +190,10 @@ static void kick_readable(void *opaque)
 {
 	struct vu_vq *v = opaque;
 	uint64_t cnt;
+	ssize_t n = read(v->kick_fd, &cnt, sizeof(cnt));
 
-	if (read(v->kick_fd, &cnt, sizeof(cnt)) < 0 && errno != EAGAIN && errno != EINTR) {
-		/* Not an eventfd we can read: stop watching it rather than spin. */
+	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+		/* Not an eventfd we can read (a pipe at EOF...): stop watching, do not spin. */
 		tblk_loop_set_fd_handler(v->conn->srv->loop, v->kick_fd, NULL, NULL, NULL, NULL);
 		return;
 	}
@@ -340,6 +341,12 @@ static int msg_vring_fd(struct vu_conn *c, struct msg *m)
 			return VU_DROP;
 	}
 	q = &c->vq[v & VHOST_USER_VRING_IDX_MASK];
+	/*
+	 * Never block on a front-end's fd: a call eventfd whose counter it left near the top
+	 * (or a full pipe) would otherwise stop this loop in write().
+	 */
+	if (fd >= 0)
+		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 	switch (m->h.request) {
 	case VHOST_USER_SET_VRING_CALL:
 		close_fd(&q->call_fd);
