@@ -224,7 +224,7 @@ out:
 
 int qcow2_create(const char *filename, uint64_t size, GHashTable *opts, GError **errp)
 {
-	const struct tblk_driver *proto = tblk__driver_find("file");
+	const struct tblk_driver *proto = tblk__protocol_for(filename);
 	g_autoptr(GHashTable) popts = tblk_opts_new();
 	g_autoptr(GHashTable) iopts = tblk_opts_new();
 	struct create_opts o = { 0 };
@@ -237,6 +237,11 @@ int qcow2_create(const char *filename, uint64_t size, GHashTable *opts, GError *
 	if (ret < 0)
 		goto out;
 	o.size = size > UINT64_MAX - 511 ? size : TBLK_ALIGN_UP(size, 512);
+	if (!proto->create) {
+		ret = tblk_error_set(errp, ENOTSUP, "Protocol driver '%s' does not support image "
+				     "creation", proto->name);
+		goto out;
+	}
 	ret = proto->create(filename, 0, popts, errp);
 	if (ret < 0)
 		goto out;
@@ -245,7 +250,7 @@ int qcow2_create(const char *filename, uint64_t size, GHashTable *opts, GError *
 		if (ret < 0)
 			goto out;
 	}
-	g_hash_table_insert(popts, g_strdup("driver"), g_strdup("file"));
+	g_hash_table_insert(popts, g_strdup("driver"), g_strdup(proto->name));
 	ret = tblk__node_open(&file, filename, popts, TBLK_OPEN_RDWR | TBLK_OPEN_PROTOCOL, errp);
 	if (ret < 0)
 		goto out;

@@ -84,6 +84,22 @@ enum qcow2_discard_type {
 
 struct qcow2_cache;
 
+/* One entry of the snapshot table (qcow2-snapshot.c), as read or to be written. */
+struct qcow2_snapshot {
+	uint64_t l1_offset;
+	uint32_t l1_size;
+	char *id;
+	char *name;
+	uint64_t disk_size;
+	uint64_t vm_state_size;
+	uint32_t date_sec;
+	uint32_t date_nsec;
+	uint64_t vm_clock_nsec;
+	uint64_t icount;		/* UINT64_MAX: not recorded */
+	uint32_t extra_data_size;	/* as recorded (at least 24 when we write it) */
+	uint8_t *unknown_extra;		/* extra data past the fields we know, kept */
+};
+
 /* A guest range whose clusters are being allocated: writers overlapping it wait. */
 struct qcow2_alloc {
 	uint64_t start;		/* guest offset, cluster aligned */
@@ -130,6 +146,8 @@ struct qcow2_state {
 	bool has_bitmaps_ext;
 	uint32_t nb_snapshots;
 	uint64_t snapshots_offset;
+	uint64_t snapshots_size;	/* bytes of the snapshot table */
+	struct qcow2_snapshot *snapshots;	/* nb_snapshots entries */
 
 	/* L1 and refcount table, kept in memory in host order. [meta] */
 	uint64_t *l1;
@@ -287,6 +305,19 @@ int tblk__qcow2_submit_fast(struct tblk_node *node, struct tblk_req *req, uint64
 
 /* ------------------------------------------------ check (qcow2-check.c) */
 int qcow2_check(struct qcow2_state *s, struct tblk_check_result *res, int fix);
+
+/* ------------------------------------------------ snapshots (qcow2-snapshot.c) */
+/* Reads and checks the snapshot table at open. */
+int qcow2_snapshots_read(struct qcow2_state *s, uint64_t file_size, GError **errp);
+void qcow2_snapshots_free(struct qcow2_state *s);
+int tblk__qcow2_snapshot_list(struct tblk_node *node, struct tblk_snapshot_info **psn, int *pn);
+int tblk__qcow2_snapshot_create(struct tblk_node *node, const struct tblk_snapshot_info *sn,
+				GError **errp);
+int tblk__qcow2_snapshot_goto(struct tblk_node *node, const char *id_or_name, GError **errp);
+int tblk__qcow2_snapshot_delete(struct tblk_node *node, const char *id, const char *name,
+				GError **errp);
+int tblk__qcow2_snapshot_load_tmp(struct tblk_node *node, const char *id, const char *name,
+				  GError **errp);
 
 /* ------------------------------------------------ create (qcow2-create.c) */
 int qcow2_create(const char *filename, uint64_t size, GHashTable *opts, GError **errp);

@@ -251,6 +251,7 @@ static void state_free(struct qcow2_state *s)
 	g_free(s->l1);
 	g_free(s->reftable);
 	g_free(s->pending_free);
+	qcow2_snapshots_free(s);
 	qcow2_state_free_header(s);
 	tblk_cond_destroy(&s->cv);
 	tblk_cond_destroy(&s->lock_cv);
@@ -320,6 +321,9 @@ static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int fla
 	if (ret < 0)
 		goto out_file;
 	ret = qcow2_refcount_load_table(s, errp);
+	if (ret < 0)
+		goto out_file;
+	ret = qcow2_snapshots_read(s, (uint64_t)flen, errp);
 	if (ret < 0)
 		goto out_file;
 	ret = open_data_file(node, s, opts, flags, errp);
@@ -442,4 +446,9 @@ const struct tblk_driver tblk__drv_qcow2 = {
 	.get_info = qcow2_get_info,
 	.check = qcow2_check_node,
 	.submit_fast = tblk__qcow2_submit_fast,
+	.snapshot_list = tblk__qcow2_snapshot_list,
+	.snapshot_create = tblk__qcow2_snapshot_create,
+	.snapshot_goto = tblk__qcow2_snapshot_goto,
+	.snapshot_delete = tblk__qcow2_snapshot_delete,
+	.snapshot_load_tmp = tblk__qcow2_snapshot_load_tmp,
 };

@@ -132,8 +132,11 @@ static int raw_truncate(struct tblk_node *node, uint64_t size, const char *preal
 
 static int raw_create(const char *filename, uint64_t size, GHashTable *opts, GError **errp)
 {
-	const struct tblk_driver *proto = tblk__driver_find("file");
+	const struct tblk_driver *proto = tblk__protocol_for(filename);
 
+	if (!proto->create)
+		return tblk_error_set(errp, ENOTSUP, "Protocol driver '%s' does not support "
+				      "image creation", proto->name);
 	return proto->create(filename, size, opts, errp);
 }
 

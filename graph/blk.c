@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tracked/throttle.h"
 #include "tracked/tracked.h"
 
 int tblk__req_dispatch(struct tblk_req *req);
@@ -19,7 +20,10 @@ int tblk__req_dispatch(struct tblk_req *req);
 static __thread struct tblk_blk *cb_blk;
 
 struct tblk_blk {
-	struct tblk_node *root;		/* [const] */
+	struct tblk_node *root;		/* [const] where requests go */
+	struct tblk_node *image;	/* [const] what queries see: root below an implicit
+					 * copy-on-read filter */
+	struct tblk__thr_member *throttle;	/* [const] I/O limits, or NULL */
 	struct tblk_loop *loop;		/* [const] where callbacks run, may be NULL */
 	struct tblk_pool *pool;		/* [const] */
 	bool writethrough;		/* [atomic] writes get TBLK_REQ_FUA */
@@ -58,21 +62,68 @@ static int blk_refresh_size(struct tblk_blk *blk)
 
 static void blk_resume_parked(void *opaque);
 
+/*
+ * The backend's own options: "throttling.*" (I/O limits, qemu's -drive names) and
+ * "copy-on-read", which puts a copy-on-read filter above the image (its options move
+ * under "file."). On success *pthr is the throttle member or NULL.
+ */
+static int blk_take_opts(GHashTable **popts, unsigned int *flags, struct tblk_loop *loop,
+			 struct tblk__thr_member **pthr, GError **errp)
+{
+	g_autoptr(GHashTable) topts = tblk__opts_extract_prefix(*popts, "throttling");
+	g_autofree char *group = tblk__opts_take(topts, "group");
+	bool cor = *flags & TBLK_OPEN_COPY_ON_READ;
+	struct tblk__thr_cfg cfg;
+	GHashTableIter it;
+	gpointer k, v;
+
+	*pthr = NULL;
+	if (tblk__opts_take_bool(*popts, "copy-on-read", &cor, errp) < 0 ||
+	    tblk__thr_cfg_parse(&cfg, topts, "", errp) < 0)
+		return -EINVAL;
+	g_hash_table_iter_init(&it, topts);
+	if (g_hash_table_iter_next(&it, &k, &v))
+		return tblk_error_set(errp, EINVAL, "Invalid parameter 'throttling.%s'",
+				      (char *)k);
+	if (cor) {
+		GHashTable *fopts = tblk_opts_new();
+
+		g_hash_table_iter_init(&it, *popts);
+		while (g_hash_table_iter_next(&it, &k, &v))
+			g_hash_table_insert(fopts, g_strconcat("file.", k, NULL), g_strdup(v));
+		g_hash_table_insert(fopts, g_strdup("driver"), g_strdup("copy-on-read"));
+		g_hash_table_unref(*popts);
+		*popts = fopts;
+		*flags |= TBLK_OPEN_COPY_ON_READ;
+	}
+	if (tblk__thr_cfg_enabled(&cfg))
+		return tblk__thr_member_new(pthr, group, &cfg, loop, errp);
+	return 0;
+}
+
 int tblk_blk_open(struct tblk_blk **pblk, const char *filename, GHashTable *options,
 		  unsigned int flags, struct tblk_loop *loop, GError **errp)
 {
-	g_autoptr(GHashTable) opts = tblk__opts_copy(options);
+	GHashTable *opts = tblk__opts_copy(options);
+	struct tblk__thr_member *thr;
 	struct tblk_blk *blk;
 	struct tblk_node *root;
 	int ret;
 
 	if (filename && !*filename)
 		filename = NULL;
-	ret = tblk__node_open(&root, filename, opts, flags, errp);
-	if (ret < 0)
+	ret = blk_take_opts(&opts, &flags, loop, &thr, errp);
+	if (ret == 0)
+		ret = tblk__node_open(&root, filename, opts, flags, errp);
+	g_hash_table_unref(opts);
+	if (ret < 0) {
+		tblk__thr_member_free(thr);
 		return ret;
+	}
 	blk = g_new0(struct tblk_blk, 1);
 	blk->root = root;
+	blk->image = (flags & TBLK_OPEN_COPY_ON_READ) ? root->file : root;
+	blk->throttle = thr;
 	blk->loop = loop;
 	blk->pool = tblk_pool_default();
 	blk->writethrough = flags & TBLK_OPEN_WRITETHROUGH;
@@ -117,6 +168,7 @@ void tblk_blk_close(struct tblk_blk *blk)
 		g_free(req);
 	}
 	tblk_bh_free(blk->resume_bh);
+	tblk__thr_member_free(blk->throttle);
 	tblk__node_close(blk->root);
 	g_free(blk);
 }
@@ -203,6 +255,41 @@ static int areq_fail_work(void *opaque)
 	return req->ret;
 }
 
+/* A request waiting for its throttle group's budget. */
+struct areq_thr_wait {
+	struct tblk__thr_waiter w;
+	struct tblk_req *req;
+};
+
+/* Loop thread: the throttle group released the request (tracked all along). */
+static void areq_thr_release(struct tblk__thr_waiter *w)
+{
+	struct areq_thr_wait *tw = tblk_container_of(w, struct areq_thr_wait, w);
+	struct tblk_req *req = tw->req;
+
+	g_free(tw);
+	tblk_pool_submit(req->blk->pool, &req->work);
+}
+
+/* True if @req was queued for budget (it is released later, on the loop). */
+static bool areq_throttle(struct tblk_req *req)
+{
+	struct areq_thr_wait *tw;
+
+	if (!req->blk->throttle || (req->kind != TBLK_REQ_READ && req->kind != TBLK_REQ_WRITE &&
+				    req->kind != TBLK_REQ_ZEROES))
+		return false;
+	tw = g_new0(struct areq_thr_wait, 1);
+	tw->req = req;
+	tw->w.write = req->kind != TBLK_REQ_READ;
+	tw->w.bytes = req->bytes;
+	tw->w.release = areq_thr_release;
+	if (!tblk__thr_submit(req->blk->throttle, &tw->w))
+		return true;
+	g_free(tw);
+	return false;
+}
+
 static void areq_submit(struct tblk_req *req)
 {
 	struct tblk_node *root = req->node;
@@ -217,6 +304,8 @@ static void areq_submit(struct tblk_req *req)
 		tblk_pool_submit(req->blk->pool, &req->work);
 		return;
 	}
+	if (areq_throttle(req))
+		return;
 	if (r == 1 && root->drv->submit_fast && root->drv->submit_fast(root, req, req->offset) == 0)
 		return;
 	tblk_pool_submit(req->blk->pool, &req->work);
@@ -324,6 +413,10 @@ static int blk_sync(struct tblk_blk *blk, enum tblk_req_kind kind, uint64_t offs
 		return -EPERM;
 	if ((kind == TBLK_REQ_WRITE || kind == TBLK_REQ_ZEROES) && blk_writethrough(blk))
 		req.flags |= TBLK_REQ_FUA;
+	/* Synchronous callers sleep for their budget before the request is tracked. */
+	if (blk->throttle && (kind == TBLK_REQ_READ || kind == TBLK_REQ_WRITE ||
+			      kind == TBLK_REQ_ZEROES))
+		tblk__thr_throttle_sync(blk->throttle, kind != TBLK_REQ_READ, bytes);
 	/* If this thread may turn the backend's loop, waits turn it (see tracked/req.c). */
 	if (blk->loop && (tblk_loop_in_thread(blk->loop) || !tblk_loop_is_running(blk->loop)))
 		tblk__set_wait_loop(blk->loop);
@@ -440,17 +533,17 @@ int tblk_blk_truncate(struct tblk_blk *blk, uint64_t size, const char *prealloc,
 int tblk_blk_block_status(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
 			  uint64_t *pnum, uint64_t *map)
 {
-	return tblk_node_block_status(blk->root, offset, bytes, pnum, map);
+	return tblk_node_block_status(blk->image, offset, bytes, pnum, map);
 }
 
 const char *tblk_blk_format_name(struct tblk_blk *blk)
 {
-	return blk->root->drv->name;
+	return blk->image->drv->name;
 }
 
 const char *tblk_blk_filename(struct tblk_blk *blk)
 {
-	return blk->root->filename;
+	return blk->image->filename;
 }
 
 const char *tblk_blk_protocol_name(struct tblk_blk *blk)
@@ -465,7 +558,7 @@ bool tblk_blk_is_read_only(struct tblk_blk *blk)
 
 bool tblk_blk_format_probed(struct tblk_blk *blk)
 {
-	return blk->root->probed;
+	return blk->image->probed;
 }
 
 struct tblk_loop *tblk_blk_get_loop(struct tblk_blk *blk)
@@ -509,7 +602,7 @@ int tblk_blk_chain_length(struct tblk_blk *blk)
 {
 	int n = 0;
 
-	for (struct tblk_node *node = blk->root; node; node = node->backing)
+	for (struct tblk_node *node = blk->image; node; node = node->backing)
 		n++;
 	return n;
 }
@@ -520,7 +613,7 @@ int tblk_blk_block_status_depth(struct tblk_blk *blk, uint64_t offset, uint64_t 
 	uint64_t n = bytes;
 	int d = 0;
 
-	for (struct tblk_node *node = blk->root; node; node = node->backing, d++) {
+	for (struct tblk_node *node = blk->image; node; node = node->backing, d++) {
 		int64_t len = tblk_node_getlength(node);
 		int ret;
 
@@ -552,24 +645,30 @@ int tblk_blk_block_status_depth(struct tblk_blk *blk, uint64_t offset, uint64_t 
 
 uint32_t tblk_blk_cluster_size(struct tblk_blk *blk)
 {
-	struct tblk_node *root = blk->root;
+	struct tblk_node *root = blk->image;
 
 	return root->drv->cluster_size ? root->drv->cluster_size(root) : 0;
 }
 
 int tblk_blk_get_format_info(struct tblk_blk *blk, struct tblk_format_info *info)
 {
-	struct tblk_node *root = blk->root;
+	struct tblk_node *root = blk->image;
 
 	memset(info, 0, sizeof(*info));
 	if (root->drv->cluster_size)
 		info->cluster_size = root->drv->cluster_size(root);
-	return root->drv->get_info ? root->drv->get_info(root, info) : 0;
+	if (root->drv->get_info)
+		return root->drv->get_info(root, info);
+	/*
+	 * qemu's raw asks its protocol, and only a local file or device answers; over nbd or
+	 * null there is nothing to report (qemu-img info leaves out dirty-flag).
+	 */
+	return tblk__node_protocol(root)->drv->get_allocated_size ? 0 : -ENOTSUP;
 }
 
 int tblk_blk_check(struct tblk_blk *blk, int fix, struct tblk_check_result *res)
 {
-	struct tblk_node *root = blk->root;
+	struct tblk_node *root = blk->image;
 	int ret;
 
 	if (!root->drv->check)
@@ -579,6 +678,112 @@ int tblk_blk_check(struct tblk_blk *blk, int fix, struct tblk_check_result *res)
 	/* The check's own metadata reads are outside requests: wait for idle, do not quiesce. */
 	tblk_blk_drain(blk);
 	ret = root->drv->check(root, res, fix);
+	return ret;
+}
+
+/* ---------------------------------------------------------------- internal snapshots */
+
+void tblk_snapshot_list_free(struct tblk_snapshot_info *sn, int n)
+{
+	for (int i = 0; sn && i < n; i++) {
+		g_free(sn[i].id);
+		g_free(sn[i].name);
+	}
+	g_free(sn);
+}
+
+int tblk_blk_snapshot_list(struct tblk_blk *blk, struct tblk_snapshot_info **psn, int *pn)
+{
+	struct tblk_node *root = blk->root;
+
+	if (!root->drv->snapshot_list)
+		return -ENOTSUP;
+	tblk_blk_drain(blk);
+	return root->drv->snapshot_list(root, psn, pn);
+}
+
+/* Runs a snapshot operation of the root's driver in a drained section. */
+static int snapshot_op(struct tblk_blk *blk, int (*op)(struct tblk_node *node, const void *a,
+						      const void *b, GError **errp),
+		       const void *a, const void *b, GError **errp)
+{
+	int ret;
+
+	if (blk->root->read_only)
+		return tblk_error_set(errp, EACCES, "Image is read-only");
+	/*
+	 * Only the root is quiesced: the driver's own metadata I/O to its children runs as
+	 * outside requests from this thread. Wait for idle first, turning the loop if need be.
+	 */
+	tblk_blk_drain(blk);
+	tblk_node_drained_begin(blk->root);
+	ret = op(blk->root, a, b, errp);
+	if (ret >= 0)
+		ret = blk_refresh_size(blk);
+	tblk_node_drained_end(blk->root);
+	if (blk->resume_bh)
+		tblk_bh_schedule(blk->resume_bh);
+	return ret;
+}
+
+static int op_create(struct tblk_node *n, const void *a, const void *b, GError **errp)
+{
+	(void)b;
+	return n->drv->snapshot_create(n, a, errp);
+}
+
+static int op_goto(struct tblk_node *n, const void *a, const void *b, GError **errp)
+{
+	(void)b;
+	return n->drv->snapshot_goto(n, a, errp);
+}
+
+static int op_delete(struct tblk_node *n, const void *a, const void *b, GError **errp)
+{
+	return n->drv->snapshot_delete(n, a, b, errp);
+}
+
+int tblk_blk_snapshot_create(struct tblk_blk *blk, const struct tblk_snapshot_info *sn,
+			     GError **errp)
+{
+	if (!blk->root->drv->snapshot_create)
+		return tblk_error_set(errp, ENOTSUP, "Block driver does not support snapshots");
+	return snapshot_op(blk, op_create, sn, NULL, errp);
+}
+
+int tblk_blk_snapshot_goto(struct tblk_blk *blk, const char *id_or_name, GError **errp)
+{
+	if (!blk->root->drv->snapshot_goto)
+		return tblk_error_set(errp, ENOTSUP, "Block driver does not support snapshots");
+	return snapshot_op(blk, op_goto, id_or_name, NULL, errp);
+}
+
+int tblk_blk_snapshot_delete(struct tblk_blk *blk, const char *id, const char *name,
+			     GError **errp)
+{
+	if (!blk->root->drv->snapshot_delete)
+		return tblk_error_set(errp, ENOTSUP, "Block driver does not support snapshots");
+	return snapshot_op(blk, op_delete, id, name, errp);
+}
+
+int tblk_blk_snapshot_load_tmp(struct tblk_blk *blk, const char *id, const char *name,
+			       GError **errp)
+{
+	struct tblk_node *root = blk->root;
+	int ret;
+
+	if (!root->drv->snapshot_load_tmp)
+		return tblk_error_set(errp, ENOTSUP, "Block format '%s' used by device '' does "
+				      "not support temporarily loading internal snapshots",
+				      root->drv->name);
+	if (!root->read_only)
+		return tblk_error_set(errp, EINVAL, "Device is not readonly");
+	tblk_blk_drain(blk);
+	tblk_node_drained_begin(root);
+	ret = root->drv->snapshot_load_tmp(root, id, name, errp);
+	tblk_node_drained_end(root);
+	if (blk->resume_bh)
+		tblk_bh_schedule(blk->resume_bh);
 	return ret;
 }
 

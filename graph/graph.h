@@ -123,6 +123,20 @@ struct tblk_driver {
 			GError **errp);
 
 	/*
+	 * Internal snapshots (tblk_blk_snapshot_*); all NULL if the format has none. Called on
+	 * the control thread with the node drained.
+	 */
+	int (*snapshot_list)(struct tblk_node *node, struct tblk_snapshot_info **psn, int *pn);
+	int (*snapshot_create)(struct tblk_node *node, const struct tblk_snapshot_info *sn,
+			       GError **errp);
+	int (*snapshot_goto)(struct tblk_node *node, const char *id_or_name, GError **errp);
+	int (*snapshot_delete)(struct tblk_node *node, const char *id, const char *name,
+			       GError **errp);
+	/* Makes a read-only node read as the snapshot matching @id and @name until closed. */
+	int (*snapshot_load_tmp)(struct tblk_node *node, const char *id, const char *name,
+				 GError **errp);
+
+	/*
 	 * Fast path: called on @req's loop thread to serve an asynchronous request without
 	 * the pool (e.g. Linux AIO submitted straight from the iothread). Returns 0 if it
 	 * took @req (it will call tblk__req_fast_done() later, on the loop thread), or
@@ -180,6 +194,8 @@ struct tblk_node {
 
 /* Finds a driver by name (formats and protocols); NULL if unknown. */
 const struct tblk_driver *tblk__driver_find(const char *name);
+/* The protocol a file name names ("nbd://...", "null-co://"), or "file" for plain paths. */
+const struct tblk_driver *tblk__protocol_for(const char *filename);
 /* The format drivers to probe and the NULL-terminated list of their names. */
 const struct tblk_driver *const *tblk__format_drivers(void);
 

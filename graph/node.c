@@ -16,6 +16,15 @@ extern const struct tblk_driver tblk__drv_null_co;
 extern const struct tblk_driver tblk__drv_null_aio;
 extern const struct tblk_driver tblk__drv_nbd;
 extern const struct tblk_driver tblk__drv_blkdebug;
+extern const struct tblk_driver tblk__drv_copy_on_read;
+extern const struct tblk_driver tblk__drv_throttle;
+
+/* Filters: opened by name only, never probed. */
+static const struct tblk_driver *const filters[] = {
+	&tblk__drv_copy_on_read,
+	&tblk__drv_throttle,
+	NULL,
+};
 
 static const struct tblk_driver *const formats[] = {
 	&tblk__drv_raw,
@@ -58,6 +67,9 @@ const struct tblk_driver *tblk__driver_find(const char *name)
 	for (size_t i = 0; protocols[i]; i++)
 		if (!strcmp(protocols[i]->name, name))
 			return protocols[i];
+	for (size_t i = 0; filters[i]; i++)
+		if (!strcmp(filters[i]->name, name))
+			return filters[i];
 	return NULL;
 }
 
@@ -80,6 +92,11 @@ static const struct tblk_driver *protocol_from_filename(const char *filename)
 			return protocols[i];
 	}
 	return NULL;
+}
+
+const struct tblk_driver *tblk__protocol_for(const char *filename)
+{
+	return protocol_from_filename(filename) ?: &tblk__drv_file;
 }
 
 static struct tblk_node *node_alloc(const struct tblk_driver *drv, unsigned int flags)

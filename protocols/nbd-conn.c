@@ -15,7 +15,12 @@
  * fails every pending request with -EIO and exits; later requests fail at once. Nothing the
  * server sends is trusted for a length or an offset before it is checked.
  *
- * Lock order: send_lock before lock; lock is a leaf, never held across socket I/O.
+ * Asynchronous requests (tblk__nbd_conn_submit(), the fast path) are sent the same way from
+ * the loop thread, and the reader calls their completion function instead of waking a
+ * sleeper.
+ *
+ * Lock order: send_lock before lock; lock is never held across socket I/O, and only an
+ * asynchronous request's completion function (which takes its own leaf lock) runs under it.
  */
 #include <string.h>
 #include <sys/socket.h>
@@ -26,18 +31,8 @@
 
 /* Requests in flight on one connection; more wait for a slot. */
 #define NBD_MAX_IN_FLIGHT	64
-
-/* A request waiting for its reply; lives on the caller's stack. */
-struct nbd_slot {
-	uint64_t cookie;		/* [const] */
-	struct tblk_nbd_cmd *cmd;	/* [const] outputs written by the reader before done */
-	struct tblk_cond cv;		/* [conn->lock] signalled when done is set */
-	struct tblk_list link;		/* [conn->lock] on conn->pending until done */
-	bool done;			/* [conn->lock] */
-	int ret;			/* [reader] until done, then [const] */
-	uint64_t covered;		/* [reader] read bytes described by chunks so far */
-	bool got_extent;		/* [reader] */
-};
+/* The reader's read-ahead buffer; payloads of half of it or more bypass it. */
+#define NBD_RBUF_SIZE		(64 * 1024)
 
 struct tblk_nbd_conn {
 	int fd;				/* [const] */
@@ -49,11 +44,14 @@ struct tblk_nbd_conn {
 
 	struct tblk_mutex lock;		/* leaf */
 	struct tblk_cond slot_cv;	/* [lock] signalled when nr_pending drops */
-	struct tblk_list pending;	/* [lock] struct nbd_slot, sent or being sent */
+	struct tblk_list pending;	/* [lock] struct tblk_nbd_slot, sent or being sent */
 	unsigned int nr_pending;	/* [lock] */
 	uint64_t next_cookie;		/* [lock] */
 	int broken;			/* [lock] 0, or -EIO once the connection failed */
 	char *why;			/* [lock] what broke it */
+
+	uint8_t *rbuf;			/* [reader] NBD_RBUF_SIZE bytes read ahead */
+	size_t rpos, rlen;		/* [reader] unread bytes are rbuf[rpos, rlen) */
 };
 
 const struct tblk_nbd_info *tblk__nbd_conn_info(struct tblk_nbd_conn *conn)
@@ -82,14 +80,21 @@ static void conn_break_locked(struct tblk_nbd_conn *conn, const char *why)
 		conn->why = g_strdup(why);
 	}
 	tblk_list_for_each(pos, &conn->pending) {
-		struct nbd_slot *slot = tblk_list_entry(pos, struct nbd_slot, link);
+		struct tblk_nbd_slot *slot = tblk_list_entry(pos, struct tblk_nbd_slot, link);
 
 		slot->ret = -EIO;
 		slot->done = true;
-		tblk_cond_signal(&slot->cv);
+		if (!slot->complete)
+			tblk_cond_signal(&slot->cv);
 	}
-	while (!tblk_list_empty(&conn->pending))
-		tblk_list_del(conn->pending.next);
+	while (!tblk_list_empty(&conn->pending)) {
+		struct tblk_nbd_slot *slot = tblk_list_entry(conn->pending.next,
+							     struct tblk_nbd_slot, link);
+
+		tblk_list_del(&slot->link);
+		if (slot->complete)
+			slot->complete(slot);	/* the slot may be reused from here on */
+	}
 	conn->nr_pending = 0;
 	tblk_cond_broadcast(&conn->slot_cv);
 }
@@ -135,9 +140,46 @@ static int nbd_errno(uint32_t err)
 	}
 }
 
+/*
+ * Reads exactly @n bytes of the stream: from the reader's buffer, refilled with as much as
+ * the socket has (one recv() for many small replies), or straight into @dst for big reads.
+ * 0, -EPIPE at end of stream, or -errno. Reader thread.
+ */
+static int conn_read(struct tblk_nbd_conn *conn, void *dst, size_t n)
+{
+	uint8_t *p = dst;
+
+	while (n) {
+		size_t have = conn->rlen - conn->rpos;
+		ssize_t r;
+
+		if (have) {
+			size_t take = TBLK_MIN(have, n);
+
+			memcpy(p, conn->rbuf + conn->rpos, take);
+			conn->rpos += take;
+			p += take;
+			n -= take;
+			continue;
+		}
+		if (n >= NBD_RBUF_SIZE / 2)
+			return tblk__nbd_read_full(conn->fd, p, n);
+		r = recv(conn->fd, conn->rbuf, NBD_RBUF_SIZE, 0);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return -EPIPE;
+		conn->rpos = 0;
+		conn->rlen = (size_t)r;
+	}
+	return 0;
+}
+
 /* Reads @n bytes into @iov starting @off bytes into it. 0 or -errno. */
-static int read_into_iov(int fd, const struct iovec *iov, int iovcnt, uint64_t off,
-			 uint64_t n)
+static int read_into_iov(struct tblk_nbd_conn *conn, const struct iovec *iov, int iovcnt,
+			 uint64_t off, uint64_t n)
 {
 	for (int i = 0; i < iovcnt && n; i++) {
 		uint64_t take;
@@ -148,7 +190,7 @@ static int read_into_iov(int fd, const struct iovec *iov, int iovcnt, uint64_t o
 			continue;
 		}
 		take = TBLK_MIN(n, iov[i].iov_len - off);
-		ret = tblk__nbd_read_full(fd, (uint8_t *)iov[i].iov_base + off, take);
+		ret = conn_read(conn, (uint8_t *)iov[i].iov_base + off, take);
 		if (ret < 0)
 			return ret;
 		off = 0;
@@ -158,13 +200,13 @@ static int read_into_iov(int fd, const struct iovec *iov, int iovcnt, uint64_t o
 }
 
 /* Reads and drops @n bytes. */
-static int skip_bytes(int fd, uint64_t n)
+static int skip_bytes(struct tblk_nbd_conn *conn, uint64_t n)
 {
 	uint8_t buf[4096];
 
 	while (n) {
 		size_t take = (size_t)TBLK_MIN(n, sizeof(buf));
-		int ret = tblk__nbd_read_full(fd, buf, take);
+		int ret = conn_read(conn, buf, take);
 
 		if (ret < 0)
 			return ret;
@@ -174,14 +216,14 @@ static int skip_bytes(int fd, uint64_t n)
 }
 
 /* Finds the pending request of @cookie. The reader owns it until it sets done. */
-static struct nbd_slot *find_slot(struct tblk_nbd_conn *conn, uint64_t cookie)
+static struct tblk_nbd_slot *find_slot(struct tblk_nbd_conn *conn, uint64_t cookie)
 {
-	struct nbd_slot *found = NULL;
+	struct tblk_nbd_slot *found = NULL;
 	struct tblk_list *pos;
 
 	tblk_mutex_lock(&conn->lock);
 	tblk_list_for_each(pos, &conn->pending) {
-		struct nbd_slot *slot = tblk_list_entry(pos, struct nbd_slot, link);
+		struct tblk_nbd_slot *slot = tblk_list_entry(pos, struct tblk_nbd_slot, link);
 
 		if (slot->cookie == cookie) {
 			found = slot;
@@ -192,14 +234,17 @@ static struct nbd_slot *find_slot(struct tblk_nbd_conn *conn, uint64_t cookie)
 	return found;
 }
 
-static void slot_done(struct tblk_nbd_conn *conn, struct nbd_slot *slot)
+static void slot_done(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot)
 {
 	tblk_mutex_lock(&conn->lock);
 	if (!slot->done) {	/* else the connection broke meanwhile and failed it */
 		tblk_list_del(&slot->link);
 		conn->nr_pending--;
 		slot->done = true;
-		tblk_cond_signal(&slot->cv);
+		if (slot->complete)
+			slot->complete(slot);
+		else
+			tblk_cond_signal(&slot->cv);
 		tblk_cond_signal(&conn->slot_cv);
 	}
 	tblk_mutex_unlock(&conn->lock);
@@ -208,7 +253,7 @@ static void slot_done(struct tblk_nbd_conn *conn, struct nbd_slot *slot)
 /* A simple reply: 16 bytes read; a successful read's data follows. NULL or why it broke. */
 static const char *simple_reply(struct tblk_nbd_conn *conn, const uint8_t *hdr)
 {
-	struct nbd_slot *slot = find_slot(conn, tblk__nbd_get64(hdr + 8));
+	struct tblk_nbd_slot *slot = find_slot(conn, tblk__nbd_get64(hdr + 8));
 	uint32_t err = tblk__nbd_get32(hdr + 4);
 	struct tblk_nbd_cmd *cmd;
 
@@ -221,7 +266,7 @@ static const char *simple_reply(struct tblk_nbd_conn *conn, const uint8_t *hdr)
 		if (conn->info.structured)
 			return "Server sent a simple reply to a read after agreeing to "
 			       "structured replies";
-		if (read_into_iov(conn->fd, cmd->iov, cmd->iovcnt, 0, cmd->len) < 0)
+		if (read_into_iov(conn, cmd->iov, cmd->iovcnt, 0, cmd->len) < 0)
 			return "Server closed the connection in the middle of a read reply";
 	} else if (cmd->type == TBLK_NBD_CMD_BLOCK_STATUS) {
 		return "Server sent a simple reply to a block status request";
@@ -231,7 +276,7 @@ static const char *simple_reply(struct tblk_nbd_conn *conn, const uint8_t *hdr)
 }
 
 /* OFFSET_DATA and OFFSET_HOLE chunks of a read. */
-static const char *read_chunk(struct tblk_nbd_conn *conn, struct nbd_slot *slot,
+static const char *read_chunk(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot,
 			      uint16_t type, uint32_t len)
 {
 	struct tblk_nbd_cmd *cmd = slot->cmd;
@@ -242,7 +287,7 @@ static const char *read_chunk(struct tblk_nbd_conn *conn, struct nbd_slot *slot,
 		return "Server sent read data in reply to a request that is not a read";
 	if (type == TBLK_NBD_REPLY_TYPE_OFFSET_HOLE ? len != 12 : len < 8)
 		return "Server sent a read chunk of an invalid length";
-	if (tblk__nbd_read_full(conn->fd, b, type == TBLK_NBD_REPLY_TYPE_OFFSET_HOLE ? 12 : 8))
+	if (conn_read(conn, b, type == TBLK_NBD_REPLY_TYPE_OFFSET_HOLE ? 12 : 8))
 		return "Server closed the connection in the middle of a reply";
 	off = tblk__nbd_get64(b);
 	n = type == TBLK_NBD_REPLY_TYPE_OFFSET_HOLE ? tblk__nbd_get32(b + 8) : len - 8u;
@@ -252,14 +297,14 @@ static const char *read_chunk(struct tblk_nbd_conn *conn, struct nbd_slot *slot,
 	off -= cmd->offset;
 	if (type == TBLK_NBD_REPLY_TYPE_OFFSET_HOLE)
 		tblk_iov_memset(cmd->iov, cmd->iovcnt, off, 0, n);
-	else if (read_into_iov(conn->fd, cmd->iov, cmd->iovcnt, off, n) < 0)
+	else if (read_into_iov(conn, cmd->iov, cmd->iovcnt, off, n) < 0)
 		return "Server closed the connection in the middle of a reply";
 	slot->covered += n;
 	return NULL;
 }
 
 /* A BLOCK_STATUS chunk: the first extent of our context is the answer. */
-static const char *status_chunk(struct tblk_nbd_conn *conn, struct nbd_slot *slot,
+static const char *status_chunk(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot,
 				uint32_t len)
 {
 	struct tblk_nbd_cmd *cmd = slot->cmd;
@@ -269,7 +314,7 @@ static const char *status_chunk(struct tblk_nbd_conn *conn, struct nbd_slot *slo
 		return "Server sent block status in reply to another request";
 	if (len < 12 || (len - 4) % 8)
 		return "Server sent a block status chunk of an invalid length";
-	if (tblk__nbd_read_full(conn->fd, b, 12))
+	if (conn_read(conn, b, 12))
 		return "Server closed the connection in the middle of a reply";
 	if (tblk__nbd_get32(b) != conn->info.alloc_id)
 		return "Server sent block status for a meta context we did not negotiate";
@@ -281,13 +326,13 @@ static const char *status_chunk(struct tblk_nbd_conn *conn, struct nbd_slot *slo
 		cmd->bs_flags = tblk__nbd_get32(b + 8);
 		slot->got_extent = true;
 	}
-	if (skip_bytes(conn->fd, len - 12))
+	if (skip_bytes(conn, len - 12))
 		return "Server closed the connection in the middle of a reply";
 	return NULL;
 }
 
 /* ERROR and ERROR_OFFSET chunks: the first error is the request's. */
-static const char *error_chunk(struct tblk_nbd_conn *conn, struct nbd_slot *slot,
+static const char *error_chunk(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot,
 			       uint16_t type, uint32_t len)
 {
 	struct tblk_nbd_cmd *cmd = slot->cmd;
@@ -296,7 +341,7 @@ static const char *error_chunk(struct tblk_nbd_conn *conn, struct nbd_slot *slot
 
 	if (len < 6)
 		return "Server sent an error chunk of an invalid length";
-	if (tblk__nbd_read_full(conn->fd, b, 6))
+	if (conn_read(conn, b, 6))
 		return "Server closed the connection in the middle of a reply";
 	err = tblk__nbd_get32(b);
 	msglen = tblk__nbd_get16(b + 4);
@@ -304,12 +349,12 @@ static const char *error_chunk(struct tblk_nbd_conn *conn, struct nbd_slot *slot
 		return "Server sent an error chunk without an error";
 	if (msglen > len - 6 || (type == TBLK_NBD_REPLY_TYPE_ERROR_OFFSET && len - 6 - msglen != 8))
 		return "Server sent an error chunk of an invalid length";
-	if (skip_bytes(conn->fd, msglen))
+	if (skip_bytes(conn, msglen))
 		return "Server closed the connection in the middle of a reply";
 	if (type == TBLK_NBD_REPLY_TYPE_ERROR_OFFSET) {
 		uint64_t off;
 
-		if (tblk__nbd_read_full(conn->fd, b + 6, 8))
+		if (conn_read(conn, b + 6, 8))
 			return "Server closed the connection in the middle of a reply";
 		off = tblk__nbd_get64(b + 6);
 		if (off < cmd->offset || off - cmd->offset >= cmd->len)
@@ -327,7 +372,7 @@ static const char *structured_chunk(struct tblk_nbd_conn *conn, const uint8_t *h
 {
 	uint16_t flags = tblk__nbd_get16(hdr + 4), type = tblk__nbd_get16(hdr + 6);
 	uint32_t len = tblk__nbd_get32(hdr + 16);
-	struct nbd_slot *slot;
+	struct tblk_nbd_slot *slot;
 	struct tblk_nbd_cmd *cmd;
 	const char *why = NULL;
 
@@ -359,7 +404,7 @@ static const char *structured_chunk(struct tblk_nbd_conn *conn, const uint8_t *h
 		/* Unknown error types fail the request; unknown others break the protocol. */
 		if (!(type & (1u << 15)))
 			return "Server sent a reply chunk of an unknown type";
-		if (skip_bytes(conn->fd, len))
+		if (skip_bytes(conn, len))
 			return "Server closed the connection in the middle of a reply";
 		if (!slot->ret)
 			slot->ret = -EIO;
@@ -382,17 +427,17 @@ static void *reader_main(void *opaque)
 	uint8_t hdr[TBLK_NBD_STRUCTURED_REPLY_SIZE];
 
 	while (!why) {
-		int ret = tblk__nbd_read_full(conn->fd, hdr, 4);
+		int ret = conn_read(conn, hdr, 4);
 		uint32_t magic;
 
 		if (ret == 0) {
 			magic = tblk__nbd_get32(hdr);
 			if (magic == TBLK_NBD_SIMPLE_REPLY_MAGIC) {
-				ret = tblk__nbd_read_full(conn->fd, hdr + 4,
+				ret = conn_read(conn, hdr + 4,
 							  TBLK_NBD_SIMPLE_REPLY_SIZE - 4);
 				why = ret ? NULL : simple_reply(conn, hdr);
 			} else if (magic == TBLK_NBD_STRUCTURED_REPLY_MAGIC) {
-				ret = tblk__nbd_read_full(conn->fd, hdr + 4,
+				ret = conn_read(conn, hdr + 4,
 							  TBLK_NBD_STRUCTURED_REPLY_SIZE - 4);
 				why = ret ? NULL : structured_chunk(conn, hdr);
 			} else {
@@ -415,7 +460,9 @@ static int send_request(struct tblk_nbd_conn *conn, const uint8_t *hdr,
 {
 	bool payload = cmd->type == TBLK_NBD_CMD_WRITE;
 	int cnt = 1 + (payload ? cmd->iovcnt : 0);
-	g_autofree struct iovec *iov = g_new(struct iovec, cnt);
+	struct iovec small[16];
+	g_autofree struct iovec *big = cnt > 16 ? g_new(struct iovec, cnt) : NULL;
+	struct iovec *iov = big ? big : small;
 	struct msghdr msg = { 0 };
 	int i = 0;
 
@@ -442,31 +489,31 @@ static int send_request(struct tblk_nbd_conn *conn, const uint8_t *hdr,
 	return 0;
 }
 
-int tblk__nbd_conn_run(struct tblk_nbd_conn *conn, struct tblk_nbd_cmd *cmd)
+/* Puts @slot on the pending list under a new cookie. Caller holds the lock, not broken. */
+static void slot_add_locked(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot)
 {
-	struct nbd_slot slot = { .cmd = cmd };
+	tblk_mutex_assert_held(&conn->lock);
+	slot->cookie = ++conn->next_cookie;
+	slot->done = false;
+	slot->ret = 0;
+	slot->covered = 0;
+	slot->got_extent = false;
+	slot->cmd->bs_len = slot->cmd->bs_flags = 0;
+	tblk_list_add_tail(&conn->pending, &slot->link);
+	conn->nr_pending++;
+}
+
+/* Writes @slot's request. A failure breaks the connection, which completes the slot. */
+static void slot_send(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot)
+{
+	const struct tblk_nbd_cmd *cmd = slot->cmd;
 	uint8_t hdr[TBLK_NBD_REQUEST_SIZE];
 	int ret;
-
-	cmd->bs_len = cmd->bs_flags = 0;
-	tblk_cond_init(&slot.cv);
-	tblk_mutex_lock(&conn->lock);
-	while (!conn->broken && conn->nr_pending >= NBD_MAX_IN_FLIGHT)
-		tblk_pool_wait(&conn->slot_cv, &conn->lock);
-	if (conn->broken) {
-		tblk_mutex_unlock(&conn->lock);
-		ret = conn->broken;
-		goto out_destroy;
-	}
-	slot.cookie = ++conn->next_cookie;
-	tblk_list_add_tail(&conn->pending, &slot.link);
-	conn->nr_pending++;
-	tblk_mutex_unlock(&conn->lock);
 
 	tblk__nbd_put32(hdr, TBLK_NBD_REQUEST_MAGIC);
 	tblk__nbd_put16(hdr + 4, cmd->flags);
 	tblk__nbd_put16(hdr + 6, cmd->type);
-	tblk__nbd_put64(hdr + 8, slot.cookie);
+	tblk__nbd_put64(hdr + 8, slot->cookie);
 	tblk__nbd_put64(hdr + 16, cmd->offset);
 	tblk__nbd_put32(hdr + 24, cmd->len);
 	tblk_mutex_lock(&conn->send_lock);
@@ -474,6 +521,26 @@ int tblk__nbd_conn_run(struct tblk_nbd_conn *conn, struct tblk_nbd_cmd *cmd)
 	tblk_mutex_unlock(&conn->send_lock);
 	if (ret < 0)	/* a request cut in the middle desynchronises the stream */
 		conn_poison(conn, "Failed to send a request to the server");
+}
+
+int tblk__nbd_conn_run(struct tblk_nbd_conn *conn, struct tblk_nbd_cmd *cmd)
+{
+	struct tblk_nbd_slot slot = { .cmd = cmd };
+	int ret;
+
+	tblk_cond_init(&slot.cv);
+	tblk_mutex_lock(&conn->lock);
+	while (!conn->broken && conn->nr_pending >= NBD_MAX_IN_FLIGHT)
+		tblk_pool_wait(&conn->slot_cv, &conn->lock);
+	if (conn->broken) {
+		ret = conn->broken;
+		tblk_mutex_unlock(&conn->lock);
+		goto out_destroy;
+	}
+	slot_add_locked(conn, &slot);
+	tblk_mutex_unlock(&conn->lock);
+
+	slot_send(conn, &slot);
 
 	tblk_mutex_lock(&conn->lock);
 	while (!slot.done)
@@ -483,6 +550,19 @@ int tblk__nbd_conn_run(struct tblk_nbd_conn *conn, struct tblk_nbd_cmd *cmd)
 out_destroy:
 	tblk_cond_destroy(&slot.cv);
 	return ret;
+}
+
+int tblk__nbd_conn_submit(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot)
+{
+	tblk_mutex_lock(&conn->lock);
+	if (conn->broken || conn->nr_pending >= NBD_MAX_IN_FLIGHT) {
+		tblk_mutex_unlock(&conn->lock);
+		return -EAGAIN;
+	}
+	slot_add_locked(conn, slot);
+	tblk_mutex_unlock(&conn->lock);
+	slot_send(conn, slot);
+	return 0;
 }
 
 /* ---------------------------------------------------------------- open and close */
@@ -498,6 +578,7 @@ int tblk__nbd_conn_open(const struct tblk_nbd_addr *addr, struct tblk_nbd_conn *
 		return fd;
 	conn = g_new0(struct tblk_nbd_conn, 1);
 	conn->fd = fd;
+	conn->rbuf = g_malloc(NBD_RBUF_SIZE);
 	ret = tblk__nbd_handshake(fd, addr->export, &conn->info, errp);
 	if (ret < 0)
 		goto out_close;
@@ -520,6 +601,7 @@ out_destroy:
 	tblk_mutex_destroy(&conn->send_lock);
 out_close:
 	close(fd);
+	g_free(conn->rbuf);
 	g_free(conn);
 	return ret;
 }
@@ -549,5 +631,6 @@ void tblk__nbd_conn_free(struct tblk_nbd_conn *conn)
 	tblk_mutex_destroy(&conn->lock);
 	tblk_mutex_destroy(&conn->send_lock);
 	g_free(conn->why);
+	g_free(conn->rbuf);
 	g_free(conn);
 }

@@ -18,6 +18,9 @@
 
 #include "protocols/nbd-int.h"
 
+/* Replies to one option we read before calling the server hostile. */
+#define MAX_REPLIES	64
+
 int tblk__nbd_read_full(int fd, void *buf, size_t n)
 {
 	uint8_t *p = buf;
@@ -59,6 +62,8 @@ static int connect_unix(const char *path, GError **errp)
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
 	int fd, err;
 
+	if (!*path)	/* as qemu words it */
+		return tblk_error_set_errno(errp, ECONNREFUSED, "Failed to connect to ''");
 	if (strlen(path) >= sizeof(sun.sun_path))
 		return tblk_error_set(errp, ENAMETOOLONG, "UNIX socket path '%s' is too long",
 				      path);
@@ -123,15 +128,16 @@ static int lost(GError **errp, int ret)
 
 static int send_option(int fd, uint32_t opt, const void *data, uint32_t len, GError **errp)
 {
-	uint8_t hdr[16];
+	g_autofree uint8_t *buf = g_malloc(16 + (size_t)len);
 	int ret;
 
-	tblk__nbd_put64(hdr, TBLK_NBD_OPTS_MAGIC);
-	tblk__nbd_put32(hdr + 8, opt);
-	tblk__nbd_put32(hdr + 12, len);
-	ret = tblk__nbd_write_full(fd, hdr, sizeof(hdr));
-	if (ret == 0 && len)
-		ret = tblk__nbd_write_full(fd, data, len);
+	/* One write per option: fewer small segments for Nagle and delayed ACKs to hold. */
+	tblk__nbd_put64(buf, TBLK_NBD_OPTS_MAGIC);
+	tblk__nbd_put32(buf + 8, opt);
+	tblk__nbd_put32(buf + 12, len);
+	if (len)
+		memcpy(buf + 16, data, len);
+	ret = tblk__nbd_write_full(fd, buf, 16 + (size_t)len);
 	return ret < 0 ? lost(errp, ret) : 0;
 }
 
@@ -242,7 +248,11 @@ static int opt_meta_context(int fd, const char *export, struct tblk_nbd_info *in
 	tblk__nbd_put32(buf + 8 + nlen, clen);
 	memcpy(buf + 12 + nlen, ctx, clen);
 	ret = send_option(fd, TBLK_NBD_OPT_SET_META_CONTEXT, buf, len, errp);
-	while (ret == 0) {
+	for (int n = 0; ret == 0; n++) {
+		if (n == MAX_REPLIES) {
+			ret = tblk_error_set(errp, EINVAL, "Server sent too many replies");
+			break;
+		}
 		ret = read_reply(fd, TBLK_NBD_OPT_SET_META_CONTEXT, &rep, errp);
 		if (ret < 0)
 			break;
@@ -320,7 +330,11 @@ static int opt_go(int fd, const char *export, struct tblk_nbd_info *info, GError
 	tblk__nbd_put16(buf + 4 + nlen, 1);
 	tblk__nbd_put16(buf + 6 + nlen, TBLK_NBD_INFO_BLOCK_SIZE);
 	ret = send_option(fd, TBLK_NBD_OPT_GO, buf, len, errp);
-	while (ret == 0) {
+	for (int n = 0; ret == 0; n++) {
+		if (n == MAX_REPLIES) {
+			ret = tblk_error_set(errp, EINVAL, "Server sent too many replies");
+			break;
+		}
 		ret = read_reply(fd, TBLK_NBD_OPT_GO, &rep, errp);
 		if (ret < 0)
 			break;

@@ -57,6 +57,27 @@ struct tblk_nbd_cmd {
 struct tblk_nbd_conn;
 
 /*
+ * A request on its way: on the caller's stack (tblk__nbd_conn_run()) or in the caller's
+ * storage (tblk__nbd_conn_submit()). Fill cmd (and complete) before; the rest is private.
+ */
+struct tblk_nbd_slot {
+	struct tblk_nbd_cmd *cmd;	/* [const] outputs written by the reader before done */
+	/*
+	 * Asynchronous requests: runs on the reader thread (with the connection's lock held:
+	 * take only a leaf lock) once the reply is complete, result in ret. NULL: a sleeper
+	 * waits on cv.
+	 */
+	void (*complete)(struct tblk_nbd_slot *slot);
+	uint64_t cookie;		/* [conn->lock] */
+	struct tblk_cond cv;		/* [conn->lock] signalled when done is set */
+	struct tblk_list link;		/* [conn->lock] on conn->pending until done */
+	bool done;			/* [conn->lock] */
+	bool got_extent;		/* [reader] */
+	int ret;			/* [reader] until done, then the owner's */
+	uint64_t covered;		/* [reader] read bytes described by chunks so far */
+};
+
+/*
  * Connects to @addr, negotiates (fixed newstyle with OPT_GO, structured replies,
  * base:allocation; EXPORT_NAME and oldstyle for old servers) and starts the reader thread.
  * Control path. 0 and *pconn, or -errno and *errp.
@@ -116,6 +137,13 @@ int tblk__nbd_handshake(int fd, const char *export, struct tblk_nbd_info *info,
 			GError **errp);
 
 /* ---------------------------------------------------------------- nbd-conn.c */
+
+/*
+ * Sends @slot's command without waiting: 0, then slot->complete runs once (any result), or
+ * -EAGAIN if the connection is broken or has too many requests in flight (the caller then
+ * uses tblk__nbd_conn_run() from a worker). Any thread; may block briefly while sending.
+ */
+int tblk__nbd_conn_submit(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot);
 
 /* Why the connection broke, or NULL while it works. Caller frees. Any thread. */
 char *tblk__nbd_conn_error(struct tblk_nbd_conn *conn);

@@ -7,6 +7,10 @@
  *
  * Threading: the state is [const] after open; data-path calls run concurrently in any
  * thread and share the node's one connection (nbd-conn.c), requests in flight together.
+ * Asynchronous reads, writes and flushes take the fast path: the loop thread sends them,
+ * the connection's reader thread queues their completion on the loop's list, and one
+ * bottom half per batch completes them on the loop thread. Everything else (and whatever
+ * the fast path refuses) runs in the pool.
  */
 #include <string.h>
 
@@ -80,7 +84,8 @@ static int parse_url(const char *filename, struct tblk_nbd_addr *addr)
 	auth = g_strndup(rest, (size_t)((slash ? slash : query ? query : rest + strlen(rest)) -
 					rest));
 	if (slash)
-		path = g_strndup(slash + 1, query ? (size_t)(query - slash - 1) : strlen(slash + 1));
+		path = g_strndup(slash + 1,
+				 query ? (size_t)(query - slash - 1) : strlen(slash + 1));
 	addr->export = path ? g_uri_unescape_string(path, NULL) : g_strdup("");
 	if (!addr->export)
 		return -EINVAL;
@@ -104,10 +109,12 @@ static int parse_legacy(const char *filename, struct tblk_nbd_addr *addr)
 	g_autofree char *head = ex ? g_strndup(rest, (size_t)(ex - rest)) : g_strdup(rest);
 
 	addr->export = g_strdup(ex ? ex + 12 : "");
+	if (ex && !ex[12])
+		return -ENOENT;	/* qemu's parser drops an empty name with the address */
 	if (g_str_has_prefix(head, "unix:")) {
 		addr->is_unix = true;
 		addr->path = g_strdup(head + 5);
-		return *addr->path ? 0 : -EINVAL;
+		return 0;
 	}
 	return parse_authority(head, addr);
 }
@@ -119,7 +126,9 @@ static int parse_filename(const char *filename, struct tblk_nbd_addr *addr, GErr
 
 	if (ret < 0) {
 		tblk__nbd_addr_clear(addr);
-		return tblk_error_set(errp, EINVAL, "Invalid NBD file name '%s'", filename);
+		if (ret == -ENOENT)
+			return tblk_error_set(errp, EINVAL, "NBD server address missing");
+		return tblk_error_set(errp, EINVAL, "No valid URL specified");
 	}
 	return 0;
 }
@@ -149,7 +158,8 @@ static int parse_options(GHashTable *opts, struct tblk_nbd_addr *addr, GError **
 		if (!host)
 			return tblk_error_set(errp, EINVAL, "Parameter 'server.host' is missing");
 		if (path)
-			return tblk_error_set(errp, EINVAL, "Parameter 'server.path' is unexpected");
+			return tblk_error_set(errp, EINVAL,
+					      "Parameter 'server.path' is unexpected");
 		addr->host = g_steal_pointer(&host);
 		addr->port = g_steal_pointer(&port);
 	} else {
@@ -237,6 +247,51 @@ static void nbd_close(struct tblk_node *node)
 
 	tblk__nbd_conn_free(s->conn);
 	s->conn = NULL;
+}
+
+/*
+ * An export cannot be created, only reused, as qemu does for protocols without creation:
+ * it must be writable and at least @size bytes, and its first sector is zeroed so that no
+ * old header is probed later.
+ */
+#define NO_CREATE "Protocol driver 'nbd' does not support image creation, and opening the " \
+		  "image failed: "
+
+static int nbd_create(const char *filename, uint64_t size, GHashTable *opts, GError **errp)
+{
+	struct tblk_nbd_addr addr = { 0 };
+	struct tblk_nbd_conn *conn;
+	const struct tblk_nbd_info *info;
+	uint8_t zero[512] = { 0 };
+	struct iovec iov = { zero, sizeof(zero) };
+	struct tblk_nbd_cmd cmd = { .type = TBLK_NBD_CMD_WRITE, .iov = &iov, .iovcnt = 1 };
+	int ret = parse_filename(filename, &addr, errp);
+
+	if (ret < 0)
+		return ret;
+	if (!addr.is_unix && !addr.port)
+		addr.port = g_strdup_printf("%d", TBLK_NBD_DEFAULT_PORT);
+	ret = tblk__nbd_conn_open(&addr, &conn, errp);
+	tblk__nbd_addr_clear(&addr);
+	if (ret < 0) {
+		tblk_error_prepend(errp, "%s", NO_CREATE);
+		return ret;
+	}
+	info = tblk__nbd_conn_info(conn);
+	if (info->flags & TBLK_NBD_FLAG_READ_ONLY) {
+		ret = tblk_error_set_errno(errp, EACCES, NO_CREATE "Could not open image");
+	} else if (size > info->size) {
+		ret = tblk_error_set(errp, EINVAL, "Cannot grow NBD nodes");
+	} else if (size) {
+		cmd.len = (uint32_t)TBLK_MIN(size, sizeof(zero));
+		iov.iov_len = cmd.len;
+		ret = tblk__nbd_conn_run(conn, &cmd);
+		if (ret < 0)
+			tblk_error_set_errno(errp, -ret, "Failed to clear the new image's first "
+					     "sector");
+	}
+	tblk__nbd_conn_free(conn);
+	return ret;
 }
 
 /* ---------------------------------------------------------------- data path */
@@ -351,10 +406,10 @@ static int nbd_block_status(struct tblk_node *node, uint64_t offset, uint64_t by
 
 	if (map)
 		*map = offset;
-	/* Past the export's true end (inside the last sector): zeroes. */
+	/* Past the export's true end (inside the last sector): zeroes stored nowhere. */
 	if (offset >= s->info.size) {
 		*pnum = bytes;
-		return TBLK_BS_ZERO | TBLK_BS_OFFSET_VALID;
+		return TBLK_BS_ZERO;
 	}
 	bytes = TBLK_MIN(bytes, s->info.size - offset);
 	if (!s->info.has_alloc) {
@@ -377,6 +432,134 @@ static int nbd_block_status(struct tblk_node *node, uint64_t offset, uint64_t by
 	       ((cmd.bs_flags & TBLK_NBD_STATE_ZERO) ? TBLK_BS_ZERO : 0);
 }
 
+/* ---------------------------------------------------------------- fast path */
+
+/* Fast-path requests whose replies came in, waiting for the loop; one per loop. */
+struct nbd_loop {
+	struct tblk_bh *bh;		/* [const] */
+	struct tblk_mutex lock;		/* leaf (taken under the connection's lock) */
+	struct nbd_fast *head;		/* [lock] FIFO */
+	struct nbd_fast **tail;		/* [lock] */
+};
+
+/* What a fast-path request keeps in its drv_scratch while the server has it. */
+struct nbd_fast {
+	struct tblk_nbd_slot slot;
+	struct tblk_nbd_cmd cmd;
+	struct nbd_loop *nl;
+	struct nbd_fast *next;		/* [nl->lock] */
+};
+_Static_assert(sizeof(struct nbd_fast) <= sizeof(((struct tblk_req *)0)->drv_scratch),
+	       "drv_scratch too small for the nbd fast path");
+
+static const char nbd_loop_key;
+
+/* Reader thread. */
+static void nbd_fast_complete(struct tblk_nbd_slot *slot)
+{
+	struct nbd_fast *f = tblk_container_of(slot, struct nbd_fast, slot);
+	struct nbd_loop *nl = f->nl;
+	bool first;
+
+	tblk_mutex_lock(&nl->lock);
+	f->next = NULL;
+	first = !nl->head;
+	*nl->tail = f;
+	nl->tail = &f->next;
+	tblk_mutex_unlock(&nl->lock);
+	if (first)
+		tblk_bh_schedule(nl->bh);
+}
+
+/* Loop thread: completes the batch. */
+static void nbd_loop_bh(void *opaque)
+{
+	struct nbd_loop *nl = opaque;
+	struct nbd_fast *f;
+
+	tblk_mutex_lock(&nl->lock);
+	f = nl->head;
+	nl->head = NULL;
+	nl->tail = &nl->head;
+	tblk_mutex_unlock(&nl->lock);
+	while (f) {
+		struct nbd_fast *next = f->next;
+		struct tblk_req *req = tblk_container_of((void *)f, struct tblk_req, drv_scratch);
+
+		tblk__req_fast_done(req, f->slot.ret);
+		f = next;
+	}
+}
+
+static void nbd_loop_free(void *data)
+{
+	struct nbd_loop *nl = data;
+
+	tblk_bh_free(nl->bh);
+	tblk_mutex_destroy(&nl->lock);
+	g_free(nl);
+}
+
+static struct nbd_loop *nbd_loop_get(struct tblk_loop *loop)
+{
+	struct nbd_loop *nl = tblk_loop_get_data(loop, &nbd_loop_key);
+
+	if (!nl) {
+		nl = g_new0(struct nbd_loop, 1);
+		tblk_mutex_init(&nl->lock);
+		nl->tail = &nl->head;
+		nl->bh = tblk_bh_new(loop, nbd_loop_bh, nl);
+		tblk_loop_set_data(loop, &nbd_loop_key, nl, nbd_loop_free);
+	}
+	return nl;
+}
+
+/* Loop thread. Reads and writes that fit one command, and flushes; else -EAGAIN. */
+static int nbd_submit_fast(struct tblk_node *node, struct tblk_req *req, uint64_t offset)
+{
+	struct nbd_state *s = node->opaque;
+	struct nbd_fast *f = (struct nbd_fast *)req->drv_scratch;
+	uint32_t align = node->limits.request_alignment;
+	uint16_t type, flags = 0;
+
+	switch (req->kind) {
+	case TBLK_REQ_READ:
+		if (offset > s->info.size || req->bytes > s->info.size - offset)
+			return -EAGAIN;	/* the tail past the export's end reads as zeroes */
+		type = TBLK_NBD_CMD_READ;
+		break;
+	case TBLK_REQ_WRITE:
+		if (req->flags & TBLK_REQ_FUA) {
+			if (!(s->info.flags & TBLK_NBD_FLAG_SEND_FUA))
+				return -EAGAIN;
+			flags = TBLK_NBD_CMD_FLAG_FUA;
+		}
+		type = TBLK_NBD_CMD_WRITE;
+		break;
+	case TBLK_REQ_FLUSH:
+		if ((node->flags & TBLK_OPEN_NO_FLUSH) ||
+		    !(s->info.flags & TBLK_NBD_FLAG_SEND_FLUSH))
+			return -EAGAIN;
+		type = TBLK_NBD_CMD_FLUSH;
+		break;
+	default:
+		return -EAGAIN;
+	}
+	if (type != TBLK_NBD_CMD_FLUSH &&
+	    (!req->bytes || req->bytes > node->limits.max_transfer ||
+	     ((offset | req->bytes) & (align - 1))))
+		return -EAGAIN;
+	f->cmd = (struct tblk_nbd_cmd){
+		.type = type, .flags = flags,
+		.offset = type == TBLK_NBD_CMD_FLUSH ? 0 : offset,
+		.len = type == TBLK_NBD_CMD_FLUSH ? 0 : (uint32_t)req->bytes,
+		.iov = req->iov, .iovcnt = req->iovcnt,
+	};
+	f->slot = (struct tblk_nbd_slot){ .cmd = &f->cmd, .complete = nbd_fast_complete };
+	f->nl = nbd_loop_get(req->work.loop);
+	return tblk__nbd_conn_submit(s->conn, &f->slot);
+}
+
 static int64_t nbd_getlength(struct tblk_node *node)
 {
 	struct nbd_state *s = node->opaque;
@@ -390,6 +573,7 @@ const struct tblk_driver tblk__drv_nbd = {
 	.instance_size = sizeof(struct nbd_state),
 	.open = nbd_open,
 	.close = nbd_close,
+	.create = nbd_create,
 	.preadv = nbd_preadv,
 	.pwritev = nbd_pwritev,
 	.flush = nbd_flush,
@@ -397,4 +581,5 @@ const struct tblk_driver tblk__drv_nbd = {
 	.pwrite_zeroes = nbd_pwrite_zeroes,
 	.block_status = nbd_block_status,
 	.getlength = nbd_getlength,
+	.submit_fast = nbd_submit_fast,
 };

@@ -31,6 +31,8 @@ enum hs {			/* handshake */
 	HS_NO_GO,		/* ERR_UNSUP to OPT_GO: the client falls back to EXPORT_NAME */
 	HS_OLDSTYLE,
 	HS_UNKNOWN_EXPORT,
+	HS_ENDLESS_INFO,	/* OPT_GO answered by info replies that never end */
+	HS_BAD_BLOCK_SIZE,
 };
 
 enum tx {			/* how the first READ is answered */
@@ -49,6 +51,7 @@ enum tx {			/* how the first READ is answered */
 	TX_UNKNOWN_CHUNK,
 	TX_BS_BAD_CONTEXT,
 	TX_BS_LONG_EXTENT,
+	TX_RANDOM,		/* chunks with random type, flags, length and payload */
 };
 
 struct fake {
@@ -59,6 +62,7 @@ struct fake {
 	enum tx tx;
 	uint8_t *disk;
 	int nr_requests;	/* served */
+	uint64_t seed;		/* TX_RANDOM */
 };
 
 static char dir[64];
@@ -94,8 +98,16 @@ static int rd(int fd, void *buf, size_t n)
 }
 
 static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
-static void put32(uint8_t *p, uint32_t v) { put16(p, (uint16_t)(v >> 16)); put16(p + 2, (uint16_t)v); }
-static void put64(uint8_t *p, uint64_t v) { put32(p, (uint32_t)(v >> 32)); put32(p + 4, (uint32_t)v); }
+static void put32(uint8_t *p, uint32_t v)
+{
+	put16(p, (uint16_t)(v >> 16));
+	put16(p + 2, (uint16_t)v);
+}
+static void put64(uint8_t *p, uint64_t v)
+{
+	put32(p, (uint32_t)(v >> 32));
+	put32(p + 4, (uint32_t)v);
+}
 static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static uint32_t get32(const uint8_t *p) { return (uint32_t)get16(p) << 16 | get16(p + 2); }
 static uint64_t get64(const uint8_t *p) { return (uint64_t)get32(p) << 32 | get32(p + 4); }
@@ -195,6 +207,19 @@ static int handshake(struct fake *f, int fd)
 			if (f->hs == HS_UNKNOWN_EXPORT) {
 				opt_reply(fd, opt, TBLK_NBD_REP_ERR_UNKNOWN, "no such export", 14);
 				return -1;
+			}
+			if (f->hs == HS_ENDLESS_INFO) {
+				put16(b, TBLK_NBD_INFO_NAME);
+				while (opt_reply(fd, opt, TBLK_NBD_REP_INFO, b, 2) == 0)
+					;
+				return -1;
+			}
+			if (f->hs == HS_BAD_BLOCK_SIZE) {
+				put16(b, TBLK_NBD_INFO_BLOCK_SIZE);
+				put32(b + 2, 3);	/* not a power of 2 */
+				put32(b + 6, 4096);
+				put32(b + 10, 1 << 20);
+				opt_reply(fd, opt, TBLK_NBD_REP_INFO, b, 14);
 			}
 			put16(b, TBLK_NBD_INFO_EXPORT);
 			put64(b + 2, DISK_SIZE);
@@ -342,6 +367,23 @@ static int misbehave(struct fake *f, int fd, const struct fake_req *r)
 			     b + 8, 12, NULL, 0);
 	case TX_UNKNOWN_CHUNK:
 		return chunk(fd, TBLK_NBD_REPLY_FLAG_DONE, 77, c, b, 8, NULL, 0);
+	case TX_RANDOM:
+		/* a few chunks of the right cookie, then garbage or a hang-up */
+		for (int i = 0; i < 4; i++) {
+			static const uint16_t types[] = { 0, 1, 2, 5, 0x8001, 0x8002, 3, 0x8003 };
+			uint8_t p[300];
+			uint32_t len = (uint32_t)(tap_rand(&f->seed) % sizeof(p));
+			uint64_t x = tap_rand(&f->seed);
+
+			for (uint32_t j = 0; j < len; j++)
+				p[j] = (uint8_t)tap_rand(&f->seed);
+			if (x & 1)	/* often a plausible offset */
+				put64(p, x & 2 ? r->off : r->off + (x >> 8) % (r->len + 1024));
+			if (chunk(fd, (uint16_t)((x >> 4) & 1), types[(x >> 5) % 8], x & 8 ? c : c + 1,
+				  p, len, NULL, 0))
+				return -1;
+		}
+		return -1;
 	default:
 		return answer(f, fd, r, true);
 	}
@@ -505,6 +547,37 @@ static void read_case(const char *name, enum hs hs, enum tx tx, int want, int la
 	fake_stop(&f);
 	free(f.disk);
 	free(buf);
+}
+
+/* Seeded random chunks: every result is a clean one, never a crash or a hang. */
+static void test_random(void)
+{
+	uint64_t seed = tap_seed(12345);
+	int bad = 0;
+
+	for (int i = 0; i < 40; i++) {
+		struct tblk_blk *blk = NULL;
+		struct fake f;
+		uint8_t *buf = malloc(65536);
+		int r1 = 0, r2 = 0;
+
+		fake_start(&f, HS_OK, TX_RANDOM);
+		f.seed = seed + (uint64_t)i;
+		if (open_fake(&blk, &f, false, NULL) == 0) {
+			r1 = tblk_blk_pread(blk, 8192, buf, 65536, 0);
+			r2 = tblk_blk_pread(blk, 0, buf, 4096, 0);
+			tblk_blk_close(blk);
+		}
+		/* 0 or -errno, whatever came */
+		if (r1 > 0 || r1 < -4095 || r2 > 0 || r2 < -4095) {
+			tap_diag("seed %" PRIu64 ": %d %d", seed + (uint64_t)i, r1, r2);
+			bad++;
+		}
+		fake_stop(&f);
+		free(f.disk);
+		free(buf);
+	}
+	is_int(bad, 0, "40 servers sending random chunks: clean errors (seed %" PRIu64 ")", seed);
 }
 
 static void test_hole_and_data(void)
@@ -679,6 +752,122 @@ static void test_concurrency(void)
 	free(f.disk);
 }
 
+/* ---------------------------------------------------------------- asynchronous requests */
+
+#define NR_ASYNC	64
+#define ASYNC_LEN	8192
+
+struct async_op {
+	int ret;
+	bool done;
+};
+
+static void async_cb(void *opaque, int ret)
+{
+	struct async_op *op = opaque;
+
+	op->ret = ret;
+	op->done = true;
+}
+
+/* Runs @loop until every op of @ops is done; counts those that failed with other than @want. */
+static int async_wait(struct tblk_loop *loop, struct async_op *ops, int n, int want)
+{
+	int bad = 0;
+
+	for (int i = 0; i < n; i++) {
+		while (!ops[i].done)
+			tblk_loop_iterate(loop, true);
+		bad += ops[i].ret != want;
+		ops[i].done = false;
+	}
+	return bad;
+}
+
+/* The fast path: requests sent from the loop thread, completed through its bottom half. */
+static void test_async(void)
+{
+	static uint8_t bufs[NR_ASYNC][ASYNC_LEN], rbuf[NR_ASYNC][ASYNC_LEN];
+	struct iovec wiov[NR_ASYNC], riov[NR_ASYNC];
+	struct async_op ops[NR_ASYNC];
+	struct tblk_loop *loop = tblk_loop_new(NULL);
+	GHashTable *opts = tblk_opts_new();
+	struct tblk_blk *blk = NULL;
+	struct fake f;
+	char *s;
+	int bad = 0;
+
+	fake_start(&f, HS_OK, TX_GOOD);
+	s = g_strdup_printf("driver=nbd,server.type=unix,server.path=%s", f.path);
+	tblk_opts_parse(opts, s, NULL, NULL);
+	if (tblk_blk_open(&blk, NULL, opts, TBLK_OPEN_RDWR, loop, NULL) < 0) {
+		ok(0, "async: open");
+		goto out;
+	}
+	memset(ops, 0, sizeof(ops));
+	for (int i = 0; i < NR_ASYNC; i++) {
+		memset(bufs[i], i + 1, ASYNC_LEN);
+		wiov[i] = (struct iovec){ bufs[i], ASYNC_LEN };
+		tblk_blk_pwritev(blk, (uint64_t)i * ASYNC_LEN * 2, &wiov[i], 1,
+				 i % 2 ? TBLK_REQ_FUA : 0, async_cb, &ops[i]);
+	}
+	is_int(async_wait(loop, ops, NR_ASYNC, 0), 0, "async: %d writes in flight", NR_ASYNC);
+	for (int i = 0; i < NR_ASYNC; i++) {
+		riov[i] = (struct iovec){ rbuf[i], ASYNC_LEN };
+		tblk_blk_preadv(blk, (uint64_t)i * ASYNC_LEN * 2, &riov[i], 1, 0, async_cb,
+				&ops[i]);
+	}
+	is_int(async_wait(loop, ops, NR_ASYNC, 0), 0, "async: %d reads in flight", NR_ASYNC);
+	for (int i = 0; i < NR_ASYNC; i++)
+		bad += memcmp(rbuf[i], bufs[i], ASYNC_LEN) != 0;
+	is_int(bad, 0, "async: reads return what the writes wrote");
+	tblk_blk_aio_flush(blk, async_cb, &ops[0]);
+	is_int(async_wait(loop, ops, 1, 0), 0, "async: flush");
+	tblk_blk_close(blk);
+out:
+	fake_stop(&f);
+	free(f.disk);
+	g_free(s);
+	g_hash_table_unref(opts);
+	tblk_loop_free(loop);
+}
+
+/* The server hangs up while asynchronous reads wait: every callback gets -EIO. */
+static void test_async_hangup(void)
+{
+	static uint8_t rbuf[8][4096];
+	struct iovec riov[8];
+	struct async_op ops[8];
+	struct tblk_loop *loop = tblk_loop_new(NULL);
+	GHashTable *opts = tblk_opts_new();
+	struct tblk_blk *blk = NULL;
+	struct fake f;
+	char *s;
+
+	fake_start(&f, HS_OK, TX_HANG_UP);
+	s = g_strdup_printf("driver=nbd,server.type=unix,server.path=%s", f.path);
+	tblk_opts_parse(opts, s, NULL, NULL);
+	if (tblk_blk_open(&blk, NULL, opts, 0, loop, NULL) < 0) {
+		ok(0, "async hang-up: open");
+		goto out;
+	}
+	memset(ops, 0, sizeof(ops));
+	for (int i = 0; i < 8; i++) {
+		riov[i] = (struct iovec){ rbuf[i], 4096 };
+		tblk_blk_preadv(blk, (uint64_t)i * 4096, &riov[i], 1, 0, async_cb, &ops[i]);
+	}
+	is_int(async_wait(loop, ops, 8, -EIO), 0, "async hang-up: 8 reads in flight fail with EIO");
+	tblk_blk_preadv(blk, 0, &riov[0], 1, 0, async_cb, &ops[0]);
+	is_int(async_wait(loop, ops, 1, -EIO), 0, "async hang-up: a later read fails at once");
+	tblk_blk_close(blk);
+out:
+	fake_stop(&f);
+	free(f.disk);
+	g_free(s);
+	g_hash_table_unref(opts);
+	tblk_loop_free(loop);
+}
+
 int main(void)
 {
 	alarm(120);	/* a hang is a failure, not a stuck CI */
@@ -700,6 +889,7 @@ int main(void)
 	read_case("read not covered", HS_OK, TX_NOT_COVERED, -EIO, 0);
 	read_case("unknown chunk type", HS_OK, TX_UNKNOWN_CHUNK, -EIO, -EIO);
 	test_hole_and_data();
+	test_random();
 	bs_case("block status", TX_GOOD, TBLK_BS_DATA | TBLK_BS_OFFSET_VALID, 65536);
 	bs_case("block status, other context", TX_BS_BAD_CONTEXT, -EIO, 0);
 	bs_case("block status, extent past the request", TX_BS_LONG_EXTENT,
@@ -708,10 +898,14 @@ int main(void)
 	open_case("handshake cut", HS_CLOSE_EARLY, "closed the connection");
 	open_case("huge option reply", HS_HUGE_OPTION_REPLY, "too long");
 	open_case("unknown export", HS_UNKNOWN_EXPORT, "Requested export not available");
+	open_case("endless info replies", HS_ENDLESS_INFO, "too many replies");
+	open_case("invalid block sizes", HS_BAD_BLOCK_SIZE, "invalid block sizes");
 	compat_case("simple replies only", HS_NOT_STRUCTURED);
 	compat_case("no OPT_GO", HS_NO_GO);
 	compat_case("oldstyle", HS_OLDSTYLE);
 	test_concurrency();
+	test_async();
+	test_async_hangup();
 	rmdir(dir);
 	return tap_done();
 }

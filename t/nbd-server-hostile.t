@@ -295,6 +295,19 @@ def request_cases(sock, img):
         c.req(CMD_READ, i * 65536, 65536, cookie=1000 + i)
     got = sorted(c.get()[0] for i in range(32))
     is_(got, list(range(1000, 1032)), "32 pipelined READs all answered once")
+    # More replies than the server buffers (128 MiB): it must stop reading, then go on once
+    # the client takes the replies, although no new bytes arrive.
+    n = 48
+    for i in range(n):
+        c.req(CMD_READ, 0, SIZE, flags=F_DF, cookie=2000 + i)
+    got = []
+    try:
+        for i in range(n):
+            got.append(c.get()[0])
+    except (socket.timeout, Closed) as e:
+        got.append(-1)
+    is_(sorted(got), list(range(2000, 2000 + n)),
+        "%d pipelined 4 MiB READs (beyond the buffer limit) all answered" % n)
     c.req(CMD_BS, 0, SIZE, flags=F_REQ_ONE, cookie=5)
     cookie, err, d, ch = c.get()
     bs = [x for x in ch if x[0] == 5]

@@ -128,31 +128,32 @@ def main():
     return 1 if bad else 0
 
 
-def data_roundtrip(d, fmt):
+def data_roundtrip(d, fmt, extra=()):
     img = os.path.join(d, "rt." + fmt)
     sock = os.path.join(d, "rt.sock")
     run(["qemu-img", "create", "-q", "-f", fmt, img, "16M"])
     qio(img, "write -P 0x11 0 1M", "write -P 0x22 3M 64k", "write -z 8M 1M", fmt=fmt)
-    p = serve(NBD, ["-t", "-f", fmt, img], sock=sock)
+    p = serve(NBD, ["-t", "-f", fmt] + list(extra) + [img], sock=sock)
+    name = " ".join([fmt] + list(extra))
     rc, out, err = qio(uri(sock), "read -P 0x11 0 1M", "read -P 0x22 3M 64k",
                        "read -P 0 8M 1M", "read -P 0 12M 4M")
-    ok(rc == 0 and "failed" not in out + err, "%s: local data reads back over NBD" % fmt,
+    ok(rc == 0 and "failed" not in out + err, "%s: local data reads back over NBD" % name,
        out + err)
     rc, out, err = qio(uri(sock), "write -P 0x33 5M 128k", "write -P 0x44 513 1000",
                        "write -z 4096 4096", "write -z -u 3M 4096", "discard 12M 1M",
                        "write -P 0x55 -f 6M 4k", "flush")
-    ok(rc == 0 and "error" not in (out + err).lower(), "%s: writes over NBD succeed" % fmt,
+    ok(rc == 0 and "error" not in (out + err).lower(), "%s: writes over NBD succeed" % name,
        out + err)
     stop(p)
-    ok(p.returncode == 0, "%s: tblk-nbd exits 0 on SIGTERM" % fmt, p.stderr.read())
+    ok(p.returncode == 0, "%s: tblk-nbd exits 0 on SIGTERM" % name, p.stderr.read())
     rc, out, err = qio(img, "read -P 0x33 5M 128k", "read -P 0x44 513 1000",
                        "read -P 0x11 0 513", "read -P 0x11 1513 2583", "read -P 0 4096 4096",
                        "read -P 0x11 8192 4096", "read -P 0 3M 4096",
                        "read -P 0x22 3149824 61440", "read -P 0x55 6M 4k", fmt=fmt)
-    ok(rc == 0 and "failed" not in out + err, "%s: NBD writes read back locally" % fmt,
+    ok(rc == 0 and "failed" not in out + err, "%s: NBD writes read back locally" % name,
        out + err)
     rc, out, err = run(["qemu-img", "check", "-f", fmt, img]) if fmt == "qcow2" else (0, "", "")
-    ok(rc == 0, "%s: image consistent after NBD writes" % fmt, out + err)
+    ok(rc == 0, "%s: image consistent after NBD writes" % name, out + err)
 
 
 def tcp_and_names(d):
@@ -269,6 +270,29 @@ def differential_maps(d):
     return local
 
 
+def raw_maps(d):
+    img = os.path.join(d, "sparse.raw")
+    run(["qemu-img", "create", "-q", "-f", "raw", img, "64M"])
+    qio(img, "write -P 1 0 64k", "write -P 2 5M 3M", "write -z 20M 1M", "write -P 3 63M 1M")
+    s1 = os.path.join(d, "rawours.sock")
+    s2 = os.path.join(d, "rawqemu.sock")
+    p1 = serve(NBD, ["-t", "-r", "-f", "raw", img], sock=s1)
+    p2 = serve("qemu-nbd", ["-t", "-r", "-f", "raw", img], sock=s2)
+    a = run(["qemu-img", "map", "--output=json", "-f", "raw", uri(s1)])
+    b = run(["qemu-img", "map", "--output=json", "-f", "raw", uri(s2)])
+    ok(a[0] == 0 and a[1] == b[1], "sparse raw: qemu-img map over NBD equals qemu-nbd's",
+       a[1] + a[2] + "\n" + b[1])
+    a = run(["nbdinfo", "--map", uri(s1)])
+    b = run(["nbdinfo", "--map", uri(s2)])
+    ok(a[0] == 0 and a[1] == b[1], "sparse raw: nbdinfo --map equals qemu-nbd's", a[1] + b[1])
+    out = os.path.join(d, "sparse.copy")
+    rc, o, e = run(["qemu-img", "convert", "-f", "raw", "-O", "raw", uri(s1), out])
+    ok(rc == 0 and sha(out) == sha(img), "sparse raw: convert from the export is identical",
+       o + e)
+    stop(p1)
+    stop(p2)
+
+
 def nbdcopy_in(d, local):
     img = os.path.join(d, "dst.qcow2")
     sock = os.path.join(d, "dst.sock")
@@ -310,6 +334,29 @@ def lifecycle(d):
         pass
     ok(rc == 0 and p.returncode == 0, "without -t the server exits after its client",
        "rc=%s exit=%s %s" % (rc, p.returncode, out + err))
+    # -e 1 (the default): a second client waits until the first is gone.
+    p = serve(NBD, ["-t", "-f", "raw", img], sock=sock)
+    a = socket.socket(socket.AF_UNIX)
+    a.connect(sock)
+    a.settimeout(20)
+    first = a.recv(18)
+    b = socket.socket(socket.AF_UNIX)
+    b.connect(sock)     # lands in the listen backlog
+    b.settimeout(0.5)
+    try:
+        early = b.recv(18)
+    except socket.timeout:
+        early = b""
+    a.close()
+    b.settimeout(20)
+    try:
+        late = early or b.recv(18)
+    except socket.timeout:
+        late = b""
+    ok(len(first) == 18 and early == b"" and len(late) == 18,
+       "-e 1: the second client is served once the first left", (first, early, late))
+    b.close()
+    stop(p)
     pidf = os.path.join(d, "nbd.pid")
     rc, out, err = run([NBD, "--fork", "--pid-file", pidf, "-t", "-k", sock, "-f", "raw", img])
     ok(rc == 0 and os.path.exists(sock), "--fork returns once the socket listens", err)
@@ -333,6 +380,7 @@ def messages(d):
              ["--bogus", img], ["-x"], ["--image-opts", "-f", "raw", img],
              ["--detect-zeroes=unmap", img], ["-x", "n" * 5000, img],
              ["-D", "d" * 5000, img], ["-k", "/nonexistent/dir/s", img],
+             ["-p", "abc", "-f", "raw", img],
              ["-k", sock, "-f", "raw", os.path.join(d, "missing.img")]]
     for c in cases:
         a = run([NBD] + c)
@@ -346,9 +394,19 @@ def messages(d):
 def body(d):
     for fmt in ["raw", "qcow2"]:
         data_roundtrip(d, fmt)
+    # O_DIRECT with Linux AIO (the fast path for raw), where the filesystem allows it.
+    probe = os.path.join(d, "direct.probe")
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_RDWR | os.O_DIRECT)
+        os.close(fd)
+        data_roundtrip(d, "raw", ["--cache=none", "--aio=native"])
+        data_roundtrip(d, "qcow2", ["--cache=none", "--aio=native"])
+    except OSError:
+        ok(True, "O_DIRECT unsupported here # SKIP")
     tcp_and_names(d)
     read_only(d)
     local = differential_maps(d)
+    raw_maps(d)
     nbdcopy_in(d, local)
     lifecycle(d)
     messages(d)

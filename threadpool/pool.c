@@ -541,7 +541,12 @@ static pthread_once_t default_once = PTHREAD_ONCE_INIT;
 
 static void default_pool_init(void)
 {
-	default_pool = tblk_pool_new(0, 64, 10000, NULL);
+	uint64_t max = tblk__env_ns("TBLK_POOL_MAX_THREADS", TBLK_POOL_MAX_THREADS);
+
+	/* The knob is a count, read with the nanosecond helper; 0 or absurd: the default. */
+	if (max == 0 || max > 1024)
+		max = TBLK_POOL_MAX_THREADS;
+	default_pool = tblk_pool_new(0, (unsigned int)max, 10000, NULL);
 	default_pool->detach_exited = true;
 }
 

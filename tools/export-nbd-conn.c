@@ -24,7 +24,8 @@ struct nbds_out {
 	struct nbds_out *next;
 	GByteArray *hdr;		/* chunk headers, referenced by offset until finished */
 	GArray *segs;			/* struct seg, while being built */
-	void *data;			/* data buffer (free()), may be NULL */
+	void *data;			/* data buffer (buf_put()), may be NULL */
+	uint32_t data_len;		/* its requested length */
 	struct iovec *iov;
 	int iovcnt, idx;		/* iov[idx..] not yet sent */
 	size_t bytes;			/* accounted in conn->buffered */
@@ -38,15 +39,72 @@ struct seg {
 struct nbds_req {
 	struct nbds_conn *conn;
 	struct nbds_request r;
-	void *buf;			/* READ/WRITE data (free()) */
+	void *buf;			/* READ/WRITE data (buf_put()) */
 	struct iovec iov;
 	struct tblk_work work;		/* BLOCK_STATUS on the pool */
 	GByteArray *bs;			/* BLOCK_STATUS chunks built by the worker */
+	size_t bs_last;			/* offset of the last chunk in bs */
 	int ret;
 };
 
 static void conn_update(struct nbds_conn *conn);
 static void process_input(struct nbds_conn *conn);
+
+/* ---------------------------------------------------------------- data buffers */
+
+/*
+ * Request buffers come in power-of-two classes from 64 KiB to 32 MiB and are kept for
+ * reuse per connection: large allocations are otherwise mmap()ed, faulted in and unmapped
+ * once per request, which cost more CPU than the I/O itself.
+ */
+static unsigned int buf_class(size_t len)
+{
+	unsigned int c = 0;
+
+	while (((size_t)NBDS_BUF_MIN << c) < len)
+		c++;
+	return c;
+}
+
+/* A 4 KiB-aligned buffer of at least @len bytes; NULL if memory is short. */
+static void *buf_get(struct nbds_conn *conn, size_t len)
+{
+	unsigned int c = buf_class(len);
+	void *p = NULL;
+
+	if (conn->nr_cached[c]) {
+		conn->cached_bytes -= (size_t)NBDS_BUF_MIN << c;
+		return conn->buf_cache[c][--conn->nr_cached[c]];
+	}
+	if (posix_memalign(&p, 4096, (size_t)NBDS_BUF_MIN << c))
+		return NULL;
+	return p;
+}
+
+static void buf_put(struct nbds_conn *conn, void *p, size_t len)
+{
+	unsigned int c = buf_class(len);
+	size_t size = (size_t)NBDS_BUF_MIN << c;
+
+	if (!p)
+		return;
+	if (conn->nr_cached[c] < NBDS_BUF_KEEP && conn->cached_bytes + size <= NBDS_BUF_CACHE_MAX) {
+		conn->buf_cache[c][conn->nr_cached[c]++] = p;
+		conn->cached_bytes += size;
+		return;
+	}
+	free(p);
+}
+
+static void buf_cache_free(struct nbds_conn *conn)
+{
+	unsigned int c;
+
+	for (c = 0; c < NBDS_BUF_CLASSES; c++)
+		while (conn->nr_cached[c])
+			free(conn->buf_cache[c][--conn->nr_cached[c]]);
+	conn->cached_bytes = 0;
+}
 
 /* ---------------------------------------------------------------- output */
 
@@ -84,13 +142,13 @@ static void out_data_piece(struct nbds_out *o, size_t off, size_t len)
 		g_array_append_val(o->segs, s);
 }
 
-static void out_free(struct nbds_out *o)
+static void out_free(struct nbds_conn *conn, struct nbds_out *o)
 {
 	if (o->hdr)
 		g_byte_array_free(o->hdr, TRUE);
 	if (o->segs)
 		g_array_free(o->segs, TRUE);
-	free(o->data);
+	buf_put(conn, o->data, o->data_len);
 	g_free(o->iov);
 	g_free(o);
 }
@@ -101,7 +159,7 @@ static void out_queue(struct nbds_conn *conn, struct nbds_out *o)
 	guint i;
 
 	if (conn->dead) {
-		out_free(o);
+		out_free(conn, o);
 		return;
 	}
 	o->iovcnt = (int)o->segs->len;
@@ -170,7 +228,7 @@ static bool conn_flush(struct nbds_conn *conn)
 		if (!conn->out_head)
 			conn->out_tail = NULL;
 		conn->buffered -= o->bytes;
-		out_free(o);
+		out_free(conn, o);
 	}
 	return true;
 }
@@ -182,7 +240,7 @@ static void drop_output(struct nbds_conn *conn)
 
 		conn->out_head = o->next;
 		conn->buffered -= o->bytes;
-		out_free(o);
+		out_free(conn, o);
 	}
 	conn->out_tail = NULL;
 }
@@ -204,16 +262,19 @@ struct nbds_conn *nbds__conn_new(struct nbds_server *srv, int fd)
 
 static void conn_free(struct nbds_conn *conn)
 {
+	if (conn->in_state == NBDS_IN_HANDSHAKE)
+		tblk_timer_del(&conn->hs_timer);
 	tblk_loop_set_fd_handler(conn->loop, conn->fd, NULL, NULL, NULL, NULL);
 	close(conn->fd);
 	drop_output(conn);
 	if (conn->cur) {
-		free(conn->cur->buf);
+		buf_put(conn, conn->cur->buf, conn->cur->r.len);
 		g_free(conn->cur);
 	}
 	nbds_hs_destroy(&conn->hs);
 	g_byte_array_free(conn->hs_out, TRUE);
 	g_free(conn->inbuf);
+	buf_cache_free(conn);
 	nbds__server_client_gone(conn->srv, conn);
 	g_free(conn);
 }
@@ -234,6 +295,7 @@ static bool conn_can_read(struct nbds_conn *conn)
 
 static void on_read(void *opaque);
 static void on_write(void *opaque);
+static void conn_arrived(void *opaque);
 
 /*
  * Sends what can be sent, installs the handlers the state needs, and frees the connection
@@ -242,10 +304,20 @@ static void on_write(void *opaque);
  */
 static void conn_update(struct nbds_conn *conn)
 {
+	struct tblk_loop *dst;
 	bool r, w;
 
-	if (conn->moving)
+	if (conn->moving) {
+		if (!conn->move_to)
+			return;
+		/* The hand-off to the backend's loop is the last thing this thread does. */
+		tblk_loop_set_fd_handler(conn->loop, conn->fd, NULL, NULL, NULL, NULL);
+		conn->reading = conn->writing = false;
+		dst = conn->loop = conn->move_to;
+		conn->move_to = NULL;
+		tblk_loop_call_soon(dst, conn_arrived, conn);
 		return;
+	}
 	if (!conn->dead && !conn_flush(conn))
 		conn_fail(conn);
 	if (conn->closing && !conn->nr_inflight && (conn->dead || !conn->out_head)) {
@@ -264,7 +336,16 @@ static void conn_update(struct nbds_conn *conn)
 
 static void on_write(void *opaque)
 {
-	conn_update(opaque);
+	struct nbds_conn *conn = opaque;
+
+	/*
+	 * Sending may lift the limit on buffered bytes: requests already received must then
+	 * be taken up here, since no new input may come to wake on_read().
+	 */
+	if (!conn->dead && !conn_flush(conn))
+		conn_fail(conn);
+	process_input(conn);
+	conn_update(conn);
 }
 
 /* ---------------------------------------------------------------- replies */
@@ -274,7 +355,7 @@ static void req_free(struct nbds_req *req)
 	struct nbds_conn *conn = req->conn;
 
 	if (req->buf) {
-		free(req->buf);
+		buf_put(conn, req->buf, req->r.len);
 		conn->buffered -= req->r.len;
 	}
 	if (req->bs)
@@ -353,9 +434,13 @@ static void put_read_chunks(struct nbds_out *o, struct nbds_req *req)
 	uint32_t len = req->r.len, pos = 0;
 	bool holes = !(req->r.flags & TBLK_NBD_CMD_FLAG_DF);
 
+	size_t last = 0;
+
 	while (pos < len) {
 		uint32_t end = pos, start_hdr = o->hdr->len;
 		bool zero = false;
+
+		last = start_hdr;
 
 		if (holes && len - pos >= blk)
 			zero = block_is_zero(buf + pos, blk);
@@ -381,11 +466,8 @@ static void put_read_chunks(struct nbds_out *o, struct nbds_req *req)
 		}
 		pos = end;
 	}
-	/* The last chunk carries DONE; a NONE chunk is the simplest way to say it. */
-	pos = o->hdr->len;
-	nbds_put_chunk_header(o->hdr, TBLK_NBD_REPLY_FLAG_DONE, TBLK_NBD_REPLY_TYPE_NONE,
-			      req->r.cookie, 0);
-	out_hdr_piece(o, pos);
+	/* The last chunk carries DONE (its flags follow the 4-byte magic). */
+	o->hdr->data[last + 5] |= TBLK_NBD_REPLY_FLAG_DONE;
 }
 
 static void read_done(void *opaque, int ret)
@@ -408,6 +490,7 @@ static void read_done(void *opaque, int ret)
 	}
 	/* The reply takes the buffer; its bytes move from the request to the output. */
 	o->data = req->buf;
+	o->data_len = req->r.len;
 	req->buf = NULL;
 	conn->buffered -= req->r.len;
 	out_queue(conn, o);
@@ -536,6 +619,7 @@ static int block_status_work(void *opaque)
 		if (!ctx[i].nr)
 			bs_add(&ctx[i], req->r.len, 0);	/* cannot happen: len > 0 */
 		bs_finish(&ctx[i]);
+		req->bs_last = req->bs->len;
 		g_byte_array_append(req->bs, ctx[i].out->data, ctx[i].out->len);
 		g_byte_array_free(ctx[i].out, TRUE);
 	}
@@ -554,8 +638,8 @@ static void block_status_done(void *opaque, int ret)
 	}
 	o = out_new();
 	g_byte_array_append(o->hdr, req->bs->data, req->bs->len);
-	nbds_put_chunk_header(o->hdr, TBLK_NBD_REPLY_FLAG_DONE, TBLK_NBD_REPLY_TYPE_NONE,
-			      req->r.cookie, 0);
+	/* The last context's chunk carries DONE (its flags follow the 4-byte magic). */
+	o->hdr->data[req->bs_last + 5] |= TBLK_NBD_REPLY_FLAG_DONE;
 	out_hdr_piece(o, 0);
 	out_queue(conn, o);
 	req_free(req);
@@ -616,11 +700,10 @@ static void submit(struct nbds_conn *conn, struct nbds_req *req)
 /* Allocates a request's data buffer; NULL if memory is short. */
 static void *data_buf(struct nbds_conn *conn, uint32_t len)
 {
-	void *p = NULL;
+	void *p = buf_get(conn, len);
 
-	if (posix_memalign(&p, 4096, len ? len : 1))
-		return NULL;
-	conn->buffered += len;
+	if (p)
+		conn->buffered += len;
 	return p;
 }
 
@@ -809,15 +892,16 @@ static void on_read(void *opaque)
 
 /* ---------------------------------------------------------------- export attach */
 
+/* On the backend's loop, after the move: take up where the server's loop left off. */
 static void conn_arrived(void *opaque)
 {
 	struct nbds_conn *conn = opaque;
 
 	conn->moving = false;
-	conn->reading = conn->writing = false;
 	process_input(conn);
 	conn_update(conn);
 }
+
 
 static void attach_export(struct nbds_conn *conn)
 {
@@ -825,6 +909,7 @@ static void attach_export(struct nbds_conn *conn)
 	struct nbds_export *e = tblk_container_of(conn->hs.exp, struct nbds_export, p);
 	struct tblk_loop *loop = tblk_blk_get_loop(e->blk);
 
+	tblk_timer_del(&conn->hs_timer);
 	nbds_tx_from_hs(&conn->tx, &conn->hs);
 	tblk_mutex_lock(&srv->lock);
 	conn->exp = e;
@@ -834,19 +919,29 @@ static void attach_export(struct nbds_conn *conn)
 	conn->in_state = NBDS_IN_HEADER;
 	if (!loop || loop == conn->loop)
 		return;
-	/* Requests go to the backend from its own loop: follow it there. */
-	if (!conn_flush(conn))
-		conn_fail(conn);
-	tblk_loop_set_fd_handler(conn->loop, conn->fd, NULL, NULL, NULL, NULL);
-	conn->loop = loop;
+	/*
+	 * Requests go to the backend from its own loop: follow it there, once the current
+	 * callback ends (conn_update() makes the move; input stops meanwhile).
+	 */
 	conn->moving = true;
-	tblk_loop_call_soon(loop, conn_arrived, conn);
+	conn->move_to = loop;
+}
+
+/* The handshake took too long. Server loop. */
+static void handshake_timeout(void *opaque)
+{
+	struct nbds_conn *conn = opaque;
+
+	conn_fail(conn);
+	conn_update(conn);
 }
 
 void nbds__conn_start(struct nbds_conn *conn)
 {
 	nbds_hs_init(&conn->hs, &conn->srv->table, conn->hs_out);
 	conn->in_state = NBDS_IN_HANDSHAKE;
+	tblk_timer_init(&conn->hs_timer, conn->loop, handshake_timeout, conn);
+	tblk_timer_mod(&conn->hs_timer, tblk_clock_ns() + conn->srv->handshake_ns);
 	queue_bytes(conn, conn->hs_out);
 	conn_update(conn);
 }

@@ -20,7 +20,7 @@
 
 static struct nbds_server *nbd_server;	/* [main thread] */
 
-static char *take(GHashTable *opts, const char *key)
+static char *nbd_take(GHashTable *opts, const char *key)
 {
 	gpointer k = NULL, v = NULL;
 
@@ -30,7 +30,7 @@ static char *take(GHashTable *opts, const char *key)
 	return v;
 }
 
-static int leftover(GHashTable *opts, GError **errp)
+static int nbd_leftover(GHashTable *opts, GError **errp)
 {
 	GHashTableIter it;
 	gpointer k, v;
@@ -43,39 +43,39 @@ static int leftover(GHashTable *opts, GError **errp)
 
 static int listen_addr(struct nbds_server *srv, GHashTable *opts, GError **errp)
 {
-	g_autofree char *type = take(opts, "addr.type");
+	g_autofree char *type = nbd_take(opts, "addr.type");
 	g_autofree char *host = NULL, *port = NULL, *path = NULL, *str = NULL;
 	uint64_t fd;
 
 	if (!type)
 		return tblk_error_set(errp, EINVAL, "Parameter 'addr.type' is missing");
 	if (!strcmp(type, "inet")) {
-		host = take(opts, "addr.host");
-		port = take(opts, "addr.port");
+		host = nbd_take(opts, "addr.host");
+		port = nbd_take(opts, "addr.port");
 		if (!host)
 			return tblk_error_set(errp, EINVAL, "Parameter 'addr.host' is missing");
 		if (!port)
 			return tblk_error_set(errp, EINVAL, "Parameter 'addr.port' is missing");
-		if (leftover(opts, errp) < 0)
+		if (nbd_leftover(opts, errp) < 0)
 			return -EINVAL;
 		return nbds_server_listen_inet(srv, host, port, errp);
 	}
 	if (!strcmp(type, "unix")) {
-		path = take(opts, "addr.path");
+		path = nbd_take(opts, "addr.path");
 		if (!path)
 			return tblk_error_set(errp, EINVAL, "Parameter 'addr.path' is missing");
-		if (leftover(opts, errp) < 0)
+		if (nbd_leftover(opts, errp) < 0)
 			return -EINVAL;
 		return nbds_server_listen_unix(srv, path, errp);
 	}
 	if (!strcmp(type, "fd")) {
-		str = take(opts, "addr.str");
+		str = nbd_take(opts, "addr.str");
 		if (!str)
 			return tblk_error_set(errp, EINVAL, "Parameter 'addr.str' is missing");
 		if (tblk_parse_uint64(str, &fd) < 0 || fd > INT32_MAX)
 			return tblk_error_set(errp, EINVAL, "'%s' is not a valid file descriptor",
 					      str);
-		if (leftover(opts, errp) < 0)
+		if (nbd_leftover(opts, errp) < 0)
 			return -EINVAL;
 		return nbds_server_listen_fd(srv, (int)fd, errp);
 	}
@@ -84,8 +84,8 @@ static int listen_addr(struct nbds_server *srv, GHashTable *opts, GError **errp)
 
 static int nbd_server_start(struct export_host *host, GHashTable *opts, GError **errp)
 {
-	g_autofree char *tls = take(opts, "tls-creds");
-	g_autofree char *authz = take(opts, "tls-authz");
+	g_autofree char *tls = nbd_take(opts, "tls-creds");
+	g_autofree char *authz = nbd_take(opts, "tls-authz");
 	uint64_t max = 0;
 	struct nbds_server *srv;
 
@@ -115,9 +115,9 @@ static void nbd_server_stop(void)
 
 static int nbd_export_add(struct export *exp, GHashTable *opts, GError **errp)
 {
-	g_autofree char *name = take(opts, "name");
-	g_autofree char *desc = take(opts, "description");
-	g_autofree char *mc = take(opts, "multi-conn");
+	g_autofree char *name = nbd_take(opts, "name");
+	g_autofree char *desc = nbd_take(opts, "description");
+	g_autofree char *mc = nbd_take(opts, "multi-conn");
 	struct nbds_export_opts o = { 0 };
 
 	if (!nbd_server)

@@ -20,7 +20,7 @@ struct nbds_export {
 	char *id, *name, *description;	/* [const] */
 	bool discard;			/* [const] TRIM/zero writes may unmap */
 	unsigned int nr_conns;		/* [srv->lock] connections serving it */
-	struct tblk_list link;		/* [server loop] srv->exports */
+	struct tblk_list link;		/* [srv->lock] srv->exports; unlinked on the server loop */
 };
 
 struct nbds_listener {
@@ -31,12 +31,13 @@ struct nbds_listener {
 struct nbds_server {
 	struct tblk_loop *loop;		/* [const] */
 	struct nbds_export_table table;	/* [const] for handshakes */
-	struct tblk_list exports;	/* [server loop] struct nbds_export */
+	struct tblk_list exports;	/* [lock] struct nbds_export; removals on the server loop */
 	struct nbds_listener listeners[8]; /* [server loop] */
 	unsigned int nr_listeners;	/* [server loop] */
 	bool listening;			/* [server loop] accept handlers installed */
 	bool stopping;			/* [server loop] nbds_server_free() began */
 	unsigned int max_clients;	/* [server loop] 0: unlimited */
+	uint64_t handshake_ns;		/* [server loop] */
 	char *unix_path;		/* [server loop] removed at free */
 	nbds_clients_fn *clients_fn;	/* [server loop] */
 	void *clients_opaque;		/* [server loop] */
@@ -45,6 +46,7 @@ struct nbds_server {
 	struct tblk_cond cond;		/* [lock] broadcast when a client or notification ends */
 	struct tblk_list conns;		/* [lock] struct nbds_conn */
 	unsigned int nr_clients;	/* [lock] */
+	uint64_t nr_accepted;		/* [lock] clients ever served */
 	unsigned int nr_notify_pending;	/* [lock] clients_changed() calls not yet run */
 };
 
@@ -59,6 +61,13 @@ enum nbds_in_state {
 };
 
 #define NBDS_INBUF_SIZE	(64 * 1024)
+/* A client that has not finished its handshake by then is dropped (qemu-nbd's limit). */
+#define NBDS_HANDSHAKE_NS	(10ull * 1000 * 1000 * 1000)
+/* Data buffer classes: 64 KiB << 0..9 (32 MiB); a few kept per class for reuse. */
+#define NBDS_BUF_MIN		(64u * 1024)
+#define NBDS_BUF_CLASSES	10
+#define NBDS_BUF_KEEP		8
+#define NBDS_BUF_CACHE_MAX	(64u << 20)
 
 struct nbds_conn {
 	struct nbds_server *srv;	/* [const] */
@@ -70,7 +79,8 @@ struct nbds_conn {
 	struct tblk_loop *loop;		/* server loop, then the backend's */
 	struct tblk_blk *blk;
 	struct nbds_handshake hs;
-	GByteArray *hs_out;		/* handshake replies not yet queued */
+	GByteArray *hs_out;
+	struct tblk_timer hs_timer;	/* armed on the server loop while in the handshake */		/* handshake replies not yet queued */
 	struct nbds_tx tx;
 	enum nbds_in_state in_state;
 	uint8_t *inbuf;			/* NBDS_INBUF_SIZE bytes received, [in_start, in_end) unused */
@@ -78,14 +88,17 @@ struct nbds_conn {
 	struct nbds_req *cur;		/* request whose payload is being read */
 	uint32_t cur_fill;
 	uint64_t skip;			/* bytes of payload left to discard */
-	struct nbds_request skipped;	/* the refused request whose payload we discard */
 	struct nbds_out *out_head, *out_tail; /* replies to send, in order */
 	size_t buffered;		/* bytes in replies and request buffers */
 	unsigned int nr_inflight;	/* requests submitted and not yet replied */
 	bool reading, writing;		/* fd handlers installed */
+	void *buf_cache[NBDS_BUF_CLASSES][NBDS_BUF_KEEP]; /* free data buffers by class */
+	unsigned int nr_cached[NBDS_BUF_CLASSES];
+	size_t cached_bytes;
 	bool closing;			/* no more input: finish in-flight work, flush, close */
 	bool dead;			/* the socket failed: drop output, close when idle */
-	bool moving;			/* between loops */
+	bool moving;			/* between loops: no input, no output */
+	struct tblk_loop *move_to;	/* the loop to move to when the callback ends */
 };
 
 struct nbds_conn *nbds__conn_new(struct nbds_server *srv, int fd);

@@ -17,30 +17,51 @@
 
 #include "tools/export-nbd-srv.h"
 
-static const struct nbds_proto_export *table_lookup(void *opaque, const char *name)
+static struct nbds_export *find_locked(struct nbds_server *srv, const char *name,
+				       const char *id)
 {
-	struct nbds_server *srv = opaque;
 	struct tblk_list *pos;
 
 	tblk_list_for_each(pos, &srv->exports) {
 		struct nbds_export *e = tblk_list_entry(pos, struct nbds_export, link);
 
-		if (!strcmp(e->p.name, name))
-			return &e->p;
+		if ((name && !strcmp(e->p.name, name)) || (id && !strcmp(e->id, id)))
+			return e;
 	}
 	return NULL;
+}
+
+/*
+ * The handshake's view of the exports. It runs on the server loop, the only thread that
+ * takes exports off the list (nbds_server_del_export()), so what it finds stays valid
+ * for the rest of the callback; the lock covers additions from other threads.
+ */
+static const struct nbds_proto_export *table_lookup(void *opaque, const char *name)
+{
+	struct nbds_server *srv = opaque;
+	struct nbds_export *e;
+
+	tblk_mutex_lock(&srv->lock);
+	e = find_locked(srv, name, NULL);
+	tblk_mutex_unlock(&srv->lock);
+	return e ? &e->p : NULL;
 }
 
 static const struct nbds_proto_export *table_nth(void *opaque, unsigned int i)
 {
 	struct nbds_server *srv = opaque;
+	const struct nbds_proto_export *p = NULL;
 	struct tblk_list *pos;
 
+	tblk_mutex_lock(&srv->lock);
 	tblk_list_for_each(pos, &srv->exports) {
-		if (!i--)
-			return &tblk_list_entry(pos, struct nbds_export, link)->p;
+		if (!i--) {
+			p = &tblk_list_entry(pos, struct nbds_export, link)->p;
+			break;
+		}
 	}
-	return NULL;
+	tblk_mutex_unlock(&srv->lock);
+	return p;
 }
 
 struct nbds_server *nbds_server_new(struct tblk_loop *loop)
@@ -48,6 +69,7 @@ struct nbds_server *nbds_server_new(struct tblk_loop *loop)
 	struct nbds_server *srv = g_new0(struct nbds_server, 1);
 
 	srv->loop = loop;
+	srv->handshake_ns = NBDS_HANDSHAKE_NS;
 	tblk_mutex_init(&srv->lock);
 	tblk_cond_init(&srv->cond);
 	tblk_list_init(&srv->exports);
@@ -56,6 +78,11 @@ struct nbds_server *nbds_server_new(struct tblk_loop *loop)
 	srv->table.nth = table_nth;
 	srv->table.opaque = srv;
 	return srv;
+}
+
+void nbds_server_set_handshake_timeout(struct nbds_server *srv, uint64_t ns)
+{
+	srv->handshake_ns = ns;
 }
 
 void nbds_server_set_max_clients(struct nbds_server *srv, unsigned int max)
@@ -193,15 +220,17 @@ static void clients_changed(void *opaque)
 {
 	struct nbds_server *srv = opaque;
 	unsigned int nr;
+	uint64_t total;
 
 	listeners_update(srv);
 	tblk_mutex_lock(&srv->lock);
 	nr = srv->nr_clients;
+	total = srv->nr_accepted;
 	srv->nr_notify_pending--;
 	tblk_cond_broadcast(&srv->cond);
 	tblk_mutex_unlock(&srv->lock);
 	if (srv->clients_fn && !srv->stopping)
-		srv->clients_fn(srv->clients_opaque, nr);
+		srv->clients_fn(srv->clients_opaque, nr, total);
 }
 
 void nbds__server_client_gone(struct nbds_server *srv, struct nbds_conn *conn)
@@ -230,6 +259,7 @@ int nbds_server_add_client(struct nbds_server *srv, int fd)
 	tblk_mutex_lock(&srv->lock);
 	tblk_list_add_tail(&srv->conns, &conn->link);
 	srv->nr_clients++;
+	srv->nr_accepted++;
 	srv->nr_notify_pending++;
 	tblk_mutex_unlock(&srv->lock);
 	tblk_loop_call_soon(srv->loop, clients_changed, srv);
@@ -249,7 +279,10 @@ int nbds_server_add_export(struct nbds_server *srv, struct tblk_blk *blk,
 		return tblk_error_set(errp, EINVAL, "export name '%s' too long", name);
 	if (o->description && strlen(o->description) > TBLK_NBD_MAX_STRING)
 		return tblk_error_set(errp, EINVAL, "description '%s' too long", o->description);
-	if (table_lookup(srv, name))
+	tblk_mutex_lock(&srv->lock);
+	e = find_locked(srv, name, NULL);
+	tblk_mutex_unlock(&srv->lock);
+	if (e)
 		return tblk_error_set(errp, EEXIST, "NBD server already has export named '%s'",
 				      name);
 	if (o->writable && tblk_blk_is_read_only(blk))
@@ -294,8 +327,10 @@ unsigned int nbds_server_nr_exports(struct nbds_server *srv)
 	unsigned int n = 0;
 	struct tblk_list *pos;
 
+	tblk_mutex_lock(&srv->lock);
 	tblk_list_for_each(pos, &srv->exports)
 		n++;
+	tblk_mutex_unlock(&srv->lock);
 	return n;
 }
 
@@ -335,7 +370,7 @@ static void shutdown_conns_locked(struct nbds_server *srv, struct nbds_export *e
 	}
 }
 
-static void export_free(struct nbds_export *e)
+static void nbds_export_destroy(struct nbds_export *e)
 {
 	g_free(e->id);
 	g_free(e->name);
@@ -343,27 +378,54 @@ static void export_free(struct nbds_export *e)
 	g_free(e);
 }
 
+struct unlink_ctx {
+	struct nbds_server *srv;
+	const char *id;
+	struct nbds_export *e;		/* [srv->lock] the export taken off the list */
+	bool done;			/* [srv->lock] */
+};
+
+/* Server loop: takes the export off the list, so no new handshake can pick it. */
+static void unlink_export(void *opaque)
+{
+	struct unlink_ctx *u = opaque;
+	struct nbds_server *srv = u->srv;
+
+	tblk_mutex_lock(&srv->lock);
+	u->e = find_locked(srv, NULL, u->id);
+	if (!u->e)
+		u->e = find_locked(srv, u->id, NULL);
+	if (u->e) {
+		tblk_list_del(&u->e->link);
+		shutdown_conns_locked(srv, u->e);
+	}
+	u->done = true;
+	tblk_cond_broadcast(&srv->cond);
+	tblk_mutex_unlock(&srv->lock);
+}
+
+static bool unlink_done(struct nbds_server *srv, void *arg)
+{
+	(void)srv;
+	return ((struct unlink_ctx *)arg)->done;
+}
+
 int nbds_server_del_export(struct nbds_server *srv, const char *id)
 {
-	struct nbds_export *e = NULL;
-	struct tblk_list *pos;
+	struct unlink_ctx u = { .srv = srv, .id = id };
 
-	tblk_list_for_each(pos, &srv->exports) {
-		struct nbds_export *x = tblk_list_entry(pos, struct nbds_export, link);
-
-		if (!strcmp(x->id, id)) {
-			e = x;
-			break;
-		}
-	}
-	if (!e)
-		return -ENOENT;
+	if (tblk_loop_in_thread(srv->loop) || !tblk_loop_is_running(srv->loop))
+		unlink_export(&u);
+	else
+		tblk_loop_call_soon(srv->loop, unlink_export, &u);
 	tblk_mutex_lock(&srv->lock);
-	tblk_list_del(&e->link);
-	shutdown_conns_locked(srv, e);
-	wait_locked(srv, tblk_blk_get_loop(e->blk), export_idle, e);
+	wait_locked(srv, srv->loop, unlink_done, &u);
+	if (u.e)
+		wait_locked(srv, tblk_blk_get_loop(u.e->blk), export_idle, u.e);
 	tblk_mutex_unlock(&srv->lock);
-	export_free(e);
+	if (!u.e)
+		return -ENOENT;
+	nbds_export_destroy(u.e);
 	return 0;
 }
 
@@ -394,7 +456,7 @@ void nbds_server_free(struct nbds_server *srv)
 	tblk_mutex_unlock(&srv->lock);
 	tblk_list_for_each_safe(pos, tmp, &srv->exports) {
 		tblk_list_del(pos);
-		export_free(tblk_list_entry(pos, struct nbds_export, link));
+		nbds_export_destroy(tblk_list_entry(pos, struct nbds_export, link));
 	}
 	tblk_cond_destroy(&srv->cond);
 	tblk_mutex_destroy(&srv->lock);

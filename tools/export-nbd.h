@@ -5,8 +5,8 @@
  * serves any number of clients, each on the loop of the backend it picked, with its requests
  * submitted asynchronously and answered in whatever order they complete.
  *
- * Threading: create the server, add exports and listeners on the thread that runs the
- * server's loop (or before it runs). A backend's asynchronous requests are submitted on the
+ * Threading: create the server and its listeners on the thread that runs the server's loop
+ * (or before it runs); exports may be added and removed from any thread. A backend's asynchronous requests are submitted on the
  * backend's loop: connections move there after the handshake.
  */
 #ifndef TBLK_TOOLS_EXPORT_NBD_H
@@ -30,8 +30,11 @@ struct nbds_export_opts {
 	bool discard;			/* TRIM and WRITE_ZEROES may unmap (--discard=unmap) */
 };
 
-/* Called on the server's loop whenever the number of connected clients changed. */
-typedef void nbds_clients_fn(void *opaque, unsigned int nr_clients);
+/*
+ * Called on the server's loop after the number of connected clients changed: how many are
+ * connected now, and how many connected since the server started.
+ */
+typedef void nbds_clients_fn(void *opaque, unsigned int nr_clients, uint64_t nr_accepted);
 
 /* A server whose listeners and handshakes run on @loop. Never fails. */
 struct nbds_server *nbds_server_new(struct tblk_loop *loop);
@@ -44,6 +47,8 @@ void nbds_server_free(struct nbds_server *srv);
 
 /* At most @max clients at once (0: no limit); more wait in the listen backlog. */
 void nbds_server_set_max_clients(struct nbds_server *srv, unsigned int max);
+/* Drops clients that have not finished the handshake after @ns (default 10 s). */
+void nbds_server_set_handshake_timeout(struct nbds_server *srv, uint64_t ns);
 void nbds_server_set_clients_cb(struct nbds_server *srv, nbds_clients_fn *fn, void *opaque);
 
 /* Listens on @host:@port (host NULL or "" for any address). 0 or -errno with *errp. */

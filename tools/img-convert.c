@@ -862,9 +862,15 @@ static int convert_do_copy(struct convert *cv)
 {
 	int ret;
 
+	/*
+	 * As qemu's bdrv_has_zero_init(): a new file reads as zeroes, a device or a reused NBD
+	 * export does not (under qcow2, unallocated clusters read as zeroes anyway).
+	 */
 	if (!cv->has_zero_init && cv->target_is_new && cv->min_sparse &&
 	    !cv->target_has_backing)
-		cv->has_zero_init = strcmp(tblk_blk_protocol_name(cv->target), "host_device");
+		cv->has_zero_init = strcmp(tblk_blk_protocol_name(cv->target), "host_device") &&
+				    (strcmp(tblk_blk_protocol_name(cv->target), "nbd") ||
+				     !strcmp(tblk_blk_format_name(cv->target), "qcow2"));
 	if (cv->compressed) {
 		if (cv->cluster_sectors <= 0 || cv->cluster_sectors > cv->buf_sectors) {
 			tool_error("invalid cluster size");

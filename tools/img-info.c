@@ -25,7 +25,10 @@ struct image_info {
 	int64_t virtual_size;
 	int64_t actual_size;		/* < 0: unknown, left out */
 	struct tblk_format_info fi;
+	bool has_fi;			/* the driver has information (else no dirty-flag) */
 	char *full_backing;		/* backing file name resolved against the image's */
+	struct tblk_snapshot_info *sn;	/* internal snapshots, nsn of them */
+	int nsn;
 };
 
 /* qemu's path_combine: a relative backing name is relative to the image's directory. */
@@ -59,6 +62,7 @@ static void print_human(const struct image_info *ii)
 	}
 	if (fi->backing_fmt)
 		printf("backing file format: %s\n", fi->backing_fmt);
+	img_snapshot_dump(ii->sn, ii->nsn);
 	tool_print_format_specific(fi);
 }
 
@@ -103,6 +107,11 @@ static void print_json_object(GString *out, const struct image_info *ii, int ind
 		tool_json_string(out, fi->backing_fmt);
 		g_string_append(out, ",\n");
 	}
+	if (ii->nsn > 0) {
+		g_string_append_printf(out, "%*s\"snapshots\": ", indent, "");
+		img_snapshot_json(out, ii->sn, ii->nsn, indent);
+		g_string_append(out, ",\n");
+	}
 	g_string_append_printf(out, "%*s\"virtual-size\": %" PRId64, indent, "",
 			       ii->virtual_size);
 	json_key(out, indent, "filename");
@@ -125,8 +134,10 @@ static void print_json_object(GString *out, const struct image_info *ii, int ind
 		json_key(out, indent, "backing-filename");
 		tool_json_string(out, fi->backing_file);
 	}
-	g_string_append_printf(out, ",\n%*s\"dirty-flag\": %s\n%*s}", indent, "",
-			       fi->dirty ? "true" : "false", indent - 4, "");
+	if (ii->has_fi)
+		g_string_append_printf(out, ",\n%*s\"dirty-flag\": %s", indent, "",
+				       fi->dirty ? "true" : "false");
+	g_string_append_printf(out, "\n%*s}", indent - 4, "");
 }
 
 enum { OPT_OUTPUT = 256, OPT_BACKING_CHAIN, OPT_OBJECT, OPT_IMAGE_OPTS };
@@ -177,7 +188,11 @@ static int collect(struct tblk_blk *blk, const char *name, struct image_info *ii
 			   strerror((int)-ii->virtual_size));
 		return -1;
 	}
-	tblk_blk_get_format_info(blk, &ii->fi);
+	ii->has_fi = tblk_blk_get_format_info(blk, &ii->fi) == 0;
+	if (tblk_blk_snapshot_list(blk, &ii->sn, &ii->nsn) < 0) {
+		ii->sn = NULL;
+		ii->nsn = 0;
+	}
 	ii->full_backing = ii->fi.backing_file ?
 			   full_backing_name(ii->filename, ii->fi.backing_file) : NULL;
 	return 0;
@@ -218,6 +233,7 @@ int img_info(int argc, char **argv)
 			print_human(&ii);
 		}
 		first = false;
+		tblk_snapshot_list_free(ii.sn, ii.nsn);
 		g_free(next);
 		g_free(next_fmt);
 		next = ii.full_backing;

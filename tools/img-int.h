@@ -27,6 +27,13 @@ int img_create(int argc, char **argv);
 int img_dd(int argc, char **argv);
 int img_info(int argc, char **argv);
 int img_map(int argc, char **argv);
+int img_snapshot(int argc, char **argv);
+
+/* qemu-img's snapshot table ("Snapshot list:", a header, one row per snapshot); nothing if
+ * @n is 0. */
+void img_snapshot_dump(const struct tblk_snapshot_info *sn, int n);
+/* The "snapshots" JSON array of info, its closing bracket indented by @indent spaces. */
+void img_snapshot_json(GString *out, const struct tblk_snapshot_info *sn, int n, int indent);
 
 /* "prog: <msg>" then "Try 'qemu-img --help' for more information", exit 1. */
 void img_error_exit(const char *fmt, ...) TOOL_PRINTF(1, 2) IMG_NORETURN;

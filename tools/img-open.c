@@ -115,6 +115,8 @@ void img_object_check(const char *def)
 		exit(1);
 	}
 	g_hash_table_unref(opts);
+	if (tool_object_add(def) < 0)
+		exit(1);
 }
 
 /* ---------------------------------------------------------------- creation options */

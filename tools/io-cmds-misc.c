@@ -103,6 +103,7 @@ int io_info_f(struct io_ctx *io, int argc, char **argv)
 	int64_t size = tblk_blk_getlength(io->blk);
 	uint64_t vm_state = 0;
 	char cs[64], vs[64];
+	int ret;
 
 	(void)argc, (void)argv;
 	printf("format name: %s\n", fmt);
@@ -115,7 +116,10 @@ int io_info_f(struct io_ctx *io, int argc, char **argv)
 	 */
 	if ((!strcmp(fmt, proto) || !strcmp(fmt, "raw")) && !strncmp(proto, "null-", 5))
 		return -ENOTSUP;
-	if (tblk_blk_get_format_info(io->blk, &fi) < 0)
+	ret = tblk_blk_get_format_info(io->blk, &fi);
+	if (ret == -ENOTSUP)
+		return ret;	/* raw over nbd: no driver information either */
+	if (ret < 0)
 		memset(&fi, 0, sizeof(fi));
 	if (fi.is_qcow2 && size > 0)
 		vm_state = qcow2_vm_state_offset(&fi, (uint64_t)size);

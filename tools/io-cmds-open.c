@@ -39,7 +39,7 @@ int io_open_flag_opt(int c, const char *arg, unsigned int *flags)
 		*flags |= TBLK_OPEN_SHARE_RW;
 		return 0;
 	case 'C':
-		/* Copy-on-read changes nothing without a backing file we would copy from. */
+		*flags |= TBLK_OPEN_COPY_ON_READ;
 		return 0;
 	case 't':
 		if (tblk_parse_cache_mode(arg, flags, NULL) == 0)

@@ -72,7 +72,9 @@ void img_help(void)
 	       "  info [--object objectdef] [--image-opts] [-f fmt] [--output=ofmt] "
 	       "[--backing-chain] [-U] filename\n"
 	       "  map [--object objectdef] [--image-opts] [-f fmt] [--start-offset=offset] "
-	       "[--max-length=len] [--output=ofmt] [-U] filename\n\n"
+	       "[--max-length=len] [--output=ofmt] [-U] filename\n"
+	       "  snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | "
+	       "-c snapshot | -d snapshot] filename\n\n"
 	       "Sizes take the suffixes k, M, G, T, P and E (powers of 1024); 'b' means bytes.\n\n"
 	       "Supported formats:");
 	for (const char *const *f = tblk_format_names(); *f; f++)
@@ -168,7 +170,7 @@ void img_progress_end(void)
 
 /* Subcommands qemu-img 7.2 has that tblk-img does not implement yet. */
 static const char *const unimplemented[] = {
-	"amend", "bitmap", "check", "commit", "measure", "snapshot", "rebase", "resize", NULL,
+	"amend", "bitmap", "check", "commit", "measure", "rebase", "resize", NULL,
 };
 
 static const struct {
@@ -183,6 +185,7 @@ static const struct {
 	{ "dd", img_dd },
 	{ "info", img_info },
 	{ "map", img_map },
+	{ "snapshot", img_snapshot },
 };
 
 static int dispatch(int argc, char **argv)

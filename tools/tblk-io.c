@@ -33,14 +33,14 @@ static void usage(FILE *f)
 {
 	fprintf(f, "Usage: %s [OPTIONS]... [-c STRING]... [file]\n"
 		"Exercise block I/O on an image, one command at a time (tblk).\n\n"
-		"  --object OBJECTDEF   accepted for compatibility, ignored\n"
+		"  --object OBJECTDEF   define an object (throttle-group; others ignored)\n"
 		"  --image-opts         the file argument is an option string\n"
 		"  -c, --cmd STRING     run this command (may be repeated)\n"
 		"  -f, --format FMT     the image format (default: probe)\n"
 		"  -r, --read-only      open the image read-only\n"
 		"  -s, --snapshot       write to a temporary overlay, never to the image\n"
 		"  -n, --nocache        bypass the host page cache (-t none)\n"
-		"  -C, --copy-on-read   accepted, no effect without a backing file\n"
+		"  -C, --copy-on-read   copy data read from backing files into the image\n"
 		"  -m, --misalign       accepted, ignored\n"
 		"  -k, --native-aio     use Linux AIO (same as -i native)\n"
 		"  -i, --aio=MODE       threads, native or io_uring\n"
@@ -96,7 +96,11 @@ static void parse_args(int argc, char **argv, struct io_opts *o)
 		case 'c': g_ptr_array_add(o->cmds, optarg); break;
 		case 'f': o->format = optarg; break;
 		case 's': o->snapshot = true; break;
-		case 'm': case 'T': case OPT_OBJECT: break;
+		case 'm': case 'T': break;
+		case OPT_OBJECT:
+			if (tool_object_add(optarg) < 0)
+				exit(1);
+			break;
 		case OPT_IMAGE_OPTS: o->image_opts = true; break;
 		case 'r': case 'n': case 'k': case 'U': case 'C': case 't': case 'i': case 'd':
 			if (io_open_flag_opt(c, optarg, &o->flags) < 0)

@@ -49,7 +49,6 @@ struct nbd_opts {
 struct nbd_state {
 	struct tblk_loop *loop;
 	bool persistent;
-	bool had_client;
 	int sigfd;
 };
 
@@ -128,7 +127,6 @@ static void bad_usage(void)
 static void parse_args(int argc, char **argv, struct nbd_opts *o)
 {
 	const char *detect_zeroes = NULL;
-	GError *err = NULL;
 	int c;
 
 	while ((c = getopt_long(argc, argv, "hVp:b:k:e:tvx:D:Af:rnT:", long_opts, NULL)) != -1) {
@@ -231,7 +229,6 @@ static void parse_args(int argc, char **argv, struct nbd_opts *o)
 			bad_usage();
 		}
 	}
-	(void)err;
 	if (argc - optind != 1) {
 		tool_error("Invalid number of arguments");
 		fprintf(stderr, "Try `%s --help' for more information.\n", tool_progname);
@@ -266,17 +263,18 @@ static int open_image(struct nbd_opts *o, struct tblk_loop *loop, struct tblk_bl
 		ret = tblk_blk_open(pblk, filename, opts, o->flags, loop, &err);
 	if (ret < 0)
 		tool_error_gerror(err, "Failed to blk_new_open '%s': ", o->filename);
+	else if (!o->image_opts && !o->fmt && tblk_blk_format_probed(*pblk))
+		tool_warn_probed_raw(*pblk, o->filename);
 	g_hash_table_unref(opts);
 	return ret;
 }
 
-static void on_clients(void *opaque, unsigned int nr)
+/* qemu-nbd without -t: exit once the last client is gone. */
+static void on_clients(void *opaque, unsigned int nr, uint64_t total)
 {
 	struct nbd_state *st = opaque;
 
-	if (nr)
-		st->had_client = true;
-	else if (st->had_client && !st->persistent)
+	if (!nr && total && !st->persistent)
 		tblk_loop_stop(st->loop);
 }
 
@@ -376,12 +374,23 @@ int main(int argc, char **argv)
 		tool_error_gerror(err, NULL);
 		return 1;
 	}
-	if (open_image(&o, st.loop, &blk) < 0)
-		goto out_loop;
 	srv = nbds_server_new(st.loop);
 	st.persistent = o.persistent;
 	nbds_server_set_clients_cb(srv, on_clients, &st);
 	nbds_server_set_max_clients(srv, (unsigned int)o.shared);
+	/* As qemu-nbd: the socket first, then the image. */
+	if (o.sockpath)
+		ret = nbds_server_listen_unix(srv, o.sockpath, &err);
+	else
+		ret = nbds_server_listen_inet(srv, o.bind, o.port, &err);
+	if (ret < 0) {
+		ret = 1;
+		tool_error_gerror(err, NULL);
+		goto out_srv;
+	}
+	ret = 1;
+	if (open_image(&o, st.loop, &blk) < 0)
+		goto out_srv;
 	eo.name = o.name;
 	eo.description = o.description;
 	eo.writable = o.flags & TBLK_OPEN_RDWR;
@@ -389,15 +398,6 @@ int main(int argc, char **argv)
 	eo.multi_conn = o.shared != 1;	/* qemu-nbd: multi-conn when shared by several */
 	eo.discard = o.discard;
 	if (nbds_server_add_export(srv, blk, &eo, &err) < 0) {
-		tool_error_gerror(err, NULL);
-		goto out_srv;
-	}
-	if (o.sockpath)
-		ret = nbds_server_listen_unix(srv, o.sockpath, &err);
-	else
-		ret = nbds_server_listen_inet(srv, o.bind, o.port, &err);
-	if (ret < 0) {
-		ret = 1;
 		tool_error_gerror(err, NULL);
 		goto out_srv;
 	}
@@ -422,7 +422,6 @@ out_srv:
 	tblk_blk_close(blk);
 	if (o.pid_file && ret == 0)
 		unlink(o.pid_file);
-out_loop:
 	tblk_loop_free(st.loop);
 	return ret;
 }

@@ -92,6 +92,11 @@ void tool_buf_free(void *buf)
 
 void tool_warn_probed_raw(struct tblk_blk *blk, const char *name)
 {
+	const char *canonical = tblk_blk_filename(blk);
+
+	/* qemu names the node: a URL (nbd://...) comes out in its canonical form. */
+	if (canonical && strstr(canonical, "://"))
+		name = canonical;
 	if (tblk_blk_is_read_only(blk) || strcmp(tblk_blk_format_name(blk), "raw"))
 		return;
 	fprintf(stderr, "WARNING: Image format was not specified for '%s' and probing guessed "
@@ -118,4 +123,24 @@ void tool_print_format_specific(const struct tblk_format_info *fi)
 	if (v3)
 		printf("    corrupt: %s\n    extended l2: %s\n", fi->corrupt ? "true" : "false",
 		       fi->extended_l2 ? "true" : "false");
+}
+
+int tool_object_add(const char *def)
+{
+	g_autoptr(GHashTable) opts = tblk_opts_new();
+	GError *err = NULL;
+	const char *type;
+
+	if (tblk_opts_parse(opts, def, "qom-type", &err) < 0) {
+		tool_error_gerror(err, NULL);
+		return -EINVAL;
+	}
+	type = g_hash_table_lookup(opts, "qom-type");
+	if (!type || strcmp(type, "throttle-group"))
+		return 0;
+	if (tblk_throttle_group_new(g_hash_table_lookup(opts, "id"), opts, &err) < 0) {
+		tool_error_gerror(err, NULL);
+		return -EINVAL;
+	}
+	return 0;
 }

@@ -55,6 +55,10 @@ void *tool_buf_new(size_t len, int pattern);
 void tool_buf_free(void *buf);
 
 struct tblk_blk;
+/* Defines the object --object @def names if the library has it (throttle-group); other
+ * types are accepted and ignored. 0, or -EINVAL after printing the error. */
+int tool_object_add(const char *def);
+
 /* qemu's warning about a writable image whose raw format was only probed (stderr). */
 void tool_warn_probed_raw(struct tblk_blk *blk, const char *name);
 

@@ -260,9 +260,15 @@ static int req_zeroes(struct tblk_req *req)
 	return ret;
 }
 
-/* The body of a request, without tracking: what a worker or a synchronous caller runs. */
-int tblk__req_dispatch(struct tblk_req *req);
-int tblk__req_dispatch(struct tblk_req *req)
+/* The request whose body the calling thread runs (innermost), for filter drivers. */
+static __thread struct tblk_req *cur_req;
+
+struct tblk_req *tblk__req_current(void)
+{
+	return cur_req;
+}
+
+static int dispatch_kind(struct tblk_req *req)
 {
 	switch (req->kind) {
 	case TBLK_REQ_READ:
@@ -276,6 +282,19 @@ int tblk__req_dispatch(struct tblk_req *req)
 		return req_zeroes(req);
 	}
 	return -EINVAL;
+}
+
+/* The body of a request, without tracking: what a worker or a synchronous caller runs. */
+int tblk__req_dispatch(struct tblk_req *req);
+int tblk__req_dispatch(struct tblk_req *req)
+{
+	struct tblk_req *outer = cur_req;
+	int ret;
+
+	cur_req = req;
+	ret = dispatch_kind(req);
+	cur_req = outer;
+	return ret;
 }
 
 int tblk__req_run(struct tblk_req *req)

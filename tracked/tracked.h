@@ -93,6 +93,11 @@ int tblk__req_run(struct tblk_req *req);
 void tblk__req_begin(struct tblk_req *req);
 /* Takes @req off the list, records statistics for @ret, wakes waiters. */
 void tblk__req_end(struct tblk_req *req, int ret);
+/*
+ * The request whose body the calling thread is running (innermost), so a driver operation
+ * (a filter's) can make it serialising; NULL outside a request.
+ */
+struct tblk_req *tblk__req_current(void);
 /* Widens @req's claimed range to [offset, offset + bytes) and makes it serialising. */
 void tblk__req_make_serialising(struct tblk_req *req, uint64_t offset, uint64_t bytes);
 

@@ -62,6 +62,7 @@ void tblk_iothread_free(struct tblk_iothread *iot);
 #define TBLK_OPEN_SHARE_RW	0x0080u	/* do not take image locks (-U / force-share) */
 #define TBLK_OPEN_PROTOCOL	0x0100u	/* open the protocol node only, no format on top */
 #define TBLK_OPEN_CHECK		0x1000u	/* opened to be checked: no repair of a dirty image */
+#define TBLK_OPEN_COPY_ON_READ	0x0200u	/* copy-on-read filter on top (copy-on-read=on) */
 
 /*
  * Parses a cache mode as qemu does ("none", "writeback", "writethrough", "directsync",
@@ -93,6 +94,14 @@ int tblk_blk_open(struct tblk_blk **pblk, const char *filename, GHashTable *opti
 		  unsigned int flags, struct tblk_loop *loop, GError **errp);
 /* Drains and closes @blk; NULL ok. Not from a callback of @blk. */
 void tblk_blk_close(struct tblk_blk *blk);
+
+/*
+ * Defines the throttle group @id (--object throttle-group,id=...) with limits from @props
+ * ("x-iops-total", "limits.bps-read-max", ...; "id" and "qom-type" ignored). Backends join
+ * it with throttling.group=@id, throttle filter nodes with throttle-group=@id. The group
+ * lives until the process exits. 0 or -errno with *errp. Any thread.
+ */
+int tblk_throttle_group_new(const char *id, GHashTable *props, GError **errp);
 
 /*
  * Creates an image of @fmt ("raw" so far) and @size bytes at @filename with creation options
@@ -222,6 +231,42 @@ struct tblk_check_result {
 /* Checks (and with @fix, repairs) the image's metadata. -ENOTSUP if the format has no
  * check. @blk must be opened read-write to repair. */
 int tblk_blk_check(struct tblk_blk *blk, int fix, struct tblk_check_result *res);
+/*
+ * Internal snapshots (qcow2). A snapshot as the image records it; @icount is UINT64_MAX when
+ * the image does not record one. Strings are owned by the array tblk_blk_snapshot_list()
+ * returns (free it with tblk_snapshot_list_free()).
+ */
+struct tblk_snapshot_info {
+	char *id;			/* "1", "2", ... */
+	char *name;			/* the tag */
+	uint64_t vm_state_size;		/* bytes of VM state saved with it (0: disk only) */
+	uint32_t date_sec;		/* creation time, seconds and nanoseconds since 1970 */
+	uint32_t date_nsec;
+	uint64_t vm_clock_nsec;		/* guest clock at creation */
+	uint64_t icount;		/* instruction count at creation, UINT64_MAX: none */
+	uint64_t disk_size;		/* virtual size at creation */
+};
+/* The image's snapshots in table order: *psn (NULL if none), *pn. 0 or -errno (-ENOTSUP:
+ * the format has no internal snapshots). Control thread; no request may be in flight. */
+int tblk_blk_snapshot_list(struct tblk_blk *blk, struct tblk_snapshot_info **psn, int *pn);
+void tblk_snapshot_list_free(struct tblk_snapshot_info *sn, int n);
+/* Creates a snapshot of the current state named @sn->name with @sn's date, vm clock and
+ * icount (the id is chosen by the format, the VM state is empty). Drains @blk. 0 or -errno;
+ * *errp tells why. */
+int tblk_blk_snapshot_create(struct tblk_blk *blk, const struct tblk_snapshot_info *sn,
+			     GError **errp);
+/* Reverts the image to the snapshot whose id, else whose name, is @id_or_name. Drains. */
+int tblk_blk_snapshot_goto(struct tblk_blk *blk, const char *id_or_name, GError **errp);
+/* Deletes the snapshot matching @id and @name (either may be NULL: not compared). Drains. */
+int tblk_blk_snapshot_delete(struct tblk_blk *blk, const char *id, const char *name,
+			     GError **errp);
+/*
+ * Makes a read-only @blk read as the snapshot matching @id and @name (either may be NULL)
+ * until it is closed (qemu-img convert -l). -EINVAL if @blk is writable, -ENOENT if there is
+ * no such snapshot. Drains.
+ */
+int tblk_blk_snapshot_load_tmp(struct tblk_blk *blk, const char *id, const char *name,
+			       GError **errp);
 /* Number of images in the backing chain (1 without a backing file). */
 int tblk_blk_chain_length(struct tblk_blk *blk);
 

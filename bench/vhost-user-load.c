@@ -1,0 +1,198 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vhost-user-load - drives any vhost-user-blk back-end at full speed without a guest: the
+ * test front-end (t/vhost-user-frontend.h) with fixed descriptor chains per slot, one thread
+ * per queue keeping --depth requests in flight for --time seconds. Prints one line:
+ *   ios=N secs=S iops=I cpu_us_per_io=C
+ * where C is the back-end's user+system CPU time (from /proc/--pid/stat) over the run
+ * divided by the I/Os. Built by bench/vhost-user.sh (cc -O2 -pthread -I<src> -I<build>).
+ *
+ * usage: vhost-user-load --socket PATH [--pid PID] [--queues N] [--depth D] [--bs BYTES]
+ *        [--rw randread|randwrite|read|write] [--time SECS] [--size BYTES]
+ */
+#include <getopt.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "t/vhost-user-frontend.h"
+
+static unsigned int depth = 32, bs = 4096, secs = 5;
+static uint64_t disk = 1 << 30;
+static bool rnd = true, wr;
+static struct fe f;
+static volatile bool stop_flag;
+
+struct qstate {
+	unsigned int q;
+	uint64_t ios, seed, next_off;
+	int err;
+};
+
+static void slot_setup(struct drv *d, unsigned int slot, uint64_t *hdr_gpa)
+{
+	uint64_t h = drv_alloc(d, 16), st = drv_alloc(d, 1);
+	/* Page-aligned data, as a guest's block layer gives it (O_DIRECT needs no bounce). */
+	uint64_t data = (drv_alloc(d, bs + 4096) + 4095) & ~4095ull;
+	unsigned int base = slot * 3;
+
+	d->desc[base] = (struct vring_desc){ h, 16, VRING_DESC_F_NEXT, (uint16_t)(base + 1) };
+	d->desc[base + 1] = (struct vring_desc){ data, bs, (uint16_t)(VRING_DESC_F_NEXT |
+					(wr ? 0 : VRING_DESC_F_WRITE)), (uint16_t)(base + 2) };
+	d->desc[base + 2] = (struct vring_desc){ st, 1, VRING_DESC_F_WRITE, 0 };
+	memset(g2h(d, data), 0x5a, bs);
+	*hdr_gpa = h;
+}
+
+static void slot_submit(struct qstate *qs, struct drv *d, uint64_t hdr_gpa, unsigned int slot)
+{
+	struct virtio_blk_outhdr *h = g2h(d, hdr_gpa);
+	uint64_t blocks = disk / bs, off;
+
+	if (rnd) {
+		qs->seed ^= qs->seed << 13;
+		qs->seed ^= qs->seed >> 7;
+		qs->seed ^= qs->seed << 17;
+		off = (qs->seed % blocks) * bs;
+	} else {
+		off = qs->next_off;
+		qs->next_off = (qs->next_off + bs) % (blocks * bs);
+	}
+	*h = (struct virtio_blk_outhdr){ wr ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN, 0, off / 512 };
+	drv_add_head(d, (uint16_t)(slot * 3));
+}
+
+static void *queue_main(void *arg)
+{
+	struct qstate *qs = arg;
+	struct drv *d = &f.d[qs->q];
+	uint64_t *hdr = calloc(depth, sizeof(*hdr));
+
+	for (unsigned int s = 0; s < depth; s++) {
+		slot_setup(d, s, &hdr[s]);
+		slot_submit(qs, d, hdr[s], s);
+	}
+	fe_kick(&f, qs->q);
+	while (!stop_flag) {
+		struct pollfd pfd = { f.call[qs->q], POLLIN, 0 };
+		uint32_t id, len;
+		uint64_t cnt;
+		bool any = false;
+
+		if (poll(&pfd, 1, 100) == 1 && read(f.call[qs->q], &cnt, 8) < 0)
+			break;
+		while (drv_get_used(d, &id, &len)) {
+			unsigned int s = id / 3;
+
+			if (id % 3 || s >= depth) {
+				qs->err = 1;
+				stop_flag = true;
+				break;
+			}
+			qs->ios++;
+			slot_submit(qs, d, hdr[s], s);
+			any = true;
+		}
+		if (any)
+			fe_kick(&f, qs->q);
+	}
+	free(hdr);
+	return NULL;
+}
+
+static double cpu_secs(long pid)
+{
+	char path[64], buf[1024];
+	unsigned long ut, st;
+	FILE *fp;
+	char *p;
+
+	snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+	fp = fopen(path, "r");
+	if (!fp || !fgets(buf, sizeof(buf), fp)) {
+		if (fp)
+			fclose(fp);
+		return 0;
+	}
+	fclose(fp);
+	p = strrchr(buf, ')');
+	/* fields after ")": state(3) ... utime(14) stime(15) */
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
+			 &ut, &st) != 2)
+		return 0;
+	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "socket", 1, NULL, 's' }, { "pid", 1, NULL, 'p' }, { "queues", 1, NULL, 'q' },
+		{ "depth", 1, NULL, 'd' }, { "bs", 1, NULL, 'b' }, { "rw", 1, NULL, 'r' },
+		{ "time", 1, NULL, 't' }, { "size", 1, NULL, 'S' }, { NULL, 0, NULL, 0 },
+	};
+	const char *sock = NULL;
+	unsigned int nq = 1;
+	struct qstate qs[FE_MAXQ];
+	pthread_t th[FE_MAXQ];
+	uint64_t ios = 0;
+	double t0, t1, c0, c1;
+	long pid = 0;
+	int opt, err = 0;
+
+	while ((opt = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+		switch (opt) {
+		case 's': sock = optarg; break;
+		case 'p': pid = atol(optarg); break;
+		case 'q': nq = (unsigned int)atoi(optarg); break;
+		case 'd': depth = (unsigned int)atoi(optarg); break;
+		case 'b': bs = (unsigned int)atoi(optarg); break;
+		case 't': secs = (unsigned int)atoi(optarg); break;
+		case 'S': disk = strtoull(optarg, NULL, 0); break;
+		case 'r':
+			rnd = !strncmp(optarg, "rand", 4);
+			wr = strstr(optarg, "write") != NULL;
+			break;
+		default: return 2;
+		}
+	}
+	if (!sock || nq < 1 || nq > FE_MAXQ || depth < 1 || depth * 3 > FE_QSIZE || bs % 512) {
+		fprintf(stderr, "vhost-user-load: bad arguments\n");
+		return 2;
+	}
+	if (fe_mem_init(&f, 256u << 20) < 0 ||
+	    fe_setup(&f, sock, nq, 1ull << VIRTIO_F_VERSION_1 | 1ull << VIRTIO_BLK_F_MQ |
+		     1ull << VIRTIO_BLK_F_FLUSH) != 0) {
+		fprintf(stderr, "vhost-user-load: cannot set up %s\n", sock);
+		return 1;
+	}
+	c0 = pid ? cpu_secs(pid) : 0;
+	t0 = now();
+	for (unsigned int q = 0; q < nq; q++) {
+		qs[q] = (struct qstate){ .q = q, .seed = 0x9e3779b97f4a7c15ull * (q + 1),
+					 .next_off = (disk / nq) * q / bs * bs };
+		pthread_create(&th[q], NULL, queue_main, &qs[q]);
+	}
+	usleep(secs * 1000000u);
+	stop_flag = true;
+	for (unsigned int q = 0; q < nq; q++) {
+		pthread_join(th[q], NULL);
+		ios += qs[q].ios;
+		err |= qs[q].err;
+	}
+	t1 = now();
+	c1 = pid ? cpu_secs(pid) : 0;
+	printf("ios=%llu secs=%.3f iops=%.0f cpu_us_per_io=%.2f\n", (unsigned long long)ios,
+	       t1 - t0, (double)ios / (t1 - t0), ios ? (c1 - c0) * 1e6 / (double)ios : 0.0);
+	fe_close(&f);
+	return err;
+}
