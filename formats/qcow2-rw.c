@@ -417,8 +417,9 @@ int tblk__qcow2_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 
 	tblk_node_debug_event(node->file, TBLK_DBG_PWRITEV);
 	if (flags & TBLK_REQ_COMPRESSED)
-		return write_compressed(s, offset, bytes, iov, iovcnt);
-	while (done < bytes) {
+		ret = write_compressed(s, offset, bytes, iov, iovcnt);
+	/* Compressed writes are durable on completion too when asked (writethrough). */
+	while (!(flags & TBLK_REQ_COMPRESSED) && done < bytes) {
 		uint64_t n = bytes - done;
 
 		ret = write_chunk(s, offset + done, &n, iov, iovcnt, done, flags, &hint);
@@ -426,7 +427,7 @@ int tblk__qcow2_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 			return ret;
 		done += n;
 	}
-	if (flags & TBLK_REQ_FUA)
+	if (ret >= 0 && (flags & TBLK_REQ_FUA))
 		ret = tblk__qcow2_flush(node);
 	return ret;
 }
@@ -482,6 +483,7 @@ static int write_compressed_cluster(struct qcow2_state *s, uint64_t offset, uint
 		ret = (int)host;
 		goto out_unlock;
 	}
+	tblk_node_debug_event(s->node->file, TBLK_DBG_L2_UPDATE_COMPRESSED);
 	qcow2_unlock(s);
 	tblk_node_debug_event(s->node->file, TBLK_DBG_WRITE_COMPRESSED);
 	ret = tblk_node_pwrite(s->node->file, (uint64_t)host, dst, (uint64_t)clen, 0);
@@ -493,7 +495,6 @@ static int write_compressed_cluster(struct qcow2_state *s, uint64_t offset, uint
 	ret = qcow2_get_l2_for_write(s, offset, &table, &l2i);
 	if (ret < 0)
 		goto out_unlock;
-	tblk_node_debug_event(s->node->file, TBLK_DBG_L2_UPDATE_COMPRESSED);
 	qcow2_l2_set(s, table, l2i, desc, 0);
 	qcow2_cache_mark_dirty(s->l2_cache, table);
 	s->meta_dirty = true;
