@@ -247,6 +247,7 @@ static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int fla
 	g_free(tblk__opts_take(opts, "lazy-refcounts"));
 	s->pass_discard[QCOW2_DISCARD_REQUEST] = true;
 	s->pass_discard[QCOW2_DISCARD_SNAPSHOT] = true;
+	s->pass_discard[QCOW2_DISCARD_ALWAYS] = true;
 	if (tblk__opts_take_bool(opts, "pass-discard-request",
 				 &s->pass_discard[QCOW2_DISCARD_REQUEST], errp) < 0 ||
 	    tblk__opts_take_bool(opts, "pass-discard-snapshot",
@@ -373,4 +374,5 @@ const struct tblk_driver tblk__drv_qcow2 = {
 	.cluster_size = qcow2_cluster_size,
 	.get_info = qcow2_get_info,
 	.check = qcow2_check_node,
+	.truncate = tblk__qcow2_truncate,
 };

@@ -429,7 +429,10 @@ int tblk_blk_truncate(struct tblk_blk *blk, uint64_t size, const char *prealloc,
 		return tblk_error_set(errp, ENOTSUP, "Image format driver does not support "
 				      "resize");
 	tblk__blk_drained_begin(blk);
+	/* The driver's own metadata I/O is nested in the drained section: it must not wait. */
+	tblk__req_enter();
 	ret = root->drv->truncate(root, size, prealloc, errp);
+	tblk__req_leave();
 	if (ret >= 0)
 		ret = blk_refresh_size(blk);
 	tblk__blk_drained_end(blk);

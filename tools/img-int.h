@@ -27,6 +27,7 @@ int img_create(int argc, char **argv);
 int img_dd(int argc, char **argv);
 int img_info(int argc, char **argv);
 int img_map(int argc, char **argv);
+int img_resize(int argc, char **argv);
 
 /* "prog: <msg>" then "Try 'qemu-img --help' for more information", exit 1. */
 void img_error_exit(const char *fmt, ...) TOOL_PRINTF(1, 2) IMG_NORETURN;
