@@ -312,6 +312,10 @@ uint64_t qcow2_prealloc_size(uint64_t total_size, uint64_t cluster_size,
 int64_t qcow2_refcount_area(struct qcow2_state *s, uint64_t start, uint64_t additional,
 			    bool exact, uint64_t new_block_index, uint64_t new_block_offset);
 
+/* ------------------------------------------------ measure (qcow2-measure.c) */
+int tblk__qcow2_measure(GHashTable *opts, uint64_t size, struct tblk_blk *src,
+			struct tblk_measure *m, GError **errp);
+
 /* ------------------------------------------------ create (qcow2-create.c) */
 int qcow2_create(const char *filename, uint64_t size, GHashTable *opts, GError **errp);
 

@@ -375,4 +375,5 @@ const struct tblk_driver tblk__drv_qcow2 = {
 	.get_info = qcow2_get_info,
 	.check = qcow2_check_node,
 	.truncate = tblk__qcow2_truncate,
+	.measure = tblk__qcow2_measure,
 };

@@ -27,6 +27,7 @@ int img_create(int argc, char **argv);
 int img_dd(int argc, char **argv);
 int img_info(int argc, char **argv);
 int img_map(int argc, char **argv);
+int img_measure(int argc, char **argv);
 int img_resize(int argc, char **argv);
 
 /* "prog: <msg>" then "Try 'qemu-img --help' for more information", exit 1. */

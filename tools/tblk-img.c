@@ -168,7 +168,7 @@ void img_progress_end(void)
 
 /* Subcommands qemu-img 7.2 has that tblk-img does not implement yet. */
 static const char *const unimplemented[] = {
-	"amend", "bitmap", "check", "commit", "measure", "snapshot", "rebase", NULL,
+	"amend", "bitmap", "check", "commit", "snapshot", "rebase", NULL,
 };
 
 static const struct {
@@ -183,6 +183,7 @@ static const struct {
 	{ "dd", img_dd },
 	{ "info", img_info },
 	{ "map", img_map },
+	{ "measure", img_measure },
 	{ "resize", img_resize },
 };
 
