@@ -312,6 +312,13 @@ uint64_t qcow2_prealloc_size(uint64_t total_size, uint64_t cluster_size,
 int64_t qcow2_refcount_area(struct qcow2_state *s, uint64_t start, uint64_t additional,
 			    bool exact, uint64_t new_block_index, uint64_t new_block_offset);
 
+/* ------------------------------------------------ amend (qcow2-amend.c, qcow2-refcount-order.c) */
+int tblk__qcow2_amend(struct tblk_node *node, GHashTable *opts, bool force,
+		      void (*progress)(double fraction, void *opaque), void *opaque,
+		      GError **errp);
+/* Under the image lock: rewrites the refcount structures with entries of 2^@order bits. */
+int qcow2_change_refcount_order(struct qcow2_state *s, unsigned int order, GError **errp);
+
 /* ------------------------------------------------ measure (qcow2-measure.c) */
 int tblk__qcow2_measure(GHashTable *opts, uint64_t size, struct tblk_blk *src,
 			struct tblk_measure *m, GError **errp);

@@ -376,4 +376,5 @@ const struct tblk_driver tblk__drv_qcow2 = {
 	.check = qcow2_check_node,
 	.truncate = tblk__qcow2_truncate,
 	.measure = tblk__qcow2_measure,
+	.amend = tblk__qcow2_amend,
 };

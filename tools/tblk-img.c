@@ -168,13 +168,14 @@ void img_progress_end(void)
 
 /* Subcommands qemu-img 7.2 has that tblk-img does not implement yet. */
 static const char *const unimplemented[] = {
-	"amend", "bitmap", "check", "commit", "snapshot", "rebase", NULL,
+	"bitmap", "check", "commit", "snapshot", "rebase", NULL,
 };
 
 static const struct {
 	const char *name;
 	int (*fn)(int argc, char **argv);
 } subcommands[] = {
+	{ "amend", img_amend },
 	{ "bench", img_bench },
 	{ "check", img_check },
 	{ "compare", img_compare },
