@@ -123,6 +123,10 @@ def main():
         for go, gname in geoms:
             for dname, writes in data:
                 for ch in changes:
+                    # an empty image needs fewer cases; keeps the test near a minute
+                    if dname == "empty" and ch not in (["+1M"], ["--shrink", "1M"],
+                                                       ["--preallocation=metadata", "+5M"]):
+                        continue
                     if gname == "512" and ch == ["1G"]:
                         ch = ["300M"]
                     diff_case(d, "qcow2 %s %s" % (gname, dname),
