@@ -209,12 +209,14 @@ static int finish(struct tblk_node *node, const struct create_opts *o, GError **
 		if (ret < 0)
 			goto out;
 	}
-	s->size = o->size;
-	ret = qcow2_grow_l1(s, (o->size + qcow2_l1_span(s) - 1) / qcow2_l1_span(s), true);
-	if (ret >= 0)
-		ret = qcow2_header_write(s);
-	if (ret >= 0)
-		ret = qcow2_flush_metadata(s);
+	/* As qemu: the new image is resized to its size, preallocating as asked. */
+	ret = qcow2_truncate_locked(s, o->size, qcow2_prealloc_mode(o->prealloc, NULL), errp);
+	if (ret < 0) {
+		tblk_error_prepend(errp, "Could not resize image: ");
+		qcow2_unlock(s);
+		return ret;
+	}
+	ret = qcow2_flush_metadata(s);
 out:
 	qcow2_unlock(s);
 	if (ret < 0)

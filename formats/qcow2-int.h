@@ -79,6 +79,7 @@ enum qcow2_discard_type {
 	QCOW2_DISCARD_REQUEST,	/* a guest discard or zero write with unmap */
 	QCOW2_DISCARD_SNAPSHOT,	/* a snapshot deleted */
 	QCOW2_DISCARD_OTHER,	/* copy-on-write, metadata moved */
+	QCOW2_DISCARD_ALWAYS,	/* clusters cut off by a shrink: always discarded in the file */
 	QCOW2_DISCARD_NR,
 };
 
@@ -241,6 +242,9 @@ int qcow2_flush_metadata(struct qcow2_state *s);
 /* ------------------------------------------------ refcounts (qcow2-refcount.c) */
 int qcow2_refcount_load_table(struct qcow2_state *s, GError **errp);
 int qcow2_get_refcount(struct qcow2_state *s, uint64_t cluster_index, uint64_t *refcount);
+/* Entry @i of a refcount block in the cache. */
+uint64_t qcow2_rc_get(const struct qcow2_state *s, const void *block, uint64_t i);
+void qcow2_rc_set(const struct qcow2_state *s, void *block, uint64_t i, uint64_t v);
 /* Adds @delta to the refcounts of the clusters covering [offset, offset + len). */
 int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, int64_t delta);
 /* Allocates @len bytes of contiguous clusters (first free), refcount 1. Host offset or -errno. */
@@ -318,6 +322,45 @@ int tblk__qcow2_snapshot_delete(struct tblk_node *node, const char *id, const ch
 				GError **errp);
 int tblk__qcow2_snapshot_load_tmp(struct tblk_node *node, const char *id, const char *name,
 				  GError **errp);
+
+/* ------------------------------------------------ resize (qcow2-resize.c, qcow2-prealloc.c) */
+enum { QCOW2_PREALLOC_OFF, QCOW2_PREALLOC_METADATA, QCOW2_PREALLOC_FALLOC, QCOW2_PREALLOC_FULL };
+/* QCOW2_PREALLOC_* of a preallocation mode name (NULL: off), or -ENOTSUP with *errp. */
+int qcow2_prealloc_mode(const char *prealloc, GError **errp);
+int tblk__qcow2_truncate(struct tblk_node *node, uint64_t size, const char *prealloc,
+			 GError **errp);
+/* Under the image lock: resizes to @size with preallocation @mode (QCOW2_PREALLOC_*). */
+int qcow2_truncate_locked(struct qcow2_state *s, uint64_t size, int mode, GError **errp);
+/* The index of the last cluster with a reference below @file_size. */
+int qcow2_last_cluster(struct qcow2_state *s, uint64_t file_size, uint64_t *last);
+/* Preallocates guest [old, size) with @mode (the L1 table already covers it). */
+int qcow2_prealloc(struct qcow2_state *s, uint64_t old, uint64_t size, int mode,
+		   GError **errp);
+/* qemu's size of the refcount structures counting @clusters clusters (and themselves). */
+uint64_t qcow2_refcount_metadata_size(uint64_t clusters, uint64_t cluster_size,
+				      unsigned int refcount_order, bool generous,
+				      uint64_t *refblock_count);
+/* File size of a fully preallocated image of @total_size (qemu's calc_prealloc_size). */
+uint64_t qcow2_prealloc_size(uint64_t total_size, uint64_t cluster_size,
+			     unsigned int refcount_order, bool ext_l2);
+/*
+ * Writes refcount blocks and a new refcount table at @start covering everything up to
+ * @additional clusters past it (qemu's qcow2_refcount_area). Returns the end of the new
+ * structures or -errno.
+ */
+int64_t qcow2_refcount_area(struct qcow2_state *s, uint64_t start, uint64_t additional,
+			    bool exact, uint64_t new_block_index, uint64_t new_block_offset);
+
+/* ------------------------------------------------ amend (qcow2-amend.c, qcow2-refcount-order.c) */
+int tblk__qcow2_amend(struct tblk_node *node, GHashTable *opts, bool force,
+		      void (*progress)(double fraction, void *opaque), void *opaque,
+		      GError **errp);
+/* Under the image lock: rewrites the refcount structures with entries of 2^@order bits. */
+int qcow2_change_refcount_order(struct qcow2_state *s, unsigned int order, GError **errp);
+
+/* ------------------------------------------------ measure (qcow2-measure.c) */
+int tblk__qcow2_measure(GHashTable *opts, uint64_t size, struct tblk_blk *src,
+			struct tblk_measure *m, GError **errp);
 
 /* ------------------------------------------------ create (qcow2-create.c) */
 int qcow2_create(const char *filename, uint64_t size, GHashTable *opts, GError **errp);

@@ -60,6 +60,16 @@ static void rc_set(const struct qcow2_state *s, void *block, uint64_t i, uint64_
 	}
 }
 
+uint64_t qcow2_rc_get(const struct qcow2_state *s, const void *block, uint64_t i)
+{
+	return rc_get(s, block, i);
+}
+
+void qcow2_rc_set(const struct qcow2_state *s, void *block, uint64_t i, uint64_t v)
+{
+	rc_set(s, block, i, v);
+}
+
 int qcow2_refcount_load_table(struct qcow2_state *s, GError **errp)
 {
 	uint64_t bytes = (uint64_t)s->reftable_clusters << s->cluster_bits;
@@ -198,91 +208,21 @@ static int alloc_refcount_block(struct qcow2_state *s, uint64_t cluster_index)
 }
 
 /*
- * The refcount table is full: a new, larger table and the refcount blocks that cover it are
- * placed after everything the current blocks could describe, the old table is freed.
+ * The refcount table is full: as qemu, a new, larger table and the refcount blocks that cover
+ * it are placed after everything the current blocks could describe (qcow2_refcount_area in
+ * qcow2-prealloc.c), the old table is freed.
  */
 static int grow_reftable(struct qcow2_state *s, uint64_t cluster_index, uint64_t new_block)
 {
 	uint64_t per_block = 1ull << s->rc_block_bits;
 	uint64_t used = TBLK_MAX(cluster_index + 1, (new_block >> s->cluster_bits) + 1);
 	uint64_t blocks_used = (used + per_block - 1) / per_block;
-	uint64_t start = blocks_used * per_block;	/* first cluster of the new area */
-	uint64_t new_size = TBLK_MAX(s->reftable_size * 3 / 2, blocks_used + 1);
-	uint64_t table_clusters, area_blocks, old_off = s->reftable_offset;
-	uint64_t old_bytes = (uint64_t)s->reftable_clusters << s->cluster_bits;
-	g_autofree uint64_t *table = NULL;
-	uint64_t table_off, ti, old_size, *old_table;
-	int ret;
+	int64_t ret;
 
-	/* Size the table and the blocks that describe the area holding them. */
-	for (;;) {
-		table_clusters = (new_size * 8 + s->cluster_size - 1) >> s->cluster_bits;
-		area_blocks = (table_clusters + per_block) / per_block + 1;
-		if (start / per_block + area_blocks <= new_size)
-			break;
-		new_size = new_size * 3 / 2 + 1;
-	}
-	if (new_size * 8 > QCOW2_MAX_REFTABLE_BYTES)
-		return -EFBIG;
 	tblk_node_debug_event(s->node->file, TBLK_DBG_REFTABLE_GROW);
-	table = g_new0(uint64_t, table_clusters << s->cluster_bits >> 3);
-	memcpy(table, s->reftable, s->reftable_size * 8);
-	table[cluster_index >> s->rc_block_bits] = new_block;
-	/* Blocks for the area first, then the table after them. */
-	ti = start / per_block;
-	table_off = (start + area_blocks) << s->cluster_bits;
-	for (uint64_t b = 0; b < area_blocks; b++) {
-		uint64_t boff = (start + b) << s->cluster_bits;
-		void *block;
-
-		table[ti + b] = boff;
-		ret = qcow2_cache_get(s->rc_cache, boff, true, &block);
-		if (ret < 0)
-			return ret;
-		for (uint64_t c = 0; c < per_block; c++) {
-			uint64_t idx = (ti + b) * per_block + c;
-
-			if (idx >= start && idx < start + area_blocks + table_clusters)
-				rc_set(s, block, c, 1);
-		}
-	}
-	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC_WRITE_BLOCKS);
-	ret = qcow2_cache_write(s->rc_cache);
-	if (ret < 0)
-		return ret;
-	for (uint64_t i = 0; i < table_clusters << s->cluster_bits >> 3; i++)
-		table[i] = htobe64(table[i]);
-	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC_WRITE_TABLE);
-	ret = tblk_node_pwrite(s->node->file, table_off, table, table_clusters << s->cluster_bits,
-			       0);
-	if (ret >= 0)
-		ret = tblk_node_flush(s->node->file);
-	if (ret < 0)
-		return ret;
-	for (uint64_t i = 0; i < table_clusters << s->cluster_bits >> 3; i++)
-		table[i] = be64toh(table[i]);
-	old_table = s->reftable;
-	old_size = s->reftable_size;
-	s->reftable = g_steal_pointer(&table);
-	s->reftable_size = table_clusters << s->cluster_bits >> 3;
-	s->reftable_offset = table_off;
-	s->reftable_clusters = (uint32_t)table_clusters;
-	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC_SWITCH_TABLE);
-	ret = qcow2_header_write(s);
-	if (ret < 0) {
-		/* The header still names the old table: so must we. The new one leaks. */
-		g_free(s->reftable);
-		s->reftable = old_table;
-		s->reftable_size = old_size;
-		s->reftable_offset = old_off;
-		s->reftable_clusters = (uint32_t)(old_bytes >> s->cluster_bits);
-		return ret;
-	}
-	g_free(old_table);
-	ret = tblk_node_flush(s->node->file);
-	if (ret < 0)
-		return ret;
-	return qcow2_free_clusters(s, old_off, old_bytes, QCOW2_DISCARD_OTHER);
+	ret = qcow2_refcount_area(s, (blocks_used * per_block) << s->cluster_bits, 0, false,
+				  cluster_index >> s->rc_block_bits, new_block);
+	return ret < 0 ? (int)ret : 0;
 }
 
 int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, int64_t delta)

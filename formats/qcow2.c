@@ -307,6 +307,7 @@ static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int fla
 	g_free(tblk__opts_take(opts, "lazy-refcounts"));
 	s->pass_discard[QCOW2_DISCARD_REQUEST] = true;
 	s->pass_discard[QCOW2_DISCARD_SNAPSHOT] = true;
+	s->pass_discard[QCOW2_DISCARD_ALWAYS] = true;
 	if (tblk__opts_take_bool(opts, "pass-discard-request",
 				 &s->pass_discard[QCOW2_DISCARD_REQUEST], errp) < 0 ||
 	    tblk__opts_take_bool(opts, "pass-discard-snapshot",
@@ -451,4 +452,7 @@ const struct tblk_driver tblk__drv_qcow2 = {
 	.snapshot_goto = tblk__qcow2_snapshot_goto,
 	.snapshot_delete = tblk__qcow2_snapshot_delete,
 	.snapshot_load_tmp = tblk__qcow2_snapshot_load_tmp,
+	.truncate = tblk__qcow2_truncate,
+	.measure = tblk__qcow2_measure,
+	.amend = tblk__qcow2_amend,
 };

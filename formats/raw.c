@@ -140,6 +140,24 @@ static int raw_create(const char *filename, uint64_t size, GHashTable *opts, GEr
 	return proto->create(filename, size, opts, errp);
 }
 
+/* Every byte of a raw image takes its place in the file. */
+static int raw_measure(GHashTable *opts, uint64_t size, struct tblk_blk *src,
+		       struct tblk_measure *m, GError **errp)
+{
+	int64_t len;
+
+	if (!src) {
+		m->required = size > UINT64_MAX - 511 ? size : TBLK_ALIGN_UP(size, 512);
+	} else {
+		len = tblk_blk_getlength(src);
+		if (len < 0)
+			return tblk_error_set_errno(errp, (int)-len, "Unable to get image size");
+		m->required = (uint64_t)len;
+	}
+	m->fully_allocated = m->required;
+	return 0;
+}
+
 static int raw_submit_fast(struct tblk_node *node, struct tblk_req *req, uint64_t offset)
 {
 	struct raw_state *s = node->opaque;
@@ -163,5 +181,6 @@ const struct tblk_driver tblk__drv_raw = {
 	.block_status = raw_block_status,
 	.getlength = raw_getlength,
 	.truncate = raw_truncate,
+	.measure = raw_measure,
 	.submit_fast = raw_submit_fast,
 };

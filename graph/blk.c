@@ -523,7 +523,10 @@ int tblk_blk_truncate(struct tblk_blk *blk, uint64_t size, const char *prealloc,
 		return tblk_error_set(errp, ENOTSUP, "Image format driver does not support "
 				      "resize");
 	tblk__blk_drained_begin(blk);
+	/* The driver's own metadata I/O is nested in the drained section: it must not wait. */
+	tblk__req_enter();
 	ret = root->drv->truncate(root, size, prealloc, errp);
+	tblk__req_leave();
 	if (ret >= 0)
 		ret = blk_refresh_size(blk);
 	tblk__blk_drained_end(blk);
@@ -596,6 +599,44 @@ int tblk_img_create(const char *filename, const char *fmt, uint64_t size, GHashT
 	if (ret < 0)
 		return ret;
 	return 0;
+}
+
+int tblk_img_measure(const char *fmt, GHashTable *options, uint64_t size, struct tblk_blk *src,
+		     struct tblk_measure *m, GError **errp)
+{
+	const struct tblk_driver *drv = tblk__driver_find(fmt);
+	g_autoptr(GHashTable) opts = tblk__opts_copy(options);
+
+	if (!drv)
+		return tblk_error_set(errp, EINVAL, "Unknown file format '%s'", fmt);
+	if (!drv->measure)
+		return tblk_error_set(errp, ENOTSUP, "Block driver '%s' does not support size "
+				      "measurement", fmt);
+	memset(m, 0, sizeof(*m));
+	return drv->measure(opts, size, src, m, errp);
+}
+
+int tblk_blk_amend(struct tblk_blk *blk, GHashTable *options, bool force,
+		   void (*progress)(double fraction, void *opaque), void *opaque, GError **errp)
+{
+	struct tblk_node *root = blk->root;
+	g_autoptr(GHashTable) opts = tblk__opts_copy(options);
+	int ret;
+
+	if (!root->drv->amend)
+		return tblk_error_set(errp, ENOTSUP, "Format driver '%s' does not support option "
+				      "amendment", root->drv->name);
+	if (root->read_only)
+		return tblk_error_set(errp, EPERM, "Image is read-only");
+	tblk__blk_drained_begin(blk);
+	/* As truncate: the driver's metadata I/O is nested in the drained section. */
+	tblk__req_enter();
+	ret = root->drv->amend(root, opts, force, progress, opaque, errp);
+	tblk__req_leave();
+	if (ret >= 0)
+		ret = blk_refresh_size(blk);
+	tblk__blk_drained_end(blk);
+	return ret;
 }
 
 int tblk_blk_chain_length(struct tblk_blk *blk)

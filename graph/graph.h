@@ -121,6 +121,13 @@ struct tblk_driver {
 	int64_t (*get_allocated_size)(struct tblk_node *node);
 	int (*truncate)(struct tblk_node *node, uint64_t size, const char *prealloc,
 			GError **errp);
+	/* qemu-img measure: an image of @size bytes, or holding @src's data (see tblk.h). */
+	int (*measure)(GHashTable *opts, uint64_t size, struct tblk_blk *src,
+		       struct tblk_measure *m, GError **errp);
+	/* qemu-img amend: changes options in place; runs drained. */
+	int (*amend)(struct tblk_node *node, GHashTable *opts, bool force,
+		     void (*progress)(double fraction, void *opaque), void *opaque,
+		     GError **errp);
 
 	/*
 	 * Internal snapshots (tblk_blk_snapshot_*); all NULL if the format has none. Called on

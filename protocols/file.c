@@ -417,7 +417,7 @@ static int fd_resize(int fd, uint64_t old, uint64_t size, const char *prealloc, 
 		}
 		return fsync(fd) < 0 ? tblk_error_set_errno(errp, errno, "Could not flush") : 0;
 	}
-	return tblk_error_set(errp, EINVAL, "Unsupported preallocation mode '%s'", prealloc);
+	return tblk_error_set(errp, EINVAL, "Unsupported preallocation mode: %s", prealloc);
 }
 
 static int file_truncate(struct tblk_node *node, uint64_t size, const char *prealloc,

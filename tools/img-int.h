@@ -19,6 +19,7 @@
 #define IMG_NORETURN __attribute__((noreturn))
 
 /* Subcommands: argv[0] is the subcommand's name. Each returns the exit status. */
+int img_amend(int argc, char **argv);
 int img_bench(int argc, char **argv);
 int img_check(int argc, char **argv);
 int img_compare(int argc, char **argv);
@@ -34,6 +35,9 @@ int img_snapshot(int argc, char **argv);
 void img_snapshot_dump(const struct tblk_snapshot_info *sn, int n);
 /* The "snapshots" JSON array of info, its closing bracket indented by @indent spaces. */
 void img_snapshot_json(GString *out, const struct tblk_snapshot_info *sn, int n, int indent);
+
+int img_measure(int argc, char **argv);
+int img_resize(int argc, char **argv);
 
 /* "prog: <msg>" then "Try 'qemu-img --help' for more information", exit 1. */
 void img_error_exit(const char *fmt, ...) TOOL_PRINTF(1, 2) IMG_NORETURN;

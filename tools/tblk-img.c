@@ -170,13 +170,14 @@ void img_progress_end(void)
 
 /* Subcommands qemu-img 7.2 has that tblk-img does not implement yet. */
 static const char *const unimplemented[] = {
-	"amend", "bitmap", "check", "commit", "measure", "rebase", "resize", NULL,
+	"bitmap", "check", "commit", "rebase", NULL,
 };
 
 static const struct {
 	const char *name;
 	int (*fn)(int argc, char **argv);
 } subcommands[] = {
+	{ "amend", img_amend },
 	{ "bench", img_bench },
 	{ "check", img_check },
 	{ "compare", img_compare },
@@ -186,6 +187,8 @@ static const struct {
 	{ "info", img_info },
 	{ "map", img_map },
 	{ "snapshot", img_snapshot },
+	{ "measure", img_measure },
+	{ "resize", img_resize },
 };
 
 static int dispatch(int argc, char **argv)

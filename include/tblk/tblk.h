@@ -110,6 +110,29 @@ int tblk_throttle_group_new(const char *id, GHashTable *props, GError **errp);
 int tblk_img_create(const char *filename, const char *fmt, uint64_t size,
 		    GHashTable *options, GError **errp);
 
+/* What an image of a format would take on the host (qemu-img measure). */
+struct tblk_measure {
+	uint64_t required;		/* bytes for the data at hand and all metadata */
+	uint64_t fully_allocated;	/* bytes if every cluster were allocated */
+	bool has_bitmaps;		/* the format (and the source) keep persistent bitmaps */
+	uint64_t bitmaps;		/* bytes for the source's bitmaps */
+};
+/*
+ * Measures an image of @fmt with creation options @options (borrowed, may be NULL): of @size
+ * bytes if @src is NULL, else holding the data of @src (its whole backing chain). 0, or
+ * -ENOTSUP if @fmt cannot measure, or -errno; *errp says why.
+ */
+int tblk_img_measure(const char *fmt, GHashTable *options, uint64_t size, struct tblk_blk *src,
+		     struct tblk_measure *m, GError **errp);
+/*
+ * Changes format options of an open image in place (qemu-img amend): for qcow2 "compat",
+ * "lazy_refcounts", "refcount_bits", "size", "backing_file", "backing_fmt", "data_file",
+ * "data_file_raw". @options is borrowed. With @force, changes that may lose data proceed.
+ * @progress (may be NULL) is called with a done/total fraction. 0 or -errno with *errp.
+ */
+int tblk_blk_amend(struct tblk_blk *blk, GHashTable *options, bool force,
+		   void (*progress)(double fraction, void *opaque), void *opaque, GError **errp);
+
 /* ------------------------------------------------------------ requests */
 
 /* Request flags. */

@@ -1,0 +1,297 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2-amend.c - changing a qcow2 image's options in place (qemu-img amend), in qemu 7.2's
+ * order and with its checks: upgrade to compat=1.1 first, then the refcount width (new
+ * refcount blocks and table allocated as qemu allocates them, written, switched to, the old
+ * ones freed), lazy_refcounts, the size, and the downgrade to compat=0.10 last (zero clusters
+ * become unallocated without a backing file, zero-filled data clusters with one).
+ *
+ * Threading: runs drained (tblk_blk_amend), under the image lock.
+ */
+#include <string.h>
+
+#include "formats/qcow2-int.h"
+
+struct amend_opts {
+	int version;
+	uint64_t size;			/* 0: unchanged */
+	bool lazy;
+	uint64_t refcount_bits;
+};
+
+static bool opt_on(const char *v)
+{
+	return !strcmp(v, "on") || !strcmp(v, "true") || !strcmp(v, "yes");
+}
+
+/* The options, checked in qemu's order (size, compat, backing, encryption, lazy, refcount). */
+static int parse(struct qcow2_state *s, GHashTable *opts, struct amend_opts *o, GError **errp)
+{
+	const char *v;
+
+	o->version = s->version;
+	o->lazy = s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS;
+	o->refcount_bits = 1ull << s->refcount_order;
+	if (tblk__opts_take_size(opts, "size", &o->size, errp) < 0)
+		return -EINVAL;
+	v = g_hash_table_lookup(opts, "compat");
+	if (v && (!strcmp(v, "0.10") || !strcmp(v, "v2")))
+		o->version = 2;
+	else if (v && (!strcmp(v, "1.1") || !strcmp(v, "v3")))
+		o->version = 3;
+	else if (v)
+		return tblk_error_set(errp, EINVAL, "Unknown compatibility level %s", v);
+	if ((v = g_hash_table_lookup(opts, "backing_file")) &&
+	    g_strcmp0(v, s->backing_file))
+		return tblk_error_set(errp, EINVAL, "Cannot amend the backing file\nYou can use "
+				      "'qemu-img rebase' instead.");
+	if ((v = g_hash_table_lookup(opts, "backing_fmt")) && g_strcmp0(v, s->backing_fmt))
+		return tblk_error_set(errp, EINVAL, "Cannot amend the backing file\nYou can use "
+				      "'qemu-img rebase' instead.");
+	g_autoptr(GList) keys = g_hash_table_get_keys(opts);
+	for (GList *k = keys; k; k = k->next)
+		if (g_str_has_prefix(k->data, "encrypt."))
+			return tblk_error_set(errp, EINVAL, "Can't amend encryption options - "
+					      "encryption not present");
+	if ((v = g_hash_table_lookup(opts, "lazy_refcounts")))
+		o->lazy = opt_on(v);
+	if (tblk__opts_take_uint64(opts, "refcount_bits", &o->refcount_bits, errp) < 0)
+		return -EINVAL;
+	if (!o->refcount_bits || o->refcount_bits > 64 ||
+	    (o->refcount_bits & (o->refcount_bits - 1)))
+		return tblk_error_set(errp, EINVAL, "Refcount width must be a power of two and may "
+				      "not exceed 64 bits");
+	if ((v = g_hash_table_lookup(opts, "data_file")) && !(s->incompat &
+							      QCOW2_INCOMPAT_DATA_FILE))
+		return tblk_error_set(errp, EINVAL, "data-file can only be set for images that "
+				      "use an external data file");
+	if ((v = g_hash_table_lookup(opts, "data_file_raw")) && opt_on(v) &&
+	    !(s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW))
+		return tblk_error_set(errp, EINVAL, "data-file-raw cannot be set on existing "
+				      "images");
+	return 0;
+}
+
+static int set_version(struct qcow2_state *s, int version)
+{
+	int old = s->version;
+	uint32_t old_len = s->header_length;
+	int ret;
+
+	s->version = version;
+	s->header_length = version >= 3 ? QCOW2_HEADER_LEN : QCOW2_V2_HEADER_LEN;
+	ret = qcow2_header_write(s);
+	if (ret < 0) {
+		s->version = old;
+		s->header_length = old_len;
+	}
+	return ret;
+}
+
+/* Zero clusters of the active L1 table become unallocated or zero-filled data clusters. */
+static int expand_zero_clusters(struct qcow2_state *s)
+{
+	for (uint32_t i = 0; i < s->l1_size; i++) {
+		uint64_t l2off = s->l1[i] & QCOW2_OFFSET_MASK;
+
+		if (!l2off)
+			continue;
+		if (l2off & (s->cluster_size - 1))
+			return qcow2_signal_corruption(s, "L2 table offset not aligned", l2off);
+		for (uint32_t j = 0; j < s->l2_size; j++) {
+			void *t;
+			uint64_t e, off;
+			enum qcow2_ctype type;
+			int ret = qcow2_cache_get(s->l2_cache, l2off, false, &t);
+
+			if (ret < 0)
+				return ret;
+			e = qcow2_l2_get(s, t, j);
+			type = qcow2_entry_type(s, e);
+			if (type != QCOW2_ZERO_PLAIN && type != QCOW2_ZERO_ALLOC)
+				continue;
+			off = e & QCOW2_OFFSET_MASK;
+			if (type == QCOW2_ZERO_PLAIN && !s->node->backing) {
+				qcow2_l2_set(s, t, j, 0, 0);
+				qcow2_cache_mark_dirty(s->l2_cache, t);
+				continue;
+			}
+			if (type == QCOW2_ZERO_PLAIN) {
+				int64_t n = qcow2_alloc_clusters(s, s->cluster_size);
+
+				if (n < 0)
+					return (int)n;
+				off = (uint64_t)n;
+			}
+			if (off & (s->cluster_size - 1))
+				return qcow2_signal_corruption(s, "Cluster allocation offset "
+							       "unaligned", off);
+			ret = tblk_node_pwrite_zeroes(s->data, off, s->cluster_size, 0);
+			if (ret >= 0)
+				ret = qcow2_cache_get(s->l2_cache, l2off, false, &t);
+			if (ret < 0)
+				return ret;
+			qcow2_l2_set(s, t, j, off | QCOW2_OFLAG_COPIED, 0);
+			qcow2_cache_mark_dirty(s->l2_cache, t);
+		}
+	}
+	return qcow2_flush_metadata(s);
+}
+
+static int has_compressed(struct qcow2_state *s, bool *found)
+{
+	*found = false;
+	for (uint32_t i = 0; i < s->l1_size && !*found; i++) {
+		uint64_t l2off = s->l1[i] & QCOW2_OFFSET_MASK;
+		void *t;
+
+		if (!l2off)
+			continue;
+		int ret = qcow2_cache_get(s->l2_cache, l2off, false, &t);
+
+		if (ret < 0)
+			return ret;
+		for (uint32_t j = 0; j < s->l2_size && !*found; j++)
+			*found = qcow2_entry_type(s, qcow2_l2_get(s, t, j)) == QCOW2_COMPRESSED;
+	}
+	return 0;
+}
+
+static int downgrade(struct qcow2_state *s, GError **errp)
+{
+	bool comp;
+	int ret;
+
+	if (s->refcount_order != 4)
+		return tblk_error_set(errp, ENOTSUP, "compat=0.10 requires refcount_bits=16");
+	if (s->incompat & QCOW2_INCOMPAT_DATA_FILE)
+		return tblk_error_set(errp, ENOTSUP, "Cannot downgrade an image with a data file");
+	/* Snapshot sizes are not checked here yet: refuse rather than guess. */
+	if (s->nb_snapshots)
+		return tblk_error_set(errp, ENOTSUP, "Internal snapshots prevent downgrade of "
+				      "image");
+	if (s->incompat & ~(QCOW2_INCOMPAT_COMPRESSION | QCOW2_INCOMPAT_DIRTY))
+		return tblk_error_set(errp, ENOTSUP, "Cannot downgrade an image with incompatible "
+				      "features 0x%" PRIx64 " set",
+				      (uint64_t)(s->incompat & ~QCOW2_INCOMPAT_COMPRESSION &
+						 ~QCOW2_INCOMPAT_DIRTY));
+	s->compat = 0;
+	s->autoclear = 0;
+	ret = expand_zero_clusters(s);
+	if (ret < 0)
+		return tblk_error_set_errno(errp, -ret, "Failed to turn zero into data clusters");
+	if (s->incompat & QCOW2_INCOMPAT_COMPRESSION) {
+		ret = has_compressed(s, &comp);
+		if (ret < 0)
+			return tblk_error_set(errp, EINVAL, "Failed to check block status");
+		if (comp)
+			return tblk_error_set(errp, ENOTSUP, "Cannot downgrade an image with zstd "
+					      "compression type and existing compressed clusters");
+		s->incompat &= ~QCOW2_INCOMPAT_COMPRESSION;
+		s->compression_type = 0;
+	}
+	ret = set_version(s, 2);
+	if (ret < 0)
+		return tblk_error_set_errno(errp, -ret, "Failed to update the image header");
+	return 0;
+}
+
+static int set_lazy(struct qcow2_state *s, bool on, int version, GError **errp)
+{
+	uint64_t old = s->compat;
+	int ret;
+
+	if (on && version < 3)
+		return tblk_error_set(errp, EINVAL, "Lazy refcounts only supported with "
+				      "compatibility level 1.1 and above (use compat=1.1 or "
+				      "greater)");
+	/* The image is clean: tblk refuses to open a dirty one for writing. */
+	if (on)
+		s->compat |= QCOW2_COMPAT_LAZY_REFCOUNTS;
+	else
+		s->compat &= ~QCOW2_COMPAT_LAZY_REFCOUNTS;
+	ret = qcow2_header_write(s);
+	if (ret < 0) {
+		s->compat = old;
+		return tblk_error_set_errno(errp, -ret, "Failed to update the image header");
+	}
+	return 0;
+}
+
+static int amend_locked(struct qcow2_state *s, GHashTable *opts, GError **errp)
+{
+	struct amend_opts o = { 0 };
+	int ret = parse(s, opts, &o, errp);
+	const char *v;
+
+	if (ret < 0)
+		return ret;
+	if (s->corrupt)
+		return tblk_error_set(errp, EIO, "Image is corrupt");
+	if (o.version > s->version) {
+		ret = set_version(s, o.version);
+		if (ret < 0)
+			return tblk_error_set_errno(errp, -ret, "Failed to update the image "
+						    "header");
+	}
+	if (o.refcount_bits != 1ull << s->refcount_order) {
+		if (o.version < 3 && o.refcount_bits != 16)
+			return tblk_error_set(errp, EINVAL, "Refcount widths other than 16 bits "
+					      "require compatibility level 1.1 or above (use "
+					      "compat=1.1 or greater)");
+		ret = qcow2_change_refcount_order(s, (unsigned int)__builtin_ctzll(o.refcount_bits),
+						  errp);
+		if (ret < 0)
+			return ret;
+	}
+	if ((v = g_hash_table_lookup(opts, "data_file_raw")) && !opt_on(v))
+		s->autoclear &= ~QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+	if ((v = g_hash_table_lookup(opts, "data_file"))) {
+		g_free(s->data_file_name);
+		s->data_file_name = *v ? g_strdup(v) : NULL;
+	}
+	ret = qcow2_header_write(s);
+	if (ret < 0)
+		return tblk_error_set_errno(errp, -ret, "Failed to update the image header");
+	if (o.lazy != !!(s->compat & QCOW2_COMPAT_LAZY_REFCOUNTS)) {
+		ret = set_lazy(s, o.lazy, o.version, errp);
+		if (ret < 0)
+			return ret;
+	}
+	if (o.size) {
+		ret = qcow2_truncate_locked(s, o.size, QCOW2_PREALLOC_OFF, errp);
+		if (ret < 0)
+			return ret;
+	}
+	if (o.version < s->version)
+		return downgrade(s, errp);
+	return 0;
+}
+
+int tblk__qcow2_amend(struct tblk_node *node, GHashTable *opts, bool force,
+		      void (*progress)(double fraction, void *opaque), void *opaque,
+		      GError **errp)
+{
+	struct qcow2_state *s = node->opaque;
+	uint64_t size = 0;
+	int ret;
+
+	(void)force;
+	if (g_hash_table_contains(opts, "size")) {
+		g_autoptr(GHashTable) copy = tblk__opts_copy(opts);
+
+		if (tblk__opts_take_size(copy, "size", &size, errp) < 0)
+			return -EINVAL;
+		if (size % 512)
+			return tblk_error_set(errp, EINVAL, "The new size must be a multiple of %u",
+					      512);
+	}
+	qcow2_lock(s);
+	ret = amend_locked(s, opts, errp);
+	if (ret >= 0)
+		ret = qcow2_flush_metadata(s);
+	qcow2_unlock(s);
+	if (progress)
+		progress(1.0, opaque);
+	return ret;
+}

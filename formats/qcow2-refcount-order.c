@@ -1,0 +1,216 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2-refcount-order.c - changing the refcount width of an image (amend refcount_bits) as
+ * qemu 7.2 does: walks over the current refcount table allocating a new refcount block (first
+ * free, in the current structures) for every range of the new width that counts something,
+ * then a new refcount table, repeating until a walk allocates nothing; a last walk writes the
+ * new blocks, then the new table, the header switches to them, and the old blocks and table
+ * are freed in the new structures.
+ *
+ * Threading: under the image lock, drained (amend).
+ */
+#include <string.h>
+
+#include "formats/qcow2-int.h"
+
+struct new_rc {
+	unsigned int order;
+	uint64_t per_block;		/* entries per new refcount block */
+	uint64_t *table;		/* new refcount table, host order */
+	uint64_t size;			/* its entries */
+	uint64_t index;			/* block being filled */
+	uint8_t *buf;			/* the block being filled (write pass), else NULL */
+	bool allocated;			/* the pass allocated something */
+};
+
+static void set_rc(unsigned int order, uint8_t *b, uint64_t i, uint64_t v)
+{
+	unsigned int bits = 1u << order;
+
+	if (order >= 3) {
+		for (unsigned int k = 0; k < bits / 8; k++)
+			b[i * bits / 8 + k] = (uint8_t)(v >> (bits - 8 - 8 * k));
+		return;
+	}
+	b[i * bits / 8] |= (uint8_t)(v << (i * bits % 8));
+}
+
+/* A new refcount block is complete: allocate its cluster, or write it. */
+static int finish_block(struct qcow2_state *s, struct new_rc *n, bool empty, GError **errp)
+{
+	if (n->buf) {
+		int ret = 0;
+
+		if (n->index < n->size && n->table[n->index])
+			ret = tblk_node_pwrite(s->node->file, n->table[n->index], n->buf,
+					       s->cluster_size, 0);
+		memset(n->buf, 0, s->cluster_size);
+		return ret < 0 ? tblk_error_set_errno(errp, -ret, "Failed to write refblock") : 0;
+	}
+	if (empty)
+		return 0;
+	if (n->index >= n->size) {
+		uint64_t size = TBLK_ALIGN_UP(n->index + 1, s->cluster_size / 8);
+
+		if (size > QCOW2_MAX_REFTABLE_BYTES / 8)
+			return tblk_error_set(errp, ENOTSUP, "This operation would make the "
+					      "refcount table grow beyond the maximum size "
+					      "supported by QEMU, aborting");
+		n->table = g_renew(uint64_t, n->table, size);
+		memset(n->table + n->size, 0, (size - n->size) * 8);
+		n->size = size;
+	}
+	if (!n->table[n->index]) {
+		int64_t off = qcow2_alloc_clusters(s, s->cluster_size);
+
+		if (off < 0)
+			return tblk_error_set_errno(errp, (int)-off, "Failed to allocate refblock");
+		n->table[n->index] = (uint64_t)off;
+		n->allocated = true;
+	}
+	return 0;
+}
+
+static int walk(struct qcow2_state *s, struct new_rc *n, GError **errp)
+{
+	uint64_t old_per_block = 1ull << s->rc_block_bits, ni = 0;
+	unsigned int bits = 1u << n->order;
+	bool empty = true;
+	int ret;
+
+	n->index = 0;
+	for (uint64_t ti = 0; ti < s->reftable_size; ti++) {
+		for (uint64_t bi = 0; bi < old_per_block; bi++) {
+			uint64_t rc = 0;
+
+			if (ni >= n->per_block) {
+				ret = finish_block(s, n, empty, errp);
+				if (ret < 0)
+					return ret;
+				n->index++;
+				ni = 0;
+				empty = true;
+			}
+			/* Allocations above may evict blocks: look the entry up each time. */
+			ret = qcow2_get_refcount(s, (ti << s->rc_block_bits) + bi, &rc);
+			if (ret < 0)
+				return tblk_error_set_errno(errp, -ret, "Failed to read refcounts");
+			if (bits < 64 && rc >> bits)
+				return tblk_error_set(errp, EINVAL, "Cannot decrease refcount entry "
+						      "width to %u bits: Cluster at offset %#" PRIx64
+						      " has a refcount of %" PRIu64, bits,
+						      ((ti << s->rc_block_bits) + bi) <<
+						      s->cluster_bits, rc);
+			if (n->buf && rc)
+				set_rc(n->order, n->buf, ni, rc);
+			ni++;
+			empty = empty && rc == 0;
+		}
+	}
+	if (ni > 0) {
+		ret = finish_block(s, n, empty, errp);
+		if (ret < 0)
+			return ret;
+		n->index++;
+	}
+	return 0;
+}
+
+/* Switches the header and the state to the new structures, frees the old ones. */
+static int switch_to(struct qcow2_state *s, struct new_rc *n, uint64_t table_off,
+		     GError **errp)
+{
+	uint64_t old_off = s->reftable_offset, old_size = s->reftable_size;
+	uint32_t old_clusters = s->reftable_clusters;
+	unsigned int old_order = s->refcount_order;
+	uint64_t *old = s->reftable;
+	int ret;
+
+	s->refcount_order = n->order;
+	s->reftable_offset = table_off;
+	s->reftable_clusters = (uint32_t)qcow2_size_to_clusters(s, n->size * 8);
+	ret = qcow2_header_write(s);
+	if (ret < 0) {
+		s->refcount_order = old_order;
+		s->reftable_offset = old_off;
+		s->reftable_clusters = old_clusters;
+		return tblk_error_set_errno(errp, -ret, "Failed to update the qcow2 header");
+	}
+	for (uint64_t i = 0; i < old_size; i++)
+		if (old[i] & ~QCOW2_REFT_RESERVED)
+			qcow2_cache_discard(s->rc_cache, old[i] & ~QCOW2_REFT_RESERVED);
+	s->reftable = g_steal_pointer(&n->table);
+	s->reftable_size = n->size;
+	qcow2_set_geometry(s);
+	for (uint64_t i = 0; i < old_size && ret >= 0; i++)
+		if (old[i] & ~QCOW2_REFT_RESERVED)
+			ret = qcow2_update_refcount(s, old[i] & ~QCOW2_REFT_RESERVED,
+						    s->cluster_size, -1);
+	if (ret >= 0)
+		ret = qcow2_update_refcount(s, old_off, old_size * 8, -1);
+	g_free(old);
+	if (ret < 0)
+		return tblk_error_set_errno(errp, -ret, "Failed to free the old refcount "
+					    "structures");
+	return 0;
+}
+
+int qcow2_change_refcount_order(struct qcow2_state *s, unsigned int order, GError **errp)
+{
+	struct new_rc n = { .order = order };
+	uint64_t table_off = 0, table_alloc = 0;
+	int ret;
+
+	n.per_block = 1ull << (s->cluster_bits + 3 - order);
+	ret = qcow2_flush_metadata(s);
+	if (ret < 0)
+		return tblk_error_set_errno(errp, -ret, "Failed to flush metadata");
+	do {
+		n.allocated = false;
+		ret = walk(s, &n, errp);
+		if (ret < 0)
+			goto out;
+		if (n.allocated) {
+			if (table_off) {
+				ret = qcow2_update_refcount(s, table_off, table_alloc * 8, -1);
+				if (ret < 0)
+					goto out_errno;
+			}
+			int64_t off = qcow2_alloc_clusters(s, n.size * 8);
+
+			if (off < 0) {
+				ret = tblk_error_set_errno(errp, (int)-off, "Failed to allocate the "
+							   "new reftable");
+				goto out;
+			}
+			table_off = (uint64_t)off;
+			table_alloc = n.size;
+		}
+	} while (n.allocated);
+	n.buf = g_malloc0(s->cluster_size);
+	ret = walk(s, &n, errp);
+	if (ret < 0)
+		goto out;
+	for (uint64_t i = 0; i < n.size; i++)
+		n.table[i] = htobe64(n.table[i]);
+	ret = tblk_node_pwrite(s->node->file, table_off, n.table, n.size * 8, 0);
+	for (uint64_t i = 0; i < n.size; i++)
+		n.table[i] = be64toh(n.table[i]);
+	if (ret < 0) {
+		ret = tblk_error_set_errno(errp, -ret, "Failed to write the new reftable");
+		goto out;
+	}
+	ret = qcow2_cache_write(s->rc_cache);
+	if (ret >= 0)
+		ret = tblk_node_flush(s->node->file);
+	if (ret < 0)
+		goto out_errno;
+	ret = switch_to(s, &n, table_off, errp);
+	goto out;
+out_errno:
+	ret = tblk_error_set_errno(errp, -ret, "Failed to flush the refblock cache");
+out:
+	g_free(n.buf);
+	g_free(n.table);
+	return ret;
+}

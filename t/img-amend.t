@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+#
+# tblk-img amend against Debian's qemu-img 7.2: the same qcow2 image (created and filled by
+# qemu-img/qemu-io), copied twice, amended once by each tool; stdout, stderr (program name
+# normalised), exit status and the resulting files (cmp) must be equal, and our result must
+# pass `qemu-img check`. Covers compat 1.1 <-> 0.10 (zero clusters with and without a backing
+# file), lazy_refcounts, refcount_bits (every width, both ways), size, combinations, and the
+# refusals and bad command lines.
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+BUILD = os.environ.get("TBLK_BUILD", "build")
+TIMG = os.path.join(BUILD, "tools", "tblk-img")
+tests = []
+
+
+def run(argv, cwd):
+    p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=120)
+    return p.returncode, p.stdout, p.stderr
+
+
+def sh(cmds, cwd):
+    for c in cmds:
+        subprocess.run(c, cwd=cwd, check=True, capture_output=True)
+
+
+def cmp(a, b):
+    return subprocess.run(["cmp", "-s", a, b]).returncode == 0
+
+
+def diff_case(d, name, setup, args):
+    res = {}
+    for side, tool in (("q", "qemu-img"), ("t", TIMG)):
+        sd = os.path.join(d, side)
+        shutil.rmtree(sd, ignore_errors=True)
+        os.makedirs(sd)
+        setup(sd)
+        rc, out, err = run([tool, "amend"] + args, sd)
+        res[side] = (rc, out, err.replace(os.path.basename(tool) + ":", "PROG:"))
+    q, t = res["q"], res["t"]
+    why = ""
+    if q != t:
+        why = "qemu-img %r\nours %r" % (q, t)
+    elif not cmp(os.path.join(d, "q", "img.qcow2"), os.path.join(d, "t", "img.qcow2")):
+        why = "img.qcow2 differs"
+    elif t[0] == 0:
+        rc, out, err = run(["qemu-img", "check", "img.qcow2"], os.path.join(d, "t"))
+        if rc != 0:
+            why = "qemu-img check: " + out + err
+    tests.append((not why, "%s: amend %s" % (name, " ".join(args)), why))
+
+
+def setup_fn(opts, writes, backing=False):
+    def setup(sd):
+        o = opts
+        if backing:
+            sh([["qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "4M"],
+                ["qemu-io", "-f", "qcow2", "-c", "write -P 7 0 4M", "base.qcow2"]], sd)
+            o += ",backing_file=base.qcow2,backing_fmt=qcow2"
+        sh([["qemu-img", "create", "-q", "-f", "qcow2", "-o", o, "img.qcow2", "4M"]], sd)
+        for w in writes:
+            sh([["qemu-io", "-f", "qcow2", "-c", w, "img.qcow2"]], sd)
+    return setup
+
+
+def main():
+    d = tempfile.mkdtemp(prefix="tblk-amend-")
+    data = ("write -z 0 64k", "write -P 1 64k 64k", "write -z 64k 64k", "write -P 2 1M 1M",
+            "write -z -u 2M 128k", "discard 1M 64k", "write -P 3 3M 4k")
+    try:
+        for geo in ("cluster_size=65536", "cluster_size=512", "cluster_size=2M",
+                    "cluster_size=4096,refcount_bits=1", "cluster_size=65536,refcount_bits=64",
+                    "cluster_size=65536,lazy_refcounts=on"):
+            for ch in ("compat=0.10", "lazy_refcounts=on", "lazy_refcounts=off",
+                       "refcount_bits=1", "refcount_bits=2", "refcount_bits=4",
+                       "refcount_bits=8", "refcount_bits=16", "refcount_bits=32",
+                       "refcount_bits=64", "size=8M", "size=1M", "size=1G",
+                       "compat=0.10,size=2M", "compat=1.1"):
+                for dname, w in (("empty", ()), ("data", data)):
+                    diff_case(d, "%s %s" % (geo, dname), setup_fn(geo, w), ["-o", ch])
+        for ch in ("compat=0.10", "refcount_bits=8", "size=16M"):
+            diff_case(d, "backing", setup_fn("cluster_size=65536", data, True), ["-o", ch])
+        v2 = setup_fn("compat=0.10", ("write -P 1 0 64k",))
+        for ch in ("compat=1.1", "compat=1.1,lazy_refcounts=on", "compat=1.1,refcount_bits=4",
+                   "lazy_refcounts=on", "refcount_bits=8", "compat=0.10"):
+            diff_case(d, "v2", v2, ["-o", ch])
+        plain = setup_fn("cluster_size=65536", data)
+        bad = [[], ["img.qcow2"], ["-o", "cluster_size=4k", "img.qcow2"],
+               ["-o", "foo=1", "img.qcow2"], ["-o", "refcount_bits=3", "img.qcow2"],
+               ["-o", "refcount_bits=128", "img.qcow2"], ["-o", "compat=0.9", "img.qcow2"],
+               ["-o", "compat=0.10,lazy_refcounts=on", "img.qcow2"],
+               ["-o", "refcount_bits=8,compat=0.10", "img.qcow2"],
+               ["-o", "preallocation=full", "img.qcow2"], ["-o", "extended_l2=on", "img.qcow2"],
+               ["-o", "compression_type=zstd", "img.qcow2"], ["-o", "encryption=on", "img.qcow2"],
+               ["-o", "encrypt.format=luks", "img.qcow2"],
+               ["-o", "lazy_refcounts=maybe", "img.qcow2"], ["-o", "refcount_bits=x", "img.qcow2"],
+               ["-o", "size=abc", "img.qcow2"], ["-o", "size=1000", "img.qcow2"],
+               ["-o", "data_file=x", "img.qcow2"], ["-o", "data_file_raw=on", "img.qcow2"],
+               ["-o", "backing_file=other.qcow2", "img.qcow2"],
+               ["-o", "compat=1.1", "img.qcow2", "c.qcow2"], ["-o", "", "img.qcow2"],
+               ["-o", "help", "img.qcow2"], ["-f", "qcow2", "-o", "help"],
+               ["-f", "raw", "-o", "size=1M", "img.qcow2"], ["-t", "foo", "-o", "compat=1.1",
+                                                              "img.qcow2"],
+               ["-t", "none", "-o", "compat=1.1", "img.qcow2"], ["-q", "-o", "compat=1.1",
+                                                                 "img.qcow2"],
+               ["-o", "compat=0.10", "nonexistent.qcow2"], ["-x", "-o", "compat=1.1", "img.qcow2"],
+               ["-p", "-o", "lazy_refcounts=on", "img.qcow2"],
+               ["--force", "-o", "lazy_refcounts=on", "img.qcow2"],
+               ["--image-opts", "-o", "lazy_refcounts=on", "driver=qcow2,file.filename=img.qcow2"]]
+        for b in bad:
+            diff_case(d, "bad input", plain, b)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    print("1..%d" % len(tests))
+    for i, (good, name, diag) in enumerate(tests, 1):
+        print("%s %d - %s" % ("ok" if good else "not ok", i, name))
+        if not good:
+            for line in diag.splitlines():
+                print("#   " + line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

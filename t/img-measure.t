@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+#
+# tblk-img measure against Debian's qemu-img 7.2: stdout (human and JSON), stderr (program
+# name normalised) and exit status equal for sizes, target options (cluster sizes, refcount
+# widths, compat, extended L2, preallocation, backing file) and source images (qcow2 v2/v3
+# and raw, holding data, zeroes and holes, with a backing file), and for bad command lines
+# (not a bad option: qemu-img measure then prints its whole help text, which is not ours).
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+BUILD = os.environ.get("TBLK_BUILD", "build")
+TIMG = os.path.join(BUILD, "tools", "tblk-img")
+tests = []
+
+
+def run(argv, cwd):
+    p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60)
+    return p.returncode, p.stdout, p.stderr
+
+
+def case(d, args):
+    q = run(["qemu-img", "measure"] + args, d)
+    t = run([TIMG, "measure"] + args, d)
+    q = (q[0], q[1], q[2].replace("qemu-img:", "PROG:"))
+    t = (t[0], t[1], t[2].replace(os.path.basename(TIMG) + ":", "PROG:"))
+    why = "" if q == t else "qemu-img %r\n  ours %r" % (q, t)
+    tests.append((not why, "measure " + " ".join(args), why))
+
+
+def sh(d, *argv):
+    subprocess.run(list(argv), cwd=d, check=True, capture_output=True)
+
+
+def main():
+    d = tempfile.mkdtemp(prefix="tblk-measure-")
+    try:
+        sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "v3.qcow2", "10M")
+        sh(d, "qemu-io", "-f", "qcow2", "-c", "write 0 1M", "-c", "write 5M 10k",
+           "-c", "write -z 7M 1M", "-c", "write 9M 512", "v3.qcow2")
+        sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2",
+           "3M")
+        sh(d, "qemu-io", "-f", "qcow2", "-c", "write 1M 100k", "v2.qcow2")
+        sh(d, "qemu-img", "create", "-q", "-f", "raw", "r.raw", "10M")
+        sh(d, "qemu-io", "-f", "raw", "-c", "write 0 1M", "-c", "write 4M 4k", "r.raw")
+        sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "v3.qcow2", "-F", "qcow2",
+           "top.qcow2", "12M")
+        sh(d, "qemu-io", "-f", "qcow2", "-c", "write 11M 64k", "top.qcow2")
+        sh(d, "qemu-img", "create", "-q", "-f", "raw", "odd.raw", "1000")
+        sizes = ["0", "1000", "1M", "1G", "100G", "1P", "3T"]
+        opts = ["", "cluster_size=512", "cluster_size=2M", "refcount_bits=1",
+                "refcount_bits=64", "compat=0.10", "extended_l2=on",
+                "extended_l2=on,cluster_size=2M", "preallocation=metadata",
+                "preallocation=falloc", "preallocation=full,cluster_size=4k",
+                "backing_file=v3.qcow2,backing_fmt=qcow2", "lazy_refcounts=on",
+                "compression_type=zstd"]
+        for o in opts:
+            for s in sizes:
+                case(d, ["-O", "qcow2"] + (["-o", o] if o else []) + ["--size", s])
+            for src in ("v3.qcow2", "v2.qcow2", "r.raw", "top.qcow2", "odd.raw"):
+                case(d, ["-O", "qcow2"] + (["-o", o] if o else []) + [src])
+        for src in ("v3.qcow2", "r.raw", "top.qcow2", "odd.raw"):
+            for out in ("human", "json"):
+                case(d, ["--output=" + out, src])
+                case(d, ["--output=" + out, "-O", "qcow2", src])
+        for s in sizes:
+            case(d, ["--size", s])
+            case(d, ["--output=json", "-O", "qcow2", "--size", s])
+        case(d, ["-f", "raw", "-O", "qcow2", "r.raw"])
+        case(d, ["--image-opts", "-O", "qcow2", "driver=qcow2,file.filename=v3.qcow2"])
+        bad = [[], ["--size", "1G", "v3.qcow2"], ["-f", "qcow2", "--size", "1G"],
+               ["--size", "abc"], ["--size", "-1"], ["--size", "8E"],
+               ["-O", "foo", "--size", "1G"], ["-O", "qcow2", "-o", "foo=bar", "--size", "1G"],
+               ["-O", "raw", "-o", "foo=1", "--size", "1G"], ["--output=xml", "--size", "1G"],
+               ["-O", "qcow2", "v3.qcow2", "r.raw"], ["-O", "qcow2", "-l", "snap", "v3.qcow2"],
+               ["-l", "snap", "--size", "1G"], ["-O", "qcow2", "-o", "cluster_size=256",
+                                               "--size", "1G"],
+               ["-O", "qcow2", "-o", "cluster_size=3000", "--size", "1G"],
+               ["-O", "qcow2", "-o", "compat=0.9", "--size", "1G"],
+               ["-O", "qcow2", "-o", "refcount_bits=3", "--size", "1G"],
+               ["-O", "qcow2", "-o", "compat=0.10,refcount_bits=8", "--size", "1G"],
+               ["-O", "qcow2", "-o", "preallocation=foo", "--size", "1G"],
+               ["-O", "qcow2", "-o", "cluster_size=1k,extended_l2=on", "--size", "1G"],
+               ["-O", "qcow2", "-o", "cluster_size=512", "--size", "1P"],
+               ["-O", "qcow2", "-o", "help", "--size", "1G"], ["nonexistent.qcow2"]]
+        for b in bad:
+            case(d, b)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    print("1..%d" % len(tests))
+    for i, (good, name, diag) in enumerate(tests, 1):
+        print("%s %d - %s" % ("ok" if good else "not ok", i, name))
+        if not good:
+            for line in diag.splitlines():
+                print("#   " + line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
