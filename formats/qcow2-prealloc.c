@@ -136,6 +136,7 @@ int64_t qcow2_refcount_area(struct qcow2_state *s, uint64_t start, uint64_t addi
 		extra += !table[i];
 	table_off = start + (extra << s->cluster_bits);
 	end = table_off + (table_clusters << s->cluster_bits);
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC_WRITE_BLOCKS);
 	ret = fill_area_blocks(s, table, area_index, count, start, end, &block_off);
 	if (ret >= 0)
 		ret = qcow2_cache_write(s->rc_cache);
@@ -145,11 +146,14 @@ int64_t qcow2_refcount_area(struct qcow2_state *s, uint64_t start, uint64_t addi
 		return ret;
 	for (uint64_t i = 0; i < table_size; i++)
 		table[i] = htobe64(table[i]);
+	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC_WRITE_TABLE);
 	ret = tblk_node_pwrite(s->node->file, table_off, table, table_size * 8, 0);
 	if (ret >= 0)
 		ret = tblk_node_flush(s->node->file);
-	if (ret >= 0)
+	if (ret >= 0) {
+		tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC_SWITCH_TABLE);
 		ret = write_reftable_header(s, table_off, (uint32_t)table_clusters);
+	}
 	if (ret < 0)
 		return ret;
 	for (uint64_t i = 0; i < table_size; i++)
