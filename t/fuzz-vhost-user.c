@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #include "virtio-blk/virtio-blk.h"
-#include "virtio-blk/vhost-user-int.h"
+#include "virtio-blk/vhost-user-proto.h"
 #ifndef TBLK_LIBFUZZER
 #include "t/tap.h"
 #endif

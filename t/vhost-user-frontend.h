@@ -16,7 +16,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "virtio-blk/vhost-user-int.h"
+#include "virtio-blk/vhost-user-proto.h"
 #include "t/virtio-blk-driver.h"
 
 #define FE_MAXQ		4

@@ -1,114 +1,94 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * vhost-user-int.h - vhost-user wire numbers and layouts (see the vhost-user spec), shared
- * by the back-end and the tests' front-end.
+ * vhost-user-int.h - what the vhost-user back-end's files share: the server, connection and
+ * queue structures, the decoded message, and the functions each file offers the other
+ * (vhost-user.c: sockets, replies, kick fds, connections; vhost-user-msg.c: the messages).
+ *
+ * Threading: everything belongs to the loop thread of the server's backend.
  */
 #ifndef TBLK_VHOST_USER_INT_H
 #define TBLK_VHOST_USER_INT_H
 
-#include <stdint.h>
+#include <unistd.h>
 
-enum {
-	VHOST_USER_GET_FEATURES = 1,
-	VHOST_USER_SET_FEATURES = 2,
-	VHOST_USER_SET_OWNER = 3,
-	VHOST_USER_RESET_OWNER = 4,
-	VHOST_USER_SET_MEM_TABLE = 5,
-	VHOST_USER_SET_LOG_BASE = 6,
-	VHOST_USER_SET_LOG_FD = 7,
-	VHOST_USER_SET_VRING_NUM = 8,
-	VHOST_USER_SET_VRING_ADDR = 9,
-	VHOST_USER_SET_VRING_BASE = 10,
-	VHOST_USER_GET_VRING_BASE = 11,
-	VHOST_USER_SET_VRING_KICK = 12,
-	VHOST_USER_SET_VRING_CALL = 13,
-	VHOST_USER_SET_VRING_ERR = 14,
-	VHOST_USER_GET_PROTOCOL_FEATURES = 15,
-	VHOST_USER_SET_PROTOCOL_FEATURES = 16,
-	VHOST_USER_GET_QUEUE_NUM = 17,
-	VHOST_USER_SET_VRING_ENABLE = 18,
-	VHOST_USER_SET_VRING_ENDIAN = 23,
-	VHOST_USER_GET_CONFIG = 24,
-	VHOST_USER_SET_CONFIG = 25,
-	VHOST_USER_GET_INFLIGHT_FD = 31,
-	VHOST_USER_SET_INFLIGHT_FD = 32,
-	VHOST_USER_GET_MAX_MEM_SLOTS = 36,
-	VHOST_USER_ADD_MEM_REG = 37,
-	VHOST_USER_REM_MEM_REG = 38,
-	VHOST_USER_MAX_REQUEST = 64,
+#include "virtio-blk/virtio-blk.h"
+#include "virtio-blk/vhost-user-proto.h"
+
+#define VU_MAX_SLOTS	TBLK_VMEM_MAX_REGIONS
+/* Returned by a handler: the front-end broke the protocol; drop the connection. */
+#define VU_DROP		(-10000)
+
+struct vu_conn;
+
+struct vu_vq {
+	struct vu_conn *conn;
+	unsigned int idx;
+	int kick_fd, call_fd, err_fd;	/* -1 when absent */
 };
 
-#define VHOST_USER_F_PROTOCOL_FEATURES		30
-
-#define VHOST_USER_PROTOCOL_F_MQ		0
-#define VHOST_USER_PROTOCOL_F_REPLY_ACK		3
-#define VHOST_USER_PROTOCOL_F_CONFIG		9
-#define VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD	12
-#define VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS 15
-
-#define VHOST_USER_VERSION		0x1u
-#define VHOST_USER_VERSION_MASK		0x3u
-#define VHOST_USER_REPLY		0x4u
-#define VHOST_USER_NEED_REPLY		0x8u
-
-#define VHOST_USER_VRING_IDX_MASK	0xffull
-#define VHOST_USER_VRING_NOFD		(1ull << 8)
-
-#define VHOST_USER_MEMORY_BASELINE_NREGIONS	8
-#define VHOST_USER_MAX_FDS		8
-#define VHOST_USER_HDR_SIZE		12
-#define VHOST_USER_MAX_PAYLOAD		4096
-
-struct vhost_user_hdr {
-	uint32_t request;
-	uint32_t flags;
-	uint32_t size;
-} __attribute__((packed));
-
-struct vhost_user_region {
-	uint64_t gpa;
-	uint64_t size;
-	uint64_t uva;
-	uint64_t mmap_offset;
+/* One front-end's connection; every field belongs to the loop thread. */
+struct vu_conn {
+	struct tblk_vu_server *srv;
+	int fd;
+	struct tblk_vblk *dev;		/* reference */
+	uint64_t features;		/* as set by SET_FEATURES, bit 30 included */
+	uint64_t proto;			/* negotiated protocol features */
+	bool paused;			/* waiting to answer GET_VRING_BASE */
+	int wait_q;			/* the queue it waits for */
+	bool in_process;		/* inside conn_dispatch(): do not free */
+	bool dead;			/* dropped while in_process */
+	struct tblk_bh *resume_bh;	/* goes on with messages after GET_VRING_BASE */
+	size_t have;			/* bytes in buf */
+	uint8_t buf[VHOST_USER_HDR_SIZE + VHOST_USER_MAX_PAYLOAD];
+	int fds[VHOST_USER_MAX_FDS];	/* received with the message being assembled */
+	unsigned int nfds;
+	struct vu_vq vq[TBLK_VBLK_MAX_QUEUES];
+	void *ifl_map;			/* in-flight area (INFLIGHT_SHMFD), NULL if none */
+	size_t ifl_len;
+	unsigned int ifl_nq, ifl_qsize;
+	size_t ifl_offset;
 };
 
-struct vhost_user_mem {
-	uint32_t nregions;
-	uint32_t padding;
-	struct vhost_user_region r[VHOST_USER_MEMORY_BASELINE_NREGIONS];
+struct tblk_vu_server {
+	struct tblk_blk *blk;		/* [const] borrowed */
+	struct tblk_loop *loop;		/* [const] */
+	struct tblk_vblk_opts opts;	/* [const] */
+	char serial[VIRTIO_BLK_ID_BYTES + 1];
+	char *path;			/* [const] socket we created, NULL with a given fd */
+	int listen_fd;			/* [loop thread] -1 once stopped */
+	struct vu_conn *conn;		/* [loop thread] the connected front-end, or NULL */
+	unsigned int nr_conns;		/* [atomic] */
 };
 
-struct vhost_user_mem_single {
-	uint64_t padding;
-	struct vhost_user_region r;
+/* A message being handled: header, payload and the fds that came with it. */
+struct msg {
+	struct vhost_user_hdr h;
+	const uint8_t *p;		/* payload, h.size bytes */
+	int *fds;
+	unsigned int nfds;
 };
 
-struct vhost_user_state {
-	uint32_t index;
-	uint32_t num;
-};
+static inline void vu_close_fd(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
 
-struct vhost_user_addr {
-	uint32_t index;
-	uint32_t flags;
-	uint64_t desc;
-	uint64_t used;
-	uint64_t avail;
-	uint64_t log;
-};
+/* vhost-user.c */
+int tblk__vu_reply(struct vu_conn *c, uint32_t request, const void *payload, uint32_t size);
+int tblk__vu_reply_fd(struct vu_conn *c, uint32_t request, const void *payload, uint32_t size,
+		      int fd);
+int tblk__vu_reply_u64(struct vu_conn *c, uint32_t request, uint64_t v);
+/* Watches @fd (taken) as queue @q's kick eventfd. 0 or -errno (then @fd is closed). */
+int tblk__vu_vq_watch(struct vu_conn *c, struct vu_vq *q, int fd);
+void tblk__vu_vq_unwatch(struct vu_conn *c, struct vu_vq *v);
+/* Replaces the device with a fresh one (RESET_OWNER, new connection). 0 or VU_DROP. */
+int tblk__vu_conn_new_device(struct vu_conn *c);
 
-struct vhost_user_config {
-	uint32_t offset;
-	uint32_t size;
-	uint32_t flags;
-	uint8_t payload[];
-};
-
-struct vhost_user_inflight {
-	uint64_t mmap_size;
-	uint64_t mmap_offset;
-	uint16_t num_queues;
-	uint16_t queue_size;
-};
+/* vhost-user-msg.c */
+/* 0 or -errno: done, no reply yet; 1: replied; VU_DROP: protocol violation. */
+int tblk__vu_handle(struct vu_conn *c, struct msg *m);
+void tblk__vu_inflight_clear(struct vu_conn *c);
 
 #endif /* TBLK_VHOST_USER_INT_H */
