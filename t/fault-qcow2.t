@@ -6,7 +6,8 @@ For each event blkdebug knows, with EIO (sticky: every later request fails too) 
 (once: only the next request fails), and for three workloads (64 KiB clusters: allocating
 writes, copy-on-write edges, zero writes, discards; 512-byte clusters: enough allocation to
 add refcount blocks and grow the refcount table; compressed clusters written, read and
-overwritten), tblk-io runs the workload on a fresh image through blkdebug. Then:
+overwritten; a resize that grows the L1 table), tblk-io runs the workload on a fresh image
+through blkdebug. Then:
 - every failure is reported as the injected error, in qemu-io's words;
 - the results per command equal qemu-io's on the same workload and config (the differences
   listed in KNOWN are design differences, reported as TODO);
@@ -57,7 +58,11 @@ WC = ("compressed", 1 * M, "cluster_size=64k", [
     ("cwrite", 0, 64 * K, 50), ("cwrite", 64 * K, 64 * K, 51), ("read", 0, 64 * K, 0),
     ("write", 4 * K, 4 * K, 52), ("cwrite", 128 * K, 64 * K, 53), ("discard", 64 * K, 64 * K, 0),
     ("read", 128 * K, 64 * K, 0), ("zero", 0, 8 * K, 0), ("cwrite", 192 * K, 64 * K, 54)])
-WORKLOADS = [W64, W512, WC]
+# Growing the image: the L1 table of 512-byte clusters outgrows its cluster.
+WR = ("resize", 1 * M, "cluster_size=512", [
+    ("write", 0, 4 * K, 60), ("truncate", 0, 4 * M, "4 MiB"), ("write", 3 * M, 64 * K, 61),
+    ("write", 512 * K, 4 * K, 62), ("write", 2 * M + 512, 8 * K, 63)])
+WORKLOADS = [W64, W512, WC, WR]
 
 # Result differences from qemu-io that come from design, not from lost errors:
 # (event, workload) -> reason. The case still must pass every other check.
@@ -84,6 +89,9 @@ KNOWN = {
     ("l2_update_compressed", "compressed"): CFAIL, ("write_compressed", "compressed"): CFAIL,
     ("cluster_alloc_bytes", "compressed"): CFAIL, ("cow_write", "compressed"): CCOW,
     ("pwritev_zero", "compressed"): CZERO,
+    ("cluster_free", "resize"): FREE,
+    ("flush_to_disk", "resize"): "tblk's resize flushes the image before it returns, so a "
+    "flush error fails the resize; qemu's resize does not flush",
 }
 
 ERRNAME = {5: "Input/output error", 28: "No space left on device"}
@@ -98,6 +106,9 @@ def command_args(cmds):
             args += ["-c", "write -c -P %d %d %d" % (pat, off, length)]
         elif kind == "read":
             args += ["-c", "read %d %d" % (off, length)]
+        elif kind == "truncate":
+            # truncate prints nothing on stdout: the length that follows tells
+            args += ["-c", "truncate %d" % length, "-c", "length"]
         elif kind == "zero":
             args += ["-c", "write -z %d %d" % (off, length)]
         else:
@@ -105,13 +116,16 @@ def command_args(cmds):
     return args
 
 
-def results(out):
+def results(out, cmds):
     """One entry per command: None if it succeeded, else the error text."""
     res = []
     for line in out.splitlines():
         if " ops; " in line:
             continue
-        if line.startswith(("wrote ", "discard ", "read ")) and "/" in line:
+        kind = cmds[len(res)][0] if len(res) < len(cmds) else None
+        if kind == "truncate":
+            res.append(None if line == cmds[len(res)][3] else "truncate failed")
+        elif line.startswith(("wrote ", "discard ", "read ")) and "/" in line:
             res.append(None)
         elif " failed: " in line:
             res.append(line.split(" failed: ", 1)[1])
@@ -133,13 +147,18 @@ def shadow_check(img, size, cmds, res):
     with open(raw, "rb") as f:
         data = f.read()
     os.unlink(raw)
+    for (kind, off, length, pat), r in zip(cmds, res):
+        if kind == "truncate" and r is None:
+            size = length
+    if len(data) != size:
+        return "the image has %d bytes, expected %d" % (len(data), size)
     expect = bytearray(size)
     known = bytearray(b"\x01") * size
     for (kind, off, length, pat), r in zip(cmds, res):
+        if kind in ("read", "truncate"):
+            continue
         # A discard is no write: writethrough does not make it durable, either content is
         # right. A failed command leaves old or new data (or a mix): not compared.
-        if kind == "read":
-            continue
         if r is not None or kind == "discard":
             known[off:off + length] = bytes(length)
             continue
@@ -181,13 +200,20 @@ def main():
                         assert p.returncode == 0, p.stderr
                         p = run([prog] + command_args(cmds) +
                                 ["-f", "qcow2", "blkdebug:c.conf:" + img], tmp)
-                        out[tool] = results(p.stdout)
+                        out[tool] = results(p.stdout, cmds)
                     timg = os.path.join(tmp, "t.qcow2")
                     tres, qres = out["t"], out["q"]
                     faults += sum(1 for r in tres if r is not None)
                     # 1. errors are the injected one
                     n += 1
-                    bad = [r for r in tres if r is not None and r != ERRNAME[err]]
+                    bad = [r for r in tres if r is not None and r != ERRNAME[err]
+                           and r != "truncate failed"]
+                    grown = any(c[0] == "truncate" for c, r in zip(cmds, tres) if r is None)
+                    if not grown:
+                        # Past the end of an image that did not grow: EIO, as in qemu.
+                        bad = [r for r, c in zip(tres, cmds) if r is not None and r not in
+                               (ERRNAME[err], "truncate failed") and
+                               not (r == ERRNAME[5] and c[1] + c[2] > size)]
                     # Events raised while opening fail the open, qemu's too (no results).
                     if (len(tres) != len(cmds) and (tres or qres)) or bad:
                         print("not ok %d - %s: errors as injected" % (n, name))
