@@ -131,6 +131,11 @@ def main():
                         ch = ["300M"]
                     diff_case(d, "qcow2 %s %s" % (gname, dname),
                               qcow2_setup("4M", go, writes), ch + ["img.qcow2"], F)
+        # extended L2 with a partly written cluster: qemu leaves the new bitmaps alone
+        for ch in (["--preallocation=falloc", "+1M"], ["--preallocation=full", "+1M"]):
+            diff_case(d, "qcow2 extl2 subclusters",
+                      qcow2_setup("4M", "extended_l2=on", ("write -P 1 4k 8k",)),
+                      ch + ["img.qcow2"], F)
         # backing file
         for ch in (["+4M"], ["--shrink", "1M"], ["--preallocation=metadata", "+1M"]):
             diff_case(d, "qcow2 with backing",
