@@ -119,6 +119,16 @@ def main():
         diff_case(d, "snapshot sharing a zero cluster (qemu bug avoided)",
                   snap(("write -z 64k 64k", "write -P 2 512k 1M")), ["-o", "compat=0.10"],
                   same_bytes=False)
+        # compressed clusters (many references to one host cluster), external data file
+        comp = setup_fn("cluster_size=65536", ("write -c -P 4 0 1M", "write -z 2M 64k"))
+        for ch in ("compat=0.10", "refcount_bits=8", "refcount_bits=2", "size=1M"):
+            diff_case(d, "compressed", comp, ["-o", ch])
+        zstd = setup_fn("compression_type=zstd", ("write -c -P 4 0 256k",))
+        diff_case(d, "zstd with compressed clusters", zstd, ["-o", "compat=0.10"])
+        ext = setup_fn("data_file=img.data", ("write -P 1 0 1M",))
+        for ch in ("compat=0.10", "data_file=other.data", "data_file_raw=off",
+                   "lazy_refcounts=on", "refcount_bits=8", "size=8M"):
+            diff_case(d, "data file", ext, ["-o", ch])
         plain = setup_fn("cluster_size=65536", data)
         bad = [[], ["img.qcow2"], ["-o", "cluster_size=4k", "img.qcow2"],
                ["-o", "foo=1", "img.qcow2"], ["-o", "refcount_bits=3", "img.qcow2"],

@@ -42,11 +42,14 @@ def same_files(a, b):
 def diff_case(d, name, setup, args, files=("img",), check=True):
     """setup(dir) makes the input files; args: the resize arguments (file names relative)."""
     res = {}
+    for side in ("q", "t"):
+        shutil.rmtree(os.path.join(d, side), ignore_errors=True)
+    os.makedirs(os.path.join(d, "q"))
+    setup(os.path.join(d, "q"))
+    # one setup copied to both sides: snapshots carry timestamps
+    shutil.copytree(os.path.join(d, "q"), os.path.join(d, "t"))
     for side, tool in (("q", "qemu-img"), ("t", TIMG)):
         sd = os.path.join(d, side)
-        shutil.rmtree(sd, ignore_errors=True)
-        os.makedirs(sd)
-        setup(sd)
         rc, out, err = run([tool, "resize"] + args, sd)
         res[side] = (rc, out, norm(err, os.path.basename(tool)))
     q, t = res["q"], res["t"]
@@ -136,6 +139,22 @@ def main():
             diff_case(d, "qcow2 extl2 subclusters",
                       qcow2_setup("4M", "extended_l2=on", ("write -P 1 4k 8k",)),
                       ch + ["img.qcow2"], F)
+        # internal snapshots, external data files
+        def snap(sd):
+            qcow2_setup("4M", "cluster_size=65536", ("write -P 1 0 1M",))(sd)
+            sh([["qemu-img", "snapshot", "-c", "s1", "img.qcow2"],
+                ["qemu-io", "-f", "qcow2", "-c", "write -P 2 512k 1M", "-c",
+                 "write -z 3M 64k", "img.qcow2"]], sd)
+        def v2snap(sd):
+            qcow2_setup("4M", "compat=0.10", ("write -P 1 0 1M",))(sd)
+            sh([["qemu-img", "snapshot", "-c", "s1", "img.qcow2"]], sd)
+        for ch in (["+4M"], ["--shrink", "1M"], ["--preallocation=metadata", "+1M"],
+                   ["--preallocation=full", "+1M"]):
+            diff_case(d, "qcow2 with a snapshot", snap, ch + ["img.qcow2"], F)
+            diff_case(d, "qcow2 with an external data file",
+                      qcow2_setup("4M", "data_file=img.data", ("write -P 1 0 1M",)),
+                      ch + ["img.qcow2"], ("img.qcow2", "img.data"))
+        diff_case(d, "qcow2 v2 with a snapshot", v2snap, ["+4M", "img.qcow2"], F)
         # backing file
         for ch in (["+4M"], ["--shrink", "1M"], ["--preallocation=metadata", "+1M"]):
             diff_case(d, "qcow2 with backing",
