@@ -213,6 +213,22 @@ def main():
                 ok(r[0] == 0 and same_files(os.path.join(d, "q", "c.qcow2"),
                                             os.path.join(d, "t", "c.qcow2")),
                    "create -o %s %s: same file" % (opts, size), r[2])
+        # over a backing file (needs extended L2), and the refusals, with qemu's messages
+        for opts in ("preallocation=metadata,extended_l2=on", "preallocation=full,extended_l2=on",
+                     "preallocation=falloc,extended_l2=on,cluster_size=32k",
+                     "preallocation=metadata", "data_file=d.raw,data_file_raw=on"):
+            res = []
+            for side, tool in (("q", "qemu-img"), ("t", TIMG)):
+                sd = os.path.join(d, side)
+                shutil.rmtree(sd, ignore_errors=True)
+                os.makedirs(sd)
+                sh([["qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "4M"]], sd)
+                r = run([tool, "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2",
+                         "-o", opts, "c.qcow2", "3M"], sd)
+                res.append((r[0], r[1], r[2].split(": ", 1)[-1]))
+            ok(res[0] == res[1] and same_files(os.path.join(d, "q", "c.qcow2"),
+                                               os.path.join(d, "t", "c.qcow2")),
+               "create -b -o %s: same result" % opts, "%r" % res)
         for opts in ("preallocation=falloc", "preallocation=full"):
             for side, tool in (("q", "qemu-img"), ("t", TIMG)):
                 sd = os.path.join(d, side)
