@@ -3,9 +3,9 @@
 #
 # tblk-img measure against Debian's qemu-img 7.2: stdout (human and JSON), stderr (program
 # name normalised) and exit status equal for sizes, target options (cluster sizes, refcount
-# widths, compat, extended L2, preallocation, backing file) and source images (qcow2 v2/v3,
-# with persistent bitmaps
-# and raw, holding data, zeroes and holes, with a backing file), and for bad command lines
+# widths, compat, extended L2, preallocation, backing file) and source images (qcow2 v2/v3
+# with and without persistent bitmaps, and raw, holding data, zeroes and holes, with a
+# backing file), and for bad command lines
 # (not a bad option: qemu-img measure then prints its whole help text, which is not ours).
 import os
 import shutil
