@@ -88,54 +88,191 @@ static int set_version(struct qcow2_state *s, int version)
 	return ret;
 }
 
-/* Zero clusters of the active L1 table become unallocated or zero-filled data clusters. */
-static int expand_zero_clusters(struct qcow2_state *s)
+/* What downgrading needs to know of an internal snapshot. */
+struct snap_info {
+	uint64_t l1_offset;
+	uint32_t l1_size;
+	uint64_t vm_state_size;
+	uint64_t disk_size;
+};
+
+#define SNAP_MAX_EXTRA	1024u	/* qemu's limit on a snapshot's extra data */
+
+/* Reads the snapshot table (the fields downgrading needs), bounds-checked. */
+static int read_snapshots(struct qcow2_state *s, struct snap_info **out)
 {
-	for (uint32_t i = 0; i < s->l1_size; i++) {
-		uint64_t l2off = s->l1[i] & QCOW2_OFFSET_MASK;
+	g_autofree struct snap_info *sn = g_new0(struct snap_info, s->nb_snapshots);
+	uint64_t off = s->snapshots_offset;
+
+	if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS)
+		return qcow2_signal_corruption(s, "Too many snapshots", s->nb_snapshots);
+	for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+		uint8_t h[40], extra[16] = { 0 };
+		uint32_t extra_size;
+		uint16_t id_size, name_size;
+		int ret = tblk_node_pread(s->node->file, off, h, sizeof(h));
+
+		if (ret < 0)
+			return ret;
+		sn[i].l1_offset = be64toh(*(uint64_t *)h);
+		sn[i].l1_size = be32toh(*(uint32_t *)(h + 8));
+		id_size = be16toh(*(uint16_t *)(h + 12));
+		name_size = be16toh(*(uint16_t *)(h + 14));
+		sn[i].vm_state_size = be32toh(*(uint32_t *)(h + 32));
+		extra_size = be32toh(*(uint32_t *)(h + 36));
+		if (extra_size > SNAP_MAX_EXTRA || sn[i].l1_size > QCOW2_MAX_L1_BYTES / 8 ||
+		    (sn[i].l1_offset & (s->cluster_size - 1)))
+			return qcow2_signal_corruption(s, "Bad snapshot table entry at", off);
+		ret = tblk_node_pread(s->node->file, off + 40, extra,
+				      TBLK_MIN(extra_size, (uint32_t)sizeof(extra)));
+		if (ret < 0)
+			return ret;
+		if (extra_size >= 8)
+			sn[i].vm_state_size = be64toh(*(uint64_t *)extra);
+		sn[i].disk_size = extra_size >= 16 ? be64toh(*(uint64_t *)(extra + 8)) : s->size;
+		off = TBLK_ALIGN_UP(off + 40 + extra_size + id_size + name_size, 8);
+	}
+	*out = g_steal_pointer(&sn);
+	return 0;
+}
+
+/* The new entry for zero cluster @e of an L2 table referenced @l2_rc times, or -errno. */
+static int expand_entry(struct qcow2_state *s, uint64_t e, uint64_t l2_rc, uint64_t *ne)
+{
+	uint64_t off = e & QCOW2_OFFSET_MASK;
+	int ret;
+
+	if (qcow2_entry_type(s, e) == QCOW2_ZERO_PLAIN) {
+		int64_t n;
+
+		if (!s->node->backing) {
+			*ne = 0;
+			return 0;
+		}
+		n = qcow2_alloc_clusters(s, s->cluster_size);
+		if (n < 0)
+			return (int)n;
+		off = (uint64_t)n;
+		/* A shared table: the new cluster is referenced as often as the table. */
+		if (l2_rc > 1) {
+			ret = qcow2_update_refcount(s, off, s->cluster_size, (int64_t)l2_rc - 1);
+			if (ret < 0)
+				return ret;
+		}
+	}
+	if (off & (s->cluster_size - 1))
+		return qcow2_signal_corruption(s, "Cluster allocation offset unaligned", off);
+	ret = tblk_node_pwrite_zeroes(s->data, off, s->cluster_size, 0);
+	if (ret < 0)
+		return ret;
+	/*
+	 * qemu 7.2 sets COPIED from the L2 table's refcount alone, also on a kept cluster that
+	 * a snapshot shares, which `qemu-img check` then reports: we look at the cluster's.
+	 */
+	if (qcow2_entry_type(s, e) == QCOW2_ZERO_ALLOC) {
+		ret = qcow2_get_refcount(s, off >> s->cluster_bits, &l2_rc);
+		if (ret < 0)
+			return ret;
+	}
+	*ne = off | (l2_rc == 1 ? QCOW2_OFLAG_COPIED : 0);
+	return 0;
+}
+
+/* One L2 table of an inactive (snapshot) L1 table, edited on disk. */
+static int expand_inactive_l2(struct qcow2_state *s, uint64_t l2off, uint64_t l2_rc)
+{
+	g_autofree uint8_t *t = g_malloc(s->cluster_size);
+	bool dirty = false;
+	int ret = tblk_node_pread(s->node->file, l2off, t, s->cluster_size);
+
+	for (uint32_t j = 0; ret >= 0 && j < s->l2_size; j++) {
+		uint64_t e = qcow2_l2_get(s, t, j), ne;
+		enum qcow2_ctype type = qcow2_entry_type(s, e);
+
+		if (type != QCOW2_ZERO_PLAIN && type != QCOW2_ZERO_ALLOC)
+			continue;
+		ret = expand_entry(s, e, l2_rc, &ne);
+		if (ret >= 0) {
+			qcow2_l2_set(s, t, j, ne, 0);
+			dirty = true;
+		}
+	}
+	if (ret >= 0 && dirty)
+		ret = tblk_node_pwrite(s->node->file, l2off, t, s->cluster_size, 0);
+	return ret;
+}
+
+/* One L2 table of the active L1 table, edited through the cache. */
+static int expand_active_l2(struct qcow2_state *s, uint64_t l2off, uint64_t l2_rc)
+{
+	for (uint32_t j = 0; j < s->l2_size; j++) {
+		void *t;
+		uint64_t e, ne;
+		enum qcow2_ctype type;
+		int ret = qcow2_cache_get(s->l2_cache, l2off, false, &t);
+
+		if (ret < 0)
+			return ret;
+		e = qcow2_l2_get(s, t, j);
+		type = qcow2_entry_type(s, e);
+		if (type != QCOW2_ZERO_PLAIN && type != QCOW2_ZERO_ALLOC)
+			continue;
+		ret = expand_entry(s, e, l2_rc, &ne);
+		/* The allocation may have evicted the table: look it up again. */
+		if (ret >= 0)
+			ret = qcow2_cache_get(s->l2_cache, l2off, false, &t);
+		if (ret < 0)
+			return ret;
+		qcow2_l2_set(s, t, j, ne, 0);
+		qcow2_cache_mark_dirty(s->l2_cache, t);
+	}
+	return 0;
+}
+
+static int expand_l1(struct qcow2_state *s, const uint64_t *l1, uint32_t l1_size, bool active)
+{
+	for (uint32_t i = 0; i < l1_size; i++) {
+		uint64_t l2off = l1[i] & QCOW2_OFFSET_MASK, l2_rc;
+		int ret;
 
 		if (!l2off)
 			continue;
 		if (l2off & (s->cluster_size - 1))
 			return qcow2_signal_corruption(s, "L2 table offset not aligned", l2off);
-		for (uint32_t j = 0; j < s->l2_size; j++) {
-			void *t;
-			uint64_t e, off;
-			enum qcow2_ctype type;
-			int ret = qcow2_cache_get(s->l2_cache, l2off, false, &t);
-
-			if (ret < 0)
-				return ret;
-			e = qcow2_l2_get(s, t, j);
-			type = qcow2_entry_type(s, e);
-			if (type != QCOW2_ZERO_PLAIN && type != QCOW2_ZERO_ALLOC)
-				continue;
-			off = e & QCOW2_OFFSET_MASK;
-			if (type == QCOW2_ZERO_PLAIN && !s->node->backing) {
-				qcow2_l2_set(s, t, j, 0, 0);
-				qcow2_cache_mark_dirty(s->l2_cache, t);
-				continue;
-			}
-			if (type == QCOW2_ZERO_PLAIN) {
-				int64_t n = qcow2_alloc_clusters(s, s->cluster_size);
-
-				if (n < 0)
-					return (int)n;
-				off = (uint64_t)n;
-			}
-			if (off & (s->cluster_size - 1))
-				return qcow2_signal_corruption(s, "Cluster allocation offset "
-							       "unaligned", off);
-			ret = tblk_node_pwrite_zeroes(s->data, off, s->cluster_size, 0);
-			if (ret >= 0)
-				ret = qcow2_cache_get(s->l2_cache, l2off, false, &t);
-			if (ret < 0)
-				return ret;
-			qcow2_l2_set(s, t, j, off | QCOW2_OFLAG_COPIED, 0);
-			qcow2_cache_mark_dirty(s->l2_cache, t);
-		}
+		ret = qcow2_get_refcount(s, l2off >> s->cluster_bits, &l2_rc);
+		if (ret >= 0)
+			ret = active ? expand_active_l2(s, l2off, l2_rc)
+				     : expand_inactive_l2(s, l2off, l2_rc);
+		if (ret < 0)
+			return ret;
 	}
-	return qcow2_flush_metadata(s);
+	return 0;
+}
+
+/*
+ * Zero clusters (v3 only) become unallocated (no backing file) or zero-filled data clusters,
+ * in the active L1 table then in every snapshot's, as qemu does.
+ */
+static int expand_zero_clusters(struct qcow2_state *s, const struct snap_info *sn)
+{
+	int ret = expand_l1(s, s->l1, s->l1_size, true);
+
+	/* Snapshot tables are edited on disk: the cache must hold nothing newer. */
+	if (ret >= 0)
+		ret = qcow2_flush_metadata(s);
+	for (uint32_t i = 0; ret >= 0 && i < s->nb_snapshots; i++) {
+		g_autofree uint64_t *l1 = g_new(uint64_t, TBLK_MAX(sn[i].l1_size, 1u));
+
+		ret = tblk_node_pread(s->node->file, sn[i].l1_offset, l1,
+				      (uint64_t)sn[i].l1_size * 8);
+		for (uint32_t k = 0; k < sn[i].l1_size; k++) {
+			l1[k] = be64toh(l1[k]);
+			qcow2_cache_discard(s->l2_cache, l1[k] & QCOW2_OFFSET_MASK);
+		}
+		if (ret >= 0)
+			ret = expand_l1(s, l1, sn[i].l1_size, false);
+	}
+	return ret < 0 ? ret : qcow2_flush_metadata(s);
 }
 
 static int has_compressed(struct qcow2_state *s, bool *found)
@@ -159,6 +296,7 @@ static int has_compressed(struct qcow2_state *s, bool *found)
 
 static int downgrade(struct qcow2_state *s, GError **errp)
 {
+	g_autofree struct snap_info *sn = NULL;
 	bool comp;
 	int ret;
 
@@ -166,10 +304,13 @@ static int downgrade(struct qcow2_state *s, GError **errp)
 		return tblk_error_set(errp, ENOTSUP, "compat=0.10 requires refcount_bits=16");
 	if (s->incompat & QCOW2_INCOMPAT_DATA_FILE)
 		return tblk_error_set(errp, ENOTSUP, "Cannot downgrade an image with a data file");
-	/* Snapshot sizes are not checked here yet: refuse rather than guess. */
-	if (s->nb_snapshots)
-		return tblk_error_set(errp, ENOTSUP, "Internal snapshots prevent downgrade of "
-				      "image");
+	ret = read_snapshots(s, &sn);
+	if (ret < 0)
+		return tblk_error_set_errno(errp, -ret, "Could not read the snapshot table");
+	for (uint32_t i = 0; i < s->nb_snapshots; i++)
+		if (sn[i].vm_state_size > UINT32_MAX || sn[i].disk_size != s->size)
+			return tblk_error_set(errp, ENOTSUP, "Internal snapshots prevent "
+					      "downgrade of image");
 	if (s->incompat & ~(QCOW2_INCOMPAT_COMPRESSION | QCOW2_INCOMPAT_DIRTY))
 		return tblk_error_set(errp, ENOTSUP, "Cannot downgrade an image with incompatible "
 				      "features 0x%" PRIx64 " set",
@@ -177,7 +318,7 @@ static int downgrade(struct qcow2_state *s, GError **errp)
 						 ~QCOW2_INCOMPAT_DIRTY));
 	s->compat = 0;
 	s->autoclear = 0;
-	ret = expand_zero_clusters(s);
+	ret = expand_zero_clusters(s, sn);
 	if (ret < 0)
 		return tblk_error_set_errno(errp, -ret, "Failed to turn zero into data clusters");
 	if (s->incompat & QCOW2_INCOMPAT_COMPRESSION) {

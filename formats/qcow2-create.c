@@ -128,15 +128,16 @@ static int check_opts(struct create_opts *o, GError **errp)
 				      "cluster sizes of at least 16384 bytes");
 	if (o->data_file_raw && !o->data_file)
 		return tblk_error_set(errp, EINVAL, "data-file-raw requires data-file");
-	if (o->backing_file && o->data_file_raw)
+	/* qemu's order: preallocation over a backing file needs subclusters, then raw data. */
+	if (o->backing_file && o->prealloc && strcmp(o->prealloc, "off") && !o->ext_l2)
 		return tblk_error_set(errp, EINVAL, "Backing file and preallocation can only be "
-				      "used at the same time if data-file-raw is not set");
+				      "used at the same time if extended_l2 is on");
+	if (o->backing_file && o->data_file_raw)
+		return tblk_error_set(errp, EINVAL, "Backing file and data-file-raw cannot be "
+				      "used at the same time");
 	if (o->backing_fmt && !o->backing_file)
 		return tblk_error_set(errp, EINVAL, "Backing format cannot be used without "
 				      "backing file");
-	if (o->backing_file && o->prealloc && strcmp(o->prealloc, "off"))
-		return tblk_error_set(errp, EINVAL, "Backing file and preallocation can only be "
-				      "used at the same time if data-file-raw is not set");
 	return 0;
 }
 

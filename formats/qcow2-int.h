@@ -360,7 +360,7 @@ int qcow2_change_refcount_order(struct qcow2_state *s, unsigned int order, GErro
 
 /* ------------------------------------------------ measure (qcow2-measure.c) */
 int tblk__qcow2_measure(GHashTable *opts, uint64_t size, struct tblk_blk *src,
-			struct tblk_measure *m, GError **errp);
+			struct tblk_node *src_node, struct tblk_measure *m, GError **errp);
 
 /* ------------------------------------------------ create (qcow2-create.c) */
 int qcow2_create(const char *filename, uint64_t size, GHashTable *opts, GError **errp);

@@ -327,9 +327,8 @@ static int prealloc_data(struct qcow2_state *s, uint64_t old, uint64_t size, int
 		uint64_t l2i = (guest >> s->cluster_bits) & (s->l2_size - 1);
 		uint64_t n = TBLK_MIN(left, s->l2_size - l2i);
 
-		/* Every subcluster is written: allocated, none zero. */
-		ret = link_run(s, guest, host, n, s->ext_l2 ? 0xffffffffull : 0,
-			       s->ext_l2 ? 0xffffffffull : ~0ull);
+		/* qemu 7.2 leaves extended L2 bitmaps as they were here (observed). */
+		ret = link_run(s, guest, host, n, 0, ~0ull);
 		if (ret < 0)
 			return tblk_error_set_errno(errp, -ret, "Failed to update L2 tables");
 		guest += n << s->cluster_bits;

@@ -129,6 +129,8 @@ static int shrink_reftable(struct qcow2_state *s)
 
 		if (!off)
 			continue;
+		if (off & (s->cluster_size - 1))
+			return qcow2_signal_corruption(s, "Refblock offset not aligned", off);
 		ret = qcow2_cache_get(s->rc_cache, off, false, &block);
 		if (ret < 0)
 			return ret;

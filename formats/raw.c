@@ -142,7 +142,7 @@ static int raw_create(const char *filename, uint64_t size, GHashTable *opts, GEr
 
 /* Every byte of a raw image takes its place in the file. */
 static int raw_measure(GHashTable *opts, uint64_t size, struct tblk_blk *src,
-		       struct tblk_measure *m, GError **errp)
+		       struct tblk_node *src_node, struct tblk_measure *m, GError **errp)
 {
 	int64_t len;
 

@@ -613,7 +613,7 @@ int tblk_img_measure(const char *fmt, GHashTable *options, uint64_t size, struct
 		return tblk_error_set(errp, ENOTSUP, "Block driver '%s' does not support size "
 				      "measurement", fmt);
 	memset(m, 0, sizeof(*m));
-	return drv->measure(opts, size, src, m, errp);
+	return drv->measure(opts, size, src, src ? src->root : NULL, m, errp);
 }
 
 int tblk_blk_amend(struct tblk_blk *blk, GHashTable *options, bool force,

@@ -121,9 +121,12 @@ struct tblk_driver {
 	int64_t (*get_allocated_size)(struct tblk_node *node);
 	int (*truncate)(struct tblk_node *node, uint64_t size, const char *prealloc,
 			GError **errp);
-	/* qemu-img measure: an image of @size bytes, or holding @src's data (see tblk.h). */
+	/*
+	 * qemu-img measure: an image of @size bytes, or holding @src's data (see tblk.h);
+	 * @src_node is @src's root node (NULL without a source).
+	 */
 	int (*measure)(GHashTable *opts, uint64_t size, struct tblk_blk *src,
-		       struct tblk_measure *m, GError **errp);
+		       struct tblk_node *src_node, struct tblk_measure *m, GError **errp);
 	/* qemu-img amend: changes options in place; runs drained. */
 	int (*amend)(struct tblk_node *node, GHashTable *opts, bool force,
 		     void (*progress)(double fraction, void *opaque), void *opaque,

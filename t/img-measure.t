@@ -4,7 +4,8 @@
 # tblk-img measure against Debian's qemu-img 7.2: stdout (human and JSON), stderr (program
 # name normalised) and exit status equal for sizes, target options (cluster sizes, refcount
 # widths, compat, extended L2, preallocation, backing file) and source images (qcow2 v2/v3
-# and raw, holding data, zeroes and holes, with a backing file), and for bad command lines
+# with and without persistent bitmaps, and raw, holding data, zeroes and holes, with a
+# backing file), and for bad command lines
 # (not a bad option: qemu-img measure then prints its whole help text, which is not ours).
 import os
 import shutil
@@ -50,6 +51,15 @@ def main():
            "top.qcow2", "12M")
         sh(d, "qemu-io", "-f", "qcow2", "-c", "write 11M 64k", "top.qcow2")
         sh(d, "qemu-img", "create", "-q", "-f", "raw", "odd.raw", "1000")
+        sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "bm.qcow2", "100M")
+        sh(d, "qemu-img", "bitmap", "--add", "bm.qcow2", "b0")
+        sh(d, "qemu-img", "bitmap", "--add", "-g", "512", "bm.qcow2", "a" * 40)
+        sh(d, "qemu-img", "bitmap", "--add", "-g", "2M", "bm.qcow2", "c")
+        sh(d, "qemu-io", "-f", "qcow2", "-c", "write 0 1M", "bm.qcow2")
+        for o in ("", "cluster_size=512", "cluster_size=2M", "compat=0.10"):
+            for out in ("human", "json"):
+                case(d, ["--output=" + out, "-O", "qcow2"] + (["-o", o] if o else []) +
+                     ["bm.qcow2"])
         sizes = ["0", "1000", "1M", "1G", "100G", "1P", "3T"]
         opts = ["", "cluster_size=512", "cluster_size=2M", "refcount_bits=1",
                 "refcount_bits=64", "compat=0.10", "extended_l2=on",

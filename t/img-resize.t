@@ -42,11 +42,14 @@ def same_files(a, b):
 def diff_case(d, name, setup, args, files=("img",), check=True):
     """setup(dir) makes the input files; args: the resize arguments (file names relative)."""
     res = {}
+    for side in ("q", "t"):
+        shutil.rmtree(os.path.join(d, side), ignore_errors=True)
+    os.makedirs(os.path.join(d, "q"))
+    setup(os.path.join(d, "q"))
+    # one setup copied to both sides: snapshots carry timestamps
+    shutil.copytree(os.path.join(d, "q"), os.path.join(d, "t"))
     for side, tool in (("q", "qemu-img"), ("t", TIMG)):
         sd = os.path.join(d, side)
-        shutil.rmtree(sd, ignore_errors=True)
-        os.makedirs(sd)
-        setup(sd)
         rc, out, err = run([tool, "resize"] + args, sd)
         res[side] = (rc, out, norm(err, os.path.basename(tool)))
     q, t = res["q"], res["t"]
@@ -131,6 +134,27 @@ def main():
                         ch = ["300M"]
                     diff_case(d, "qcow2 %s %s" % (gname, dname),
                               qcow2_setup("4M", go, writes), ch + ["img.qcow2"], F)
+        # extended L2 with a partly written cluster: qemu leaves the new bitmaps alone
+        for ch in (["--preallocation=falloc", "+1M"], ["--preallocation=full", "+1M"]):
+            diff_case(d, "qcow2 extl2 subclusters",
+                      qcow2_setup("4M", "extended_l2=on", ("write -P 1 4k 8k",)),
+                      ch + ["img.qcow2"], F)
+        # internal snapshots, external data files
+        def snap(sd):
+            qcow2_setup("4M", "cluster_size=65536", ("write -P 1 0 1M",))(sd)
+            sh([["qemu-img", "snapshot", "-c", "s1", "img.qcow2"],
+                ["qemu-io", "-f", "qcow2", "-c", "write -P 2 512k 1M", "-c",
+                 "write -z 3M 64k", "img.qcow2"]], sd)
+        def v2snap(sd):
+            qcow2_setup("4M", "compat=0.10", ("write -P 1 0 1M",))(sd)
+            sh([["qemu-img", "snapshot", "-c", "s1", "img.qcow2"]], sd)
+        for ch in (["+4M"], ["--shrink", "1M"], ["--preallocation=metadata", "+1M"],
+                   ["--preallocation=full", "+1M"]):
+            diff_case(d, "qcow2 with a snapshot", snap, ch + ["img.qcow2"], F)
+            diff_case(d, "qcow2 with an external data file",
+                      qcow2_setup("4M", "data_file=img.data", ("write -P 1 0 1M",)),
+                      ch + ["img.qcow2"], ("img.qcow2", "img.data"))
+        diff_case(d, "qcow2 v2 with a snapshot", v2snap, ["+4M", "img.qcow2"], F)
         # backing file
         for ch in (["+4M"], ["--shrink", "1M"], ["--preallocation=metadata", "+1M"]):
             diff_case(d, "qcow2 with backing",
@@ -189,6 +213,22 @@ def main():
                 ok(r[0] == 0 and same_files(os.path.join(d, "q", "c.qcow2"),
                                             os.path.join(d, "t", "c.qcow2")),
                    "create -o %s %s: same file" % (opts, size), r[2])
+        # over a backing file (needs extended L2), and the refusals, with qemu's messages
+        for opts in ("preallocation=metadata,extended_l2=on", "preallocation=full,extended_l2=on",
+                     "preallocation=falloc,extended_l2=on,cluster_size=32k",
+                     "preallocation=metadata", "data_file=d.raw,data_file_raw=on"):
+            res = []
+            for side, tool in (("q", "qemu-img"), ("t", TIMG)):
+                sd = os.path.join(d, side)
+                shutil.rmtree(sd, ignore_errors=True)
+                os.makedirs(sd)
+                sh([["qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "4M"]], sd)
+                r = run([tool, "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2",
+                         "-o", opts, "c.qcow2", "3M"], sd)
+                res.append((r[0], r[1], r[2].split(": ", 1)[-1]))
+            ok(res[0] == res[1] and same_files(os.path.join(d, "q", "c.qcow2"),
+                                               os.path.join(d, "t", "c.qcow2")),
+               "create -b -o %s: same result" % opts, "%r" % res)
         for opts in ("preallocation=falloc", "preallocation=full"):
             for side, tool in (("q", "qemu-img"), ("t", TIMG)):
                 sd = os.path.join(d, side)
