@@ -70,6 +70,27 @@ def workload(rng, n):
     return cmds
 
 
+def wait_stopped(proc):
+    """
+    Waits until every thread of @proc has stopped: SIGSTOP only asks them to, and a copy
+    taken while one still runs is torn. False if the process ended instead.
+    """
+    while proc.poll() is None:
+        states = []
+        try:
+            for tid in os.listdir("/proc/%d/task" % proc.pid):
+                with open("/proc/%d/task/%s/stat" % (proc.pid, tid)) as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+        except OSError:
+            states = []     # a thread came or went: look again
+        if any(s in "ZX" for s in states):
+            return False
+        if states and all(s in "Tt" for s in states):
+            return True
+        time.sleep(0.0005)
+    return False
+
+
 def completed(out):
     """
     How many commands are known to have completed. A prompt is printed after each command
@@ -256,10 +277,11 @@ def main():
                 cut = None
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGSTOP)
-                    cut = img + ".cut"
-                    shutil.copyfile(img, cut)
-                    with open(outp) as f:
-                        cut_out = f.read()
+                    if wait_stopped(proc):
+                        cut = img + ".cut"
+                        shutil.copyfile(img, cut)
+                        with open(outp) as f:
+                            cut_out = f.read()
                     proc.send_signal(signal.SIGCONT)
                 time.sleep(max(t_kill - t_stop, 0))
                 if proc.poll() is None:
