@@ -50,7 +50,7 @@
  * A mutex that knows its owner in debug builds, so `_locked` functions can assert the
  * caller holds it.  Leaf unless the struct that embeds it documents an order.
  */
-struct tblk_mutex {
+struct TBLK_TSA(capability("mutex")) tblk_mutex {
 	pthread_mutex_t m;
 #ifdef TBLK_DEBUG
 	pthread_t owner;	/* [m] thread holding it, valid while locked */
@@ -71,7 +71,7 @@ static inline void tblk_mutex_destroy(struct tblk_mutex *mu)
 	pthread_mutex_destroy(&mu->m);
 }
 
-static inline void tblk_mutex_lock(struct tblk_mutex *mu) TBLK_NO_TSA
+static inline void tblk_mutex_lock(struct tblk_mutex *mu) TBLK_ACQUIRES(mu) TBLK_NO_TSA
 {
 	int r = pthread_mutex_lock(&mu->m);
 
@@ -83,7 +83,7 @@ static inline void tblk_mutex_lock(struct tblk_mutex *mu) TBLK_NO_TSA
 #endif
 }
 
-static inline void tblk_mutex_unlock(struct tblk_mutex *mu) TBLK_NO_TSA
+static inline void tblk_mutex_unlock(struct tblk_mutex *mu) TBLK_RELEASES(mu) TBLK_NO_TSA
 {
 #ifdef TBLK_DEBUG
 	assert(mu->locked && pthread_equal(mu->owner, pthread_self()));

@@ -38,7 +38,8 @@ static int null_open(struct tblk_node *node, GHashTable *opts, unsigned int flag
 		     GError **errp)
 {
 	struct null_state *s = node->opaque;
-	g_autofree char *filename = tblk__opts_take(opts, "filename");
+	/* null-co:// names carry nothing: the filename option is taken and dropped. */
+	g_free(tblk__opts_take(opts, "filename"));
 
 	s->size = 1ull << 30;
 	if (tblk__opts_take_size(opts, "size", &s->size, errp) < 0 ||

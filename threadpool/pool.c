@@ -234,7 +234,7 @@ static bool want_worker_locked(struct tblk_pool *pool)
 }
 
 /* Spins a little for new work; true if some is queued now. Drops the lock meanwhile. */
-static bool spin_locked(struct tblk_pool *pool)
+static bool spin_locked(struct tblk_pool *pool) TBLK_REQUIRES(pool->lock)
 {
 	uint64_t spin_ns = __atomic_load_n(&pool->spin_ns, __ATOMIC_RELAXED), start;
 	unsigned int i;
@@ -295,6 +295,7 @@ static bool surplus_locked(struct tblk_pool *pool)
 
 /* Leaves the pool; the thread is joined by whoever next takes the zombies. Unlocks. */
 static void worker_exit_locked(struct tblk_pool *pool, struct worker *w)
+	TBLK_RELEASES(pool->lock)
 {
 	struct tblk_list zombies;
 

@@ -340,6 +340,7 @@ unsigned int nbds_server_nr_exports(struct nbds_server *srv)
  */
 static void wait_locked(struct nbds_server *srv, struct tblk_loop *loop,
 			bool (*pred)(struct nbds_server *srv, void *arg), void *arg)
+	TBLK_REQUIRES(srv->lock)
 {
 	while (!pred(srv, arg)) {
 		if (tblk_loop_in_thread(loop) || !tblk_loop_is_running(loop)) {
