@@ -139,6 +139,8 @@ def main():
                ["-o", "compression_type=zstd", "img.qcow2"], ["-o", "encryption=on", "img.qcow2"],
                ["-o", "encrypt.format=luks", "img.qcow2"],
                ["-o", "lazy_refcounts=maybe", "img.qcow2"], ["-o", "refcount_bits=x", "img.qcow2"],
+               # ",," is a comma inside a value; a trailing single comma is an empty element
+               ["-o", "lazy_refcounts=on,,off", "img.qcow2"], ["-o", "compat=1.1,", "img.qcow2"],
                ["-o", "size=abc", "img.qcow2"], ["-o", "size=1000", "img.qcow2"],
                ["-o", "data_file=x", "img.qcow2"], ["-o", "data_file_raw=on", "img.qcow2"],
                ["-o", "backing_file=other.qcow2", "img.qcow2"],

@@ -64,7 +64,7 @@ static void amend_parse(int argc, char **argv, struct amend_args *a)
 		case '?': case ':': img_bad_option(c, argv);
 		case 'h': img_help();
 		case 'o':
-			if (!*optarg || *optarg == ',' || optarg[strlen(optarg) - 1] == ',') {
+			if (!img_opt_list_valid(optarg)) {
 				tool_error("Invalid option list: %s", optarg);
 				exit(1);
 			}
@@ -84,16 +84,6 @@ static void amend_parse(int argc, char **argv, struct amend_args *a)
 	}
 	if (!a->has_options)
 		img_error_exit("Must specify options (-o)");
-}
-
-static bool list_has_help(const char *list)
-{
-	g_auto(GStrv) parts = g_strsplit(list, ",", -1);
-
-	for (char **p = parts; *p; p++)
-		if (!strcmp(*p, "help") || !strcmp(*p, "?"))
-			return true;
-	return false;
 }
 
 static int print_help(const char *fmt)
@@ -145,7 +135,7 @@ static int check_value(enum amend_type t, const char *key, const char *val)
 /* Splits the -o list into @opts with qemu's checks and messages; -1 after the message. */
 static int parse_list(const char *fmt, const char *list, GHashTable *opts)
 {
-	g_auto(GStrv) parts = g_strsplit(list, ",", -1);
+	g_auto(GStrv) parts = img_opt_list_split(list);
 
 	for (char **p = parts; *p; p++) {
 		char *eq = strchr(*p, '=');
@@ -176,7 +166,7 @@ static int amend_run(struct tblk_blk *blk, struct amend_args *a)
 	g_autoptr(GHashTable) opts = tblk_opts_new();
 	GError *err = NULL;
 
-	if (list_has_help(a->options->str))
+	if (img_opt_list_has_help(a->options->str))
 		return print_help(fmt);
 	if (strcmp(fmt, "qcow2")) {
 		tool_error("Format driver '%s' does not support option amendment", fmt);
@@ -204,7 +194,7 @@ int img_amend(int argc, char **argv)
 	a.options = g_string_new(NULL);
 	amend_parse(argc, argv, &a);
 	img_progress_init(a.progress && !a.quiet, 1.0f);
-	if (a.open.fmt && list_has_help(a.options->str)) {
+	if (a.open.fmt && img_opt_list_has_help(a.options->str)) {
 		ret = print_help(a.open.fmt);
 		goto out;
 	}

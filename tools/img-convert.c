@@ -120,36 +120,6 @@ enum {
 	OPT_TARGET_IS_ZERO, OPT_BITMAPS, OPT_SKIP_BROKEN,
 };
 
-static bool option_list_valid(const char *s)
-{
-	const char *p;
-
-	if (!*s || *s == ',')
-		return false;
-	for (p = s; *p; p++) {
-		if (*p != ',')
-			continue;
-		if (p[1] == ',') {
-			p++;
-			continue;
-		}
-		if (p[1] == '\0')
-			return false;
-	}
-	return true;
-}
-
-/* True if an element of the -o list asks for help ("help" or "?"). */
-static bool has_help_option(const char *list)
-{
-	g_auto(GStrv) elems = g_strsplit(list, ",", -1);
-
-	for (char **e = elems; *e; e++)
-		if (!strcmp(*e, "help") || !strcmp(*e, "?"))
-			return true;
-	return false;
-}
-
 /* -l snapshot.id=ID,snapshot.name=NAME: only those two keys. */
 static void parse_snapshot_opts(const char *arg)
 {
@@ -223,7 +193,7 @@ static void parse_one(struct convert_args *a, int c, char **argv)
 	case 'S': parse_sparse(a, optarg); break;
 	case 'm': parse_slots(a, optarg); break;
 	case 'o':
-		if (!option_list_valid(optarg)) {
+		if (!img_opt_list_valid(optarg)) {
 			tool_error("Invalid option list: %s", optarg);
 			exit(1);
 		}
@@ -277,7 +247,7 @@ static void check_args(struct convert_args *a)
 		tool_error("%s", msg);
 		exit(1);
 	}
-	if (a->options->len && has_help_option(a->options->str)) {
+	if (a->options->len && img_opt_list_has_help(a->options->str)) {
 		if (!a->out_fmt) {
 			tool_error("Option help requires a format be specified");
 			exit(1);

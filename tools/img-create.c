@@ -78,26 +78,6 @@ static int co_index(const struct create_opts *co, const char *name)
 	return -1;
 }
 
-/* qemu refuses an empty -o list or one with an empty element (",," is a comma). */
-static bool option_list_valid(const char *s)
-{
-	const char *p;
-
-	if (!*s || *s == ',')
-		return false;
-	for (p = s; *p; p++) {
-		if (*p != ',')
-			continue;
-		if (p[1] == ',') {
-			p++;
-			continue;
-		}
-		if (p[1] == '\0')
-			return false;
-	}
-	return true;
-}
-
 static void create_help_options(const char *fmt)
 {
 	if (fmt && !strcmp(fmt, "qcow2")) {
@@ -164,7 +144,7 @@ static void create_parse(int argc, char **argv, struct create_args *a)
 		case 'o':
 			if (!strcmp(optarg, "help") || !strcmp(optarg, "?"))
 				create_help_options(a->fmt);
-			if (!option_list_valid(optarg)) {
+			if (!img_opt_list_valid(optarg)) {
 				tool_error("Invalid option list: %s", optarg);
 				exit(1);
 			}

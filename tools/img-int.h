@@ -71,6 +71,12 @@ void img_object_check(const char *def);
  * printing the error, else 0.
  */
 int img_create_opts_parse(const char *fmt, const char *list, GHashTable *opts);
+/* qemu refuses an empty -o list or one with an empty element (",," is a comma). */
+bool img_opt_list_valid(const char *s);
+/* The elements of a -o list, ",," turned into ','; free with g_strfreev(). */
+char **img_opt_list_split(const char *list);
+/* True if an element of a -o list asks for help ("help" or "?"). */
+bool img_opt_list_has_help(const char *list);
 /* True if the table of creation options of @fmt has @key (unknown formats: true). */
 bool img_fmt_has_create_opt(const char *fmt, const char *key);
 /* True if @fmt is a format tblk-img knows to take compressed writes (qcow2). */

@@ -297,13 +297,42 @@ static int create_opt_set(const char *fmt, char *elem, GHashTable *opts)
 	return 0;
 }
 
-int img_create_opts_parse(const char *fmt, const char *list, GHashTable *opts)
+bool img_opt_list_valid(const char *s)
 {
+	const char *p;
+
+	if (!*s || *s == ',')
+		return false;
+	for (p = s; *p; p++) {
+		if (*p != ',')
+			continue;
+		if (p[1] == ',') {
+			p++;
+			continue;
+		}
+		if (p[1] == '\0')
+			return false;
+	}
+	return true;
+}
+
+bool img_opt_list_has_help(const char *list)
+{
+	g_auto(GStrv) elems = g_strsplit(list, ",", -1);
+
+	for (char **e = elems; *e; e++)
+		if (!strcmp(*e, "help") || !strcmp(*e, "?"))
+			return true;
+	return false;
+}
+
+char **img_opt_list_split(const char *list)
+{
+	GPtrArray *elems = g_ptr_array_new();
 	GString *elem = g_string_new(NULL);
 	const char *p = list;
-	int ret = 0;
 
-	while (*p && ret == 0) {
+	while (*p) {
 		g_string_truncate(elem, 0);
 		for (; *p && (*p != ',' || p[1] == ','); p++) {
 			g_string_append_c(elem, *p);
@@ -312,9 +341,20 @@ int img_create_opts_parse(const char *fmt, const char *list, GHashTable *opts)
 		}
 		if (*p == ',')
 			p++;
-		ret = create_opt_set(fmt, elem->str, opts);
+		g_ptr_array_add(elems, g_strdup(elem->str));
 	}
 	g_string_free(elem, TRUE);
+	g_ptr_array_add(elems, NULL);
+	return (char **)g_ptr_array_free(elems, FALSE);
+}
+
+int img_create_opts_parse(const char *fmt, const char *list, GHashTable *opts)
+{
+	g_auto(GStrv) elems = img_opt_list_split(list);
+	int ret = 0;
+
+	for (char **e = elems; *e && ret == 0; e++)
+		ret = create_opt_set(fmt, *e, opts);
 	return ret;
 }
 
