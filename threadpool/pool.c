@@ -19,12 +19,16 @@
  *   waker still holds (what a condition variable signalled under the lock costs). A burst
  *   wakes as many workers as it has items, never more. LIFO keeps hot threads busy and
  *   lets the cold ones time out.
+ * - Running workers (not idle, not blocked in the wait service) are limited by an adaptive
+ *   cap (pool-cap.c) that looks for the fewest that keep the throughput: with fewer running
+ *   workers than items in flight, a worker goes from one item to the next without sleeping.
  * - Completions go back through the loop's lock-free stack; see loop.c.
  * Items are embedded by the submitter (intrusive link): no allocation per item.
  */
 #include <sched.h>
 #include <signal.h>
 
+#include "threadpool/pool-cap.h"
 #include "threadpool/threadpool-int.h"
 
 #define POOL_FREE_POLL_NS	10000000ull	/* tblk_pool_free() rechecks this often */
@@ -71,6 +75,7 @@ struct tblk_pool {
 	unsigned int nr_idle;		/* [lock] workers on idle */
 	unsigned int nr_coming;		/* [lock] will look at the queue without a wake-up */
 	bool spinning;			/* [lock] a worker spins (one at most) */
+	struct tblk_pool_cap cap;	/* [lock] limit on running workers */
 	bool stopping;			/* [lock] tblk_pool_free() is making the workers exit */
 	struct tblk_list idle;		/* [lock] struct worker, most recently idle first */
 	struct tblk_list zombies;	/* [lock] exited workers waiting to be joined */
@@ -222,8 +227,15 @@ static void spawn_worker(struct tblk_pool *pool)
 		tblk_pool_run_queued(pool);
 }
 
+/* Workers neither idle nor blocked in tblk_pool_wait(): busy, spinning or starting. */
+static unsigned int nr_running_locked(struct tblk_pool *pool)
+{
+	return pool->nr_threads - pool->nr_blocked - pool->nr_idle;
+}
+
 /*
- * Queued work that no worker is on its way to: hand the oldest item to the most recently
+ * Queued work that no worker is on its way to, and fewer running workers than the cap
+ * allows (else a running one takes it when it finishes): hand the oldest item to the most recently
  * idle worker (returned in *woken, for the caller to wake with wake_worker() once it has
  * dropped the lock), or, if the non-blocked workers are below the maximum, tell the caller
  * to start one (true).
@@ -234,7 +246,8 @@ static bool want_worker_locked(struct tblk_pool *pool, struct worker **woken)
 
 	tblk_mutex_assert_held(&pool->lock);
 	*woken = NULL;
-	if (pool->nr_queued <= pool->nr_coming)
+	tblk__cap_demand(&pool->cap, nr_running_locked(pool) + pool->nr_queued);
+	if (pool->nr_queued <= pool->nr_coming || nr_running_locked(pool) >= pool->cap.cap)
 		return false;
 	if (!tblk_list_empty(&pool->idle)) {
 		w = tblk_list_entry(pool->idle.next, struct worker, link);
@@ -371,24 +384,30 @@ static void *worker_main(void *opaque) TBLK_NO_TSA
 	tblk_mutex_lock(&pool->lock);
 	pool->nr_coming--;	/* counted by our creator until we look at the queue */
 	for (;;) {
+		bool over_cap;
+
 		if (surplus_locked(pool))
 			break;
-		work = dequeue_locked(pool);
+		/* Over the cap (it was lowered): leave the queue to the others and idle. */
+		over_cap = nr_running_locked(pool) > pool->cap.cap;
+		work = over_cap ? NULL : dequeue_locked(pool);
 		if (work) {
 			tblk_mutex_unlock(&pool->lock);
 			run_work(pool, work);
 			tblk_mutex_lock(&pool->lock);
+			tblk__cap_completed(&pool->cap);
 			continue;
 		}
 		if (pool->stopping)
 			break;
-		if (spin_locked(pool))
+		if (!over_cap && spin_locked(pool))
 			continue;
 		work = idle_wait_locked(pool, w);
 		if (!work)
 			break;
 		run_work(pool, work);	/* handed over: the lock was not retaken */
 		tblk_mutex_lock(&pool->lock);
+		tblk__cap_completed(&pool->cap);
 	}
 	worker_exit_locked(pool, w);
 	return NULL;
@@ -427,6 +446,8 @@ struct tblk_pool *tblk_pool_new(unsigned int min_threads, unsigned int max_threa
 	pool->max_threads = max_threads;
 	pool->idle_ns = idle_ms * 1000000ull;
 	pool->spin_ns = tblk__env_ns("TBLK_POOL_SPIN_NS", TBLK_POOL_SPIN_NS);
+	tblk__cap_init(&pool->cap, TBLK_POOL_MIN_CAP, max_threads,
+		       tblk__env_ns("TBLK_POOL_ADAPT", 1) != 0);
 	init_lock(&pool->lock);
 	tblk_cond_init(&pool->free_cv);
 	tblk_list_init(&pool->idle);
@@ -508,6 +529,7 @@ void tblk_pool_get_stats(struct tblk_pool *pool, struct tblk_pool_stats *st)
 	st->nr_threads = pool->nr_threads;
 	st->nr_idle = pool->nr_idle;
 	st->nr_blocked = pool->nr_blocked;
+	st->cap = pool->cap.cap;
 	tblk_mutex_unlock(&pool->lock);
 	st->nr_completed = __atomic_load_n(&pool->nr_completed, __ATOMIC_RELAXED);
 }
