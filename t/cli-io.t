@@ -549,8 +549,7 @@ TODO="no VM state API in the library: qcow2's VM state area cannot be read or wr
 base=$tmp/ext.qcow2
 c "qcow2 extended L2: alloc and map" -f qcow2 -c map -c "alloc 0 1M" -c "alloc 4k 60k" \
 	-c "alloc 2k" -c "write -c 512k 64k" -c map img
-TODO="formats/qcow2-rw.c: zeroing allocated subclusters writes zero data, qemu sets zero bits" \
-	c "qcow2 extended L2: write -z -u over data" -f qcow2 -c "write -z -u 256k 32k" -c map img
+c "qcow2 extended L2: write -z -u over data" -f qcow2 -c "write -z -u 256k 32k" -c map img
 base=$tmp/v2.qcow2
 c "qcow2 v2: info" -c info img
 base=$tmp/overlay.qcow2
