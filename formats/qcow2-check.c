@@ -44,7 +44,7 @@ static void ref_range(struct check *c, uint64_t offset, uint64_t len)
 			finding(c, "ERROR: counting reference for region exceeding the end of the "
 				   "file by one cluster or more: offset 0x%" PRIx64 " size 0x%" PRIx64,
 				offset, len);
-			c->res->check_errors++;
+			c->res->corruptions++;	/* qemu-img counts these as errors */
 			return;
 		}
 		c->refs[i]++;
