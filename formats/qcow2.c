@@ -161,7 +161,7 @@ static int open_backing(struct tblk_node *node, struct qcow2_state *s, GHashTabl
 
 	if (bnull && !strcmp(bnull, "null"))
 		return 0;
-	if (!s->backing_file)
+	if (!s->backing_file || (flags & TBLK_OPEN_NO_BACKING))
 		return 0;
 	if (s->backing_file[0] == '/' || strstr(s->backing_file, "://") ||
 	    !node->file->filename)
@@ -455,4 +455,6 @@ const struct tblk_driver tblk__drv_qcow2 = {
 	.truncate = tblk__qcow2_truncate,
 	.measure = tblk__qcow2_measure,
 	.amend = tblk__qcow2_amend,
+	.change_backing_file = tblk__qcow2_change_backing_file,
+	.make_empty = tblk__qcow2_make_empty,
 };
