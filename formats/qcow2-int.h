@@ -236,6 +236,8 @@ void qcow2_cache_mark_dirty(struct qcow2_cache *c, void *table);
 int qcow2_cache_write(struct qcow2_cache *c);
 /* Forgets the table at @offset (freed) without writing it. */
 void qcow2_cache_discard(struct qcow2_cache *c, uint64_t offset);
+/* Forgets every table (clean or not) without writing it. */
+void qcow2_cache_clear(struct qcow2_cache *c);
 /* Writes all metadata in a crash-safe order: refcounts, file flush, L2 tables. */
 int qcow2_flush_metadata(struct qcow2_state *s);
 
@@ -322,6 +324,11 @@ int tblk__qcow2_snapshot_delete(struct tblk_node *node, const char *id, const ch
 				GError **errp);
 int tblk__qcow2_snapshot_load_tmp(struct tblk_node *node, const char *id, const char *name,
 				  GError **errp);
+
+/* ------------------------------------------------ backing file, emptying (qcow2-backing.c) */
+int tblk__qcow2_change_backing_file(struct tblk_node *node, const char *backing_file,
+				    const char *backing_fmt);
+int tblk__qcow2_make_empty(struct tblk_node *node);
 
 /* ------------------------------------------------ resize (qcow2-resize.c, qcow2-prealloc.c) */
 enum { QCOW2_PREALLOC_OFF, QCOW2_PREALLOC_METADATA, QCOW2_PREALLOC_FALLOC, QCOW2_PREALLOC_FULL };

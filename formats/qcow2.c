@@ -161,15 +161,17 @@ static int open_backing(struct tblk_node *node, struct qcow2_state *s, GHashTabl
 
 	if (bnull && !strcmp(bnull, "null"))
 		return 0;
-	if (!s->backing_file)
+	if (!s->backing_file || (flags & TBLK_OPEN_NO_BACKING))
 		return 0;
 	if (s->backing_file[0] == '/' || strstr(s->backing_file, "://") ||
-	    !node->file->filename)
+	    !node->file->filename || !strrchr(node->file->filename, '/')) {
 		path = g_strdup(s->backing_file);
-	else {
-		g_autofree char *dir = g_path_get_dirname(node->file->filename);
+	} else {
+		/* The image's directory as written, as qemu combines them ("./a" gives "./b"). */
+		const char *slash = strrchr(node->file->filename, '/');
 
-		path = g_build_filename(dir, s->backing_file, NULL);
+		path = g_strdup_printf("%.*s%s", (int)(slash - node->file->filename + 1),
+				       node->file->filename, s->backing_file);
 	}
 	if (s->backing_fmt && !g_hash_table_contains(bopts, "driver"))
 		g_hash_table_insert(bopts, g_strdup("driver"), g_strdup(s->backing_fmt));
@@ -455,4 +457,6 @@ const struct tblk_driver tblk__drv_qcow2 = {
 	.truncate = tblk__qcow2_truncate,
 	.measure = tblk__qcow2_measure,
 	.amend = tblk__qcow2_amend,
+	.change_backing_file = tblk__qcow2_change_backing_file,
+	.make_empty = tblk__qcow2_make_empty,
 };

@@ -648,6 +648,73 @@ int tblk_blk_chain_length(struct tblk_blk *blk)
 	return n;
 }
 
+int tblk_blk_chain_layer(struct tblk_blk *blk, int depth, struct tblk_chain_layer *layer)
+{
+	struct tblk_node *node = blk->image;
+	struct tblk_format_info info = { 0 };
+
+	for (; node && depth > 0; depth--)
+		node = node->backing;
+	if (!node || depth < 0)
+		return -ENOENT;
+	if (node->drv->get_info && node->drv->get_info(node, &info) < 0)
+		memset(&info, 0, sizeof(info));
+	layer->filename = node->filename;
+	layer->format = node->drv->name;
+	layer->backing_file = info.backing_file;
+	layer->backing_fmt = info.backing_fmt;
+	return 0;
+}
+
+/* Runs a metadata operation of the root's driver in a drained section. */
+static int blk_drained_op(struct tblk_blk *blk, int (*op)(struct tblk_node *node,
+							  const void *a, const void *b),
+			  const void *a, const void *b)
+{
+	int ret;
+
+	tblk__blk_drained_begin(blk);
+	tblk__req_enter();
+	ret = op(blk->image, a, b);
+	tblk__req_leave();
+	tblk__blk_drained_end(blk);
+	return ret;
+}
+
+static int op_change_backing(struct tblk_node *node, const void *a, const void *b)
+{
+	return node->drv->change_backing_file(node, a, b);
+}
+
+static int op_make_empty(struct tblk_node *node, const void *a, const void *b)
+{
+	(void)a;
+	(void)b;
+	return node->drv->make_empty(node);
+}
+
+int tblk_blk_change_backing_file(struct tblk_blk *blk, const char *backing_file,
+				 const char *backing_fmt)
+{
+	if (!blk->image->drv->change_backing_file)
+		return -ENOTSUP;
+	if (blk->image->read_only)
+		return -EACCES;
+	return blk_drained_op(blk, op_change_backing, backing_file, backing_fmt);
+}
+
+int tblk_blk_make_empty(struct tblk_blk *blk)
+{
+	int ret;
+
+	if (!blk->image->drv->make_empty)
+		return -ENOTSUP;
+	if (blk->image->read_only)
+		return -EACCES;
+	ret = blk_drained_op(blk, op_make_empty, NULL, NULL);
+	return ret;
+}
+
 int tblk_blk_block_status_depth(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
 				uint64_t *pnum, uint64_t *map, int *depth)
 {

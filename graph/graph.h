@@ -133,6 +133,17 @@ struct tblk_driver {
 		     GError **errp);
 
 	/*
+	 * Records @backing_file (NULL: none) and @backing_fmt (may be NULL) in the image
+	 * header (qemu-img rebase); the open backing chain is left as it is. Runs drained.
+	 * -ENOSPC if the header cluster cannot hold them, -EINVAL if the image cannot have
+	 * that backing file.
+	 */
+	int (*change_backing_file)(struct tblk_node *node, const char *backing_file,
+				   const char *backing_fmt);
+	/* Drops all data of the image (what qemu-img commit does to the committed top). */
+	int (*make_empty)(struct tblk_node *node);
+
+	/*
 	 * Internal snapshots (tblk_blk_snapshot_*); all NULL if the format has none. Called on
 	 * the control thread with the node drained.
 	 */

@@ -63,6 +63,7 @@ void tblk_iothread_free(struct tblk_iothread *iot);
 #define TBLK_OPEN_PROTOCOL	0x0100u	/* open the protocol node only, no format on top */
 #define TBLK_OPEN_CHECK		0x1000u	/* opened to be checked: no repair of a dirty image */
 #define TBLK_OPEN_COPY_ON_READ	0x0200u	/* copy-on-read filter on top (copy-on-read=on) */
+#define TBLK_OPEN_NO_BACKING	0x2000u	/* do not open the backing file the image names */
 
 /*
  * Parses a cache mode as qemu does ("none", "writeback", "writethrough", "directsync",
@@ -292,6 +293,33 @@ int tblk_blk_snapshot_load_tmp(struct tblk_blk *blk, const char *id, const char 
 			       GError **errp);
 /* Number of images in the backing chain (1 without a backing file). */
 int tblk_blk_chain_length(struct tblk_blk *blk);
+/*
+ * The image at @depth of the backing chain (0: the image itself, 1: its backing file, ...):
+ * the file it was opened from, its format driver, and the backing file name and format it
+ * records (NULL when absent). Strings are borrowed and live until @blk is closed. 0, or
+ * -ENOENT if the chain is shorter.
+ */
+struct tblk_chain_layer {
+	const char *filename;
+	const char *format;
+	const char *backing_file;
+	const char *backing_fmt;
+};
+int tblk_blk_chain_layer(struct tblk_blk *blk, int depth, struct tblk_chain_layer *layer);
+/*
+ * Rewrites the backing file name (NULL: none) and its format (may be NULL) recorded in the
+ * image's header, as qemu-img rebase does; the chain already open is not changed. Drains.
+ * 0, or -ENOTSUP (the format has no backing files), -ENOSPC (no room in the header),
+ * -EINVAL (a format without a file, or an image that cannot take one), -errno.
+ */
+int tblk_blk_change_backing_file(struct tblk_blk *blk, const char *backing_file,
+				 const char *backing_fmt);
+/*
+ * Drops all data of a writable image (qemu-img commit empties the committed image this
+ * way: a qcow2 v3 image without snapshots is rewritten as freshly created, others have
+ * every cluster discarded). Drains. 0 or -errno (-ENOTSUP: the format cannot).
+ */
+int tblk_blk_make_empty(struct tblk_blk *blk);
 
 /* The format driver's name ("raw"), the root node's filename, the protocol's name. */
 const char *tblk_blk_format_name(struct tblk_blk *blk);
