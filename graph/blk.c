@@ -477,7 +477,12 @@ void tblk_blk_drain(struct tblk_blk *blk)
 {
 	/* A drain from one of its own callbacks would wait for that callback forever. */
 	assert(cb_blk != blk);
+	/* Requests waiting for the backend's I/O limits go now (qemu: limits off in drain). */
+	if (blk->throttle)
+		tblk__thr_member_drain(blk->throttle, true);
 	tblk__graph_wait_idle(blk->root, blk->loop);
+	if (blk->throttle)
+		tblk__thr_member_drain(blk->throttle, false);
 }
 
 /* Drained section over the whole graph of @blk; parked requests resume at the end. */
@@ -487,11 +492,15 @@ void tblk__blk_drained_end(struct tblk_blk *blk);
 void tblk__blk_drained_begin(struct tblk_blk *blk)
 {
 	tblk__graph_quiesce(blk->root, true);
+	if (blk->throttle)
+		tblk__thr_member_drain(blk->throttle, true);
 	tblk__graph_wait_idle(blk->root, blk->loop);
 }
 
 void tblk__blk_drained_end(struct tblk_blk *blk)
 {
+	if (blk->throttle)
+		tblk__thr_member_drain(blk->throttle, false);
 	tblk__graph_quiesce(blk->root, false);
 	if (blk->resume_bh)
 		tblk_bh_schedule(blk->resume_bh);

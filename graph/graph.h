@@ -166,6 +166,14 @@ struct tblk_driver {
 	int (*submit_fast)(struct tblk_node *node, struct tblk_req *req, uint64_t offset);
 
 	/*
+	 * Drain: someone waits for the requests of this node or of a parent to finish. Requests
+	 * the driver holds back on its own (a throttle filter waiting for budget) must go now,
+	 * and new ones must not be held back until drain_end. Calls nest. Any thread. Optional.
+	 */
+	void (*drain_begin)(struct tblk_node *node);
+	void (*drain_end)(struct tblk_node *node);
+
+	/*
 	 * Fault injection (blkdebug), all optional. debug_event runs in the thread of the
 	 * request that raised @ev and may block it there (a breakpoint). The others are
 	 * control-path calls from any thread: 0 or -errno (-ENOENT: unknown event or tag).

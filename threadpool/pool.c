@@ -472,16 +472,15 @@ void tblk_pool_submit(struct tblk_pool *pool, struct tblk_work *work)
 		spawn_worker(pool);
 }
 
-void tblk_pool_wait(struct tblk_cond *cv, struct tblk_mutex *mu)
+/* A pool worker about to block: counts it, starts another if queued work needs one. */
+static struct tblk_pool *blocked_begin(void)
 {
 	struct worker *w = cur_worker, *woken;
 	struct tblk_pool *pool;
 	bool spawn;
 
-	if (!w) {
-		tblk_cond_wait(cv, mu);
-		return;
-	}
+	if (!w)
+		return NULL;
 	pool = w->pool;
 	tblk_mutex_lock(&pool->lock);
 	pool->nr_blocked++;
@@ -491,10 +490,33 @@ void tblk_pool_wait(struct tblk_cond *cv, struct tblk_mutex *mu)
 	/* With the caller's mutex held: slow, but only when the pool must grow. */
 	if (spawn)
 		spawn_worker(pool);
-	tblk_cond_wait(cv, mu);
+	return pool;
+}
+
+static void blocked_end(struct tblk_pool *pool)
+{
+	if (!pool)
+		return;
 	tblk_mutex_lock(&pool->lock);
 	pool->nr_blocked--;
 	tblk_mutex_unlock(&pool->lock);
+}
+
+void tblk_pool_wait(struct tblk_cond *cv, struct tblk_mutex *mu)
+{
+	struct tblk_pool *pool = blocked_begin();
+
+	tblk_cond_wait(cv, mu);
+	blocked_end(pool);
+}
+
+bool tblk_pool_timedwait(struct tblk_cond *cv, struct tblk_mutex *mu, uint64_t deadline_ns)
+{
+	struct tblk_pool *pool = blocked_begin();
+	bool woken = tblk_cond_timedwait(cv, mu, deadline_ns);
+
+	blocked_end(pool);
+	return woken;
 }
 
 bool tblk_pool_in_worker(void)

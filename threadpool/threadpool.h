@@ -189,6 +189,8 @@ struct tblk_pool *tblk_pool_default(void);
  * if work is queued and no worker is idle. Callers loop on their predicate. Any thread.
  */
 void tblk_pool_wait(struct tblk_cond *cv, struct tblk_mutex *mu);
+/* As tblk_pool_wait(), giving up at @deadline_ns (tblk_clock_ns()); false on timeout. */
+bool tblk_pool_timedwait(struct tblk_cond *cv, struct tblk_mutex *mu, uint64_t deadline_ns);
 
 /* True if the calling thread is a worker of some pool. */
 bool tblk_pool_in_worker(void);
