@@ -682,6 +682,14 @@ static void submit(struct nbds_conn *conn, struct nbds_req *req)
 	case TBLK_NBD_CMD_WRITE:
 		if (req->r.flags & TBLK_NBD_CMD_FLAG_FUA)
 			fl |= TBLK_REQ_FUA;
+		if (e->detect_zeroes && block_is_zero(req->buf, req->r.len)) {
+			/* As qemu's detect-zeroes: the data is dropped, zeroes are written. */
+			if (e->detect_zeroes == NBDS_DETECT_ZEROES_UNMAP && e->discard)
+				fl |= TBLK_REQ_MAY_UNMAP;
+			tblk_blk_aio_pwrite_zeroes(conn->blk, req->r.offset, req->r.len, fl,
+						   write_done, req);
+			break;
+		}
 		tblk_blk_pwritev(conn->blk, req->r.offset, &req->iov, 1, fl, write_done, req);
 		break;
 	case TBLK_NBD_CMD_FLUSH:
@@ -697,7 +705,11 @@ static void submit(struct nbds_conn *conn, struct nbds_req *req)
 	case TBLK_NBD_CMD_WRITE_ZEROES:
 		if (req->r.flags & TBLK_NBD_CMD_FLAG_FUA)
 			fl |= TBLK_REQ_FUA;
-		if (!(req->r.flags & TBLK_NBD_CMD_FLAG_NO_HOLE) && e->discard)
+		/*
+		 * As qemu-nbd: without NO_HOLE the range may be unmapped whatever --discard
+		 * says (that option is about TRIM).
+		 */
+		if (!(req->r.flags & TBLK_NBD_CMD_FLAG_NO_HOLE))
 			fl |= TBLK_REQ_MAY_UNMAP;
 		if (req->r.flags & TBLK_NBD_CMD_FLAG_FAST_ZERO)
 			fl |= TBLK_REQ_NO_FALLBACK;

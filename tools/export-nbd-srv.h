@@ -44,7 +44,8 @@ struct nbds_export {
 	struct nbds_proto_export p;	/* [const] what clients are told */
 	struct tblk_blk *blk;		/* [const] borrowed */
 	char *id, *name, *description;	/* [const] */
-	bool discard;			/* [const] TRIM/zero writes may unmap */
+	bool discard;			/* [const] TRIM unmaps */
+	enum nbds_detect_zeroes detect_zeroes; /* [const] */
 	unsigned int nr_conns;		/* [srv->lock] connections serving it */
 	struct nbds_buf_cache bufs;	/* its own lock; freed with the export */
 	struct tblk_list link;		/* [srv->lock] srv->exports; unlinked on the server loop */

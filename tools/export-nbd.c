@@ -300,6 +300,7 @@ int nbds_server_add_export(struct nbds_server *srv, struct tblk_blk *blk,
 	e->name = g_strdup(name);
 	e->description = g_strdup(o->description);
 	e->discard = o->discard;
+	e->detect_zeroes = o->detect_zeroes;
 	nbds__buf_cache_init(&e->bufs);
 	e->p.name = e->name;
 	e->p.description = e->description;
