@@ -173,6 +173,8 @@ GQuark tblk_error_quark(void);
 
 /* Sets *errp (if errp is non-NULL and *errp is NULL) and returns -@err. */
 int tblk_error_set(GError **errp, int err, const char *fmt, ...) TBLK_PRINTF(3, 4);
+/* A warning, to the handler set with tblk_set_warning_handler() (dropped without one). */
+void tblk__warn(const char *fmt, ...) TBLK_PRINTF(1, 2);
 /* As tblk_error_set() with ": strerror(err)" appended, the way qemu words OS errors. */
 int tblk_error_set_errno(GError **errp, int err, const char *fmt, ...) TBLK_PRINTF(3, 4);
 /* Prefixes an existing *errp with "fmt: ". */

@@ -2,7 +2,7 @@
 /*
  * qcow2-check.c - consistency check and repair: every cluster the metadata references
  * (header, L1 and L2 tables, data, compressed data, refcount table and blocks, snapshot table
- * and snapshot L1 tables) is counted, and the counts are compared with the stored refcounts;
+ * and snapshot L1 tables, persistent bitmaps) is counted, and the counts are compared with the stored refcounts;
  * COPIED flags are checked against them. Repair sets the stored refcounts to the counts.
  * Findings are returned as qemu-img words them; nothing here prints.
  *
@@ -173,6 +173,11 @@ static int check_snapshots(struct check *c)
 	return 0;
 }
 
+static void ref_bitmap_range(void *opaque, uint64_t offset, uint64_t len)
+{
+	ref_range(opaque, offset, len);
+}
+
 /* Stored refcount of cluster @i as check sees it (unreadable blocks count as 0). */
 static uint64_t stored(struct check *c, uint64_t i)
 {
@@ -283,6 +288,8 @@ int qcow2_check(struct qcow2_state *s, struct tblk_check_result *res, int fix)
 	ret = check_l1(&c, s->l1_offset, s->l1_size, s->l1, true);
 	if (ret >= 0 && s->nb_snapshots)
 		ret = check_snapshots(&c);
+	if (ret >= 0)
+		ret = qcow2_bitmaps_for_each_cluster(s, ref_bitmap_range, &c);
 	if (ret >= 0) {
 		ref_range(&c, s->reftable_offset, (uint64_t)s->reftable_clusters << s->cluster_bits);
 		for (uint64_t i = 0; i < s->reftable_size; i++) {

@@ -66,6 +66,19 @@ enum qcow2_ctype {
 	QCOW2_COMPRESSED,	/* compressed data at a host byte offset */
 };
 
+/* Bitmap directory entry flags. */
+#define QCOW2_BITMAP_IN_USE	(1u << 0)
+#define QCOW2_BITMAP_AUTO	(1u << 1)
+#define QCOW2_BITMAP_EXTRA_OK	(1u << 2)
+
+/* A persistent bitmap's directory entry (qcow2-bitmap.c). */
+struct qcow2_bitmap {
+	uint64_t table_offset;
+	uint32_t table_size;		/* entries */
+	uint8_t type;
+	uint8_t granularity_bits;
+};
+
 /* A header extension we do not interpret, written back unchanged. */
 struct qcow2_ext {
 	uint32_t type;
@@ -145,6 +158,12 @@ struct qcow2_state {
 	char *data_file_name;
 	struct qcow2_ext *unknown_exts;
 	bool has_bitmaps_ext;
+	/* Persistent bitmaps, when the extension is consistent. [const] after open, or [meta] */
+	struct qcow2_bitmap *bitmaps;
+	struct tblk_bitmap_info *bitmap_info;	/* names allocated */
+	unsigned int nb_bitmaps;
+	uint64_t bitmap_dir_offset;
+	uint64_t bitmap_dir_size;
 	uint32_t nb_snapshots;
 	uint64_t snapshots_offset;
 	uint64_t snapshots_size;	/* bytes of the snapshot table */
@@ -222,6 +241,15 @@ int qcow2_header_build(const struct qcow2_state *s, uint8_t *buf);
 /* Sets geometry fields from cluster_bits, refcount_order, ext_l2. */
 void qcow2_set_geometry(struct qcow2_state *s);
 void qcow2_state_free_header(struct qcow2_state *s);
+
+/* ------------------------------------------------ bitmaps (qcow2-bitmap.c) */
+/* Reads the bitmap directory if the bitmaps extension is consistent; 0 if there is none. */
+int qcow2_bitmaps_read(struct qcow2_state *s, uint64_t flen, GError **errp);
+void qcow2_bitmaps_free(struct qcow2_state *s);
+/* Calls @fn for every byte range the bitmaps occupy in the file (directory, tables, data). */
+int qcow2_bitmaps_for_each_cluster(struct qcow2_state *s,
+				   void (*fn)(void *opaque, uint64_t offset, uint64_t len),
+				   void *opaque);
 
 /* ------------------------------------------------ caches (qcow2-cache.c) */
 struct qcow2_cache *qcow2_cache_new(struct qcow2_state *s, unsigned int nr_entries);

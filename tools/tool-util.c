@@ -7,6 +7,7 @@
  * installed under qemu's name prints exactly qemu's prefix.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,12 +19,19 @@
 
 const char *tool_progname = "tblk";
 
+/* The library's warnings, worded as qemu's: "PROG: warning: TEXT" (TEXT ends as given). */
+static void print_warning(const char *msg, void *opaque)
+{
+	fprintf(stderr, "%s: warning: %s", tool_progname, msg);
+}
+
 void tool_set_progname(const char *argv0)
 {
 	const char *slash = argv0 ? strrchr(argv0, '/') : NULL;
 
 	if (argv0 && *argv0)
 		tool_progname = slash ? slash + 1 : argv0;
+	tblk_set_warning_handler(print_warning, NULL);
 }
 
 static void vreport(const char *kind, const char *fmt, va_list ap)
@@ -116,6 +124,20 @@ void tool_print_format_specific(const struct tblk_format_info *fi)
 	       fi->compat, fi->compression_type);
 	if (v3)
 		printf("    lazy refcounts: %s\n", fi->lazy_refcounts ? "true" : "false");
+	if (fi->nb_bitmaps)
+		printf("    bitmaps:\n");
+	for (unsigned int i = 0; i < fi->nb_bitmaps; i++) {
+		const struct tblk_bitmap_info *b = &fi->bitmaps[i];
+		unsigned int k = 0;
+
+		printf("        [%u]:\n            flags:\n", i);
+		if (b->in_use)
+			printf("                [%u]: in-use\n", k++);
+		if (b->is_auto)
+			printf("                [%u]: auto\n", k++);
+		printf("            name: %s\n            granularity: %" PRIu64 "\n", b->name,
+		       b->granularity);
+	}
 	printf("    refcount bits: %u\n", fi->refcount_bits);
 	if (fi->data_file)
 		printf("    data file: %s\n    data file raw: %s\n", fi->data_file,

@@ -97,6 +97,15 @@ int tblk_blk_open(struct tblk_blk **pblk, const char *filename, GHashTable *opti
 void tblk_blk_close(struct tblk_blk *blk);
 
 /*
+ * Where the library warns where qemu would print a warning (an image whose persistent
+ * bitmaps another program left inconsistent, ...): @fn gets the text, which may hold a
+ * newline and need not end with one. Without a handler, warnings are dropped. Process-wide;
+ * set it before opening images. Any thread.
+ */
+typedef void tblk_warn_fn(const char *msg, void *opaque);
+void tblk_set_warning_handler(tblk_warn_fn *fn, void *opaque);
+
+/*
  * Defines the throttle group @id (--object throttle-group,id=...) with limits from @props
  * ("x-iops-total", "limits.bps-read-max", ...; "id" and "qom-type" ignored). Backends join
  * it with throttling.group=@id, throttle filter nodes with throttle-group=@id. The group
@@ -216,6 +225,14 @@ uint32_t tblk_blk_cluster_size(struct tblk_blk *blk);
  * What an image's format records about itself, for `info`. Strings are borrowed from the
  * backend and stay valid until it is closed; NULL when absent.
  */
+/* A persistent dirty bitmap stored in an image (qcow2). */
+struct tblk_bitmap_info {
+	const char *name;
+	uint64_t granularity;		/* bytes per bit */
+	bool in_use;			/* not saved cleanly: may be inconsistent */
+	bool is_auto;			/* tracks every write to the image */
+};
+
 struct tblk_format_info {
 	uint32_t cluster_size;		/* 0: the format has no clusters */
 	const char *backing_file;	/* as recorded in the image */
@@ -232,6 +249,9 @@ struct tblk_format_info {
 	bool corrupt;
 	bool extended_l2;
 	unsigned int nb_snapshots;
+	/* Consistent persistent bitmaps; valid while the image stays open. */
+	unsigned int nb_bitmaps;
+	const struct tblk_bitmap_info *bitmaps;	/* nb_bitmaps of them */
 };
 /* Fills @info for the image (root node). 0 or -errno. */
 int tblk_blk_get_format_info(struct tblk_blk *blk, struct tblk_format_info *info);
