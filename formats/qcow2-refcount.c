@@ -308,8 +308,12 @@ int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t len)
 		off = alloc_noref(s, n);
 		if (off < 0)
 			return off;
-		/* Cluster 0 holds the header: free there means the refcounts are corrupt. */
-		if (off == 0)
+		/*
+		 * Cluster 0 holds the header: free there means the refcounts are corrupt. (An
+		 * empty allocation, for an empty snapshot table, returns the search position
+		 * untouched, as qemu's, which records it in the header.)
+		 */
+		if (off == 0 && n)
 			return qcow2_signal_corruption(s, "Preventing invalid allocation of cluster "
 						       "at offset", 0);
 		ret = qcow2_update_refcount(s, (uint64_t)off, n << s->cluster_bits, 1);
