@@ -309,8 +309,9 @@ int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t len)
 		if (off < 0)
 			return off;
 		/*
-		 * Cluster 0 holds the header: free there means the refcounts are corrupt (an
-		 * empty allocation, such as an empty snapshot table, is at 0 and touches nothing).
+		 * Cluster 0 holds the header: free there means the refcounts are corrupt. (An
+		 * empty allocation, for an empty snapshot table, returns the search position
+		 * untouched, as qemu's, which records it in the header.)
 		 */
 		if (off == 0 && n)
 			return qcow2_signal_corruption(s, "Preventing invalid allocation of cluster "
