@@ -438,11 +438,16 @@ static uint64_t total_ops(const struct stats *s)
 
 /* --------------------------------------------------------------- memory */
 
+/* Resident bytes, once malloc has given back the free pages it can (less noise). */
 static uint64_t rss_bytes(void)
 {
 	unsigned long size = 0, resident = 0;
-	FILE *f = fopen("/proc/self/statm", "r");
+	FILE *f;
 
+#ifdef __GLIBC__
+	malloc_trim(0);
+#endif
+	f = fopen("/proc/self/statm", "r");
 	if (!f)
 		return 0;
 	if (fscanf(f, "%lu %lu", &size, &resident) != 2)
@@ -610,6 +615,14 @@ int main(void)
 	tap_diag("%d synchronous threads + 1 asynchronous (queue depth %d), %.0f s", nsync, QD,
 		 seconds);
 
+#ifdef __GLIBC__
+	/*
+	 * A fixed mmap threshold: by default glibc raises it when a big buffer is freed, so the
+	 * request buffers of the second phase would come from an arena instead and stay there
+	 * as a few MiB of RSS, which is not what this test looks for.
+	 */
+	mallopt(M_MMAP_THRESHOLD, 128 << 10);
+#endif
 	/* Every page of the shadow resident now, so that RSS does not grow as it is written. */
 	shadow = g_malloc(DISK);
 	memset(shadow, 0, DISK);
@@ -644,8 +657,9 @@ int main(void)
 
 	/*
 	 * A leak of one small allocation per request (a request, an iovec copy: 64 bytes or
-	 * more) grows the heap by n * 64: allow a quarter of that plus a fixed slack for the
-	 * arenas' fragmentation, and for RSS (pages, stacks) n * 64 plus a larger slack.
+	 * more) grows the heap by n * 64 or more: allow a quarter of that plus a fixed slack of
+	 * 256 KiB (a leak of 64 bytes per request, tried, fails this from about 6000 requests),
+	 * and RSS n * 64 plus 2 MiB (pages of pool workers started in between, their stacks).
 	 */
 	n = total_ops(&load);
 	tap_diag("after warm-up: RSS %" PRIu64 " KiB, heap %" PRIu64 " KiB; after %" PRIu64
@@ -657,7 +671,7 @@ int main(void)
 		ok(heap1 < heap0 + n * 16 + (256u << 10),
 		   "heap in use flat: grew %" PRId64 " bytes over %" PRIu64 " requests",
 		   (int64_t)(heap1 - heap0), n);
-		ok(rss1 < rss0 + n * 64 + (8u << 20),
+		ok(rss1 < rss0 + n * 64 + (2u << 20),
 		   "RSS flat: grew %" PRId64 " KiB over %" PRIu64 " requests",
 		   ((int64_t)rss1 - (int64_t)rss0) / 1024, n);
 	}
