@@ -9,7 +9,8 @@
 # the dynamic loader. The guest runs the jobs one after the other; before each it waits for a
 # line on the console, so the host can sample the back-end's CPU time (utime + stime from
 # /proc/PID/stat) right before and right after the job. fio's JSON comes back on the serial
-# console. Rounds are interleaved: in each round every format is run against tblk-daemon,
+# console. QEMU's own CPU time per I/O is sampled the same way, to show how much of the work
+# is the emulation. Rounds are interleaved: in each round every format is run against tblk-daemon,
 # then qemu-storage-daemon. Prints one line per job and run, then medians and the ratios
 # tblk-daemon / qemu-storage-daemon.
 #
@@ -346,6 +347,11 @@ class Guest:
             if collect is not None:
                 collect.append(line)
 
+    def qemu_pid(self):
+        """QEMU's pid (the child of timeout)."""
+        with open("/proc/%d/task/%d/children" % (self.p.pid, self.p.pid)) as f:
+            return int(f.read().split()[0])
+
     def send(self, text):
         self.p.stdin.write(text.encode())
         self.p.stdin.flush()
@@ -474,19 +480,23 @@ def main():
                         if ready[1:2] != [str(SIZE // 512)]:
                             raise RuntimeError("the guest's disk: %s" % " ".join(ready))
                         boot = time.monotonic() - t0
+                        qpid = guest.qemu_pid()
                         for name, _, _, _ in JOBS:
                             guest.expect("TBLK-WAIT " + name, 60)
-                            c0 = cpu_ticks(pid)
+                            c0, g0 = cpu_ticks(pid), cpu_ticks(qpid)
                             guest.send("go\n")
                             guest.expect("TBLK-JSON-BEGIN " + name, 60)
                             out = []
                             guest.expect("TBLK-JSON-END " + name, args.runtime + 60, out)
-                            c1 = cpu_ticks(pid)
+                            c1, g1 = cpu_ticks(pid), cpu_ticks(qpid)
                             iops, ios = parse_fio(out)
                             cpu = (c1 - c0) * 1e6 / hz / max(ios, 1)
-                            results.setdefault((fmt, name, prog), []).append((iops, cpu))
+                            qcpu = (g1 - g0) * 1e6 / hz / max(ios, 1)
+                            results.setdefault((fmt, name, prog), []).append((iops, cpu,
+                                                                              qcpu))
                             log("%s %s %s round=%d iops=%.0f ios=%d cpu_us_per_io=%.1f "
-                                "boot=%.1fs" % (fmt, name, prog, rnd, iops, ios, cpu, boot))
+                                "qemu_cpu_us_per_io=%.0f boot=%.1fs" %
+                                (fmt, name, prog, rnd, iops, ios, cpu, qcpu, boot))
                         guest.expect("TBLK-ALL-DONE", 60)
                     except RuntimeError as e:
                         log("# %s %s round %d failed: %s" % (fmt, prog, rnd, e))
@@ -522,17 +532,20 @@ def report(results, formats, args):
             tc = statistics.median(x[1] for x in t)
             qi = statistics.median(x[0] for x in q)
             qc = statistics.median(x[1] for x in q)
+            tg = statistics.median(x[2] for x in t)
+            qg = statistics.median(x[2] for x in q)
             ri = ti / qi if qi else float("nan")
             rc = tc / qc if qc else float("nan")
-            log("%-6s %-17s tblk %7.0f IOPS %7.1f us/IO | qsd %7.0f IOPS %7.1f us/IO | "
-                "IOPS %.2fx CPU/IO %.2fx" % (fmt, name, ti, tc, qi, qc, ri, rc))
-            rows.append("| %s | %s | %.0f | %.0f | %.2fx | %.1f / %.1f (%.2fx) |" %
-                        (fmt, name, ti, qi, ri, tc, qc, rc))
+            log("%-6s %-17s tblk %6.0f IOPS %6.1f us/IO | qsd %6.0f IOPS %6.1f us/IO | "
+                "IOPS %.2fx CPU/IO %.2fx | QEMU us/IO %.0f / %.0f" %
+                (fmt, name, ti, tc, qi, qc, ri, rc, tg, qg))
+            rows.append("| %s | %s | %.0f | %.0f | %.2fx | %.1f / %.1f (%.2fx) | %.0f / %.0f |"
+                        % (fmt, name, ti, qi, ri, tc, qc, rc, tg, qg))
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write("| format | job | tblk IOPS | qsd IOPS | IOPS ratio | "
-                    "back-end CPU µs/IO tblk / qsd |\n")
-            f.write("| --- | --- | --- | --- | --- | --- |\n")
+                    "back-end CPU µs/IO tblk / qsd | QEMU CPU µs/IO tblk / qsd |\n")
+            f.write("| --- | --- | --- | --- | --- | --- | --- |\n")
             f.write("\n".join(rows) + "\n")
 
 
