@@ -539,11 +539,14 @@ def report(results, formats, args):
             log("%-6s %-17s tblk %6.0f IOPS %6.1f us/IO | qsd %6.0f IOPS %6.1f us/IO | "
                 "IOPS %.2fx CPU/IO %.2fx | QEMU us/IO %.0f / %.0f" %
                 (fmt, name, ti, tc, qi, qc, ri, rc, tg, qg))
-            rows.append("| %s | %s | %.0f | %.0f | %.2fx | %.1f / %.1f (%.2fx) | %.0f / %.0f |"
-                        % (fmt, name, ti, qi, ri, tc, qc, rc, tg, qg))
+            tr = "%.0f..%.0f" % (min(x[0] for x in t), max(x[0] for x in t))
+            qr = "%.0f..%.0f" % (min(x[0] for x in q), max(x[0] for x in q))
+            log("%-6s %-17s IOPS ranges: tblk %s, qsd %s" % (fmt, name, tr, qr))
+            rows.append("| %s | %s | %.0f [%s] | %.0f [%s] | %.2fx | %.1f / %.1f (%.2fx) | "
+                        "%.0f / %.0f |" % (fmt, name, ti, tr, qi, qr, ri, tc, qc, rc, tg, qg))
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write("| format | job | tblk IOPS | qsd IOPS | IOPS ratio | "
+            f.write("| format | job | tblk IOPS [min..max] | qsd IOPS [min..max] | IOPS ratio | "
                     "back-end CPU µs/IO tblk / qsd | QEMU CPU µs/IO tblk / qsd |\n")
             f.write("| --- | --- | --- | --- | --- | --- | --- |\n")
             f.write("\n".join(rows) + "\n")
