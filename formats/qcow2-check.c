@@ -233,6 +233,21 @@ static void check_copied(struct check *c)
 	}
 }
 
+/* Moves cluster @i's refcount from @rc to @want, in steps an int64_t can hold. */
+static int set_refcount(struct qcow2_state *s, uint64_t i, uint64_t rc, uint64_t want)
+{
+	while (rc != want) {
+		uint64_t step = TBLK_MIN(rc > want ? rc - want : want - rc, (uint64_t)INT64_MAX);
+		int ret = qcow2_update_refcount(s, i << s->cluster_bits, 1,
+					       rc > want ? -(int64_t)step : (int64_t)step);
+
+		if (ret < 0)
+			return ret;
+		rc = rc > want ? rc - step : rc + step;
+	}
+	return 0;
+}
+
 static int compare_and_fix(struct check *c, int fix)
 {
 	struct qcow2_state *s = c->s;
@@ -264,7 +279,7 @@ static int compare_and_fix(struct check *c, int fix)
 			continue;
 		finding(c, "Repairing cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64,
 			i, rc, want);
-		ret = qcow2_update_refcount(s, i << s->cluster_bits, 1, (int64_t)(want - rc));
+		ret = set_refcount(s, i, rc, want);
 		if (ret < 0) {
 			c->res->check_errors++;
 			continue;

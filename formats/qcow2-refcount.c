@@ -8,6 +8,7 @@
  *
  * Threading: everything here runs under the image lock.
  */
+#include <assert.h>
 #include <string.h>
 
 #include "formats/qcow2-int.h"
@@ -233,6 +234,7 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, 
 	uint64_t done;
 	int ret = 0;
 
+	assert(delta != INT64_MIN);	/* the undo below negates it */
 	if (len == 0)
 		return 0;
 	for (done = first; done <= last; done++) {
@@ -260,7 +262,7 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, 
 		if (ret < 0)
 			break;
 		rc = rc_get(s, block, done & mask);
-		if ((delta < 0 && rc < (uint64_t)-delta) ||
+		if ((delta < 0 && rc < -(uint64_t)delta) ||
 		    (delta > 0 && rc > s->refcount_max - (uint64_t)delta)) {
 			ret = delta < 0 ? qcow2_signal_corruption(s, "Refcount underflow at",
 								  done << s->cluster_bits)

@@ -4,7 +4,8 @@
  * to a file in a private temporary directory and opened through the library, first read-only
  * (info, snapshot list, reads at a few offsets, a block-status walk, a check without repair,
  * as `qemu-img check` does), then, on a private copy, read-write (writes, zero writes, a
- * discard, a flush, `check -r all`). Backing files are not followed (backing=null) unless the
+ * discard, a compressed write, reverting to and deleting a snapshot, taking one, a flush,
+ * `check -r all`). Backing files are not followed (backing=null) unless the
  * image names "base.qcow2", which is a small image of ours in the same directory; an external
  * data file is always ours too, so nothing outside the directory is ever opened.
  * Invariants: no crash, leak or undefined behaviour (the sanitizers watch), no hang or huge
@@ -226,7 +227,27 @@ static void exercise_ro(struct tblk_blk *blk, struct outcome *out)
 	do_check(blk, 0);
 }
 
-/* On a private copy: a write, zero writes, a discard, a flush, then `check -r all`. */
+/* Internal snapshots: revert to the first one and delete it, then take a new one. */
+static void exercise_snapshots(struct tblk_blk *blk)
+{
+	struct tblk_snapshot_info *sn = NULL, mine = { .name = (char *)"fuzz" };
+	GError *err = NULL;
+	int nsn = 0;
+
+	if (tblk_blk_snapshot_list(blk, &sn, &nsn) < 0)
+		return;
+	if (nsn) {
+		(void)tblk_blk_snapshot_goto(blk, sn[0].id, &err);
+		g_clear_error(&err);
+		(void)tblk_blk_snapshot_delete(blk, sn[0].id, NULL, &err);
+		g_clear_error(&err);
+	}
+	tblk_snapshot_list_free(sn, nsn);
+	(void)tblk_blk_snapshot_create(blk, &mine, &err);
+	g_clear_error(&err);
+}
+
+/* On a private copy: a write, zero writes, a discard, snapshots, then `check -r all`. */
 static void exercise_rw(struct tblk_blk *blk)
 {
 	static uint8_t buf[8192];
@@ -243,6 +264,8 @@ static void exercise_rw(struct tblk_blk *blk)
 		if (cs && cs <= sizeof(buf) && size >= 4ull * cs)
 			(void)tblk_blk_pwrite(blk, 2ull * cs, buf, cs, TBLK_REQ_COMPRESSED);
 	}
+	exercise_snapshots(blk);
+	(void)tblk_blk_pwrite(blk, 0, buf, TBLK_MIN(size, (uint64_t)512), 0);
 	(void)tblk_blk_flush(blk);
 	do_check(blk, TBLK_CHECK_FIX_LEAKS | TBLK_CHECK_FIX_ERRORS);
 }
