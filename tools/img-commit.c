@@ -246,7 +246,7 @@ static int commit_run(struct commit *cm, const struct commit_args *a, unsigned i
 		return (int)size;
 	}
 	cm->size = (uint64_t)size;
-	ret = commit_open_base(cm, flags & ~TBLK_OPEN_NO_PROBE, errp);
+	ret = commit_open_base(cm, flags, errp);
 	if (ret < 0)
 		return ret;
 	cm->buf = tool_buf_new(COMMIT_MAX_IO, 0);
