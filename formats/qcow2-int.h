@@ -328,6 +328,9 @@ int tblk__qcow2_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 int tblk__qcow2_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 			const struct iovec *iov, int iovcnt, unsigned int flags);
 int tblk__qcow2_flush(struct tblk_node *node);
+/* Reads or writes @bytes at @pos of the VM state area (qcow2-vmstate.c); 0 or -errno. */
+int tblk__qcow2_vmstate_rw(struct tblk_node *node, uint64_t pos, const struct iovec *iov,
+			   int iovcnt, uint64_t bytes, bool write);
 int tblk__qcow2_pdiscard(struct tblk_node *node, uint64_t offset, uint64_t bytes);
 int tblk__qcow2_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 			      unsigned int flags);

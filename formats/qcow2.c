@@ -163,8 +163,11 @@ static int open_backing(struct tblk_node *node, struct qcow2_state *s, GHashTabl
 		return 0;
 	if (!s->backing_file || (flags & TBLK_OPEN_NO_BACKING))
 		return 0;
-	if (s->backing_file[0] == '/' || strstr(s->backing_file, "://") ||
-	    !node->file->filename || !strrchr(node->file->filename, '/')) {
+	/* A file the options name replaces the header's, as in qemu. */
+	if (g_hash_table_contains(bopts, "file.filename")) {
+		path = NULL;
+	} else if (s->backing_file[0] == '/' || strstr(s->backing_file, "://") ||
+		   !node->file->filename || !strrchr(node->file->filename, '/')) {
 		path = g_strdup(s->backing_file);
 	} else {
 		/* The image's directory as written, as qemu combines them ("./a" gives "./b"). */
@@ -486,6 +489,8 @@ static int qcow2_check_node(struct tblk_node *node, struct tblk_check_result *re
 
 const struct tblk_driver tblk__drv_qcow2 = {
 	.name = "qcow2",
+	.supports_backing = true,
+	.vmstate_rw = tblk__qcow2_vmstate_rw,
 	.instance_size = sizeof(struct qcow2_state),
 	.probe = qcow2_probe,
 	.open = qcow2_open,

@@ -110,8 +110,17 @@ int tblk_blk_open(struct tblk_blk **pblk, const char *filename, GHashTable *opti
 	struct tblk_node *root;
 	int ret;
 
+	const struct tblk_driver *drv;
+
 	if (filename && !*filename)
 		filename = NULL;
+	/* A protocol named with a file name twice: qemu refuses to choose. */
+	drv = tblk__driver_find(g_hash_table_lookup(opts, "driver") ?: "");
+	if (filename && drv && drv->is_protocol && g_hash_table_contains(opts, "filename")) {
+		g_hash_table_unref(opts);
+		return tblk_error_set(errp, EINVAL, "Can't specify 'file' and 'filename' options "
+				      "at the same time");
+	}
 	ret = blk_take_opts(&opts, &flags, loop, &thr, errp);
 	if (ret == 0)
 		ret = tblk__node_open(&root, filename, opts, flags, errp);
@@ -542,6 +551,42 @@ int tblk_blk_truncate(struct tblk_blk *blk, uint64_t size, const char *prealloc,
 	return ret;
 }
 
+/* The VM state area of the first node down the `file` chain that has one. */
+static int blk_vmstate_rw(struct tblk_blk *blk, uint64_t pos, void *buf, uint64_t bytes,
+			  bool write)
+{
+	struct iovec iov = { .iov_base = buf, .iov_len = bytes };
+	struct tblk_node *node = blk->image;
+	int ret;
+
+	if (write && blk->image->read_only)
+		return -EPERM;
+	if (bytes > SIZE_MAX || pos > INT64_MAX || bytes > INT64_MAX - pos)
+		return -EINVAL;
+	while (node && !node->drv->vmstate_rw)
+		node = node->file;
+	if (!node)
+		return -ENOTSUP;
+	tblk__blk_drained_begin(blk);
+	tblk__req_enter();
+	ret = node->drv->vmstate_rw(node, pos, &iov, 1, bytes, write);
+	tblk__req_leave();
+	tblk__blk_drained_end(blk);
+	if (ret >= 0 && write && blk_writethrough(blk))
+		ret = tblk_node_flush(blk->image);
+	return ret < 0 ? ret : 0;
+}
+
+int tblk_blk_load_vmstate(struct tblk_blk *blk, uint64_t pos, void *buf, uint64_t bytes)
+{
+	return blk_vmstate_rw(blk, pos, buf, bytes, false);
+}
+
+int tblk_blk_save_vmstate(struct tblk_blk *blk, uint64_t pos, const void *buf, uint64_t bytes)
+{
+	return blk_vmstate_rw(blk, pos, (void *)buf, bytes, true);
+}
+
 int tblk_blk_block_status(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
 			  uint64_t *pnum, uint64_t *map)
 {
@@ -727,12 +772,12 @@ int tblk_blk_make_empty(struct tblk_blk *blk)
 int tblk_blk_block_status_depth(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
 				uint64_t *pnum, uint64_t *map, int *depth)
 {
+	struct tblk_node *last = NULL;
 	uint64_t n = bytes;
-	int d = 0;
+	int d = 0, ret = 0;
 
 	for (struct tblk_node *node = blk->image; node; node = node->backing, d++) {
 		int64_t len = tblk_node_getlength(node);
-		int ret;
 
 		if (len < 0)
 			return (int)len;
@@ -753,10 +798,17 @@ int tblk_blk_block_status_depth(struct tblk_blk *blk, uint64_t offset, uint64_t 
 				*depth = d;
 			return ret;
 		}
+		last = node;
 	}
 	*pnum = n;
 	if (depth)
 		*depth = d;
+	/*
+	 * A layer that may have a backing file reads as zeroes where nobody holds the range;
+	 * one that cannot (raw over null-co without read-zeroes) says what it said.
+	 */
+	if (last && !last->drv->supports_backing)
+		return ret & TBLK_BS_ZERO;
 	return TBLK_BS_ZERO;
 }
 

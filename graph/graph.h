@@ -84,6 +84,8 @@ enum tblk_debug_event {
 struct tblk_driver {
 	const char *name;		/* "raw", "file", "null-co" */
 	bool is_protocol;		/* opened on a file name, has no `file` child */
+	/* May have a backing file: what it does not hold reads as zeroes without one. */
+	bool supports_backing;
 	size_t instance_size;		/* bytes of node->opaque, zeroed at open */
 
 	/* Score 0-100 that @buf (the file's first bytes) is this format. Formats only. */
@@ -121,6 +123,12 @@ struct tblk_driver {
 	int64_t (*get_allocated_size)(struct tblk_node *node);
 	int (*truncate)(struct tblk_node *node, uint64_t size, const char *prealloc,
 			GError **errp);
+	/*
+	 * Reads or writes the VM state area (savevm's), @bytes at @pos of it; called drained.
+	 * NULL: the node's `file` child's, or -ENOTSUP without one.
+	 */
+	int (*vmstate_rw)(struct tblk_node *node, uint64_t pos, const struct iovec *iov,
+			  int iovcnt, uint64_t bytes, bool write);
 	/*
 	 * qemu-img measure: an image of @size bytes, or holding @src's data (see tblk.h);
 	 * @src_node is @src's root node (NULL without a source).

@@ -59,6 +59,26 @@ void tool_warn(const char *fmt, ...)
 	va_end(ap);
 }
 
+int tool_opts_parse(GHashTable *opts, const char *str, GError **errp)
+{
+	g_autoptr(GPtrArray) shorts = g_ptr_array_new_with_free_func(g_free);
+	int ret = tblk_opts_parse_qemu(opts, str, NULL, shorts, errp);
+
+	for (guint i = 0; i < shorts->len; i++) {
+		const char *elem = shorts->pdata[i];
+		bool no = g_str_has_prefix(elem, "no");
+
+		tool_warn("short-form boolean option '%s' deprecated", elem);
+		/* qemu's one special case: "delay" is a socket option spelt "nodelay". */
+		if (!strcmp(elem + (no ? 2 : 0), "delay"))
+			fprintf(stderr, "Please use nodelay=%s instead\n", no ? "on" : "off");
+		else
+			fprintf(stderr, "Please use %s=%s instead\n", elem + (no ? 2 : 0),
+				no ? "off" : "on");
+	}
+	return ret;
+}
+
 void tool_error_gerror(GError *err, const char *prefix_fmt, ...)
 {
 	va_list ap;
@@ -152,11 +172,17 @@ int tool_object_add(const char *def)
 	g_autoptr(GHashTable) opts = tblk_opts_new();
 	GError *err = NULL;
 	const char *type;
+	int ret;
 
 	if (tblk_opts_parse(opts, def, "qom-type", &err) < 0) {
 		tool_error_gerror(err, NULL);
 		return -EINVAL;
 	}
+	ret = tool_object_check(opts);
+	if (ret > 0)
+		exit(0);	/* "help": the list is printed */
+	if (ret < 0)
+		return ret;
 	type = g_hash_table_lookup(opts, "qom-type");
 	if (!type || strcmp(type, "throttle-group"))
 		return 0;

@@ -83,6 +83,15 @@ int tblk_parse_aio_mode(const char *mode, unsigned int *flags, GError **errp);
  */
 GHashTable *tblk_opts_new(void);
 int tblk_opts_parse(GHashTable *opts, const char *str, const char *implied_key, GError **errp);
+/*
+ * Parses as qemu's command lines do (-o, --image-opts): like tblk_opts_parse(), but an
+ * element without '=' is qemu's deprecated short form of "key=on" ("nokey": "key=off";
+ * "help" and "?" are keys of their own), and an empty key is kept. Each short form is
+ * appended as written to @short_forms (may be NULL; g_strdup'ed strings) for the caller to
+ * warn about. 0 or -EINVAL with *errp (a bad json: string only).
+ */
+int tblk_opts_parse_qemu(GHashTable *opts, const char *str, const char *implied_key,
+			 GPtrArray *short_forms, GError **errp);
 
 /*
  * Opens @filename (may be NULL if @options name the file) with @options (borrowed, may be
@@ -199,6 +208,15 @@ int64_t tblk_blk_get_allocated_size(struct tblk_blk *blk);
 int tblk_blk_truncate(struct tblk_blk *blk, uint64_t size, const char *prealloc,
 		      GError **errp);
 
+/*
+ * The image's VM state area, where savevm keeps a VM's state (qcow2: after the guest data,
+ * outside the guest's view): reads into or writes from @buf @bytes at @pos of it, drained
+ * and synchronously. A write is flushed in writethrough mode. 0, -ENOTSUP if the format has
+ * no such area, -EPERM on a read-only image, or -errno. Control thread, not from a callback.
+ */
+int tblk_blk_load_vmstate(struct tblk_blk *blk, uint64_t pos, void *buf, uint64_t bytes);
+int tblk_blk_save_vmstate(struct tblk_blk *blk, uint64_t pos, const void *buf, uint64_t bytes);
+
 /* Block status, as bdrv_block_status: data/zero/allocation of a range. */
 #define TBLK_BS_DATA		0x1u	/* reads return data from the file */
 #define TBLK_BS_ZERO		0x2u	/* reads return zeroes */
@@ -215,7 +233,9 @@ int tblk_blk_block_status(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
  * Block status through the backing chain: the layer that holds [offset, offset + *pnum) is
  * *depth (0 = the image itself, 1 = its backing file, ...) and the TBLK_BS_* bits are that
  * layer's, with TBLK_BS_ALLOCATED set for every depth. Where no layer holds the range,
- * *depth is the chain length and the bits are TBLK_BS_ZERO. @map and @depth may be NULL.
+ * *depth is the chain length and the bits are TBLK_BS_ZERO (0 if the bottom layer cannot have
+ * a backing file and holds neither data nor zeroes, as raw over null-co without read-zeroes).
+ * @map and @depth may be NULL.
  */
 int tblk_blk_block_status_depth(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
 				uint64_t *pnum, uint64_t *map, int *depth);
