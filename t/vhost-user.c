@@ -431,6 +431,22 @@ static void test_hostile_fds(struct fe *f)
 }
 
 /* A back-end "crashed" with three writes taken: the next one resubmits them, in order. */
+/*
+ * Returns once the back-end has dropped our last connection: it serves one front-end at a
+ * time, so a new connection's first reply comes only after the old one is gone (and this
+ * one, which sets up no queue, can take no request).
+ */
+static void wait_backend_released(void)
+{
+	struct fe b = { .sock = fe_connect(sock) };
+	uint64_t v;
+
+	if (b.sock < 0 || fe_get_u64(&b, VHOST_USER_GET_FEATURES, &v) < 0)
+		tap_diag("barrier connection failed");
+	if (b.sock >= 0)
+		close(b.sock);
+}
+
 static void test_inflight_resume(struct fe *f)
 {
 	static uint8_t buf[4096];
@@ -450,6 +466,8 @@ static void test_inflight_resume(struct fe *f)
 	   ifl->used_idx == drv_used_idx(d) && !ifl->desc[r[0].head].inflight,
 	   "the area tracks the queue: version 1, used_idx follows, completed head cleared");
 	fe_close(f);
+	/* Else the old connection, still polling its rings, could take what we publish now. */
+	wait_backend_released();
 	/* What a back-end that died after taking three requests leaves behind. */
 	drv_reset_heap(d);
 	for (int i = 0; i < 4; i++) {
