@@ -6,6 +6,7 @@
 # case; prints the median IOPS of each and their ratio. Not part of CI.
 #
 #   bench/nbd-client.sh [ROUNDS]        (TBLK_BUILD: build directory, default ./b)
+#   NBD_CLIENT_CASES="read-4k-d1 read-1M-d4" bench/nbd-client.sh 9    # a subset of the cases
 set -eu
 rounds=${1:-5}
 build=${TBLK_BUILD:-b}
@@ -34,6 +35,7 @@ median() {
 
 printf '%-28s %12s %12s %8s\n' case tblk-IOPS qemu-IOPS ratio
 while read -r name args; do
+	case " ${NBD_CLIENT_CASES:-$name} " in *" $name "*) ;; *) continue ;; esac
 	: >"$dir/t"
 	: >"$dir/q"
 	for r in $(seq 1 "$rounds"); do

@@ -9,6 +9,7 @@
 #
 #   bench/nbd.sh                       # 1 GiB raw and qcow2, 3 rounds
 #   NBD_BENCH_SIZE=256M NBD_BENCH_ROUNDS=5 NBD_BENCH_FORMATS=raw bench/nbd.sh
+#   NBD_BENCH_CASES="nbdcopy-out" bench/nbd.sh    # a subset of the four cases
 #
 # Programs: $TBLK_NBD (default $TBLK_BUILD/tools/tblk-nbd, then build/tools/tblk-nbd),
 # qemu-nbd, qemu-img, nbdcopy from PATH. Scratch files go to $NBD_BENCH_DIR (default a new
@@ -18,6 +19,7 @@ set -eu
 SIZE=${NBD_BENCH_SIZE:-1G}
 ROUNDS=${NBD_BENCH_ROUNDS:-3}
 FORMATS=${NBD_BENCH_FORMATS:-raw qcow2}
+CASES=${NBD_BENCH_CASES:-nbdcopy-out nbdcopy-in convert-out convert-in}
 TBLK_NBD=${TBLK_NBD:-${TBLK_BUILD:-build}/tools/tblk-nbd}
 [ -x "$TBLK_NBD" ] || { echo "no tblk-nbd at $TBLK_NBD (set TBLK_NBD or TBLK_BUILD)" >&2; exit 1; }
 DIR=${NBD_BENCH_DIR:-$(mktemp -d /dev/shm/tblk-nbd-bench.XXXXXX)}
@@ -78,7 +80,7 @@ printf "%-7s %-12s %12s %12s %9s %9s %7s\n" format case "ours MiB/s" "qemu MiB/s
 for fmt in $FORMATS; do
 	img=$DIR/img.$fmt
 	qemu-img convert -f raw -O "$fmt" "$DIR/src.raw" "$img"
-	for c in nbdcopy-out nbdcopy-in convert-out convert-in; do
+	for c in $CASES; do
 		: > "$DIR/ours"
 		: > "$DIR/qemu"
 		for r in $(seq 0 "$ROUNDS"); do

@@ -3,7 +3,8 @@
 # the same raw and qcow2 images, driven by bench/vhost-user-load (no guest), interleaved
 # round by round. Prints one line per run and the medians. Not part of CI.
 #
-# usage: bench/vhost-user.sh [ROUNDS] [SECONDS]     (env: TBLK_BUILD, TMPDIR)
+# usage: bench/vhost-user.sh [ROUNDS] [SECONDS]     (env: TBLK_BUILD, TMPDIR, CASES)
+# CASES selects cases by a grep -E pattern over "fmt rw bs depth queues", e.g. CASES=qcow2.
 set -eu
 rounds=${1:-3}
 secs=${2:-5}
@@ -47,6 +48,7 @@ raw read 65536 8 1
 raw randread 4096 16 2
 qcow2 randread 4096 32 1
 qcow2 randwrite 4096 32 1"
+cases=$(echo "$cases" | grep -E "${CASES:-.}")
 echo "$cases" | while read -r fmt rw bs depth nq; do
 	for r in $(seq "$rounds"); do
 		for prog in "$build/tools/tblk-daemon" qemu-storage-daemon; do

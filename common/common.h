@@ -123,6 +123,16 @@ static inline void tblk_cond_broadcast(struct tblk_cond *cv)
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t tblk_clock_ns(void);
 
+/*
+ * A futex on a 32-bit word of one process: sleep while *word == val, until woken or, if
+ * @deadline_ns is not 0, until that tblk_clock_ns() time (false then). May return early
+ * (true) for no reason: callers recheck the word. Data handed over with the word must be
+ * published and read through atomics (release store, acquire load) to be visible.
+ */
+bool tblk__futex_wait(uint32_t *word, uint32_t val, uint64_t deadline_ns);
+/* Wakes up to @n threads sleeping on @word. */
+void tblk__futex_wake(uint32_t *word, int n);
+
 /* Intrusive doubly linked list; a head is a node linked to itself when empty. */
 struct tblk_list {
 	struct tblk_list *next, *prev;
@@ -163,6 +173,8 @@ GQuark tblk_error_quark(void);
 
 /* Sets *errp (if errp is non-NULL and *errp is NULL) and returns -@err. */
 int tblk_error_set(GError **errp, int err, const char *fmt, ...) TBLK_PRINTF(3, 4);
+/* A warning, to the handler set with tblk_set_warning_handler() (dropped without one). */
+void tblk__warn(const char *fmt, ...) TBLK_PRINTF(1, 2);
 /* As tblk_error_set() with ": strerror(err)" appended, the way qemu words OS errors. */
 int tblk_error_set_errno(GError **errp, int err, const char *fmt, ...) TBLK_PRINTF(3, 4);
 /* Prefixes an existing *errp with "fmt: ". */

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <tblk/tblk.h>
+
 #include "common/common.h"
 
 GQuark tblk_error_quark(void)
@@ -104,4 +106,27 @@ int tblk_parse_bool(const char *s, bool *out)
 		}
 	}
 	return -EINVAL;
+}
+
+static tblk_warn_fn *warn_fn;	/* [atomic] */
+static void *warn_opaque;	/* [atomic], set before warn_fn */
+
+void tblk_set_warning_handler(tblk_warn_fn *fn, void *opaque)
+{
+	__atomic_store_n(&warn_opaque, opaque, __ATOMIC_RELAXED);
+	__atomic_store_n(&warn_fn, fn, __ATOMIC_RELEASE);
+}
+
+void tblk__warn(const char *fmt, ...)
+{
+	tblk_warn_fn *fn = __atomic_load_n(&warn_fn, __ATOMIC_ACQUIRE);
+	g_autofree char *msg = NULL;
+	va_list ap;
+
+	if (!fn)
+		return;
+	va_start(ap, fmt);
+	msg = g_strdup_vprintf(fmt, ap);
+	va_end(ap);
+	fn(msg, __atomic_load_n(&warn_opaque, __ATOMIC_RELAXED));
 }

@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * sync.c - condition variables on CLOCK_MONOTONIC and the monotonic clock.
+ * sync.c - condition variables on CLOCK_MONOTONIC, the monotonic clock, and a bare futex.
  * Thread-safe; no state of its own.
  */
+#include <linux/futex.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/common.h"
 
@@ -62,4 +65,23 @@ uint64_t tblk_clock_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+bool tblk__futex_wait(uint32_t *word, uint32_t val, uint64_t deadline_ns)
+{
+	struct timespec ts = {
+		.tv_sec = (time_t)(deadline_ns / 1000000000ull),
+		.tv_nsec = (long)(deadline_ns % 1000000000ull),
+	};
+
+	/* WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, which WAIT does not. */
+	if (syscall(SYS_futex, word, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, val,
+		    deadline_ns ? &ts : NULL, NULL, FUTEX_BITSET_MATCH_ANY) < 0)
+		return errno != ETIMEDOUT;
+	return true;
+}
+
+void tblk__futex_wake(uint32_t *word, int n)
+{
+	syscall(SYS_futex, word, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, n, NULL, NULL, 0);
 }

@@ -191,6 +191,12 @@ void qcow2_cache_discard(struct qcow2_cache *c, uint64_t offset)
 		entry_forget(c, e);
 }
 
+void qcow2_cache_clear(struct qcow2_cache *c)
+{
+	for (unsigned int i = 0; i < c->nr; i++)
+		entry_forget(c, &c->e[i]);
+}
+
 int qcow2_flush_metadata(struct qcow2_state *s)
 {
 	int ret = qcow2_cache_write(s->l2_cache);

@@ -2,7 +2,7 @@
 /*
  * qcow2-check.c - consistency check and repair: every cluster the metadata references
  * (header, L1 and L2 tables, data, compressed data, refcount table and blocks, snapshot table
- * and snapshot L1 tables) is counted, and the counts are compared with the stored refcounts;
+ * and snapshot L1 tables, persistent bitmaps) is counted, and the counts are compared with the stored refcounts;
  * COPIED flags are checked against them. Repair sets the stored refcounts to the counts.
  * Findings are returned as qemu-img words them; nothing here prints.
  *
@@ -14,6 +14,7 @@
 
 struct check {
 	struct qcow2_state *s;
+	uint64_t file_size;		/* bytes */
 	uint64_t nb_clusters;		/* clusters the file holds */
 	uint64_t *refs;			/* references counted per cluster */
 	struct tblk_check_result *res;
@@ -44,7 +45,7 @@ static void ref_range(struct check *c, uint64_t offset, uint64_t len)
 			finding(c, "ERROR: counting reference for region exceeding the end of the "
 				   "file by one cluster or more: offset 0x%" PRIx64 " size 0x%" PRIx64,
 				offset, len);
-			c->res->check_errors++;
+			c->res->corruptions++;	/* qemu-img counts these as errors */
 			return;
 		}
 		c->refs[i]++;
@@ -111,13 +112,14 @@ static int check_l2(struct check *c, uint64_t l2_off, bool active)
 	return 0;
 }
 
+/* An L1 table of @l1_size entries at @l1_off, of which the first @n are in @l1. */
 static int check_l1(struct check *c, uint64_t l1_off, uint32_t l1_size, const uint64_t *l1,
-		    bool active)
+		    uint32_t n, bool active)
 {
 	struct qcow2_state *s = c->s;
 
 	ref_range(c, l1_off, (uint64_t)l1_size * 8);
-	for (uint32_t i = 0; i < l1_size; i++) {
+	for (uint32_t i = 0; i < n; i++) {
 		uint64_t l2 = l1[i] & QCOW2_OFFSET_MASK;
 
 		if (!l2)
@@ -144,7 +146,7 @@ static int check_snapshots(struct check *c)
 	for (uint32_t i = 0; i < s->nb_snapshots; i++) {
 		uint8_t h[40];
 		uint64_t l1_off;
-		uint32_t l1_size, extra;
+		uint32_t l1_size, extra, n;
 		uint16_t id_len, name_len;
 		g_autofree uint64_t *l1 = NULL;
 
@@ -160,17 +162,29 @@ static int check_snapshots(struct check *c)
 			c->res->corruptions++;
 			return 0;
 		}
-		l1 = g_new(uint64_t, l1_size ? l1_size : 1);
-		if (l1_size && tblk_node_pread(s->node->file, l1_off, l1, (uint64_t)l1_size * 8) < 0)
+		/*
+		 * What lies past the end of the file reads as zeroes (no L2 tables): only the
+		 * part inside is read and walked, or thousands of snapshots naming 32 MiB tables
+		 * in a small file take minutes (qemu-img's too). ref_range reports the overrun.
+		 */
+		n = l1_off >= c->file_size ? 0 :
+		    (uint32_t)TBLK_MIN((uint64_t)l1_size, (c->file_size - l1_off) / 8);
+		l1 = g_new(uint64_t, n ? n : 1);
+		if (n && tblk_node_pread(s->node->file, l1_off, l1, (uint64_t)n * 8) < 0)
 			return -EIO;
-		for (uint32_t k = 0; k < l1_size; k++)
+		for (uint32_t k = 0; k < n; k++)
 			l1[k] = be64toh(l1[k]);
-		if (check_l1(c, l1_off, l1_size, l1, false) < 0)
+		if (check_l1(c, l1_off, l1_size, l1, n, false) < 0)
 			return -EIO;
 		pos += TBLK_ALIGN_UP(40 + (uint64_t)extra + id_len + name_len, 8);
 	}
 	ref_range(c, start, pos - start);
 	return 0;
+}
+
+static void ref_bitmap_range(void *opaque, uint64_t offset, uint64_t len)
+{
+	ref_range(opaque, offset, len);
 }
 
 /* Stored refcount of cluster @i as check sees it (unreadable blocks count as 0). */
@@ -219,6 +233,21 @@ static void check_copied(struct check *c)
 	}
 }
 
+/* Moves cluster @i's refcount from @rc to @want, in steps an int64_t can hold. */
+static int set_refcount(struct qcow2_state *s, uint64_t i, uint64_t rc, uint64_t want)
+{
+	while (rc != want) {
+		uint64_t step = TBLK_MIN(rc > want ? rc - want : want - rc, (uint64_t)INT64_MAX);
+		int ret = qcow2_update_refcount(s, i << s->cluster_bits, 1,
+					       rc > want ? -(int64_t)step : (int64_t)step);
+
+		if (ret < 0)
+			return ret;
+		rc = rc > want ? rc - step : rc + step;
+	}
+	return 0;
+}
+
 static int compare_and_fix(struct check *c, int fix)
 {
 	struct qcow2_state *s = c->s;
@@ -262,7 +291,7 @@ static int compare_and_fix(struct check *c, int fix)
 			continue;
 		finding(c, "Repairing cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64,
 			i, rc, want);
-		ret = qcow2_update_refcount(s, i << s->cluster_bits, 1, (int64_t)(want - rc));
+		ret = set_refcount(s, i, rc, want);
 		if (ret < 0) {
 			c->res->check_errors++;
 			continue;
@@ -286,15 +315,18 @@ int qcow2_check(struct qcow2_state *s, struct tblk_check_result *res, int fix)
 
 	if (flen < 0)
 		return (int)flen;
+	c.file_size = (uint64_t)flen;
 	c.nb_clusters = qcow2_size_to_clusters(s, (uint64_t)flen);
 	c.refs = g_try_new0(uint64_t, c.nb_clusters ? c.nb_clusters : 1);
 	if (!c.refs)
 		return -ENOMEM;
 	res->total_clusters = qcow2_size_to_clusters(s, s->size);
 	ref_range(&c, 0, s->cluster_size);
-	ret = check_l1(&c, s->l1_offset, s->l1_size, s->l1, true);
+	ret = check_l1(&c, s->l1_offset, s->l1_size, s->l1, s->l1_size, true);
 	if (ret >= 0 && s->nb_snapshots)
 		ret = check_snapshots(&c);
+	if (ret >= 0)
+		ret = qcow2_bitmaps_for_each_cluster(s, ref_bitmap_range, &c);
 	if (ret >= 0) {
 		ref_range(&c, s->reftable_offset, (uint64_t)s->reftable_clusters << s->cluster_bits);
 		for (uint64_t i = 0; i < s->reftable_size; i++) {

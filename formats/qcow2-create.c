@@ -76,7 +76,8 @@ static int parse_opts(GHashTable *opts, struct create_opts *o, GError **errp)
 	else if (!strcmp(compat, "0.10") || !strcmp(compat, "v2"))
 		o->version = 2;
 	else
-		return tblk_error_set(errp, EINVAL, "Invalid parameter '%s'", compat);
+		return tblk_error_set(errp, EINVAL, "Parameter 'version' does not accept value "
+				      "'%s'", compat);
 	if (!ctype || !strcmp(ctype, "zlib"))
 		o->compression_type = 0;
 	else if (!strcmp(ctype, "zstd"))

@@ -3,8 +3,10 @@
  * qcow2-fast.c - the qcow2 fast path. On the loop thread that submitted it, a read, or an
  * overwrite, whose L2 table is in the cache and whose clusters are allocated, uncompressed and
  * contiguous in the file is translated without the pool and handed to the data file's own
- * fast path (Linux AIO or io_uring submitted from the loop). Everything else, and anything
- * that would need metadata I/O or an allocation, returns -EAGAIN and takes the pool path.
+ * fast path (Linux AIO or io_uring submitted from the loop). With extended L2 entries every
+ * subcluster the request touches must be allocated too. Everything else, and anything that
+ * would need metadata I/O, an allocation or a change of subcluster bits, returns -EAGAIN and
+ * takes the pool path.
  *
  * Threading: translation runs under qcow2_state.mu only, and only while nobody holds the
  * image lock (meta_held false): whoever takes the image lock sets meta_held under mu first,
@@ -15,6 +17,19 @@
 
 /* Most clusters one fast request may span (a 64 KiB cluster image: 1 MiB). */
 #define FAST_MAX_CLUSTERS 16
+
+/* Extended L2: true if the subclusters of [pos, end) in @pos's cluster are all allocated. */
+static bool subclusters_allocated(const struct qcow2_state *s, uint64_t bitmap, uint64_t pos,
+				  uint64_t end)
+{
+	uint64_t into = qcow2_offset_into_cluster(s, pos);
+	uint64_t last = TBLK_MIN(end - pos + into, (uint64_t)s->cluster_size) - 1;
+	uint64_t lo = into / s->subcluster_size, hi = last / s->subcluster_size + 1;
+	uint64_t mask = ((1ull << hi) - 1) & ~((1ull << lo) - 1);
+
+	/* A zero bit next to an allocated one is corruption: the pool reports it. */
+	return (bitmap & mask) == mask && !((bitmap >> 32) & mask);
+}
 
 /*
  * The host offset of guest [offset, offset + bytes) if it is one contiguous run of allocated
@@ -48,6 +63,9 @@ static int translate_locked(struct qcow2_state *s, uint64_t offset, uint64_t byt
 		    (entry & QCOW2_OFFSET_MASK & (s->cluster_size - 1)) ||
 		    (write && !(entry & QCOW2_OFLAG_COPIED)))
 			return -EAGAIN;
+		if (s->ext_l2 &&
+		    !subclusters_allocated(s, qcow2_l2_get_bitmap(s, table, l2i), pos, end))
+			return -EAGAIN;
 		h = (entry & QCOW2_OFFSET_MASK) + qcow2_offset_into_cluster(s, pos);
 		if (pos == offset)
 			first = h;
@@ -67,7 +85,7 @@ int tblk__qcow2_submit_fast(struct tblk_node *node, struct tblk_req *req, uint64
 	uint64_t host = 0;
 	int ret = -EAGAIN;
 
-	if ((req->kind != TBLK_REQ_READ && !write) || req->bytes == 0 || s->ext_l2 ||
+	if ((req->kind != TBLK_REQ_READ && !write) || req->bytes == 0 ||
 	    !data->drv->submit_fast || (write && (s->read_only || req->flags)))
 		return -EAGAIN;
 	tblk_mutex_lock(&s->mu);

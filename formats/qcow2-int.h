@@ -66,6 +66,19 @@ enum qcow2_ctype {
 	QCOW2_COMPRESSED,	/* compressed data at a host byte offset */
 };
 
+/* Bitmap directory entry flags. */
+#define QCOW2_BITMAP_IN_USE	(1u << 0)
+#define QCOW2_BITMAP_AUTO	(1u << 1)
+#define QCOW2_BITMAP_EXTRA_OK	(1u << 2)
+
+/* A persistent bitmap's directory entry (qcow2-bitmap.c). */
+struct qcow2_bitmap {
+	uint64_t table_offset;
+	uint32_t table_size;		/* entries */
+	uint8_t type;
+	uint8_t granularity_bits;
+};
+
 /* A header extension we do not interpret, written back unchanged. */
 struct qcow2_ext {
 	uint32_t type;
@@ -145,6 +158,12 @@ struct qcow2_state {
 	char *data_file_name;
 	struct qcow2_ext *unknown_exts;
 	bool has_bitmaps_ext;
+	/* Persistent bitmaps, when the extension is consistent. [const] after open, or [meta] */
+	struct qcow2_bitmap *bitmaps;
+	struct tblk_bitmap_info *bitmap_info;	/* names allocated */
+	unsigned int nb_bitmaps;
+	uint64_t bitmap_dir_offset;
+	uint64_t bitmap_dir_size;
 	uint32_t nb_snapshots;
 	uint64_t snapshots_offset;
 	uint64_t snapshots_size;	/* bytes of the snapshot table */
@@ -223,6 +242,15 @@ int qcow2_header_build(const struct qcow2_state *s, uint8_t *buf);
 void qcow2_set_geometry(struct qcow2_state *s);
 void qcow2_state_free_header(struct qcow2_state *s);
 
+/* ------------------------------------------------ bitmaps (qcow2-bitmap.c) */
+/* Reads the bitmap directory if the bitmaps extension is consistent; 0 if there is none. */
+int qcow2_bitmaps_read(struct qcow2_state *s, uint64_t flen, GError **errp);
+void qcow2_bitmaps_free(struct qcow2_state *s);
+/* Calls @fn for every byte range the bitmaps occupy in the file (directory, tables, data). */
+int qcow2_bitmaps_for_each_cluster(struct qcow2_state *s,
+				   void (*fn)(void *opaque, uint64_t offset, uint64_t len),
+				   void *opaque);
+
 /* ------------------------------------------------ caches (qcow2-cache.c) */
 struct qcow2_cache *qcow2_cache_new(struct qcow2_state *s, unsigned int nr_entries);
 void qcow2_cache_free(struct qcow2_cache *c);
@@ -236,6 +264,8 @@ void qcow2_cache_mark_dirty(struct qcow2_cache *c, void *table);
 int qcow2_cache_write(struct qcow2_cache *c);
 /* Forgets the table at @offset (freed) without writing it. */
 void qcow2_cache_discard(struct qcow2_cache *c, uint64_t offset);
+/* Forgets every table (clean or not) without writing it. */
+void qcow2_cache_clear(struct qcow2_cache *c);
 /* Writes all metadata in a crash-safe order: refcounts, file flush, L2 tables. */
 int qcow2_flush_metadata(struct qcow2_state *s);
 
@@ -298,6 +328,9 @@ int tblk__qcow2_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 int tblk__qcow2_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 			const struct iovec *iov, int iovcnt, unsigned int flags);
 int tblk__qcow2_flush(struct tblk_node *node);
+/* Reads or writes @bytes at @pos of the VM state area (qcow2-vmstate.c); 0 or -errno. */
+int tblk__qcow2_vmstate_rw(struct tblk_node *node, uint64_t pos, const struct iovec *iov,
+			   int iovcnt, uint64_t bytes, bool write);
 int tblk__qcow2_pdiscard(struct tblk_node *node, uint64_t offset, uint64_t bytes);
 int tblk__qcow2_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 			      unsigned int flags);
@@ -322,6 +355,11 @@ int tblk__qcow2_snapshot_delete(struct tblk_node *node, const char *id, const ch
 				GError **errp);
 int tblk__qcow2_snapshot_load_tmp(struct tblk_node *node, const char *id, const char *name,
 				  GError **errp);
+
+/* ------------------------------------------------ backing file, emptying (qcow2-backing.c) */
+int tblk__qcow2_change_backing_file(struct tblk_node *node, const char *backing_file,
+				    const char *backing_fmt);
+int tblk__qcow2_make_empty(struct tblk_node *node);
 
 /* ------------------------------------------------ resize (qcow2-resize.c, qcow2-prealloc.c) */
 enum { QCOW2_PREALLOC_OFF, QCOW2_PREALLOC_METADATA, QCOW2_PREALLOC_FALLOC, QCOW2_PREALLOC_FULL };

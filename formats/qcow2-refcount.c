@@ -8,6 +8,7 @@
  *
  * Threading: everything here runs under the image lock.
  */
+#include <assert.h>
 #include <string.h>
 
 #include "formats/qcow2-int.h"
@@ -233,13 +234,26 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, 
 	uint64_t done;
 	int ret = 0;
 
+	assert(delta != INT64_MIN);	/* the undo below negates it */
 	if (len == 0)
 		return 0;
 	for (done = first; done <= last; done++) {
 		void *block;
 		uint64_t rc;
 
-		ret = alloc_refcount_block(s, done);
+		/*
+		 * A cluster without a refcount block has refcount 0: dropping a reference to it
+		 * is an underflow, found without allocating blocks (and growing the table) to
+		 * cover it, which for an offset far out in a corrupt image writes gigabytes.
+		 */
+		ret = delta < 0 ? get_block(s, done, &block) : 0;
+		if (ret >= 0 && delta < 0 && !block) {
+			ret = qcow2_signal_corruption(s, "Refcount underflow at",
+						      done << s->cluster_bits);
+			break;
+		}
+		if (ret >= 0)
+			ret = alloc_refcount_block(s, done);
 		if (ret == -EAGAIN && s->free_cluster_index > first)
 			s->free_cluster_index = first;
 		if (ret < 0)
@@ -248,7 +262,7 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, 
 		if (ret < 0)
 			break;
 		rc = rc_get(s, block, done & mask);
-		if ((delta < 0 && rc < (uint64_t)-delta) ||
+		if ((delta < 0 && rc < -(uint64_t)delta) ||
 		    (delta > 0 && rc > s->refcount_max - (uint64_t)delta)) {
 			ret = delta < 0 ? qcow2_signal_corruption(s, "Refcount underflow at",
 								  done << s->cluster_bits)
@@ -296,6 +310,14 @@ int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t len)
 		off = alloc_noref(s, n);
 		if (off < 0)
 			return off;
+		/*
+		 * Cluster 0 holds the header: free there means the refcounts are corrupt. (An
+		 * empty allocation, for an empty snapshot table, returns the search position
+		 * untouched, as qemu's, which records it in the header.)
+		 */
+		if (off == 0 && n)
+			return qcow2_signal_corruption(s, "Preventing invalid allocation of cluster "
+						       "at offset", 0);
 		ret = qcow2_update_refcount(s, (uint64_t)off, n << s->cluster_bits, 1);
 	} while (ret == -EAGAIN);
 	return ret < 0 ? ret : off;
@@ -357,6 +379,9 @@ int64_t qcow2_alloc_bytes(struct qcow2_state *s, uint64_t len)
 
 			if (new < 0)
 				return new;
+			if (new == 0)
+				return qcow2_signal_corruption(s, "Preventing invalid allocation of "
+							       "compressed cluster at offset", 0);
 			if (!off || TBLK_ALIGN_UP(off, s->cluster_size) != (uint64_t)new) {
 				off = (uint64_t)new;
 				free_in = s->cluster_size;

@@ -136,15 +136,15 @@ static int read_old(struct qcow2_state *s, uint64_t entry, uint64_t guest, uint6
 
 	if (n == 0)
 		return 0;
+	/* Extended L2: subclusters differ; read what the guest sees (the old entry). */
+	if (s->ext_l2)
+		return tblk__qcow2_preadv(s->node, guest, n, &iov, 1, 0);
 	switch (qcow2_entry_type(s, entry)) {
 	case QCOW2_UNALLOCATED:
 		return read_backing(s->node, guest, n, &iov, 1, 0);
 	case QCOW2_NORMAL:
-		if (!s->ext_l2)
-			return tblk_node_pread(s->data, (entry & QCOW2_OFFSET_MASK) +
-					       qcow2_offset_into_cluster(s, guest), buf, n);
-		/* Extended L2: subclusters differ; go through the mapping (old entry). */
-		break;
+		return tblk_node_pread(s->data, (entry & QCOW2_OFFSET_MASK) +
+				       qcow2_offset_into_cluster(s, guest), buf, n);
 	case QCOW2_COMPRESSED:
 		cl = g_malloc(s->cluster_size);
 		ret = read_compressed(s, entry, cl);
@@ -156,7 +156,6 @@ static int read_old(struct qcow2_state *s, uint64_t entry, uint64_t guest, uint6
 		memset(buf, 0, n);
 		return 0;
 	}
-	return tblk__qcow2_preadv(s->node, guest, n, &iov, 1, 0);
 }
 
 struct alloc_job {
@@ -166,7 +165,59 @@ struct alloc_job {
 	uint64_t *old;		/* n previous L2 entries */
 	uint64_t *old_bitmap;	/* n previous bitmaps (extended L2) */
 	bool keep_old;		/* the host cluster is the old one (zero-alloc or subclusters) */
+	uint64_t wfrom, wto;	/* what is written, relative to a.start: data and copy-on-write */
 };
+
+/* Extended L2: the index of the subcluster of guest offset @off in its cluster. */
+static unsigned int sc_index(const struct qcow2_state *s, uint64_t off)
+{
+	return (unsigned int)(qcow2_offset_into_cluster(s, off) / s->subcluster_size);
+}
+
+/*
+ * Extended L2: the part of the planned clusters the write covers (job->wfrom, job->wto) for
+ * data ending at @end, as qemu plans it. Around the data, the partially written subclusters
+ * are completed by copy-on-write. A new host cluster for an old one also takes every
+ * allocated subcluster of the old one before (after) the data along, a compressed one the
+ * whole cluster. Subclusters outside stay as they were: unallocated, or zero.
+ */
+static void plan_subclusters(const struct qcow2_state *s, struct alloc_job *job,
+			     uint64_t offset, uint64_t end)
+{
+	uint64_t sc = s->subcluster_size, rel = offset - job->a.start;
+	uint64_t rel_end = TBLK_MIN(end, job->a.end) - job->a.start;
+	uint64_t whole = job->n << s->cluster_bits;
+	unsigned int first = sc_index(s, offset), last = sc_index(s, job->a.start + rel_end - 1);
+	uint32_t alloc0 = (uint32_t)job->old_bitmap[0];
+	uint32_t allocl = (uint32_t)job->old_bitmap[job->n - 1];
+
+	if (job->keep_old) {
+		job->wfrom = (alloc0 >> first) & 1 ? rel : (uint64_t)first * sc;
+		job->wto = (allocl >> last) & 1 ? rel_end : TBLK_ALIGN_UP(rel_end, sc);
+		return;
+	}
+	switch (qcow2_entry_type(s, job->old[0])) {
+	case QCOW2_COMPRESSED:
+		job->wfrom = 0;
+		break;
+	case QCOW2_NORMAL:
+		job->wfrom = TBLK_MIN(first, alloc0 ? (unsigned int)__builtin_ctz(alloc0) : 32) * sc;
+		break;
+	default:
+		job->wfrom = (uint64_t)first * sc;
+	}
+	switch (qcow2_entry_type(s, job->old[job->n - 1])) {
+	case QCOW2_COMPRESSED:
+		job->wto = whole;
+		break;
+	case QCOW2_NORMAL:
+		job->wto = whole - TBLK_MIN(31 - last,
+					    allocl ? (unsigned int)__builtin_clz(allocl) : 32) * sc;
+		break;
+	default:
+		job->wto = TBLK_ALIGN_UP(rel_end, sc);
+	}
+}
 
 static bool alloc_overlaps(const struct qcow2_alloc *a, uint64_t start, uint64_t end)
 {
@@ -210,7 +261,7 @@ static void wait_dependencies(struct qcow2_state *s, uint64_t offset, uint64_t *
 static int plan_alloc(struct qcow2_state *s, uint64_t offset, uint64_t end, uint64_t hint,
 		      struct alloc_job *job)
 {
-	uint64_t start = qcow2_start_of_cluster(s, offset), nmax, e0, b0;
+	uint64_t start = qcow2_start_of_cluster(s, offset), nmax, e0;
 	uint32_t l2i;
 	void *table;
 	int ret = qcow2_get_l2_for_write(s, offset, &table, &l2i);
@@ -219,7 +270,6 @@ static int plan_alloc(struct qcow2_state *s, uint64_t offset, uint64_t end, uint
 		return ret;
 	nmax = TBLK_MIN(qcow2_size_to_clusters(s, end - start), (uint64_t)(s->l2_size - l2i));
 	e0 = qcow2_l2_get(s, table, l2i);
-	b0 = qcow2_l2_get_bitmap(s, table, l2i);
 	job->keep_old = !needs_new_cluster(s, e0);
 	job->n = 1;
 	if (!job->keep_old)
@@ -255,9 +305,12 @@ static int plan_alloc(struct qcow2_state *s, uint64_t offset, uint64_t end, uint
 		}
 		job->host = (uint64_t)host;
 	}
-	(void)b0;
 	job->a.start = start;
 	job->a.end = start + (job->n << s->cluster_bits);
+	job->wfrom = 0;
+	job->wto = job->a.end - start;
+	if (s->ext_l2)
+		plan_subclusters(s, job, offset, end);
 	tblk_list_add_tail(&s->allocs, &job->a.link);
 	return 0;
 }
@@ -286,7 +339,8 @@ static int write_alloc(struct qcow2_state *s, struct alloc_job *job, uint64_t of
 		       uint64_t n, const struct iovec *iov, int iovcnt, size_t iov_off,
 		       unsigned int flags)
 {
-	uint64_t head = offset - job->a.start, tail = job->a.end - (offset + n);
+	uint64_t wstart = job->a.start + job->wfrom, wend = job->a.start + job->wto;
+	uint64_t head = offset - wstart, tail = wend - (offset + n);
 	g_autofree struct iovec *v = g_new(struct iovec, iovcnt + 2);
 	g_autofree uint8_t *hbuf = NULL;
 	g_autofree uint8_t *tbuf = NULL;
@@ -307,7 +361,7 @@ static int write_alloc(struct qcow2_state *s, struct alloc_job *job, uint64_t of
 	tbuf = tail ? g_malloc(tail) : NULL;
 	if (head || tail)
 		tblk_node_debug_event(s->node->file, TBLK_DBG_COW_READ);
-	ret = read_old(s, job->old[0], job->a.start, head, hbuf);
+	ret = read_old(s, job->old[0], wstart, head, hbuf);
 	if (ret >= 0)
 		ret = read_old(s, job->old[job->n - 1], offset + n, tail, tbuf);
 	if (ret < 0)
@@ -321,7 +375,7 @@ static int write_alloc(struct qcow2_state *s, struct alloc_job *job, uint64_t of
 	if (tail)
 		v[cnt++] = (struct iovec){ tbuf, tail };
 	tblk_node_debug_event(s->node->file, TBLK_DBG_WRITE_AIO);
-	return tblk_node_pwritev(s->data, job->host, job->a.end - job->a.start, v, cnt,
+	return tblk_node_pwritev(s->data, job->host + job->wfrom, job->wto - job->wfrom, v, cnt,
 				 flags & TBLK_REQ_FUA);
 }
 
@@ -336,8 +390,22 @@ static int link_alloc(struct qcow2_state *s, struct alloc_job *job)
 		return ret;
 	for (uint64_t i = 0; i < job->n; i++) {
 		uint64_t e = (job->host + (i << s->cluster_bits)) | QCOW2_OFLAG_COPIED;
+		uint64_t bitmap = 0;
 
-		qcow2_l2_set(s, table, l2i + (uint32_t)i, e, s->ext_l2 ? 0xffffffffull : 0);
+		if (s->ext_l2) {
+			/* The written subclusters become allocated, the others stay as they are
+			 * now (a concurrent zeroing may have changed them). */
+			uint64_t base = i << s->cluster_bits;
+			uint64_t from = TBLK_MAX(job->wfrom, base) - base;
+			uint64_t to = TBLK_MIN(job->wto, base + s->cluster_size) - base;
+			uint64_t lo = from / s->subcluster_size;
+			uint64_t hi = TBLK_ALIGN_UP(to, s->subcluster_size) / s->subcluster_size;
+			uint64_t mask = ((1ull << hi) - 1) & ~((1ull << lo) - 1);
+
+			bitmap = qcow2_l2_get_bitmap(s, table, l2i + (uint32_t)i);
+			bitmap = (bitmap | mask) & ~(mask << 32);
+		}
+		qcow2_l2_set(s, table, l2i + (uint32_t)i, e, bitmap);
 		if (!job->keep_old) {
 			ret = qcow2_free_l2_entry(s, job->old[i], QCOW2_DISCARD_OTHER);
 			if (ret < 0)
@@ -678,78 +746,195 @@ static int backing_reads_zero(struct tblk_node *node, uint64_t offset, uint64_t 
 	return 0;
 }
 
-/* True if guest cluster @offset reads as zeroes as far as its L2 entry tells. */
-static int cluster_reads_zero(struct qcow2_state *s, uint64_t offset, bool *zero)
+/*
+ * True if guest [offset, offset + bytes) reads as zeroes as far as block status tells, down
+ * the backing chain; past the end of the image counts as zeroes. It is what decides, as in
+ * qemu, whether a partially zeroed unit may become a zero (sub)cluster.
+ */
+static int range_reads_zero(struct qcow2_state *s, uint64_t offset, uint64_t bytes, bool *zero)
 {
-	uint64_t entry, bitmap;
-	int ret = qcow2_get_l2_entry(s, offset, &entry, &bitmap);
-	enum qcow2_ctype t = qcow2_entry_type(s, entry);
+	*zero = true;
+	if (offset >= s->size)
+		return 0;
+	bytes = TBLK_MIN(bytes, s->size - offset);
+	while (bytes) {
+		struct qcow2_map m;
+		int ret;
 
-	if (ret < 0)
-		return ret;
-	if (s->ext_l2)
-		*zero = t != QCOW2_COMPRESSED && (bitmap >> 32) == 0xffffffffull;
-	else
-		*zero = t == QCOW2_ZERO_PLAIN || t == QCOW2_ZERO_ALLOC;
-	if (!s->ext_l2 && t == QCOW2_UNALLOCATED)
-		return backing_reads_zero(s->node, offset, s->cluster_size, zero);
+		qcow2_lock(s);
+		ret = qcow2_get_mapping(s, offset, bytes, &m);
+		qcow2_unlock(s);
+		if (ret < 0)
+			return ret;
+		if (m.type == QCOW2_UNALLOCATED) {
+			ret = backing_reads_zero(s->node, offset, m.bytes, zero);
+			if (ret < 0 || !*zero)
+				return ret;
+		} else if (m.type != QCOW2_ZERO_PLAIN && m.type != QCOW2_ZERO_ALLOC) {
+			*zero = false;
+			return 0;
+		}
+		offset += m.bytes;
+		bytes -= m.bytes;
+	}
 	return 0;
 }
 
-/* A partial cluster: zero clusters if it already reads as zeroes, else zero data. */
+/*
+ * Under the image lock, extended L2: makes the subclusters of [offset, offset + bytes) (in one
+ * cluster, subcluster aligned) zero subclusters; the host cluster stays. -ENOTSUP for a
+ * compressed cluster, which has no subclusters.
+ */
+static int zero_subclusters(struct qcow2_state *s, uint64_t offset, uint64_t bytes)
+{
+	uint64_t n = bytes, entry, bitmap, nb, mask;
+	uint64_t lo = sc_index(s, offset);
+	uint64_t hi = lo + TBLK_ALIGN_UP(bytes, s->subcluster_size) / s->subcluster_size;
+	uint32_t l2i;
+	void *table;
+	int ret;
+
+	wait_dependencies(s, offset, &n);
+	ret = qcow2_get_l2_for_write(s, offset, &table, &l2i);
+	if (ret < 0)
+		return ret;
+	entry = qcow2_l2_get(s, table, l2i);
+	if (qcow2_entry_type(s, entry) == QCOW2_COMPRESSED)
+		return -ENOTSUP;
+	mask = ((1ull << hi) - 1) & ~((1ull << lo) - 1);
+	bitmap = qcow2_l2_get_bitmap(s, table, l2i);
+	nb = (bitmap | (mask << 32)) & ~mask;
+	if (nb != bitmap) {
+		qcow2_l2_set(s, table, l2i, entry, nb);
+		qcow2_cache_mark_dirty(s->l2_cache, table);
+	}
+	return 0;
+}
+
+/*
+ * Under the image lock: zeroes [offset, offset + bytes), aligned to the allocation unit (or
+ * ending at the end of the image), in the metadata: partial clusters at either end as zero
+ * subclusters, whole clusters as zero clusters (unmapped with TBLK_REQ_MAY_UNMAP).
+ */
+static int zeroize_locked(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
+			  unsigned int flags)
+{
+	uint64_t end = offset + bytes;
+	uint64_t head = TBLK_MIN(end, TBLK_ALIGN_UP(offset, s->cluster_size)) - offset;
+	uint64_t tail = 0;
+	int ret = 0;
+
+	if (s->corrupt)
+		return -EIO;
+	if (end < s->size)
+		tail = end - TBLK_MAX(offset + head, qcow2_start_of_cluster(s, end));
+	if (!s->ext_l2)
+		head = tail = 0;	/* unit and cluster are one */
+	if (head)
+		ret = zero_subclusters(s, offset, head);
+	if (ret >= 0 && end - tail > offset + head)
+		ret = rewrite_range(s, offset + head, end - tail - (offset + head), flags,
+				    zero_entry);
+	if (ret >= 0 && tail)
+		ret = zero_subclusters(s, end - tail, tail);
+	return ret;
+}
+
+/* Writes zero data over [offset, offset + bytes): where zero (sub)clusters cannot be used. */
+static int zero_fallback(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
+			 unsigned int flags)
+{
+	uint64_t chunk = TBLK_MIN(bytes, (uint64_t)16 << 20);
+	g_autofree void *buf = NULL;
+
+	if (flags & TBLK_REQ_NO_FALLBACK)
+		return -ENOTSUP;
+	buf = g_malloc0(chunk);
+	for (uint64_t done = 0; done < bytes; done += chunk) {
+		struct iovec iov = { buf, TBLK_MIN(chunk, bytes - done) };
+		int ret = tblk__qcow2_pwritev(s->node, offset + done, iov.iov_len, &iov, 1,
+					      flags & TBLK_REQ_FUA);
+
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+/*
+ * Less than one allocation unit (subcluster, or cluster without extended L2): the whole unit
+ * becomes zero if the rest of it already reads as zeroes and it holds no data, else zero data
+ * is written.
+ */
 static int zero_partial(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
 			unsigned int flags)
 {
-	uint64_t start = qcow2_start_of_cluster(s, offset), n = s->cluster_size;
+	uint64_t unit = s->subcluster_size, start = TBLK_ALIGN_DOWN(offset, unit);
+	uint64_t n = unit;
+	struct qcow2_map m;
 	bool zero = false;
 	int ret;
 
-	qcow2_lock(s);
-	/* An allocation in flight in this cluster decides what it reads: wait for it first. */
-	wait_dependencies(s, start, &n);
-	ret = cluster_reads_zero(s, start, &zero);
+	ret = range_reads_zero(s, start, offset - start, &zero);
 	if (ret >= 0 && zero)
-		ret = rewrite_range(s, start, s->cluster_size, flags, zero_entry);
-	qcow2_unlock(s);
-	if (ret < 0 || zero)
+		ret = range_reads_zero(s, offset + bytes, start + unit - (offset + bytes), &zero);
+	if (ret < 0)
 		return ret;
-	if (flags & TBLK_REQ_NO_FALLBACK)
-		return -ENOTSUP;
-	{
-		g_autofree void *buf = g_malloc0(bytes);
-		struct iovec iov = { buf, bytes };
-
-		return tblk__qcow2_pwritev(s->node, offset, bytes, &iov, 1, flags & TBLK_REQ_FUA);
+	if (zero) {
+		qcow2_lock(s);
+		/* An allocation in flight in this cluster decides what it holds: wait for it. */
+		wait_dependencies(s, start, &n);
+		ret = qcow2_get_mapping(s, start, unit, &m);
+		zero = ret >= 0 && (m.type == QCOW2_UNALLOCATED || m.type == QCOW2_ZERO_PLAIN ||
+				    m.type == QCOW2_ZERO_ALLOC);
+		if (zero)
+			ret = zeroize_locked(s, start, unit, flags);
+		qcow2_unlock(s);
+		if (ret < 0 || zero)
+			return ret;
 	}
+	return zero_fallback(s, offset, bytes, flags);
 }
 
+/* Units whole (or up to the end of the image): zero (sub)clusters where possible. */
+static int zero_aligned(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
+			unsigned int flags)
+{
+	int ret;
+
+	qcow2_lock(s);
+	ret = zeroize_locked(s, offset, bytes, flags);
+	qcow2_unlock(s);
+	/* A compressed cluster cannot be zeroed in part: the whole range gets zero data. */
+	return ret == -ENOTSUP ? zero_fallback(s, offset, bytes, flags) : ret;
+}
+
+/*
+ * Split as qemu's block layer splits a zero write for the driver: a partial unit at the
+ * head, the whole units, a partial unit at the tail.
+ */
 int tblk__qcow2_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 			      unsigned int flags)
 {
 	struct qcow2_state *s = node->opaque;
-	uint64_t end = offset + bytes;
-	uint64_t head_end = TBLK_MIN(TBLK_ALIGN_UP(offset, s->cluster_size), end);
-	uint64_t tail_start = TBLK_MAX(qcow2_start_of_cluster(s, end), head_end);
+	uint64_t unit = s->subcluster_size, end = offset + bytes, pos = offset;
 	int ret = 0;
 
 	tblk_node_debug_event(node->file, TBLK_DBG_PWRITEV_ZERO);
 	if (s->version < 3 && node->backing)
 		return -ENOTSUP;	/* written as zero data */
-	if (end == s->size)
-		tail_start = end;	/* the image's last cluster may be partial */
-	if (head_end > offset && !(head_end == end && end == s->size &&
-				   !qcow2_offset_into_cluster(s, offset)))
-		ret = zero_partial(s, offset, head_end - offset, flags);
-	else
-		head_end = offset;
-	if (ret >= 0 && tail_start > head_end) {
-		qcow2_lock(s);
-		ret = s->corrupt ? -EIO : rewrite_range(s, head_end, tail_start - head_end, flags,
-							zero_entry);
-		qcow2_unlock(s);
+	while (ret >= 0 && pos < end) {
+		uint64_t n = end - pos;
+		bool partial;
+
+		if (pos % unit)
+			n = TBLK_MIN(n, unit - pos % unit);
+		else if (end % unit && n > unit)
+			n -= end % unit;
+		partial = (pos % unit) || ((pos + n) % unit && pos + n != s->size);
+		ret = partial ? zero_partial(s, pos, n, flags) : zero_aligned(s, pos, n, flags);
+		pos += n;
 	}
-	if (ret >= 0 && end > tail_start)
-		ret = zero_partial(s, tail_start, end - tail_start, flags);
 	if (ret >= 0 && (flags & TBLK_REQ_FUA))
 		ret = tblk__qcow2_flush(node);
 	return ret;

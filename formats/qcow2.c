@@ -161,16 +161,20 @@ static int open_backing(struct tblk_node *node, struct qcow2_state *s, GHashTabl
 
 	if (bnull && !strcmp(bnull, "null"))
 		return 0;
-	if (!s->backing_file)
+	if (!s->backing_file || (flags & TBLK_OPEN_NO_BACKING))
 		return 0;
-	/* Relative to the image's directory, if its name has one (qemu's path_combine). */
-	if (s->backing_file[0] == '/' || strstr(s->backing_file, "://") ||
-	    !node->file->filename || !strchr(node->file->filename, '/'))
+	/* A file the options name replaces the header's, as in qemu. */
+	if (g_hash_table_contains(bopts, "file.filename")) {
+		path = NULL;
+	} else if (s->backing_file[0] == '/' || strstr(s->backing_file, "://") ||
+		   !node->file->filename || !strrchr(node->file->filename, '/')) {
 		path = g_strdup(s->backing_file);
-	else {
-		g_autofree char *dir = g_path_get_dirname(node->file->filename);
+	} else {
+		/* The image's directory as written, as qemu combines them ("./a" gives "./b"). */
+		const char *slash = strrchr(node->file->filename, '/');
 
-		path = g_build_filename(dir, s->backing_file, NULL);
+		path = g_strdup_printf("%.*s%s", (int)(slash - node->file->filename + 1),
+				       node->file->filename, s->backing_file);
 	}
 	if (s->backing_fmt && !g_hash_table_contains(bopts, "driver"))
 		g_hash_table_insert(bopts, g_strdup("driver"), g_strdup(s->backing_fmt));
@@ -256,10 +260,50 @@ static void state_free(struct qcow2_state *s)
 	g_free(s->reftable);
 	g_free(s->pending_free);
 	qcow2_snapshots_free(s);
+	qcow2_bitmaps_free(s);
 	qcow2_state_free_header(s);
 	tblk_cond_destroy(&s->cv);
 	tblk_cond_destroy(&s->lock_cv);
 	tblk_mutex_destroy(&s->mu);
+}
+
+/*
+ * Bitmaps whose autoclear bit is clear were left inconsistent by a program without bitmap
+ * support: warn, as qemu does, and when we may write, drop the extension (its clusters leak).
+ */
+static int drop_stale_bitmaps(struct qcow2_state *s, GError **errp)
+{
+	struct qcow2_ext **pe = &s->unknown_exts;
+	int ret;
+
+	if (!s->has_bitmaps_ext || (s->autoclear & QCOW2_AUTOCLEAR_BITMAPS))
+		return 0;
+	tblk__warn("a program lacking bitmap support modified this file, so all bitmaps are "
+		   "now considered inconsistent\nSome clusters may be leaked, run 'qemu-img "
+		   "check -r' on the image file to fix.");
+	if (s->read_only)
+		return 0;
+	while (*pe && (*pe)->type != QCOW2_EXT_BITMAPS)
+		pe = &(*pe)->next;
+	if (*pe) {
+		struct qcow2_ext *e = *pe;
+
+		*pe = e->next;
+		g_free(e->data);
+		g_free(e);
+	}
+	s->has_bitmaps_ext = false;
+	ret = qcow2_header_write(s);
+	if (ret < 0)
+		return tblk_error_set_errno(errp, -ret, "Could not update qcow2 header");
+	return 0;
+}
+
+/* The autoclear bits that stay set when the image is opened for writing with @flags. */
+static uint64_t keep_autoclear(unsigned int flags)
+{
+	return QCOW2_AUTOCLEAR_DATA_FILE_RAW |
+	       ((flags & TBLK_OPEN_CHECK) ? QCOW2_AUTOCLEAR_BITMAPS : 0);
 }
 
 static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int flags,
@@ -334,6 +378,12 @@ static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int fla
 	ret = qcow2_snapshots_read(s, (uint64_t)flen, errp);
 	if (ret < 0)
 		goto out_file;
+	ret = qcow2_bitmaps_read(s, (uint64_t)flen, errp);
+	if (ret < 0)
+		goto out_file;
+	ret = drop_stale_bitmaps(s, errp);
+	if (ret < 0)
+		goto out_file;
 	ret = open_data_file(node, s, opts, flags, errp);
 	if (ret < 0)
 		goto out_file;
@@ -349,9 +399,14 @@ static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int fla
 	node->limits.request_alignment = 512;
 	node->limits.mem_alignment = node->file->limits.mem_alignment;
 	node->limits.pdiscard_alignment = s->cluster_size;
-	/* Autoclear features we do not maintain are cleared once we may write. */
-	if (!node->read_only && (s->autoclear & ~QCOW2_AUTOCLEAR_DATA_FILE_RAW)) {
-		s->autoclear &= QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+	/*
+	 * Autoclear features we do not maintain are cleared once we may write; a repair (it
+	 * writes refcounts only) keeps the bitmaps consistent.
+	 */
+	if (!node->read_only && (s->autoclear & ~keep_autoclear(flags))) {
+		s->autoclear &= keep_autoclear(flags);
+		if (!(s->autoclear & QCOW2_AUTOCLEAR_BITMAPS))
+			qcow2_bitmaps_free(s);
 		ret = qcow2_header_write(s);
 		if (ret < 0) {
 			tblk_error_set_errno(errp, -ret, "Could not update qcow2 header");
@@ -419,6 +474,8 @@ static int qcow2_get_info(struct tblk_node *node, struct tblk_format_info *info)
 	info->corrupt = s->corrupt || (s->incompat & QCOW2_INCOMPAT_CORRUPT);
 	info->extended_l2 = s->ext_l2;
 	info->nb_snapshots = s->nb_snapshots;
+	info->nb_bitmaps = s->nb_bitmaps;
+	info->bitmaps = s->bitmap_info;
 	return 0;
 }
 
@@ -438,6 +495,8 @@ static int qcow2_check_node(struct tblk_node *node, struct tblk_check_result *re
 
 const struct tblk_driver tblk__drv_qcow2 = {
 	.name = "qcow2",
+	.supports_backing = true,
+	.vmstate_rw = tblk__qcow2_vmstate_rw,
 	.instance_size = sizeof(struct qcow2_state),
 	.probe = qcow2_probe,
 	.open = qcow2_open,
@@ -462,4 +521,6 @@ const struct tblk_driver tblk__drv_qcow2 = {
 	.truncate = tblk__qcow2_truncate,
 	.measure = tblk__qcow2_measure,
 	.amend = tblk__qcow2_amend,
+	.change_backing_file = tblk__qcow2_change_backing_file,
+	.make_empty = tblk__qcow2_make_empty,
 };

@@ -39,10 +39,10 @@ static int raw_open(struct tblk_node *node, GHashTable *opts, unsigned int flags
 					   "Could not get the size of '%s'", node->file->filename);
 		goto out_close_file;
 	}
+	/* qemu's checks, in its order: the window must lie in the file, in whole sectors. */
 	if (s->offset > (uint64_t)flen) {
-		ret = tblk_error_set(errp, EINVAL, "The sum of offset (%" PRIu64 ") and size "
-				     "(0) has to be smaller or equal to the  actual size of the "
-				     "containing file (%" PRId64 ")", s->offset, flen);
+		ret = tblk_error_set(errp, EINVAL, "Offset (%" PRIu64 ") cannot be greater than "
+				     "size of the containing file (%" PRId64 ")", s->offset, flen);
 		goto out_close_file;
 	}
 	if (s->has_size && s->size > (uint64_t)flen - s->offset) {
@@ -50,6 +50,10 @@ static int raw_open(struct tblk_node *node, GHashTable *opts, unsigned int flags
 				     "(%" PRIu64 ") has to be smaller or equal to the  actual size "
 				     "of the containing file (%" PRId64 ")", s->offset, s->size,
 				     flen);
+		goto out_close_file;
+	}
+	if (s->has_size && s->size % 512) {
+		ret = tblk_error_set(errp, EINVAL, "Specified size is not multiple of 512");
 		goto out_close_file;
 	}
 	return 0;
@@ -95,11 +99,9 @@ static int raw_block_status(struct tblk_node *node, uint64_t offset, uint64_t by
 			    uint64_t *pnum, uint64_t *map)
 {
 	struct raw_state *s = node->opaque;
-	int ret = tblk_node_block_status(node->file, s->offset + offset, bytes, pnum, map);
 
-	if (ret < 0)
-		return ret;
-	return ret | TBLK_BS_ALLOCATED;
+	/* The file's answer, allocation included (null-co without read-zeroes has none). */
+	return tblk_node_block_status(node->file, s->offset + offset, bytes, pnum, map);
 }
 
 static int64_t raw_getlength(struct tblk_node *node)

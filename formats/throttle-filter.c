@@ -3,7 +3,11 @@
  * throttle-filter.c - the throttle filter (driver=throttle,throttle-group=NAME,file...):
  * every read, write and zero write through it waits for budget from the named group, which
  * --object throttle-group (tblk_throttle_group_new()) or a backend's throttling.group made.
- * The filter runs in the thread carrying the request, so it waits by sleeping there.
+ * The filter runs in the thread carrying the request, so it waits by sleeping there; in a
+ * pool worker the pool's wait service counts that worker as blocked and starts another for
+ * queued work. A drain of the filter or of any node above it lets waiting requests go at
+ * once (charged to the group) and new ones through unthrottled until it ends, as qemu's
+ * throttle driver does, so a drain never waits out the limits.
  *
  * Threading: the member is [const] after open; the group guards its own state.
  */
@@ -69,6 +73,20 @@ static int thr_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t b
 	return tblk_node_pwrite_zeroes(node->file, offset, bytes, flags);
 }
 
+static void thr_drain_begin(struct tblk_node *node)
+{
+	struct thr_filter *s = node->opaque;
+
+	tblk__thr_member_drain(s->member, true);
+}
+
+static void thr_drain_end(struct tblk_node *node)
+{
+	struct thr_filter *s = node->opaque;
+
+	tblk__thr_member_drain(s->member, false);
+}
+
 const struct tblk_driver tblk__drv_throttle = {
 	.name = "throttle",
 	.instance_size = sizeof(struct thr_filter),
@@ -82,4 +100,6 @@ const struct tblk_driver tblk__drv_throttle = {
 	.cluster_size = tblk__filter_cluster_size,
 	.get_info = tblk__filter_get_info,
 	.truncate = tblk__filter_truncate,
+	.drain_begin = thr_drain_begin,
+	.drain_end = thr_drain_end,
 };

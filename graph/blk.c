@@ -110,8 +110,17 @@ int tblk_blk_open(struct tblk_blk **pblk, const char *filename, GHashTable *opti
 	struct tblk_node *root;
 	int ret;
 
+	const struct tblk_driver *drv;
+
 	if (filename && !*filename)
 		filename = NULL;
+	/* A protocol named with a file name twice: qemu refuses to choose. */
+	drv = tblk__driver_find(g_hash_table_lookup(opts, "driver") ?: "");
+	if (filename && drv && drv->is_protocol && g_hash_table_contains(opts, "filename")) {
+		g_hash_table_unref(opts);
+		return tblk_error_set(errp, EINVAL, "Can't specify 'file' and 'filename' options "
+				      "at the same time");
+	}
 	ret = blk_take_opts(&opts, &flags, loop, &thr, errp);
 	if (ret == 0)
 		ret = tblk__node_open(&root, filename, opts, flags, errp);
@@ -477,7 +486,12 @@ void tblk_blk_drain(struct tblk_blk *blk)
 {
 	/* A drain from one of its own callbacks would wait for that callback forever. */
 	assert(cb_blk != blk);
+	/* Requests waiting for the backend's I/O limits go now (qemu: limits off in drain). */
+	if (blk->throttle)
+		tblk__thr_member_drain(blk->throttle, true);
 	tblk__graph_wait_idle(blk->root, blk->loop);
+	if (blk->throttle)
+		tblk__thr_member_drain(blk->throttle, false);
 }
 
 /* Drained section over the whole graph of @blk; parked requests resume at the end. */
@@ -487,11 +501,15 @@ void tblk__blk_drained_end(struct tblk_blk *blk);
 void tblk__blk_drained_begin(struct tblk_blk *blk)
 {
 	tblk__graph_quiesce(blk->root, true);
+	if (blk->throttle)
+		tblk__thr_member_drain(blk->throttle, true);
 	tblk__graph_wait_idle(blk->root, blk->loop);
 }
 
 void tblk__blk_drained_end(struct tblk_blk *blk)
 {
+	if (blk->throttle)
+		tblk__thr_member_drain(blk->throttle, false);
 	tblk__graph_quiesce(blk->root, false);
 	if (blk->resume_bh)
 		tblk_bh_schedule(blk->resume_bh);
@@ -531,6 +549,42 @@ int tblk_blk_truncate(struct tblk_blk *blk, uint64_t size, const char *prealloc,
 		ret = blk_refresh_size(blk);
 	tblk__blk_drained_end(blk);
 	return ret;
+}
+
+/* The VM state area of the first node down the `file` chain that has one. */
+static int blk_vmstate_rw(struct tblk_blk *blk, uint64_t pos, void *buf, uint64_t bytes,
+			  bool write)
+{
+	struct iovec iov = { .iov_base = buf, .iov_len = bytes };
+	struct tblk_node *node = blk->image;
+	int ret;
+
+	if (write && blk->image->read_only)
+		return -EPERM;
+	if (bytes > SIZE_MAX || pos > INT64_MAX || bytes > INT64_MAX - pos)
+		return -EINVAL;
+	while (node && !node->drv->vmstate_rw)
+		node = node->file;
+	if (!node)
+		return -ENOTSUP;
+	tblk__blk_drained_begin(blk);
+	tblk__req_enter();
+	ret = node->drv->vmstate_rw(node, pos, &iov, 1, bytes, write);
+	tblk__req_leave();
+	tblk__blk_drained_end(blk);
+	if (ret >= 0 && write && blk_writethrough(blk))
+		ret = tblk_node_flush(blk->image);
+	return ret < 0 ? ret : 0;
+}
+
+int tblk_blk_load_vmstate(struct tblk_blk *blk, uint64_t pos, void *buf, uint64_t bytes)
+{
+	return blk_vmstate_rw(blk, pos, buf, bytes, false);
+}
+
+int tblk_blk_save_vmstate(struct tblk_blk *blk, uint64_t pos, const void *buf, uint64_t bytes)
+{
+	return blk_vmstate_rw(blk, pos, (void *)buf, bytes, true);
 }
 
 int tblk_blk_block_status(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
@@ -648,15 +702,82 @@ int tblk_blk_chain_length(struct tblk_blk *blk)
 	return n;
 }
 
+int tblk_blk_chain_layer(struct tblk_blk *blk, int depth, struct tblk_chain_layer *layer)
+{
+	struct tblk_node *node = blk->image;
+	struct tblk_format_info info = { 0 };
+
+	for (; node && depth > 0; depth--)
+		node = node->backing;
+	if (!node || depth < 0)
+		return -ENOENT;
+	if (node->drv->get_info && node->drv->get_info(node, &info) < 0)
+		memset(&info, 0, sizeof(info));
+	layer->filename = node->filename;
+	layer->format = node->drv->name;
+	layer->backing_file = info.backing_file;
+	layer->backing_fmt = info.backing_fmt;
+	return 0;
+}
+
+/* Runs a metadata operation of the root's driver in a drained section. */
+static int blk_drained_op(struct tblk_blk *blk, int (*op)(struct tblk_node *node,
+							  const void *a, const void *b),
+			  const void *a, const void *b)
+{
+	int ret;
+
+	tblk__blk_drained_begin(blk);
+	tblk__req_enter();
+	ret = op(blk->image, a, b);
+	tblk__req_leave();
+	tblk__blk_drained_end(blk);
+	return ret;
+}
+
+static int op_change_backing(struct tblk_node *node, const void *a, const void *b)
+{
+	return node->drv->change_backing_file(node, a, b);
+}
+
+static int op_make_empty(struct tblk_node *node, const void *a, const void *b)
+{
+	(void)a;
+	(void)b;
+	return node->drv->make_empty(node);
+}
+
+int tblk_blk_change_backing_file(struct tblk_blk *blk, const char *backing_file,
+				 const char *backing_fmt)
+{
+	if (!blk->image->drv->change_backing_file)
+		return -ENOTSUP;
+	if (blk->image->read_only)
+		return -EACCES;
+	return blk_drained_op(blk, op_change_backing, backing_file, backing_fmt);
+}
+
+int tblk_blk_make_empty(struct tblk_blk *blk)
+{
+	int ret;
+
+	if (!blk->image->drv->make_empty)
+		return -ENOTSUP;
+	if (blk->image->read_only)
+		return -EACCES;
+	ret = blk_drained_op(blk, op_make_empty, NULL, NULL);
+	return ret;
+}
+
 int tblk_blk_block_status_depth(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
 				uint64_t *pnum, uint64_t *map, int *depth)
 {
+	struct tblk_node *last = NULL;
 	uint64_t n = bytes;
-	int d = 0;
+	int d = 0, ret = 0;
 
 	for (struct tblk_node *node = blk->image; node; node = node->backing, d++) {
 		int64_t len = tblk_node_getlength(node);
-		int ret;
 
 		if (len < 0)
 			return (int)len;
@@ -677,10 +798,17 @@ int tblk_blk_block_status_depth(struct tblk_blk *blk, uint64_t offset, uint64_t 
 				*depth = d;
 			return ret;
 		}
+		last = node;
 	}
 	*pnum = n;
 	if (depth)
 		*depth = d;
+	/*
+	 * A layer that may have a backing file reads as zeroes where nobody holds the range;
+	 * one that cannot (raw over null-co without read-zeroes) says what it said.
+	 */
+	if (last && !last->drv->supports_backing)
+		return ret & TBLK_BS_ZERO;
 	return TBLK_BS_ZERO;
 }
 

@@ -84,6 +84,8 @@ enum tblk_debug_event {
 struct tblk_driver {
 	const char *name;		/* "raw", "file", "null-co" */
 	bool is_protocol;		/* opened on a file name, has no `file` child */
+	/* May have a backing file: what it does not hold reads as zeroes without one. */
+	bool supports_backing;
 	size_t instance_size;		/* bytes of node->opaque, zeroed at open */
 
 	/* Score 0-100 that @buf (the file's first bytes) is this format. Formats only. */
@@ -122,6 +124,12 @@ struct tblk_driver {
 	int (*truncate)(struct tblk_node *node, uint64_t size, const char *prealloc,
 			GError **errp);
 	/*
+	 * Reads or writes the VM state area (savevm's), @bytes at @pos of it; called drained.
+	 * NULL: the node's `file` child's, or -ENOTSUP without one.
+	 */
+	int (*vmstate_rw)(struct tblk_node *node, uint64_t pos, const struct iovec *iov,
+			  int iovcnt, uint64_t bytes, bool write);
+	/*
 	 * qemu-img measure: an image of @size bytes, or holding @src's data (see tblk.h);
 	 * @src_node is @src's root node (NULL without a source).
 	 */
@@ -131,6 +139,17 @@ struct tblk_driver {
 	int (*amend)(struct tblk_node *node, GHashTable *opts, bool force,
 		     void (*progress)(double fraction, void *opaque), void *opaque,
 		     GError **errp);
+
+	/*
+	 * Records @backing_file (NULL: none) and @backing_fmt (may be NULL) in the image
+	 * header (qemu-img rebase); the open backing chain is left as it is. Runs drained.
+	 * -ENOSPC if the header cluster cannot hold them, -EINVAL if the image cannot have
+	 * that backing file.
+	 */
+	int (*change_backing_file)(struct tblk_node *node, const char *backing_file,
+				   const char *backing_fmt);
+	/* Drops all data of the image (what qemu-img commit does to the committed top). */
+	int (*make_empty)(struct tblk_node *node);
 
 	/*
 	 * Internal snapshots (tblk_blk_snapshot_*); all NULL if the format has none. Called on
@@ -153,6 +172,14 @@ struct tblk_driver {
 	 * -EAGAIN if the pool must serve it. May be NULL.
 	 */
 	int (*submit_fast)(struct tblk_node *node, struct tblk_req *req, uint64_t offset);
+
+	/*
+	 * Drain: someone waits for the requests of this node or of a parent to finish. Requests
+	 * the driver holds back on its own (a throttle filter waiting for budget) must go now,
+	 * and new ones must not be held back until drain_end. Calls nest. Any thread. Optional.
+	 */
+	void (*drain_begin)(struct tblk_node *node);
+	void (*drain_end)(struct tblk_node *node);
 
 	/*
 	 * Fault injection (blkdebug), all optional. debug_event runs in the thread of the

@@ -253,6 +253,59 @@ static const struct tblk_driver *probe_file(const char *filename, unsigned int f
 	return drv;
 }
 
+/*
+ * What a child's options (@copts, its "@name." keys) need when no file name names it: qemu's
+ * errors for a child with no options at all and for one with neither a driver nor a file
+ * name. 0 or -EINVAL.
+ */
+static int check_child_opts(const char *name, GHashTable *copts, GError **errp)
+{
+	if (g_hash_table_size(copts) == 0)
+		return tblk_error_set(errp, EINVAL, "A block device must be specified for \"%s\"",
+				      name);
+	if (!g_hash_table_contains(copts, "driver") && !g_hash_table_contains(copts, "filename"))
+		return tblk_error_set(errp, EINVAL, "Must specify either driver or file");
+	return 0;
+}
+
+/*
+ * No driver and no file name, but options for the file child ("file.filename=x.img",
+ * "file.driver=null-co"): qemu opens that child and probes the format from it.
+ */
+static const struct tblk_driver *probe_file_child(GHashTable *opts, unsigned int flags,
+						  GError **errp)
+{
+	g_autoptr(GHashTable) copts = tblk__opts_copy(opts);
+	g_autoptr(GHashTable) popts = tblk__opts_extract_prefix(copts, "file");
+	const char *fname = g_hash_table_lookup(popts, "filename");
+	const struct tblk_driver *drv;
+	struct tblk_node *proto;
+
+	if (check_child_opts("file", popts, errp) < 0)
+		return NULL;
+	if (!g_hash_table_contains(popts, "driver") && !protocol_from_filename(fname))
+		g_hash_table_insert(popts, g_strdup("driver"), g_strdup("file"));
+	flags = (flags & ~TBLK_OPEN_RDWR) | TBLK_OPEN_PROTOCOL;
+	if (tblk__node_open(&proto, NULL, popts, flags, errp) < 0)
+		return NULL;
+	drv = probe_format(proto, proto->filename, errp);
+	tblk__node_close(proto);
+	return drv;
+}
+
+/* Whether @opts has a "file.*" key. */
+static bool has_file_child_opts(GHashTable *opts)
+{
+	GHashTableIter it;
+	gpointer k, v;
+
+	g_hash_table_iter_init(&it, opts);
+	while (g_hash_table_iter_next(&it, &k, &v))
+		if (!strncmp(k, "file.", 5))
+			return true;
+	return false;
+}
+
 int tblk__node_open(struct tblk_node **pnode, const char *filename, GHashTable *opts,
 		    unsigned int flags, GError **errp)
 {
@@ -267,6 +320,12 @@ int tblk__node_open(struct tblk_node **pnode, const char *filename, GHashTable *
 		drv = tblk__driver_find(drv_name);
 		if (!drv)
 			return tblk_error_set(errp, EINVAL, "Unknown driver '%s'", drv_name);
+	} else if (!filename && !(flags & (TBLK_OPEN_PROTOCOL | TBLK_OPEN_NO_PROBE)) &&
+		   has_file_child_opts(opts)) {
+		drv = probe_file_child(opts, flags, errp);
+		if (!drv)
+			return -EINVAL;
+		probed = true;
 	} else if (!filename) {
 		return tblk_error_set(errp, EINVAL, "The 'file' block driver requires a file "
 				      "name");
@@ -293,11 +352,17 @@ int tblk__node_open_child(struct tblk_node *parent, const char *name, GHashTable
 	g_autofree char *fname = g_strdup(g_hash_table_lookup(copts, "filename"));
 	int ret;
 
+	/* A file name for the image and one for its child: qemu will not choose. */
+	if (fname && parent->filename)
+		return tblk_error_set(errp, EINVAL, "Can't specify 'file' and 'filename' options at "
+				      "the same time");
 	/* Else the parent's file name, or a string value of the child's key ("file=x.img"). */
 	if (!fname)
 		fname = g_strdup(parent->filename);
 	if (!fname)
 		fname = tblk__opts_take(opts, name);
+	if (!fname && check_child_opts(name, copts, errp) < 0)
+		return -EINVAL;
 	if (!g_hash_table_contains(copts, "driver") && !protocol_from_filename(fname))
 		g_hash_table_insert(copts, g_strdup("driver"), g_strdup("file"));
 	ret = tblk__node_open(pchild, fname, copts, flags | TBLK_OPEN_PROTOCOL, errp);

@@ -88,6 +88,43 @@ int tblk_opts_parse(GHashTable *opts, const char *str, const char *implied_key, 
 	return 0;
 }
 
+int tblk_opts_parse_qemu(GHashTable *opts, const char *str, const char *implied_key,
+			 GPtrArray *short_forms, GError **errp)
+{
+	const char *p = str;
+	bool first = true;
+
+	if (g_str_has_prefix(str, "json:"))
+		return json_flatten(opts, str + 5, errp);
+	while (*p) {
+		char *key = read_elem(&p, '='), *val;
+
+		if (*p == '=') {
+			p++;
+			val = read_elem(&p, '\0');
+		} else if (first && implied_key) {
+			val = key;
+			key = g_strdup(implied_key);
+		} else if (!strcmp(key, "help") || !strcmp(key, "?")) {
+			val = g_strdup("on");	/* qemu asks for help here: no warning */
+		} else {
+			if (short_forms)
+				g_ptr_array_add(short_forms, g_strdup(key));
+			if (g_str_has_prefix(key, "no")) {
+				memmove(key, key + 2, strlen(key + 2) + 1);
+				val = g_strdup("off");
+			} else {
+				val = g_strdup("on");
+			}
+		}
+		g_hash_table_insert(opts, key, val);
+		first = false;
+		if (*p == ',')
+			p++;
+	}
+	return 0;
+}
+
 /* ---------------------------------------------------------------- json: */
 
 struct json {

@@ -293,7 +293,8 @@ static int file_open(struct tblk_node *node, GHashTable *opts, unsigned int flag
 
 	g_free(tblk__opts_take(opts, "aio-max-batch"));
 	if (!filename)
-		return tblk_error_set(errp, EINVAL, "Parameter 'filename' is required");
+		return tblk_error_set(errp, EINVAL, "The '%s' block driver requires a file name",
+				      node->drv->name);
 	ret = parse_locking(opts, &lock, errp);
 	if (ret < 0)
 		return ret;
@@ -518,16 +519,20 @@ static int64_t file_get_allocated_size(struct tblk_node *node)
 
 /* ---------------------------------------------------------------- truncate and create */
 
-/* Grows @fd from @old to @size with @prealloc ("off", "falloc", "full"). */
+/* Resizes @fd from @old to @size; only "off" shrinks, "falloc" and "full" grow. */
 static int fd_resize(int fd, uint64_t old, uint64_t size, const char *prealloc, GError **errp)
 {
-	if (!prealloc || !strcmp(prealloc, "off") || size <= old) {
+	bool off = !prealloc || !strcmp(prealloc, "off");
+
+	if (!off && size < old)
+		return tblk_error_set(errp, ENOTSUP, "Cannot use preallocation for shrinking files");
+	if (off) {
 		if (ftruncate(fd, (off_t)size) < 0)
 			return tblk_error_set_errno(errp, errno, "Could not resize file");
 		return 0;
 	}
 	if (!strcmp(prealloc, "falloc")) {
-		int r = posix_fallocate(fd, (off_t)old, (off_t)(size - old));
+		int r = size == old ? 0 : posix_fallocate(fd, (off_t)old, (off_t)(size - old));
 
 		if (r)
 			return tblk_error_set_errno(errp, r, "Could not preallocate new data");

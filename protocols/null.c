@@ -97,6 +97,7 @@ static int null_block_status(struct tblk_node *node, uint64_t offset, uint64_t b
 	*pnum = bytes;
 	if (map)
 		*map = offset;
+	/* Without read-zeroes a read returns whatever the buffer held: neither data nor zeroes. */
 	return TBLK_BS_OFFSET_VALID | (s->read_zeroes ? TBLK_BS_ZERO : 0);
 }
 

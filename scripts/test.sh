@@ -28,6 +28,7 @@ fi
 make -s check
 make -s -j"$jobs" check-tsan
 make -s -j"$jobs" check-asan
+make -s -j"$jobs" check-fuzz
 # A clang build: its -Wthread-safety checks every lock annotation (gcc ignores them).
 mkdir -p b-clang
 (cd b-clang && "$src/configure" --cc=clang >/dev/null && make -s -j"$jobs")

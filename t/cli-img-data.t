@@ -58,8 +58,7 @@
 #   directory of the image that records it.
 # Known differences (TAP TODO, with their reason): tblk-img -c compresses -m clusters at
 # once, so its compressed clusters may lie in another order in the file (compared by content
-# here) and those in flight when one fails are still written; qcow2 creation in the library
-# ignores preallocation and words a bad compat differently.
+# here) and those in flight when one fails are still written.
 # Not compared: -o help texts (tblk's own words); read errors under --salvage (no fault
 # injection driver yet); timing of -r; what SIGUSR1 prints (timing).
 set -u
@@ -490,7 +489,6 @@ c "convert -n --target-is-zero into qcow2" convert -n --target-is-zero -O qcow2 
 c "convert -n -f qcow2 -O qcow2" convert -n -f qcow2 -O qcow2 ct.qcow2 tq.qcow2
 c "convert --bitmaps qcow2 to qcow2" convert --bitmaps -O qcow2 cb.qcow2 o.qcow2
 for a in metadata falloc full; do
-	TODO="library: qcow2 create ignores preallocation" \
 	c "convert -O qcow2 -o preallocation=$a" convert -O qcow2 -o preallocation=$a d.img \
 		o.qcow2
 done
@@ -517,7 +515,6 @@ for a in cluster_size=abc refcount_bits=abc lazy_refcounts=maybe cluster_size=3k
 	refcount_bits=3 compat=v3 bogus=1; do
 	c "convert: -O qcow2 -o $a" convert -O qcow2 -o $a d.img o.qcow2
 done
-TODO="library: qcow2 create words a bad compat 'Invalid parameter'" \
 c "convert: -O qcow2 -o compat=0.9" convert -O qcow2 -o compat=0.9 d.img o.qcow2
 c "dd -O qcow2" dd -O qcow2 if=d.img of=o.qcow2 bs=64k
 c "dd from a chain" dd -f qcow2 if=ct.qcow2 of=o.img bs=1M skip=1

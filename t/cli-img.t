@@ -193,7 +193,7 @@ c "info: --output eats the name" info --output img
 c "info: no name" info
 c "info: two names" info img small.img
 c "info: missing file" info nofile
-TODO="library: no qcow2 driver yet" c "info: wrong format" info -f qcow2 img
+c "info: wrong format" info -f qcow2 img
 c "info: unknown format" info -f bogus img
 c "info: unknown option" info --limits img
 c "info: --image-opts with -f" info -f raw --image-opts driver=raw,file.filename=img

@@ -312,13 +312,10 @@ c "alloc and map on a sparse raw file" -f raw -c map -c "alloc 0 1M" -c "alloc 5
 base=$tmp/base.img
 c "alloc and map on raw over null-co with read-zeroes" --image-opts -c map -c "alloc 0 1M" \
 	driver=raw,file.driver=null-co,file.size=1M,file.read-zeroes=on
-TODO="protocols: a protocol node holds all its bytes (qemu: allocated)" \
-	c "alloc and map on a bare file protocol" -f file -c map -c "alloc 0 1M" img
-TODO="protocols: a protocol node holds all its bytes (qemu: allocated)" \
-	c "alloc and map on a bare null-co" --image-opts -c map -c "alloc 0 1M" \
+c "alloc and map on a bare file protocol" -f file -c map -c "alloc 0 1M" img
+c "alloc and map on a bare null-co" --image-opts -c map -c "alloc 0 1M" \
 	driver=null-co,size=1M
-TODO="formats/raw.c: null-co without read-zeroes has neither data nor zeroes: not allocated" \
-	c "alloc and map on raw over null-co" --image-opts -c map -c "alloc 0 1M" \
+c "alloc and map on raw over null-co" --image-opts -c map -c "alloc 0 1M" \
 	driver=raw,file.driver=null-co,file.size=1M
 c "alloc and map without a file" -c "alloc 0" -c map
 c "alloc and map read-only" -r -f raw -c "alloc 0 1M" -c map img
@@ -339,10 +336,8 @@ c "truncate errors" -f raw -c "truncate -m bogus 5M" -c "truncate -m FULL 1M" \
 c "truncate ignores extra arguments" -f raw -c "truncate 1 2" -c length img
 c "t alias" -f raw -c "t 3M" -c length img
 c "truncate read-only" -r -f raw -c "truncate 2M" -c "truncate" -c length img
-TODO="protocols/file.c: qemu says 'Unsupported preallocation mode: metadata'" \
-	c "truncate -m metadata on raw" -f raw -c "truncate -m metadata 5M" -c length img
-TODO="protocols/file.c: qemu refuses preallocation when shrinking" \
-	c "truncate -m full to shrink" -f raw -c "truncate -m full 512k" -c length img
+c "truncate -m metadata on raw" -f raw -c "truncate -m metadata 5M" -c length img
+c "truncate -m full to shrink" -f raw -c "truncate -m full 512k" -c length img
 # Not compared: qemu-io 7.2 crashes on "truncate -m off" without a size (it reads past its
 # arguments); tblk-io prints the usage line instead.
 
@@ -377,16 +372,11 @@ c "close with aio in flight" -f raw -c "aio_write -P 9 0 4k" -c close \
 	-c "open -o driver=raw img" -c "read -P 9 0 4k" img
 INPUT=$'open -o driver=raw img\nlength\nclose\nlength\nopen img\nwrite 0 1\nquit\n' \
 	c "open and close on stdin"
-TODO="graph: qemu says 'A block device must be specified for \"file\"'" \
-	c "open a format without a file" -c "open -o driver=raw"
-TODO="graph: a probed image named by file.filename alone does not open" \
-	c "open by file.filename" -c "open -o file.filename=img" -c info
-TODO="graph: qemu refuses file.filename next to a file name" \
-	c "open with two file names" -c "open -o driver=raw,file.filename=img img" -c length
-TODO="formats/raw.c: qemu refuses a size that is not a multiple of 512" \
-	c "open raw with an odd size option" -c "open -o driver=raw,size=1 img" -c length
-TODO="graph/options.c: qemu takes 'a' as a=on, with a deprecation warning" \
-	c "open with a short-form boolean" -c "open -o a img"
+c "open a format without a file" -c "open -o driver=raw"
+c "open by file.filename" -c "open -o file.filename=img" -c info
+c "open with two file names" -c "open -o driver=raw,file.filename=img img" -c length
+c "open raw with an odd size option" -c "open -o driver=raw,size=1 img" -c length
+c "open with a short-form boolean" -c "open -o a img"
 c "open -s" -c "open -s -o driver=raw img" -c "write 0 1" -c info -c close -c "open -s img" \
 	-c length -c "write -c 0 64k" -c map -c "read -P 0xcd 0 64k"
 
@@ -444,12 +434,9 @@ c "reopen with --image-opts" --image-opts -c "reopen -o size=4k" -c length \
 	-c "reopen -o file.filename=img,driver=raw" -c "reopen -o offset=4k" -c length \
 	driver=raw,file.filename=img
 c "reopen without a file" -c "reopen -r"
-TODO="formats/raw.c: qemu refuses a size that is not a multiple of 512" \
-	c "reopen raw with an odd size" -f raw -c "reopen -o size=1000" -c length img
-TODO="formats/raw.c: qemu says 'Offset (N) cannot be greater than size of the containing file'" \
-	c "reopen raw with an offset past the end" -f raw -c "reopen -o offset=2M" -c length img
-TODO="graph/options.c: qemu takes 'bogus' as bogus=on, with a deprecation warning" \
-	c "reopen with a short-form boolean" -f raw -c "reopen -o bogus -c none" img
+c "reopen raw with an odd size" -f raw -c "reopen -o size=1000" -c length img
+c "reopen raw with an offset past the end" -f raw -c "reopen -o offset=2M" -c length img
+c "reopen with a short-form boolean" -f raw -c "reopen -o bogus -c none" img
 
 # ---- sleep, abort, sigraise
 c "sleep" -c "sleep 100" -c "sleep abc" -c "sleep" -c "sleep 1 2" -c "sleep -5" -c "sleep 1k" \
@@ -542,20 +529,99 @@ c "qcow2: writev, readv, write -f" -f qcow2 -c "writev -P 1 0 4k 60k" -c "write 
 c "qcow2: reopen" -f qcow2 -c "reopen -o lazy-refcounts=on" -c "reopen -r" -c "write 0 1" \
 	-c "reopen -w" -c "write 0 1" -c "reopen -o driver=raw" -c "reopen -o l2-cache-size=1M" \
 	-c "reopen -c none" -c "read 0 1" img
-TODO="formats/qcow2*.c: no truncate" \
-	c "qcow2: truncate" -f qcow2 -c "truncate 2M" -c length -c map -c "truncate 1000" img
-TODO="no VM state API in the library: qcow2's VM state area cannot be read or written" \
-	c "qcow2: write -b and read -b" -f qcow2 -c "write -b 0 64k" -c "read -b -P 0xcd 0 64k" img
+c "qcow2: truncate" -f qcow2 -c "truncate 2M" -c length -c map -c "truncate 1000" img
+c "qcow2: write -b and read -b" -f qcow2 -c "write -b 0 64k" -c "read -b -P 0xcd 0 64k" \
+	-c "read -b -P 0 64k 64k" -c "write -b -P 7 1M 512" -c "read -b -v 1M 16" -c map img
 base=$tmp/ext.qcow2
 c "qcow2 extended L2: alloc and map" -f qcow2 -c map -c "alloc 0 1M" -c "alloc 4k 60k" \
 	-c "alloc 2k" -c "write -c 512k 64k" -c map img
-TODO="formats/qcow2-rw.c: zeroing allocated subclusters writes zero data, qemu sets zero bits" \
-	c "qcow2 extended L2: write -z -u over data" -f qcow2 -c "write -z -u 256k 32k" -c map img
+c "qcow2 extended L2: write -z -u over data" -f qcow2 -c "write -z -u 256k 32k" -c map img
 base=$tmp/v2.qcow2
 c "qcow2 v2: info" -c info img
 base=$tmp/overlay.qcow2
 c "qcow2 overlay: alloc and map see the top layer only" -c map -c "alloc 0 1M" \
 	-c "alloc 0" -c "alloc 128k" -c "write -z 0 64k" -c "write -c 256k 64k" -c map -c info img
+base=$tmp/base.img
+
+# ---- copy-on-read: reads through an overlay copy the backing file's data into it
+base=$tmp/overlay.qcow2
+c "-C copies what it reads" -C -c "read -P 0xcd 0 64k" -c "read 100k 8k" -c map \
+	-c "alloc 0 1M" img
+c "open -C" -c "open -C img" -c "read 0 32k" -c "readv 32k 16k 16k" -c map
+c "-C with aio_read" -C -c "aio_read -P 0xcd 0 64k" -c aio_flush -c map img
+c "-C -r does not write" -C -r -c "read 0 64k" -c map img
+base=$tmp/base.img
+c "-C on raw" -C -f raw -c "read 0 4k" -c map img
+
+# ---- --object: qemu's checks of the definition, before the image is opened
+c "--object secret" --object secret,id=s0,data=x -f raw -c length img
+c "--object secret, base64" --object secret,id=s0,data=eA==,format=base64 -f raw -c length img
+c "--object others" --object authz-simple,id=a,identity=x --object tls-creds-anon,id=t \
+	-f raw -c length img
+c "--object help" --object help -c length img
+for o in bogus id=x secret throttle-group iothread,id=x secret,id=s0 secret,id=0s,data=x \
+	secret,id=s0,data=x,bogus=1 secret,id=s0,data=x,format=bogus \
+	secret,id=s0,file=/nonexistent,format=raw; do
+	c "--object $o" --object "$o" -f raw -c length img
+done
+c "--object: a duplicate id" --object secret,id=s,data=x --object secret,id=s,data=y \
+	-f raw -c length img
+
+# ---- every format, request sizes and places: generated
+qemu-img create -q -f qcow2 "$tmp/gen.qcow2" 1M
+qemu-io -c "write -q -P 0x11 0 128k" -c "write -q -z 256k 64k" "$tmp/gen.qcow2" >/dev/null
+for fmt in raw qcow2; do
+	[ $fmt = raw ] && base=$tmp/base.img || base=$tmp/gen.qcow2
+	for r in "0 512" "1 1" "511 2" "65535 2" "64k 64k" "100k 200k" "1048575 1" "1M 0" \
+		"1040k 8k" "3 4095"; do
+		# shellcheck disable=SC2086
+		set -- $r
+		c "$fmt: write, read and map at $1 length $2" -f $fmt -c "write -P 0x6b $r" \
+			-c "read -P 0x6b $r" -c "readv -P 0x6b $r" -c "alloc $1 $2" \
+			-c "writev -P 0x3c $1 $2 1" -c "read -q $r" -c map img
+	done
+	for m in none writeback writethrough directsync unsafe; do
+		c "$fmt: -t $m" -f $fmt -t $m -c "write -P 1 4k 8k" -c flush -c "read -P 1 4k 8k" \
+			-c "aio_write -f 64k 4k" -c aio_flush -c "reopen -c $m" -c "read 0 4k" img
+	done
+	for d in ignore off unmap on; do
+		TODO=$([ $d = ignore ] || [ $d = off ] && echo "tools/io-*.c: -d $d must make \
+discard and write -z -u's unmapping no-ops (tblk-io discards anyway)")
+		TODO=$TODO c "$fmt: -d $d" -f $fmt -d $d -c "discard 0 64k" -c "write -z -u 128k 64k" \
+			-c map -c "alloc 0 1M" img
+	done
+	c "$fmt: -n -i native" -n -i native -f $fmt -c "write -P 2 0 4k" -c "read -P 2 0 4k" \
+		-c "aio_read -P 2 0 4k" -c aio_flush img
+	c "$fmt: -t none -i io_uring" -t none -i io_uring -f $fmt -c "write -P 2 512 1k" \
+		-c "read -P 2 512 1k" img
+	c "$fmt: -U -r" -U -r -f $fmt -c "read 0 4k" -c info -c map img
+	c "$fmt: -s" -s -f $fmt -c "write -P 9 0 64k" -c "read -P 9 0 64k" -c map -c length img
+	c "$fmt: aio -f, -v, -q" -f $fmt -c "aio_write -f -P 3 0 4k" -c "aio_read -v 4090 12" \
+		-c "aio_write -q -z 64k 4k" -c aio_flush -c "aio_read -q -P 0 64k 4k" -c aio_flush img
+	for m in off metadata falloc full; do
+		c "$fmt: truncate -m $m, grow then shrink" -f $fmt -c "truncate -m $m 3M" -c length \
+			-c "read -P 0 1M 2M" -c map -c "truncate -m $m 512k" -c length -c map img
+	done
+	c "$fmt: write -b and read -b" -f $fmt -c "write -b -P 5 0 4k" -c "read -b -P 5 0 4k" \
+		-c "read -b -v 4k 16" -c "write -b -s $tmp/src7 512 512" -c "read -b -v 512 16" img
+	c "$fmt: write -b read-only" -r -f $fmt -c "write -b 0 512" -c "read -b 0 512" img
+done
+base=$tmp/gen.qcow2
+c "qcow2: VM state after a truncate" -f qcow2 -c "write -b -P 1 0 64k" -c "truncate 600M" \
+	-c "read -b -P 0 0 64k" -c "write -b -P 2 64k 64k" -c "read -b -P 2 64k 64k" -c info img
+c "qcow2: VM state with aio in flight" -f qcow2 -c "aio_write -P 3 0 64k" \
+	-c "write -b -P 4 0 64k" -c aio_flush -c "read -P 3 0 64k" -c "read -b -P 4 0 64k" img
+c "qcow2: open -o options" -c "open -o driver=qcow2,l2-cache-size=64k img" -c "read 0 4k" \
+	-c close -c "open -o driver=qcow2,bogus=1 img" -c "open -o driver=qcow2,lazy-refcounts img" \
+	-c "write 0 1" -c close -c "open -o driver=qcow2 $tmp/base.img"
+base=$tmp/ext.qcow2
+TODO="formats/qcow2-rw.c: an allocating write on extended L2 marks every subcluster \
+allocated, qemu only the written ones" \
+c "qcow2 extended L2: VM state" -f qcow2 -c "write -b -P 6 0 8k" -c "read -b -P 6 0 8k" \
+	-c "read -b -P 0 8k 8k" img
+base=$tmp/v2.qcow2
+c "qcow2 v2: VM state and truncate" -f qcow2 -c "write -b -P 6 0 8k" -c "read -b -P 6 0 8k" \
+	-c "truncate 4G" -c length -c info img
 base=$tmp/base.img
 
 # ---- odd-sized image: the virtual size is rounded up to 512 bytes

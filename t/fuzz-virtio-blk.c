@@ -213,6 +213,17 @@ int main(void)
 	static uint8_t buf[8192];
 	int failures = 0, runs = 0;
 	unsigned int clean = 0;
+	const char *out = getenv("TBLK_FUZZ_SEED_DIR");
+
+	if (out) {	/* a starting corpus for libFuzzer (t/corpus/virtio-blk/) */
+		for (unsigned int i = 0; i < 8; i++) {
+			size_t n = make_seed(buf, sizeof(buf), &rng, 1 + i % 5);
+			char *path = g_strdup_printf("%s/seed-%u-req%u", out, i, 1 + i % 5);
+
+			g_file_set_contents(path, (const char *)buf, (gssize)n, NULL);
+			g_free(path);
+		}
+	}
 
 	for (int i = 0; i < 3000; i++) {
 		size_t n = make_seed(buf, sizeof(buf), &rng, 1 + (unsigned int)(i % 5));

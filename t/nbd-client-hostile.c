@@ -660,8 +660,8 @@ static void compat_case(const char *name, enum hs hs)
 		ok(!memcmp(buf, pat, sizeof(buf)), "%s: read what was written", name);
 		/* no base:allocation: all data */
 		is_int(tblk_blk_block_status(blk, 0, 65536, &pnum, NULL),
-		       TBLK_BS_DATA | TBLK_BS_OFFSET_VALID, "%s: block status without context",
-		       name);
+		       TBLK_BS_DATA | TBLK_BS_OFFSET_VALID | TBLK_BS_ALLOCATED,
+		       "%s: block status without context", name);
 		tblk_blk_close(blk);
 	} else {
 		ok(0, "%s: open", name);
@@ -890,10 +890,11 @@ int main(void)
 	read_case("unknown chunk type", HS_OK, TX_UNKNOWN_CHUNK, -EIO, -EIO);
 	test_hole_and_data();
 	test_random();
-	bs_case("block status", TX_GOOD, TBLK_BS_DATA | TBLK_BS_OFFSET_VALID, 65536);
+	bs_case("block status", TX_GOOD, TBLK_BS_DATA | TBLK_BS_OFFSET_VALID | TBLK_BS_ALLOCATED,
+		65536);
 	bs_case("block status, other context", TX_BS_BAD_CONTEXT, -EIO, 0);
 	bs_case("block status, extent past the request", TX_BS_LONG_EXTENT,
-		TBLK_BS_ZERO | TBLK_BS_OFFSET_VALID, 65536);
+		TBLK_BS_ZERO | TBLK_BS_OFFSET_VALID | TBLK_BS_ALLOCATED, 65536);
 	open_case("handshake bad magic", HS_BAD_MAGIC, "magic");
 	open_case("handshake cut", HS_CLOSE_EARLY, "closed the connection");
 	open_case("huge option reply", HS_HUGE_OPTION_REPLY, "too long");

@@ -35,6 +35,30 @@ static void test_keyval(void)
 	g_hash_table_destroy(o);
 }
 
+/* qemu's command-line lists: bare keys are deprecated short forms of key=on / key=off. */
+static void test_keyval_qemu(void)
+{
+	g_autoptr(GPtrArray) shorts = g_ptr_array_new_with_free_func(g_free);
+	GHashTable *o = tblk_opts_new();
+	GError *err = NULL;
+
+	is_int(tblk_opts_parse_qemu(o, ",driver=raw,ro,noa,help,=x,f=a,,b,", NULL, shorts, &err),
+	       0, "qemu list parses");
+	is_str(get(o, "ro"), "on", "bare key is key=on");
+	is_str(get(o, "a"), "off", "bare nokey is key=off");
+	is_str(get(o, "help"), "on", "help is a key");
+	is_str(get(o, ""), "x", "empty key kept, last value wins");
+	is_str(get(o, "f"), "a,b", "',,' still a literal comma");
+	is_int(shorts->len, 3, "three short forms reported");
+	is_str(shorts->len == 3 ? shorts->pdata[0] : NULL, "", "the empty one first");
+	is_str(shorts->len == 3 ? shorts->pdata[2] : NULL, "noa", "as written");
+	g_hash_table_remove_all(o);
+	is_int(tblk_opts_parse_qemu(o, "x.img,a", "filename", NULL, &err), 0, "implied key");
+	is_str(get(o, "filename"), "x.img", "implied key takes the first bare element");
+	is_str(get(o, "a"), "on", "later bare element is a short form");
+	g_hash_table_destroy(o);
+}
+
 static void test_json(void)
 {
 	GHashTable *o = tblk_opts_new();
@@ -117,6 +141,7 @@ static void test_modes(void)
 int main(void)
 {
 	test_keyval();
+	test_keyval_qemu();
 	test_json();
 	test_sizes();
 	test_modes();

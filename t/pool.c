@@ -8,6 +8,7 @@
  */
 #include <unistd.h>
 
+#include "threadpool/pool-cap.h"
 #include "threadpool/threadpool.h"
 #include "t/tap.h"
 
@@ -449,9 +450,61 @@ static void test_default_pool(void)
 	tblk_loop_free(loop);
 }
 
+/* ---------------------------------------------------------------- adaptive cap */
+
+/* One window of the controller: the demand seen, then the window's rate. */
+static unsigned int cap_window(struct tblk_pool_cap *c, unsigned int demand, uint64_t rate)
+{
+	tblk__cap_demand(c, demand);
+	tblk__cap_decide(c, rate);
+	c->win_peak = 0;
+	return c->cap;
+}
+
+/*
+ * A synthetic device whose throughput grows with the workers up to a knee, then stays flat:
+ * the cap must settle near the knee from above and from below, and follow it when it moves.
+ */
+static uint64_t knee_rate(unsigned int cap, unsigned int knee)
+{
+	return 1000ull * (cap < knee ? cap : knee);
+}
+
+static void test_cap(void)
+{
+	struct tblk_pool_cap c;
+	unsigned int i, lo = 64, hi = 0;
+
+	tblk__cap_init(&c, 4, 64, true);
+	is_int(c.cap, 64, "the cap starts at the maximum");
+	is_int(cap_window(&c, 32, 32000), 32, "a window whose demand stayed below it: lowered to the demand");
+	for (i = 0; i < 40; i++)
+		cap_window(&c, 32, knee_rate(c.cap, 12));
+	for (i = 0; i < 20; i++) {
+		cap_window(&c, 32, knee_rate(c.cap, 12));
+		lo = c.cap < lo ? c.cap : lo;
+		hi = c.cap > hi ? c.cap : hi;
+	}
+	ok(lo >= 11 && hi <= 14, "a flat device beyond 12 workers: the cap hovers at the knee (%u..%u)", lo, hi);
+	for (i = 0; i < 200; i++)
+		cap_window(&c, 64, knee_rate(c.cap, 40));
+	ok(c.cap >= 38 && c.cap <= 46, "the knee moves to 40: the cap follows it up (%u)", c.cap);
+	for (i = 0; i < 60; i++)
+		cap_window(&c, 64, 50000);
+	is_int(c.cap, 4, "a rate that does not depend on the workers: down to the minimum");
+	for (i = 0; i < 5; i++)
+		cap_window(&c, 64, 1000000 + 1000000 * (i & 1));
+	ok(c.cap > 4, "a rate that swings (noise): the cap moves up, not down (%u)", c.cap);
+	tblk__cap_init(&c, 4, 64, false);
+	for (i = 0; i < 10; i++)
+		tblk__cap_completed(&c);
+	is_int(c.cap, 64, "not adaptive: the cap stays at the maximum");
+}
+
 int main(void)
 {
-	tap_plan(39);
+	tap_plan(46);
+	test_cap();
 	test_zero_threads();
 	test_stress(STRESS_ITEMS, false);
 	test_stress(STRESS_ITEMS / 4, true);

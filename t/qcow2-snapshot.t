@@ -37,12 +37,8 @@ def ok(cond, name, diag="", todo=None):
     tests.append((bool(cond), name, diag, todo))
 
 
-# Known differences, each with its reason.
-TODO_IDENTICAL = {
-    # tblk-io's writes with extended L2 entries already differ from qemu-io's without any
-    # snapshot (subcluster bitmaps of partially written clusters): a qcow2-rw.c matter.
-    "c64k-extl2": "extended L2 writes differ from qemu's even without snapshots",
-}
+# Known differences, each with its reason (none left: extended L2 writes now match qemu's).
+TODO_IDENTICAL = {}
 
 
 DATE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")

@@ -8,9 +8,11 @@
  */
 #include <pthread.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tracked/throttle.h"
 #include "tracked/tracked.h"
+#include "threadpool/threadpool.h"
 #include "t/tap.h"
 
 static struct tblk__thr_cfg cfg_from(const char *str, int *ret)
@@ -227,7 +229,7 @@ static void test_async_backend(void)
 		else
 			tblk_blk_preadv(blk, (uint64_t)i * 512, &iov[i], 1, 0, acb_cb, &cbs[i]);
 	}
-	/* A drain waits for throttled requests too: the timer releases them meanwhile. */
+	/* A drain waits for throttled requests too: it lets them go at once. */
 	tblk_blk_drain(blk);
 	is_int(done, NR_ASYNC, "after drain every request completed");
 	for (int i = 0; i < NR_ASYNC; i++)
@@ -349,14 +351,137 @@ static void test_filter(void)
 	tblk_loop_free(loop);
 }
 
+/* ---------------------------------------------------------------- drain and the pool */
+
+/*
+ * Drains must not wait out the limits: with the group's clock frozen no budget ever comes
+ * back, so only the drain itself can let the queued requests go. alarm() only turns a hang
+ * (the bug) into a failure; nothing here depends on timing.
+ */
+#define NR_DRAIN	20
+
+static void test_drain_backend(void)
+{
+	struct tblk_loop *loop = tblk_loop_new(NULL);
+	struct tblk_blk *blk = open_blk("driver=null-co,size=1M,throttling.group=t-drain,"
+					"throttling.iops-total=10", loop, NULL);
+	static char buf[NR_DRAIN][512];
+	struct iovec iov[NR_DRAIN];
+	struct acb cbs[NR_DRAIN];
+	struct tblk__thr_member *clock_m = NULL;
+	int order[NR_DRAIN], done = 0, errors = 0;
+
+	ok(blk && tblk__thr_member_new(&clock_m, "t-drain", NULL, NULL, NULL) == 0,
+	   "a backend with limits and a member to freeze its group's clock");
+	if (!blk || !clock_m) {
+		tblk_loop_free(loop);
+		return;
+	}
+	tblk__thr_set_clock(clock_m, fake_clock);
+	alarm(60);
+	for (int i = 0; i < NR_DRAIN; i++) {
+		iov[i] = (struct iovec){ buf[i], 512 };
+		cbs[i] = (struct acb){ .done = &done, .order = order, .idx = i, .ret = 1 };
+		tblk_blk_preadv(blk, (uint64_t)i * 512, &iov[i], 1, 0, acb_cb, &cbs[i]);
+	}
+	for (int i = 0; i < 20; i++)
+		tblk_loop_iterate(loop, false);
+	ok(done < NR_DRAIN, "with the clock frozen, requests wait for budget (%d of %d done)",
+	   done, NR_DRAIN);
+	tblk_blk_drain(blk);
+	is_int(done, NR_DRAIN, "a drain lets every waiting request go");
+	for (int i = 0; i < NR_DRAIN; i++)
+		errors += cbs[i].ret != 0;
+	is_int(errors, 0, "and they all succeed");
+	/* After the drain the limits hold again. */
+	done = 0;
+	for (int i = 0; i < 3; i++) {
+		cbs[i] = (struct acb){ .done = &done, .order = order, .idx = i, .ret = 1 };
+		tblk_blk_preadv(blk, (uint64_t)i * 512, &iov[i], 1, 0, acb_cb, &cbs[i]);
+	}
+	for (int i = 0; i < 20; i++)
+		tblk_loop_iterate(loop, false);
+	is_int(done, 0, "after the drain new requests wait for budget again");
+	tblk_blk_close(blk);	/* drains: must not wait either */
+	is_int(done, 3, "closing the backend drains them");
+	alarm(0);
+	tblk__thr_member_free(clock_m);
+	tblk_loop_free(loop);
+}
+
+/*
+ * The throttle filter waits in the thread carrying the request: for an asynchronous request
+ * that is a pool worker, which must be counted as blocked (the pool then starts another for
+ * queued work). Its drain, directly or through a format node above it, must not wait out
+ * the limits either.
+ */
+static void test_drain_filter(void)
+{
+	g_autoptr(GHashTable) props = tblk_opts_new();
+	struct tblk_loop *loop = tblk_loop_new(NULL);
+	struct tblk__thr_member *clock_m = NULL;
+	static char buf[NR_DRAIN][512];
+	struct iovec iov[NR_DRAIN];
+	struct acb cbs[NR_DRAIN];
+	struct tblk_pool_stats ps = { 0 };
+	int order[NR_DRAIN], done = 0, errors = 0;
+	struct tblk_blk *blk;
+
+	tblk_opts_parse(props, "iops-total=10", NULL, NULL);
+	ok(tblk_throttle_group_new("t-fdrain", props, NULL) == 0 &&
+	   tblk__thr_member_new(&clock_m, "t-fdrain", NULL, NULL, NULL) == 0,
+	   "a throttle group with its clock frozen");
+	if (!clock_m) {
+		tblk_loop_free(loop);
+		return;
+	}
+	tblk__thr_set_clock(clock_m, fake_clock);
+	blk = open_blk("driver=raw,file.driver=throttle,file.throttle-group=t-fdrain,"
+		       "file.file.driver=null-co,file.file.size=1M", loop, NULL);
+	ok(blk != NULL, "raw over a throttle filter opens");
+	if (!blk) {
+		tblk__thr_member_free(clock_m);
+		tblk_loop_free(loop);
+		return;
+	}
+	alarm(60);
+	for (int i = 0; i < NR_DRAIN; i++) {
+		iov[i] = (struct iovec){ buf[i], 512 };
+		cbs[i] = (struct acb){ .done = &done, .order = order, .idx = i, .ret = 1 };
+		tblk_blk_preadv(blk, (uint64_t)i * 512, &iov[i], 1, 0, acb_cb, &cbs[i]);
+	}
+	/* Bounded only so that a broken count fails instead of hanging. */
+	for (int i = 0; i < 10000 && ps.nr_blocked == 0; i++) {
+		tblk_loop_iterate(loop, false);
+		tblk_pool_get_stats(tblk_pool_default(), &ps);
+		if (!ps.nr_blocked)
+			usleep(1000);
+	}
+	ok(ps.nr_blocked > 0, "a worker waiting in the filter counts as blocked in the pool "
+	   "(%u blocked of %u)", ps.nr_blocked, ps.nr_threads);
+	ok(done < NR_DRAIN, "with the clock frozen, requests wait in the filter (%d of %d done)",
+	   done, NR_DRAIN);
+	tblk_blk_drain(blk);
+	is_int(done, NR_DRAIN, "a drain of the format above lets every waiting request go");
+	for (int i = 0; i < NR_DRAIN; i++)
+		errors += cbs[i].ret != 0;
+	is_int(errors, 0, "and they all succeed");
+	tblk_blk_close(blk);
+	alarm(0);
+	tblk__thr_member_free(clock_m);
+	tblk_loop_free(loop);
+}
+
 int main(void)
 {
-	tap_plan(47);
+	tap_plan(59);
 	test_bucket_math();
 	test_parse_errors();
 	test_round_robin();
 	test_async_backend();
 	test_group_sync();
 	test_filter();
+	test_drain_backend();
+	test_drain_filter();
 	return tap_done();
 }

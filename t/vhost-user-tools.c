@@ -4,10 +4,13 @@
  * over --socket-path and over --fd (a socket already connected), --print-capabilities;
  * tblk-daemon with two exports on two iothreads at once and one on a listening socket
  * passed as addr.type=fd. Each writes through the socket, finds its data in the image file,
- * and ends with exit status 0 on SIGTERM, its socket removed. Skipped where the programs
- * are not built (the sanitizer builds build only the tests).
+ * and ends with exit status 0 on SIGTERM, its socket removed. A front-end that truncates
+ * the memory it shared (request buffers, then the rings too) breaks its queue but neither
+ * kills the daemon nor writes its image. Skipped where the programs are not built (the
+ * sanitizer builds build only the tests).
  */
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -218,6 +221,65 @@ static void test_daemon(void)
 	unlink(s3);
 }
 
+/*
+ * The front-end truncates its memory file just after the first queue's rings (its request
+ * buffers follow them), or to nothing, with a write request in the ring, then kicks: the queue must be reported broken, the
+ * daemon must live on, and nothing may reach the image.
+ */
+static void shrink_once(const char *sock, pid_t pid, const char *img, bool rings_too,
+			const char *what)
+{
+	struct pollfd pfd;
+	struct drv *d;
+	struct vreq r;
+	int status;
+
+	if (fe_setup(&f, sock, 1, features()) != 0) {
+		ok(false, "%s: set-up", what);
+		return;
+	}
+	d = &f.d[0];
+	drv_req(d, &r, VIRTIO_BLK_T_OUT, 64, 4096, 2, false);
+	memset(g2h(d, r.data), 0x77, 4096);
+	drv_publish(d);
+	if (ftruncate(f.memfd, rings_too ? 0 : (off_t)d->heap_gpa) < 0)
+		tap_bail("ftruncate");
+	{
+		uint64_t one = 1;
+
+		if (write(f.kick[0], &one, sizeof(one)) < 0)
+			tap_bail("kick");
+	}
+	pfd = (struct pollfd){ f.err[0], POLLIN, 0 };
+	ok(poll(&pfd, 1, 10000) == 1, "%s: the queue is reported broken (error eventfd)", what);
+	ok(waitpid(pid, &status, WNOHANG) == 0, "%s: the daemon lives on", what);
+	fe_close(&f);
+	if (ftruncate(f.memfd, MEM) < 0)
+		tap_bail("ftruncate");
+	ok(image_has(img, 64 * 512, 0, 4096), "%s: the image is untouched", what);
+}
+
+static void test_shrink(void)
+{
+	char img[300], sock[300], bd[400], ex[600];
+	char *argv[] = { tool_daemon, "--blockdev", bd, "--export", ex, NULL };
+	pid_t pid;
+
+	snprintf(img, sizeof(img), "%s/s.img", dir);
+	snprintf(sock, sizeof(sock), "%s/s.sock", dir);
+	make_image(img);
+	snprintf(bd, sizeof(bd), "driver=raw,node-name=n,file.driver=file,file.filename=%s",
+		 img);
+	snprintf(ex, sizeof(ex), "type=vhost-user-blk,id=e,node-name=n,addr.type=unix,"
+		 "addr.path=%s,writable=on", sock);
+	pid = spawn(argv, -1, -1);
+	shrink_once(sock, pid, img, false, "buffers truncated");
+	shrink_once(sock, pid, img, true, "everything truncated");
+	ok(write_through(sock, 1, 0x61), "a new connection with intact memory is served");
+	is_int(stop(pid), 0, "SIGTERM: exit status 0");
+	ok(image_has(img, 8 * 512, 0x61, 4096), "its write is in the image");
+}
+
 int main(void)
 {
 	const char *build = getenv("TBLK_BUILD");
@@ -237,6 +299,7 @@ int main(void)
 	test_vub_fd();
 	test_caps();
 	test_daemon();
+	test_shrink();
 	{
 		char cmd[300];
 

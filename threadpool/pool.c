@@ -11,27 +11,49 @@
  * - When the queue is empty, one worker at a time spins briefly (spin_ns) watching an atomic
  *   queue length before it sleeps, so a submission that follows soon (the next request of
  *   a queue-depth-1 guest) finds it awake and costs no futex wake.
- * - Sleeping workers each wait on their own condition variable on a LIFO idle list. A
+ * - Sleeping workers each wait on a futex word of their own, on a LIFO idle list. A
  *   submitter wakes one only if the queue holds more items than there are workers already
- *   on their way to it (nr_coming: spinning, just woken or starting). So a burst wakes as
- *   many workers as it has items, never more, and no wake-up is wasted on a thread that
- *   would find nothing. LIFO keeps hot threads busy and lets the cold ones time out.
+ *   on their way to it (nr_coming: spinning or starting), and hands it the oldest item
+ *   directly: the woken worker runs it without taking the pool lock, and the wake-up is
+ *   made after the lock is dropped, so a woken worker never sleeps again on the lock its
+ *   waker still holds (what a condition variable signalled under the lock costs). A burst
+ *   wakes as many workers as it has items, never more. LIFO keeps hot threads busy and
+ *   lets the cold ones time out.
+ * - Running workers (not idle, not blocked in the wait service) are limited by an adaptive
+ *   cap (pool-cap.c) that looks for the fewest that keep the throughput: with fewer running
+ *   workers than items in flight, a worker goes from one item to the next without sleeping.
  * - Completions go back through the loop's lock-free stack; see loop.c.
  * Items are embedded by the submitter (intrusive link): no allocation per item.
  */
+#include <sched.h>
 #include <signal.h>
 
+#include "threadpool/pool-cap.h"
 #include "threadpool/threadpool-int.h"
 
 #define POOL_FREE_POLL_NS	10000000ull	/* tblk_pool_free() rechecks this often */
+
+/* What an idle worker's futex word says. */
+enum {
+	WAKE_NONE,	/* asleep on the idle list */
+	WAKE_WORK,	/* taken off the list with an item in handoff */
+	WAKE_STOP,	/* taken off the list because the pool stops */
+};
 
 struct worker {
 	struct tblk_pool *pool;	/* [const] */
 	pthread_t thread;	/* [lock] valid once started */
 	bool started;		/* [lock] pthread_create() returned: thread may be joined */
 	bool detached;		/* [lock] exited detached: freed without a join */
-	bool wake;		/* [lock] picked off the idle list for queued work */
-	struct tblk_cond cv;	/* signalled with wake set, or when the pool stops */
+	/*
+	 * [atomic] WAKE_*: set to NONE by the worker as it joins the idle list; set to WORK or
+	 * STOP, under lock, by whoever takes it off the list (release), then woken (futex).
+	 */
+	uint32_t state;
+	/* [lock] written before state becomes WAKE_WORK; the worker reads it after (acquire). */
+	struct tblk_work *handoff;
+	/* [atomic] futex wakes promised on state but not made yet: w is not freed before 0. */
+	unsigned int wakes_pending;
 	struct tblk_list link;	/* [lock] on pool->idle while idle, pool->zombies once exited */
 };
 
@@ -53,6 +75,7 @@ struct tblk_pool {
 	unsigned int nr_idle;		/* [lock] workers on idle */
 	unsigned int nr_coming;		/* [lock] will look at the queue without a wake-up */
 	bool spinning;			/* [lock] a worker spins (one at most) */
+	struct tblk_pool_cap cap;	/* [lock] limit on running workers */
 	bool stopping;			/* [lock] tblk_pool_free() is making the workers exit */
 	struct tblk_list idle;		/* [lock] struct worker, most recently idle first */
 	struct tblk_list zombies;	/* [lock] exited workers waiting to be joined */
@@ -157,7 +180,9 @@ static void join_zombies(struct tblk_list *zombies)
 
 		if (!w->detached)
 			pthread_join(w->thread, NULL);
-		tblk_cond_destroy(&w->cv);
+		/* A waker that picked it may not have made its futex call yet. */
+		while (__atomic_load_n(&w->wakes_pending, __ATOMIC_ACQUIRE))
+			sched_yield();
 		g_free(w);
 	}
 }
@@ -177,7 +202,6 @@ static void spawn_worker(struct tblk_pool *pool)
 	int r;
 
 	w->pool = pool;
-	tblk_cond_init(&w->cv);
 	tblk_list_init(&w->link);
 	/* Workers take no signals: they belong to the threads the application set up. */
 	sigfillset(&all);
@@ -197,33 +221,42 @@ static void spawn_worker(struct tblk_pool *pool)
 	take_zombies_locked(pool, &zombies);
 	tblk_mutex_unlock(&pool->lock);
 	join_zombies(&zombies);
-	if (r != 0) {
-		tblk_cond_destroy(&w->cv);
+	if (r != 0)
 		g_free(w);
-	}
 	if (stranded)
 		tblk_pool_run_queued(pool);
 }
 
+/* Workers neither idle nor blocked in tblk_pool_wait(): busy, spinning or starting. */
+static unsigned int nr_running_locked(struct tblk_pool *pool)
+{
+	return pool->nr_threads - pool->nr_blocked - pool->nr_idle;
+}
+
 /*
- * Queued work that no worker is on its way to: wake the most recently idle worker, or, if
- * the non-blocked workers are below the maximum, tell the caller to start one (true).
- * Signals under the lock: a woken worker may otherwise exit and be freed before the signal.
+ * Queued work that no worker is on its way to, and fewer running workers than the cap
+ * allows (else a running one takes it when it finishes): hand the oldest item to the most recently
+ * idle worker (returned in *woken, for the caller to wake with wake_worker() once it has
+ * dropped the lock), or, if the non-blocked workers are below the maximum, tell the caller
+ * to start one (true).
  */
-static bool want_worker_locked(struct tblk_pool *pool)
+static bool want_worker_locked(struct tblk_pool *pool, struct worker **woken)
 {
 	struct worker *w;
 
 	tblk_mutex_assert_held(&pool->lock);
-	if (pool->nr_queued <= pool->nr_coming)
+	*woken = NULL;
+	tblk__cap_demand(&pool->cap, nr_running_locked(pool) + pool->nr_queued);
+	if (pool->nr_queued <= pool->nr_coming || nr_running_locked(pool) >= pool->cap.cap)
 		return false;
 	if (!tblk_list_empty(&pool->idle)) {
 		w = tblk_list_entry(pool->idle.next, struct worker, link);
 		tblk_list_del(&w->link);
 		pool->nr_idle--;
-		pool->nr_coming++;
-		w->wake = true;
-		tblk_cond_signal(&w->cv);
+		w->handoff = dequeue_locked(pool);
+		__atomic_fetch_add(&w->wakes_pending, 1, __ATOMIC_RELAXED);
+		__atomic_store_n(&w->state, WAKE_WORK, __ATOMIC_RELEASE);
+		*woken = w;
 		return false;
 	}
 	if (pool->nr_threads - pool->nr_blocked >= pool->max_threads)
@@ -231,6 +264,16 @@ static bool want_worker_locked(struct tblk_pool *pool)
 	pool->nr_threads++;
 	pool->nr_coming++;
 	return true;
+}
+
+/* Wakes a worker want_worker_locked() picked. Called without the lock. */
+static void wake_worker(struct worker *w)
+{
+	if (!w)
+		return;
+	tblk__futex_wake(&w->state, 1);
+	/* Last touch of w: it may be freed as soon as this reaches 0. */
+	__atomic_fetch_sub(&w->wakes_pending, 1, __ATOMIC_RELEASE);
 }
 
 /* Spins a little for new work; true if some is queued now. Drops the lock meanwhile. */
@@ -258,33 +301,50 @@ static bool spin_locked(struct tblk_pool *pool) TBLK_REQUIRES(pool->lock)
 }
 
 /*
- * Sleeps on the idle list until a submitter picks this worker (true) or it should exit
- * (false): the pool stops, or it stayed idle for idle_ns with more than min_threads alive.
+ * Sleeps on the idle list, without the lock, until a submitter hands this worker an item
+ * (returned, lock not held) or it should exit (NULL, lock held): the pool stops, or it stayed
+ * idle for idle_ns with more than min_threads alive. Called with the lock held.
  */
-static bool idle_wait_locked(struct tblk_pool *pool, struct worker *w)
+static struct tblk_work *idle_wait_locked(struct tblk_pool *pool, struct worker *w) TBLK_NO_TSA
 {
 	uint64_t deadline = tblk_clock_ns() + pool->idle_ns;
-	bool timed_out = false;
+	uint32_t st;
 
+	if (pool->stopping)
+		return NULL;
+	__atomic_store_n(&w->state, WAKE_NONE, __ATOMIC_RELAXED);
 	tblk_list_add_tail(pool->idle.next, &w->link);	/* at the head: LIFO */
 	pool->nr_idle++;
+	tblk_mutex_unlock(&pool->lock);
 	for (;;) {
-		if (w->wake) {
-			/* The waker took us off the list and counted us as coming. */
-			w->wake = false;
-			pool->nr_coming--;
-			return true;
+		bool woken = tblk__futex_wait(&w->state, WAKE_NONE, deadline);
+
+		st = __atomic_load_n(&w->state, __ATOMIC_ACQUIRE);
+		if (st == WAKE_WORK)
+			return w->handoff;	/* the waker took us off the list */
+		if (st == WAKE_STOP) {
+			tblk_mutex_lock(&pool->lock);
+			return NULL;	/* the stopper took us off the list */
 		}
-		if (pool->stopping || (timed_out && pool->nr_threads > pool->min_threads))
-			break;
-		if (timed_out)
-			tblk_cond_wait(&w->cv, &pool->lock);	/* one of the min: stay */
-		else
-			timed_out = !tblk_cond_timedwait(&w->cv, &pool->lock, deadline);
+		if (woken)
+			continue;
+		/* Timed out: leave unless we are one of the min (then sleep with no limit). */
+		tblk_mutex_lock(&pool->lock);
+		st = __atomic_load_n(&w->state, __ATOMIC_ACQUIRE);
+		if (st == WAKE_WORK) {
+			tblk_mutex_unlock(&pool->lock);
+			return w->handoff;
+		}
+		if (st == WAKE_STOP)
+			return NULL;	/* the stopper took us off the list */
+		if (pool->nr_threads > pool->min_threads) {
+			tblk_list_del(&w->link);
+			pool->nr_idle--;
+			return NULL;
+		}
+		tblk_mutex_unlock(&pool->lock);
+		deadline = 0;
 	}
-	tblk_list_del(&w->link);
-	pool->nr_idle--;
-	return false;
 }
 
 /* More non-blocked workers than the maximum, after a blocked one came back: shed one. */
@@ -314,7 +374,7 @@ static void worker_exit_locked(struct tblk_pool *pool, struct worker *w)
 	join_zombies(&zombies);
 }
 
-static void *worker_main(void *opaque)
+static void *worker_main(void *opaque) TBLK_NO_TSA
 {
 	struct worker *w = opaque;
 	struct tblk_pool *pool = w->pool;
@@ -324,21 +384,30 @@ static void *worker_main(void *opaque)
 	tblk_mutex_lock(&pool->lock);
 	pool->nr_coming--;	/* counted by our creator until we look at the queue */
 	for (;;) {
+		bool over_cap;
+
 		if (surplus_locked(pool))
 			break;
-		work = dequeue_locked(pool);
+		/* Over the cap (it was lowered): leave the queue to the others and idle. */
+		over_cap = nr_running_locked(pool) > pool->cap.cap;
+		work = over_cap ? NULL : dequeue_locked(pool);
 		if (work) {
 			tblk_mutex_unlock(&pool->lock);
 			run_work(pool, work);
 			tblk_mutex_lock(&pool->lock);
+			tblk__cap_completed(&pool->cap);
 			continue;
 		}
 		if (pool->stopping)
 			break;
-		if (spin_locked(pool))
+		if (!over_cap && spin_locked(pool))
 			continue;
-		if (!idle_wait_locked(pool, w))
+		work = idle_wait_locked(pool, w);
+		if (!work)
 			break;
+		run_work(pool, work);	/* handed over: the lock was not retaken */
+		tblk_mutex_lock(&pool->lock);
+		tblk__cap_completed(&pool->cap);
 	}
 	worker_exit_locked(pool, w);
 	return NULL;
@@ -377,6 +446,8 @@ struct tblk_pool *tblk_pool_new(unsigned int min_threads, unsigned int max_threa
 	pool->max_threads = max_threads;
 	pool->idle_ns = idle_ms * 1000000ull;
 	pool->spin_ns = tblk__env_ns("TBLK_POOL_SPIN_NS", TBLK_POOL_SPIN_NS);
+	tblk__cap_init(&pool->cap, TBLK_POOL_MIN_CAP, max_threads,
+		       tblk__env_ns("TBLK_POOL_ADAPT", 1) != 0);
 	init_lock(&pool->lock);
 	tblk_cond_init(&pool->free_cv);
 	tblk_list_init(&pool->idle);
@@ -386,6 +457,7 @@ struct tblk_pool *tblk_pool_new(unsigned int min_threads, unsigned int max_threa
 
 void tblk_pool_submit(struct tblk_pool *pool, struct tblk_work *work)
 {
+	struct worker *woken;
 	bool spawn;
 
 	assert(work->fn && (work->loop || !work->done));
@@ -393,34 +465,58 @@ void tblk_pool_submit(struct tblk_pool *pool, struct tblk_work *work)
 	__atomic_fetch_add(&pool->in_flight, 1, __ATOMIC_SEQ_CST);
 	tblk_mutex_lock(&pool->lock);
 	enqueue_locked(pool, work);
-	spawn = want_worker_locked(pool);
+	spawn = want_worker_locked(pool, &woken);
 	tblk_mutex_unlock(&pool->lock);
+	wake_worker(woken);
 	if (spawn)
 		spawn_worker(pool);
 }
 
-void tblk_pool_wait(struct tblk_cond *cv, struct tblk_mutex *mu)
+/* A pool worker about to block: counts it, starts another if queued work needs one. */
+static struct tblk_pool *blocked_begin(void)
 {
-	struct worker *w = cur_worker;
+	struct worker *w = cur_worker, *woken;
 	struct tblk_pool *pool;
 	bool spawn;
 
-	if (!w) {
-		tblk_cond_wait(cv, mu);
-		return;
-	}
+	if (!w)
+		return NULL;
 	pool = w->pool;
 	tblk_mutex_lock(&pool->lock);
 	pool->nr_blocked++;
-	spawn = want_worker_locked(pool);
+	spawn = want_worker_locked(pool, &woken);
 	tblk_mutex_unlock(&pool->lock);
+	wake_worker(woken);
 	/* With the caller's mutex held: slow, but only when the pool must grow. */
 	if (spawn)
 		spawn_worker(pool);
-	tblk_cond_wait(cv, mu);
+	return pool;
+}
+
+static void blocked_end(struct tblk_pool *pool)
+{
+	if (!pool)
+		return;
 	tblk_mutex_lock(&pool->lock);
 	pool->nr_blocked--;
 	tblk_mutex_unlock(&pool->lock);
+}
+
+void tblk_pool_wait(struct tblk_cond *cv, struct tblk_mutex *mu)
+{
+	struct tblk_pool *pool = blocked_begin();
+
+	tblk_cond_wait(cv, mu);
+	blocked_end(pool);
+}
+
+bool tblk_pool_timedwait(struct tblk_cond *cv, struct tblk_mutex *mu, uint64_t deadline_ns)
+{
+	struct tblk_pool *pool = blocked_begin();
+	bool woken = tblk_cond_timedwait(cv, mu, deadline_ns);
+
+	blocked_end(pool);
+	return woken;
 }
 
 bool tblk_pool_in_worker(void)
@@ -455,6 +551,7 @@ void tblk_pool_get_stats(struct tblk_pool *pool, struct tblk_pool_stats *st)
 	st->nr_threads = pool->nr_threads;
 	st->nr_idle = pool->nr_idle;
 	st->nr_blocked = pool->nr_blocked;
+	st->cap = pool->cap.cap;
 	tblk_mutex_unlock(&pool->lock);
 	st->nr_completed = __atomic_load_n(&pool->nr_completed, __ATOMIC_RELAXED);
 }
@@ -511,12 +608,19 @@ static void wait_in_flight(struct tblk_pool *pool)
 
 static void stop_workers(struct tblk_pool *pool)
 {
-	struct tblk_list zombies, *pos;
+	struct tblk_list zombies, *pos, *tmp;
 
 	tblk_mutex_lock(&pool->lock);
 	pool->stopping = true;
-	tblk_list_for_each(pos, &pool->idle)
-		tblk_cond_signal(&tblk_list_entry(pos, struct worker, link)->cv);
+	/* Under the lock: a stopped worker needs it to exit, so it cannot be freed meanwhile. */
+	tblk_list_for_each_safe(pos, tmp, &pool->idle) {
+		struct worker *w = tblk_list_entry(pos, struct worker, link);
+
+		tblk_list_del(pos);
+		pool->nr_idle--;
+		__atomic_store_n(&w->state, WAKE_STOP, __ATOMIC_RELEASE);
+		tblk__futex_wake(&w->state, 1);
+	}
 	while (pool->nr_threads)
 		tblk_cond_wait(&pool->free_cv, &pool->lock);
 	take_zombies_locked(pool, &zombies);

@@ -20,12 +20,6 @@ static inline void tblk__cpu_relax(void)
 	__asm__ __volatile__("yield" ::: "memory");
 #else
 	__asm__ __volatile__("" ::: "memory");
-/*
- * A tuning knob from the environment (for benchmarks): the value of @name as a decimal
- * count of nanoseconds, or @dflt if unset or malformed.
- */
-uint64_t tblk__env_ns(const char *name, uint64_t dflt);
-
 #endif
 }
 

@@ -189,6 +189,8 @@ struct tblk_pool *tblk_pool_default(void);
  * if work is queued and no worker is idle. Callers loop on their predicate. Any thread.
  */
 void tblk_pool_wait(struct tblk_cond *cv, struct tblk_mutex *mu);
+/* As tblk_pool_wait(), giving up at @deadline_ns (tblk_clock_ns()); false on timeout. */
+bool tblk_pool_timedwait(struct tblk_cond *cv, struct tblk_mutex *mu, uint64_t deadline_ns);
 
 /* True if the calling thread is a worker of some pool. */
 bool tblk_pool_in_worker(void);
@@ -210,11 +212,15 @@ unsigned int tblk_pool_run_queued(struct tblk_pool *pool);
 #define TBLK_POOL_SPIN_NS	0
 /*
  * Workers of the process-wide pool: TBLK_POOL_MAX_THREADS (or $TBLK_POOL_MAX_THREADS).
- * Fewer workers than requests in flight keep the queue non-empty, so a worker that finishes
- * takes the next item without sleeping (about half the context switches of aio=threads at
- * depth 32 with 16 workers), at the price of fewer requests in flight at the device.
+ * Of those, how many may run at once (neither idle nor blocked in tblk_pool_wait()) adapts
+ * between TBLK_POOL_MIN_CAP and the maximum: fewer running workers than requests in flight
+ * keep the queue non-empty, so a worker that finishes takes the next item without sleeping
+ * (about half the context switches of aio=threads at depth 32), at the price of fewer
+ * requests in flight at the device; the pool searches for the fewest that keep the
+ * throughput. $TBLK_POOL_ADAPT=0 pins the limit at the maximum.
  */
 #define TBLK_POOL_MAX_THREADS	64
+#define TBLK_POOL_MIN_CAP	4
 void tblk_pool_set_spin_ns(struct tblk_pool *pool, uint64_t ns);
 
 /* Statistics for tests: workers alive, idle, blocked in tblk_pool_wait(). Any thread. */
@@ -222,6 +228,7 @@ struct tblk_pool_stats {
 	unsigned int nr_threads;
 	unsigned int nr_idle;
 	unsigned int nr_blocked;
+	unsigned int cap;	/* running workers allowed now */
 	uint64_t nr_completed;
 };
 void tblk_pool_get_stats(struct tblk_pool *pool, struct tblk_pool_stats *st);

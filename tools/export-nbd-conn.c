@@ -54,8 +54,7 @@ static void process_input(struct nbds_conn *conn);
 
 /*
  * Request buffers come in power-of-two classes from 64 KiB to 32 MiB and are kept for
- * reuse per connection: large allocations are otherwise mmap()ed, faulted in and unmapped
- * once per request, which cost more CPU than the I/O itself.
+ * reuse by the export's connections (see NBDS_BUF_CACHE_MAX).
  */
 static unsigned int buf_class(size_t len)
 {
@@ -66,44 +65,66 @@ static unsigned int buf_class(size_t len)
 	return c;
 }
 
-/* A 4 KiB-aligned buffer of at least @len bytes; NULL if memory is short. */
-static void *buf_get(struct nbds_conn *conn, size_t len)
+void nbds__buf_cache_init(struct nbds_buf_cache *c)
 {
-	unsigned int c = buf_class(len);
+	memset(c, 0, sizeof(*c));
+	tblk_mutex_init(&c->lock);
+}
+
+void nbds__buf_cache_destroy(struct nbds_buf_cache *c)
+{
+	unsigned int i;
+
+	for (i = 0; i < NBDS_BUF_CLASSES; i++)
+		while (c->nr[i])
+			free(c->bufs[i][--c->nr[i]]);
+	c->bytes = 0;
+	tblk_mutex_destroy(&c->lock);
+}
+
+void *nbds__buf_get(struct nbds_buf_cache *c, size_t len)
+{
+	unsigned int i = buf_class(len);
 	void *p = NULL;
 
-	if (conn->nr_cached[c]) {
-		conn->cached_bytes -= (size_t)NBDS_BUF_MIN << c;
-		return conn->buf_cache[c][--conn->nr_cached[c]];
+	tblk_mutex_lock(&c->lock);
+	if (c->nr[i]) {
+		c->bytes -= (size_t)NBDS_BUF_MIN << i;
+		p = c->bufs[i][--c->nr[i]];
 	}
-	if (posix_memalign(&p, 4096, (size_t)NBDS_BUF_MIN << c))
+	tblk_mutex_unlock(&c->lock);
+	if (!p && posix_memalign(&p, 4096, (size_t)NBDS_BUF_MIN << i))
 		return NULL;
 	return p;
 }
 
-static void buf_put(struct nbds_conn *conn, void *p, size_t len)
+void nbds__buf_put(struct nbds_buf_cache *c, void *p, size_t len)
 {
-	unsigned int c = buf_class(len);
-	size_t size = (size_t)NBDS_BUF_MIN << c;
+	unsigned int i = buf_class(len);
+	size_t size = (size_t)NBDS_BUF_MIN << i;
 
 	if (!p)
 		return;
-	if (conn->nr_cached[c] < NBDS_BUF_KEEP && conn->cached_bytes + size <= NBDS_BUF_CACHE_MAX) {
-		conn->buf_cache[c][conn->nr_cached[c]++] = p;
-		conn->cached_bytes += size;
-		return;
+	tblk_mutex_lock(&c->lock);
+	if (c->nr[i] < NBDS_BUF_KEEP && c->bytes + size <= NBDS_BUF_CACHE_MAX) {
+		c->bufs[i][c->nr[i]++] = p;
+		c->bytes += size;
+		p = NULL;
 	}
+	tblk_mutex_unlock(&c->lock);
 	free(p);
 }
 
-static void buf_cache_free(struct nbds_conn *conn)
+/* Data buffers exist only in transmission, when conn->exp is set. */
+static void *buf_get(struct nbds_conn *conn, size_t len)
 {
-	unsigned int c;
+	return nbds__buf_get(&conn->exp->bufs, len);
+}
 
-	for (c = 0; c < NBDS_BUF_CLASSES; c++)
-		while (conn->nr_cached[c])
-			free(conn->buf_cache[c][--conn->nr_cached[c]]);
-	conn->cached_bytes = 0;
+static void buf_put(struct nbds_conn *conn, void *p, size_t len)
+{
+	if (p)
+		nbds__buf_put(&conn->exp->bufs, p, len);
 }
 
 /* ---------------------------------------------------------------- output */
@@ -274,7 +295,6 @@ static void conn_free(struct nbds_conn *conn)
 	nbds_hs_destroy(&conn->hs);
 	g_byte_array_free(conn->hs_out, TRUE);
 	g_free(conn->inbuf);
-	buf_cache_free(conn);
 	nbds__server_client_gone(conn->srv, conn);
 	g_free(conn);
 }
@@ -662,6 +682,14 @@ static void submit(struct nbds_conn *conn, struct nbds_req *req)
 	case TBLK_NBD_CMD_WRITE:
 		if (req->r.flags & TBLK_NBD_CMD_FLAG_FUA)
 			fl |= TBLK_REQ_FUA;
+		if (e->detect_zeroes && block_is_zero(req->buf, req->r.len)) {
+			/* As qemu's detect-zeroes: the data is dropped, zeroes are written. */
+			if (e->detect_zeroes == NBDS_DETECT_ZEROES_UNMAP && e->discard)
+				fl |= TBLK_REQ_MAY_UNMAP;
+			tblk_blk_aio_pwrite_zeroes(conn->blk, req->r.offset, req->r.len, fl,
+						   write_done, req);
+			break;
+		}
 		tblk_blk_pwritev(conn->blk, req->r.offset, &req->iov, 1, fl, write_done, req);
 		break;
 	case TBLK_NBD_CMD_FLUSH:
@@ -677,7 +705,11 @@ static void submit(struct nbds_conn *conn, struct nbds_req *req)
 	case TBLK_NBD_CMD_WRITE_ZEROES:
 		if (req->r.flags & TBLK_NBD_CMD_FLAG_FUA)
 			fl |= TBLK_REQ_FUA;
-		if (!(req->r.flags & TBLK_NBD_CMD_FLAG_NO_HOLE) && e->discard)
+		/*
+		 * As qemu-nbd: without NO_HOLE the range may be unmapped whatever --discard
+		 * says (that option is about TRIM).
+		 */
+		if (!(req->r.flags & TBLK_NBD_CMD_FLAG_NO_HOLE))
 			fl |= TBLK_REQ_MAY_UNMAP;
 		if (req->r.flags & TBLK_NBD_CMD_FLAG_FAST_ZERO)
 			fl |= TBLK_REQ_NO_FALLBACK;

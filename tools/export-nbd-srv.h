@@ -14,12 +14,40 @@
 #include "tools/export-nbd-int.h"
 #include "tools/export-nbd.h"
 
+/*
+ * Data buffer classes: 64 KiB << 0..9 (32 MiB). Freed buffers are kept per export for reuse
+ * by its connections, up to NBDS_BUF_CACHE_MAX bytes: a buffer freed to malloc comes back as
+ * fresh pages that fault in on every request (a new connection would fault in its whole
+ * window again), and unmapping them costs TLB shootdowns on every CPU.
+ */
+#define NBDS_BUF_MIN		(64u * 1024)
+#define NBDS_BUF_CLASSES	10
+#define NBDS_BUF_KEEP		(4 * NBDS_MAX_INFLIGHT)
+#define NBDS_BUF_CACHE_MAX	(64u << 20)
+
+/* Lock order: a leaf; taken on the loops of the export's connections. */
+struct nbds_buf_cache {
+	struct tblk_mutex lock;
+	void *bufs[NBDS_BUF_CLASSES][NBDS_BUF_KEEP];	/* [lock] free buffers by class */
+	unsigned int nr[NBDS_BUF_CLASSES];		/* [lock] */
+	size_t bytes;					/* [lock] */
+};
+
+/* A 4 KiB-aligned buffer of at least @len bytes; NULL if memory is short. Any thread. */
+void *nbds__buf_get(struct nbds_buf_cache *c, size_t len);
+/* Gives back a buffer of nbds__buf_get(@len) (NULL ok). Any thread. */
+void nbds__buf_put(struct nbds_buf_cache *c, void *p, size_t len);
+void nbds__buf_cache_init(struct nbds_buf_cache *c);
+void nbds__buf_cache_destroy(struct nbds_buf_cache *c);
+
 struct nbds_export {
 	struct nbds_proto_export p;	/* [const] what clients are told */
 	struct tblk_blk *blk;		/* [const] borrowed */
 	char *id, *name, *description;	/* [const] */
-	bool discard;			/* [const] TRIM/zero writes may unmap */
+	bool discard;			/* [const] TRIM unmaps */
+	enum nbds_detect_zeroes detect_zeroes; /* [const] */
 	unsigned int nr_conns;		/* [srv->lock] connections serving it */
+	struct nbds_buf_cache bufs;	/* its own lock; freed with the export */
 	struct tblk_list link;		/* [srv->lock] srv->exports; unlinked on the server loop */
 };
 
@@ -63,11 +91,6 @@ enum nbds_in_state {
 #define NBDS_INBUF_SIZE	(64 * 1024)
 /* A client that has not finished its handshake by then is dropped (qemu-nbd's limit). */
 #define NBDS_HANDSHAKE_NS	(10ull * 1000 * 1000 * 1000)
-/* Data buffer classes: 64 KiB << 0..9 (32 MiB); a few kept per class for reuse. */
-#define NBDS_BUF_MIN		(64u * 1024)
-#define NBDS_BUF_CLASSES	10
-#define NBDS_BUF_KEEP		8
-#define NBDS_BUF_CACHE_MAX	(64u << 20)
 
 struct nbds_conn {
 	struct nbds_server *srv;	/* [const] */
@@ -92,9 +115,6 @@ struct nbds_conn {
 	size_t buffered;		/* bytes in replies and request buffers */
 	unsigned int nr_inflight;	/* requests submitted and not yet replied */
 	bool reading, writing;		/* fd handlers installed */
-	void *buf_cache[NBDS_BUF_CLASSES][NBDS_BUF_KEEP]; /* free data buffers by class */
-	unsigned int nr_cached[NBDS_BUF_CLASSES];
-	size_t cached_bytes;
 	bool closing;			/* no more input: finish in-flight work, flush, close */
 	bool dead;			/* the socket failed: drop output, close when idle */
 	bool moving;			/* between loops: no input, no output */

@@ -300,6 +300,8 @@ int nbds_server_add_export(struct nbds_server *srv, struct tblk_blk *blk,
 	e->name = g_strdup(name);
 	e->description = g_strdup(o->description);
 	e->discard = o->discard;
+	e->detect_zeroes = o->detect_zeroes;
+	nbds__buf_cache_init(&e->bufs);
 	e->p.name = e->name;
 	e->p.description = e->description;
 	e->p.size = (uint64_t)size;
@@ -373,6 +375,7 @@ static void shutdown_conns_locked(struct nbds_server *srv, struct nbds_export *e
 
 static void nbds_export_destroy(struct nbds_export *e)
 {
+	nbds__buf_cache_destroy(&e->bufs);
 	g_free(e->id);
 	g_free(e->name);
 	g_free(e->description);

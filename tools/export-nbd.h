@@ -20,6 +20,13 @@ struct tblk_blk;
 struct tblk_loop;
 struct nbds_server;
 
+/* qemu's detect-zeroes: off, on (write zeroes), unmap (and unmap them if discard is on). */
+enum nbds_detect_zeroes {
+	NBDS_DETECT_ZEROES_OFF,
+	NBDS_DETECT_ZEROES_ON,
+	NBDS_DETECT_ZEROES_UNMAP,
+};
+
 struct nbds_export_opts {
 	const char *id;			/* for the daemon; may be NULL */
 	const char *name;		/* export name ("" is the default export) */
@@ -27,7 +34,8 @@ struct nbds_export_opts {
 	bool writable;			/* otherwise NBD_FLAG_READ_ONLY, writes get EPERM */
 	bool allocation_depth;		/* offer qemu:allocation-depth */
 	bool multi_conn;		/* advertise NBD_FLAG_CAN_MULTI_CONN */
-	bool discard;			/* TRIM and WRITE_ZEROES may unmap (--discard=unmap) */
+	bool discard;			/* TRIM unmaps (--discard=unmap), else is ignored */
+	enum nbds_detect_zeroes detect_zeroes; /* all-zero WRITEs become WRITE_ZEROES */
 };
 
 /*

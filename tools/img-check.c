@@ -86,7 +86,7 @@ static void print_human(const struct tblk_check_result *r)
 		       "space, but no harm to data.\n", r->leaks);
 	if (r->check_errors)
 		printf("\n%d internal errors have occurred during the check.\n", r->check_errors);
-	if (r->total_clusters)
+	if (r->total_clusters && r->allocated_clusters)
 		printf("%" PRIu64 "/%" PRIu64 " = %0.2f%% allocated, %0.2f%% fragmented, %0.2f%% "
 		       "compressed clusters\n", r->allocated_clusters, r->total_clusters,
 		       pct(r->allocated_clusters, r->total_clusters),
@@ -96,14 +96,20 @@ static void print_human(const struct tblk_check_result *r)
 		printf("Image end offset: %" PRIu64 "\n", r->image_end_offset);
 }
 
+/* A counter qemu reports only when it is not zero. */
+static void json_count(GString *out, const char *key, uint64_t n)
+{
+	if (n)
+		g_string_append_printf(out, "    \"%s\": %" PRIu64 ",\n", key, n);
+}
+
 static void print_json(const struct tblk_check_result *r, const char *file, const char *fmt)
 {
 	GString *out = g_string_new("{\n");
 
-	g_string_append_printf(out, "    \"image-end-offset\": %" PRIu64 ",\n"
-			       "    \"compressed-clusters\": %" PRIu64 ",\n"
-			       "    \"total-clusters\": %" PRIu64 ",\n", r->image_end_offset,
-			       r->compressed_clusters, r->total_clusters);
+	json_count(out, "image-end-offset", r->image_end_offset);
+	json_count(out, "compressed-clusters", r->compressed_clusters);
+	json_count(out, "total-clusters", r->total_clusters);
 	if (r->corruptions)
 		g_string_append_printf(out, "    \"corruptions\": %d,\n", r->corruptions);
 	if (r->corruptions_fixed)
@@ -114,13 +120,15 @@ static void print_json(const struct tblk_check_result *r, const char *file, cons
 		g_string_append_printf(out, "    \"leaks\": %d,\n", r->leaks);
 	if (r->leaks_fixed)
 		g_string_append_printf(out, "    \"leaks-fixed\": %d,\n", r->leaks_fixed);
-	g_string_append_printf(out, "    \"allocated-clusters\": %" PRIu64 ",\n    \"filename\": ",
-			       r->allocated_clusters);
+	json_count(out, "allocated-clusters", r->allocated_clusters);
+	g_string_append(out, "    \"filename\": ");
 	tool_json_string(out, file);
 	g_string_append(out, ",\n    \"format\": ");
 	tool_json_string(out, fmt);
-	g_string_append_printf(out, ",\n    \"fragmented-clusters\": %" PRIu64 "\n}",
-			       r->fragmented_clusters);
+	if (r->fragmented_clusters)
+		g_string_append_printf(out, ",\n    \"fragmented-clusters\": %" PRIu64,
+				       r->fragmented_clusters);
+	g_string_append(out, "\n}");
 	printf("%s\n", out->str);
 	g_string_free(out, TRUE);
 }

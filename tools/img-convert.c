@@ -750,9 +750,9 @@ static bool slot_step(struct slot *s)
 		if (s->ret < 0 && cv->a->salvage)
 			salvage_read(s);
 		if (s->ret < 0) {
-			if (cv->ret == 0)
-				tool_error("error while reading at byte %" PRId64 ": %s",
-					   s->sector * SECTOR, strerror(-s->ret));
+			/* Every read that was in flight reports its failure, as in qemu. */
+			tool_error("error while reading at byte %" PRId64 ": %s",
+				   s->sector * SECTOR, strerror(-s->ret));
 			cv->ret = s->ret;
 		}
 		if (cv->ret < 0) {
@@ -901,27 +901,41 @@ static int open_sources(struct convert *cv)
 	return 0;
 }
 
-/* -l: tblk cannot load internal snapshots yet; qcow2 without any has none to find. */
+/*
+ * -l: the first source reads as one of its internal snapshots. "snapshot.id=...,
+ * snapshot.name=..." must match both given; a plain argument is an id, else a name.
+ */
 static int load_snapshot(struct convert *cv)
 {
 	const struct convert_args *a = cv->a;
-	struct tblk_format_info info;
+	g_autoptr(GHashTable) opts = tblk_opts_new();
+	const char *id = NULL, *name = NULL;
+	GError *err = NULL;
+	int ret;
 
 	if (!a->snapshot)
 		return 0;
-	if (!a->snapshot_opts && a->nr_srcs > 1) {
-		tool_error("No support for concatenating multiple snapshot");
-		return -EINVAL;
+	if (a->snapshot_opts) {
+		/* Checked by parse_snapshot_opts() already. */
+		if (tblk_opts_parse(opts, a->snapshot, NULL, NULL) == 0) {
+			id = g_hash_table_lookup(opts, "snapshot.id");
+			name = g_hash_table_lookup(opts, "snapshot.name");
+		}
+	} else {
+		if (a->nr_srcs > 1) {
+			tool_error("No support for concatenating multiple snapshot");
+			return -EINVAL;
+		}
+		id = a->snapshot;
 	}
-	if (tblk_blk_get_format_info(cv->src[0], &info) == 0 && info.is_qcow2) {
-		tool_error("Failed to load snapshot: %s", info.nb_snapshots ?
-			   "tblk cannot load internal snapshots yet" : "Can't find snapshot");
-		return -ENOTSUP;
+	ret = tblk_blk_snapshot_load_tmp(cv->src[0], id, name, &err);
+	if (!a->snapshot_opts && (ret == -ENOENT || ret == -EINVAL)) {
+		g_clear_error(&err);
+		ret = tblk_blk_snapshot_load_tmp(cv->src[0], NULL, a->snapshot, &err);
 	}
-	tool_error("Failed to load snapshot: Block format '%s' used by device '' does not "
-		   "support temporarily loading internal snapshots",
-		   tblk_blk_format_name(cv->src[0]));
-	return -ENOTSUP;
+	if (ret < 0)
+		tool_error_gerror(err, "Failed to load snapshot: ");
+	return ret;
 }
 
 /* Builds the creation options: -o, then -B and -F as qemu's old-style options. */

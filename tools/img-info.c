@@ -71,6 +71,33 @@ static void json_key(GString *out, int indent, const char *key)
 	g_string_append_printf(out, ",\n%*s\"%s\": ", indent, "", key);
 }
 
+/* "bitmaps": the list of persistent bitmaps, the key indented by @in spaces. */
+static void json_bitmaps(GString *out, const struct tblk_format_info *fi, int in)
+{
+	json_key(out, in, "bitmaps");
+	g_string_append(out, "[");
+	for (unsigned int i = 0; i < fi->nb_bitmaps; i++) {
+		const struct tblk_bitmap_info *b = &fi->bitmaps[i];
+		const char *flags[2];
+		unsigned int nf = 0;
+
+		if (b->in_use)
+			flags[nf++] = "in-use";
+		if (b->is_auto)
+			flags[nf++] = "auto";
+		g_string_append_printf(out, "%s\n%*s{\n%*s\"flags\": [", i ? "," : "", in + 4, "",
+				       in + 8, "");
+		for (unsigned int k = 0; k < nf; k++)
+			g_string_append_printf(out, "%s\n%*s\"%s\"", k ? "," : "", in + 12, "",
+					       flags[k]);
+		g_string_append_printf(out, "\n%*s],\n%*s\"name\": ", in + 8, "", in + 8, "");
+		tool_json_string(out, b->name);
+		g_string_append_printf(out, ",\n%*s\"granularity\": %" PRIu64 "\n%*s}", in + 8, "",
+				       b->granularity, in + 4, "");
+	}
+	g_string_append_printf(out, "\n%*s]", in, "");
+}
+
 static void json_qcow2(GString *out, const struct tblk_format_info *fi, int in)
 {
 	const char *b[] = { "false", "true" };
@@ -82,6 +109,8 @@ static void json_qcow2(GString *out, const struct tblk_format_info *fi, int in)
 	if (strcmp(fi->compat, "0.10"))
 		g_string_append_printf(out, ",\n%*s\"lazy-refcounts\": %s", in + 4, "",
 				       b[fi->lazy_refcounts]);
+	if (fi->nb_bitmaps)
+		json_bitmaps(out, fi, in + 4);
 	g_string_append_printf(out, ",\n%*s\"refcount-bits\": %u", in + 4, "",
 			       fi->refcount_bits);
 	if (fi->data_file) {

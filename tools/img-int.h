@@ -38,6 +38,21 @@ void img_snapshot_json(GString *out, const struct tblk_snapshot_info *sn, int n,
 
 int img_measure(int argc, char **argv);
 int img_resize(int argc, char **argv);
+int img_rebase(int argc, char **argv);
+int img_commit(int argc, char **argv);
+
+/* @name made relative to the directory of @image (qemu's path_combine); caller frees. */
+char *img_path_relative_to(const char *image, const char *name);
+/*
+ * The depth of the layer of @blk's chain that a backing file named @name is (qemu's
+ * bdrv_find_backing_image: @name relative to each layer's directory, compared as real
+ * paths), or -1.
+ */
+int img_find_backing_image(struct tblk_blk *blk, const char *name);
+/* Opens the layer at @depth of @chain's backing chain as a backend of its own, without
+ * taking locks (the chain holds them). 0 or -errno with *errp. */
+int img_open_layer(struct tblk_blk **pblk, struct tblk_blk *chain, int depth,
+		   unsigned int flags, GError **errp);
 
 /* "prog: <msg>" then "Try 'qemu-img --help' for more information", exit 1. */
 void img_error_exit(const char *fmt, ...) TOOL_PRINTF(1, 2) IMG_NORETURN;

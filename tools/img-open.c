@@ -25,7 +25,7 @@ static int build_opts(GHashTable *opts, const struct img_open_opts *o, const cha
 	*probe_name = o->filename;
 	*open_name = o->image_opts ? NULL : g_strdup(o->filename);
 	if (o->image_opts) {
-		if (tblk_opts_parse(opts, o->filename, NULL, errp) < 0)
+		if (tool_opts_parse(opts, o->filename, errp) < 0)
 			return -EINVAL;
 		*probe_name = g_hash_table_lookup(opts, "driver") ? NULL :
 			      g_hash_table_lookup(opts, "file.filename");
@@ -380,7 +380,7 @@ int img_block_status(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
 		 * Nobody holds the range: it reads as zeroes because the layer above the one
 		 * reported has no backing file there (qemu names that layer).
 		 */
-		st->bits = TBLK_BS_ZERO;
+		st->bits = (unsigned int)ret & TBLK_BS_ZERO;
 		st->depth = depth > 0 ? depth - 1 : 0;
 	} else {
 		st->bits = (unsigned int)ret;

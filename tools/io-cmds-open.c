@@ -342,7 +342,7 @@ int io_open_f(struct io_ctx *io, int argc, char **argv)
 		if (c == 's') {
 			r.snapshot = true;
 		} else if (c == 'o') {
-			if (tblk_opts_parse(opts, optarg, NULL, &err) < 0) {
+			if (tool_opts_parse(opts, optarg, &err) < 0) {
 				tool_error_gerror(err, NULL);
 				goto out;
 			}
@@ -503,7 +503,7 @@ int io_reopen_f(struct io_ctx *io, int argc, char **argv)
 			has_cache = true;
 			break;
 		case 'o':
-			if (tblk_opts_parse(opts, optarg, NULL, &err) < 0) {
+			if (tool_opts_parse(opts, optarg, &err) < 0) {
 				tool_error_gerror(err, NULL);
 				goto fail;
 			}
@@ -554,6 +554,11 @@ int io_reopen_f(struct io_ctx *io, int argc, char **argv)
 	while (g_hash_table_iter_next(&it, &k, &v))
 		if (!g_hash_table_contains(opts, k))
 			g_hash_table_insert(opts, g_strdup(k), g_strdup(v));
+	/* The file name is given as it was (a same file name option changes nothing). */
+	if (io->open.filename) {
+		g_hash_table_remove(opts, "file.filename");
+		g_hash_table_remove(opts, "filename");
+	}
 	/* The format stays what it is, even if the image's first bytes changed meanwhile. */
 	if (!g_hash_table_contains(opts, "driver"))
 		g_hash_table_insert(opts, g_strdup("driver"),

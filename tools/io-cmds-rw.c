@@ -143,7 +143,8 @@ int io_read_f(struct io_ctx *io, int argc, char **argv)
 		return -ENOMEM;
 	}
 	t0 = tool_now_ns();
-	ret = o.vmstate ? -ENOTSUP : do_rw(io, RW_READ, offset, buf, count, 0);
+	ret = o.vmstate ? tblk_blk_load_vmstate(io->blk, (uint64_t)offset, buf, (uint64_t)count) :
+			  do_rw(io, RW_READ, offset, buf, count, 0);
 	t1 = tool_now_ns();
 	if (ret < 0) {
 		printf("read failed: %s\n", strerror(-ret));
@@ -261,9 +262,8 @@ static int do_write(struct io_ctx *io, const struct write_opts *o, int64_t offse
 			 (o->no_fallback ? TBLK_REQ_NO_FALLBACK : 0);
 		return do_rw(io, RW_ZEROES, offset, NULL, count, flags);
 	}
-	/* No format of ours has a VM state area. */
 	if (o->vmstate)
-		return -ENOTSUP;
+		return tblk_blk_save_vmstate(io->blk, (uint64_t)offset, buf, (uint64_t)count);
 	if (o->compress)
 		flags |= TBLK_REQ_COMPRESSED;	/* formats without clusters refuse it */
 	return do_rw(io, RW_WRITE, offset, buf, count, flags);

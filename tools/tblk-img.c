@@ -58,6 +58,8 @@ void img_help(void)
 	       "  bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] "
 	       "[-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] "
 	       "[-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename\n"
+	       "  commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] "
+	       "[-r rate_limit] [-d] [-p] filename\n"
 	       "  compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] "
 	       "[-p] [-q] [-s] [-U] filename1 filename2\n"
 	       "  convert [--object objectdef] [--image-opts] [--target-image-opts] "
@@ -73,6 +75,8 @@ void img_help(void)
 	       "[--backing-chain] [-U] filename\n"
 	       "  map [--object objectdef] [--image-opts] [-f fmt] [--start-offset=offset] "
 	       "[--max-length=len] [--output=ofmt] [-U] filename\n"
+	       "  rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] "
+	       "[-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename\n"
 	       "  snapshot [--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | "
 	       "-c snapshot | -d snapshot] filename\n\n"
 	       "Sizes take the suffixes k, M, G, T, P and E (powers of 1024); 'b' means bytes.\n\n"
@@ -142,6 +146,10 @@ void img_progress_print(float delta, int max)
 	/* Single precision throughout, as qemu computes it: the printed figures must agree. */
 	float cur = max == 0 ? delta : progress.current + delta / 100 * (float)max;
 
+	/* qemu caps the figure (rebase's last chunk may overshoot). */
+	if (cur > 100)
+		cur = 100;
+
 	if (progress_requested) {
 		progress_requested = 0;
 		printf("    (%3.2f/100%%)\n", (double)progress.current);
@@ -170,7 +178,7 @@ void img_progress_end(void)
 
 /* Subcommands qemu-img 7.2 has that tblk-img does not implement yet. */
 static const char *const unimplemented[] = {
-	"bitmap", "check", "commit", "rebase", NULL,
+	"bitmap", NULL,
 };
 
 static const struct {
@@ -180,6 +188,7 @@ static const struct {
 	{ "amend", img_amend },
 	{ "bench", img_bench },
 	{ "check", img_check },
+	{ "commit", img_commit },
 	{ "compare", img_compare },
 	{ "convert", img_convert },
 	{ "create", img_create },
@@ -188,6 +197,7 @@ static const struct {
 	{ "map", img_map },
 	{ "snapshot", img_snapshot },
 	{ "measure", img_measure },
+	{ "rebase", img_rebase },
 	{ "resize", img_resize },
 };
 

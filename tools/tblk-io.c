@@ -128,7 +128,7 @@ static int open_image(struct io_ctx *io, const struct io_opts *o)
 	r.opts = tblk_opts_new();
 	if (o->image_opts) {
 		r.filename = NULL;
-		if (tblk_opts_parse(r.opts, o->filename, NULL, &err) < 0) {
+		if (tool_opts_parse(r.opts, o->filename, &err) < 0) {
 			tool_error_gerror(err, "can't open: ");
 			g_hash_table_unref(r.opts);
 			return -EINVAL;

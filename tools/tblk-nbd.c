@@ -44,6 +44,7 @@ struct nbd_opts {
 	bool fork;
 	bool alloc_depth;
 	bool discard;
+	enum nbds_detect_zeroes detect_zeroes;
 };
 
 struct nbd_state {
@@ -211,6 +212,9 @@ static void parse_args(int argc, char **argv, struct nbd_opts *o)
 				exit(1);
 			}
 			detect_zeroes = optarg;
+			o->detect_zeroes = !strcmp(optarg, "off") ? NBDS_DETECT_ZEROES_OFF :
+					   !strcmp(optarg, "on") ? NBDS_DETECT_ZEROES_ON :
+					   NBDS_DETECT_ZEROES_UNMAP;
 			break;
 		case OPT_FORK:
 			o->fork = true;
@@ -397,6 +401,7 @@ int main(int argc, char **argv)
 	eo.allocation_depth = o.alloc_depth;
 	eo.multi_conn = o.shared != 1;	/* qemu-nbd: multi-conn when shared by several */
 	eo.discard = o.discard;
+	eo.detect_zeroes = o.detect_zeroes;
 	if (nbds_server_add_export(srv, blk, &eo, &err) < 0) {
 		tool_error_gerror(err, NULL);
 		goto out_srv;

@@ -7,6 +7,7 @@
  * installed under qemu's name prints exactly qemu's prefix.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,12 +19,19 @@
 
 const char *tool_progname = "tblk";
 
+/* The library's warnings, worded as qemu's: "PROG: warning: TEXT" (TEXT ends as given). */
+static void print_warning(const char *msg, void *opaque)
+{
+	fprintf(stderr, "%s: warning: %s", tool_progname, msg);
+}
+
 void tool_set_progname(const char *argv0)
 {
 	const char *slash = argv0 ? strrchr(argv0, '/') : NULL;
 
 	if (argv0 && *argv0)
 		tool_progname = slash ? slash + 1 : argv0;
+	tblk_set_warning_handler(print_warning, NULL);
 }
 
 static void vreport(const char *kind, const char *fmt, va_list ap)
@@ -49,6 +57,26 @@ void tool_warn(const char *fmt, ...)
 	va_start(ap, fmt);
 	vreport("warning: ", fmt, ap);
 	va_end(ap);
+}
+
+int tool_opts_parse(GHashTable *opts, const char *str, GError **errp)
+{
+	g_autoptr(GPtrArray) shorts = g_ptr_array_new_with_free_func(g_free);
+	int ret = tblk_opts_parse_qemu(opts, str, NULL, shorts, errp);
+
+	for (guint i = 0; i < shorts->len; i++) {
+		const char *elem = shorts->pdata[i];
+		bool no = g_str_has_prefix(elem, "no");
+
+		tool_warn("short-form boolean option '%s' deprecated", elem);
+		/* qemu's one special case: "delay" is a socket option spelt "nodelay". */
+		if (!strcmp(elem + (no ? 2 : 0), "delay"))
+			fprintf(stderr, "Please use nodelay=%s instead\n", no ? "on" : "off");
+		else
+			fprintf(stderr, "Please use %s=%s instead\n", elem + (no ? 2 : 0),
+				no ? "off" : "on");
+	}
+	return ret;
 }
 
 void tool_error_gerror(GError *err, const char *prefix_fmt, ...)
@@ -116,6 +144,20 @@ void tool_print_format_specific(const struct tblk_format_info *fi)
 	       fi->compat, fi->compression_type);
 	if (v3)
 		printf("    lazy refcounts: %s\n", fi->lazy_refcounts ? "true" : "false");
+	if (fi->nb_bitmaps)
+		printf("    bitmaps:\n");
+	for (unsigned int i = 0; i < fi->nb_bitmaps; i++) {
+		const struct tblk_bitmap_info *b = &fi->bitmaps[i];
+		unsigned int k = 0;
+
+		printf("        [%u]:\n            flags:\n", i);
+		if (b->in_use)
+			printf("                [%u]: in-use\n", k++);
+		if (b->is_auto)
+			printf("                [%u]: auto\n", k++);
+		printf("            name: %s\n            granularity: %" PRIu64 "\n", b->name,
+		       b->granularity);
+	}
 	printf("    refcount bits: %u\n", fi->refcount_bits);
 	if (fi->data_file)
 		printf("    data file: %s\n    data file raw: %s\n", fi->data_file,
@@ -130,11 +172,17 @@ int tool_object_add(const char *def)
 	g_autoptr(GHashTable) opts = tblk_opts_new();
 	GError *err = NULL;
 	const char *type;
+	int ret;
 
 	if (tblk_opts_parse(opts, def, "qom-type", &err) < 0) {
 		tool_error_gerror(err, NULL);
 		return -EINVAL;
 	}
+	ret = tool_object_check(opts);
+	if (ret > 0)
+		exit(0);	/* "help": the list is printed */
+	if (ret < 0)
+		return ret;
 	type = g_hash_table_lookup(opts, "qom-type");
 	if (!type || strcmp(type, "throttle-group"))
 		return 0;

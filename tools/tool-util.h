@@ -31,6 +31,16 @@ void tool_error(const char *fmt, ...) TOOL_PRINTF(1, 2);
 void tool_warn(const char *fmt, ...) TOOL_PRINTF(1, 2);
 /* Prints "prog: <prefix>: <message of err>" (prefix may be NULL) and frees @err. */
 void tool_error_gerror(GError *err, const char *prefix_fmt, ...) TOOL_PRINTF(2, 3);
+/*
+ * tblk_opts_parse_qemu() for a command line's option list, warning about each short-form
+ * boolean ("key" for "key=on") as qemu does. 0 or -EINVAL with *errp.
+ */
+int tool_opts_parse(GHashTable *opts, const char *str, GError **errp);
+/*
+ * qemu's checks of an --object definition (tool-object.c), printing qemu's message: 0, 1
+ * when it asked for help (the list of types is printed), or -EINVAL.
+ */
+int tool_object_check(GHashTable *opts);
 
 /*
  * Parses a size as qemu_strtosz does: decimal (with an optional fraction when a suffix

@@ -365,6 +365,7 @@ int tblk_node_block_status(struct tblk_node *node, uint64_t offset, uint64_t byt
 			   uint64_t *pnum, uint64_t *map)
 {
 	int64_t len = tblk_node_getlength(node);
+	int ret;
 
 	if (len < 0)
 		return (int)len;
@@ -380,7 +381,11 @@ int tblk_node_block_status(struct tblk_node *node, uint64_t offset, uint64_t byt
 		return TBLK_BS_DATA | TBLK_BS_ALLOCATED |
 		       (node->drv->is_protocol ? TBLK_BS_OFFSET_VALID : 0);
 	}
-	return node->drv->block_status(node, offset, bytes, pnum, map);
+	ret = node->drv->block_status(node, offset, bytes, pnum, map);
+	/* Data or zeroes a node describes itself are its own, as in qemu's generic layer. */
+	if (ret > 0 && (ret & (TBLK_BS_DATA | TBLK_BS_ZERO)))
+		ret |= TBLK_BS_ALLOCATED;
+	return ret;
 }
 
 /* Sizes are whole 512-byte sectors, as qemu counts them: a file's odd tail reads as zeroes. */

@@ -261,10 +261,25 @@ void tblk__req_end(struct tblk_req *req, int ret)
  * if another thread (an iothread) runs it, the caller only sleeps. Two threads must not
  * drain through the same idle loop at once.
  */
+/* Tells the drivers of @node and of every node below it that a drain begins or ends. */
+static void subtree_drain_hook(struct tblk_node *node, bool begin)
+{
+	for (struct tblk_node *n = node; n; n = n->file) {
+		if (begin && n->drv->drain_begin)
+			n->drv->drain_begin(n);
+		if (!begin && n->drv->drain_end)
+			n->drv->drain_end(n);
+		if (n->backing)
+			subtree_drain_hook(n->backing, begin);
+	}
+}
+
 void tblk__node_wait_idle(struct tblk_node *node, struct tblk_loop *loop)
 {
 	bool turn = loop && (tblk_loop_in_thread(loop) || !tblk_loop_is_running(loop));
 
+	/* The node's requests may be held by a driver below it (a throttle filter). */
+	subtree_drain_hook(node, true);
 	tblk_mutex_lock(&node->lock);
 	while (node->nr_in_flight > 0) {
 		if (turn && node->nr_async > 0) {
@@ -276,6 +291,7 @@ void tblk__node_wait_idle(struct tblk_node *node, struct tblk_loop *loop)
 		}
 	}
 	tblk_mutex_unlock(&node->lock);
+	subtree_drain_hook(node, false);
 }
 
 void tblk_node_drain(struct tblk_node *node)

@@ -204,6 +204,7 @@ struct tblk__thr_member {
 	struct tblk_list queue[2];	/* [tg->lock] waiters per direction (read, write) */
 	struct tblk_list released;	/* [tg->lock] asynchronous waiters to hand back */
 	uint64_t timer_want_ns;		/* [tg->lock] the timer should fire then, 0: no */
+	unsigned int bypass;		/* [tg->lock] > 0: drained, requests go at once */
 	struct tblk_loop *loop;		/* [const] may be NULL */
 	struct tblk_bh *bh;		/* [const] runs member_bh on loop */
 	struct tblk_timer timer;	/* [loop thread] */
@@ -428,8 +429,12 @@ bool tblk__thr_submit(struct tblk__thr_member *m, struct tblk__thr_waiter *w)
 	w->released = false;
 	tblk_mutex_lock(&tg->lock);
 	leak_locked(tg, tg->clock_ns());
-	/* Nobody ahead and budget left: run now, without a queue round trip. */
-	if (queue_empty_locked(tg, w->write) && tblk__thr_wait_ns(&tg->cfg, w->write) == 0) {
+	/*
+	 * Nobody ahead and budget left: run now, without a queue round trip. While drained
+	 * the member's requests go at once too (charged, as qemu does, so the average holds).
+	 */
+	if (m->bypass ||
+	    (queue_empty_locked(tg, w->write) && tblk__thr_wait_ns(&tg->cfg, w->write) == 0)) {
 		tblk__thr_account(&tg->cfg, w->write, w->bytes);
 		tblk_mutex_unlock(&tg->lock);
 		return true;
@@ -457,8 +462,12 @@ void tblk__thr_wait(struct tblk__thr_member *m, struct tblk__thr_waiter *w)
 			wake = release_pass_locked(tg);
 			continue;
 		}
-		/* Bounded: the deadline may move, and an injected clock is not the cv's. */
-		tblk_cond_timedwait(&tg->cv, &tg->lock,
+		/*
+		 * Bounded: the deadline may move, and an injected clock is not the cv's. In a
+		 * pool worker (a throttle filter below an asynchronous request) the wait service
+		 * counts the worker as blocked, so queued work gets another one.
+		 */
+		tblk_pool_timedwait(&tg->cv, &tg->lock,
 				    tblk_clock_ns() + (deadline ?
 						       TBLK_MIN(deadline - tg->clock_ns(),
 								10000000ull) : 10000000ull));
@@ -476,6 +485,47 @@ void tblk__thr_throttle_sync(struct tblk__thr_member *m, bool write, uint64_t by
 
 	if (!tblk__thr_submit(m, &w))
 		tblk__thr_wait(m, &w);
+}
+
+/*
+ * Drain: lets every request of @m waiting for budget go now (charged) and, until the matching
+ * end, any new one at once, so that a drain never waits out the limits (qemu disables a
+ * member's limits in a drained section and restarts its queue). Nests.
+ */
+void tblk__thr_member_drain(struct tblk__thr_member *m, bool begin)
+{
+	struct tblk__thr_group *tg = m->tg;
+	bool wake = false, bh = false;
+
+	tblk_mutex_lock(&tg->lock);
+	if (!begin) {
+		assert(m->bypass > 0);
+		m->bypass--;
+		tblk_mutex_unlock(&tg->lock);
+		return;
+	}
+	m->bypass++;
+	for (int dir = 0; dir < 2; dir++) {
+		while (!tblk_list_empty(&m->queue[dir])) {
+			struct tblk__thr_waiter *w =
+				tblk_list_entry(m->queue[dir].next, struct tblk__thr_waiter, link);
+
+			tblk_list_del(&w->link);
+			tblk__thr_account(&tg->cfg, dir, w->bytes);
+			if (w->release) {
+				tblk_list_add_tail(&m->released, &w->link);
+				bh = true;
+			} else {
+				w->released = true;
+				wake = true;
+			}
+		}
+	}
+	tblk_mutex_unlock(&tg->lock);
+	if (bh)
+		tblk_bh_schedule(m->bh);
+	if (wake)
+		tblk_cond_broadcast(&tg->cv);
 }
 
 /* ---------------------------------------------------------------- members */

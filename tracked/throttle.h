@@ -98,6 +98,13 @@ void tblk__thr_wait(struct tblk__thr_member *m, struct tblk__thr_waiter *w);
 /* Both: throttles a synchronous request of @bytes; returns when it may run. */
 void tblk__thr_throttle_sync(struct tblk__thr_member *m, bool write, uint64_t bytes);
 
+/*
+ * Drained sections: with @begin, releases @m's waiters at once (their budget charged) and
+ * lets new requests of @m go without waiting until the matching call without @begin. Nests.
+ * Asynchronous waiters run on @m's loop as usual. Any thread.
+ */
+void tblk__thr_member_drain(struct tblk__thr_member *m, bool begin);
+
 /* Tests: a clock for the group of @m instead of tblk_clock_ns(), and a manual release pass
  * (what the timer does). */
 void tblk__thr_set_clock(struct tblk__thr_member *m, uint64_t (*clock_ns)(void));

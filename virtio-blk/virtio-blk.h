@@ -136,6 +136,8 @@ struct tblk_vmap {
 	int refcnt;		/* [atomic] */
 	void *base;		/* [const] */
 	size_t len;		/* [const] */
+	int guard;		/* [const] vguard.c slot, -1 if the file is sealed or unguarded */
+	int faulted;		/* [atomic] a page past the file's end was touched (vguard.c) */
 };
 
 struct tblk_vmem_region {
@@ -155,6 +157,17 @@ struct tblk_vmem {
 	unsigned int nr;	/* [const] after publication */
 	struct tblk_vmem_region r[TBLK_VMEM_MAX_REGIONS];	/* [const] after publication */
 };
+
+/*
+ * vguard.c: registers [base, base + len) so that a SIGBUS there (the file was truncated)
+ * maps a zero page and sets *flag instead of killing the process; the slot or -ENOSPC.
+ */
+int tblk__vguard_add(void *base, size_t len, int *flag);
+void tblk__vguard_del(int slot);
+/* How many such faults the process has seen. Any thread, async-signal-safe. */
+unsigned int tblk__vguard_faults(void);
+/* Whether a map of @vmem has faulted (NULL: no). */
+bool tblk__vmem_faulted(struct tblk_vmem *vmem);
 
 /* mmap()s @len bytes of @fd at @offset shared read-write; NULL and -errno in *perr. */
 struct tblk_vmap *tblk__vmap_open(int fd, uint64_t offset, uint64_t len, int *perr);

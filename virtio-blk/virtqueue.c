@@ -164,6 +164,9 @@ void tblk__vq_complete(struct vblk_req *req, int status)
 
 	if (status != VIRTIO_BLK_S_OK)
 		dev->stats.errors++;
+	/* Its memory was truncated under it (vguard.c): nothing in it can be trusted. */
+	if (tblk__vguard_faults() && tblk__vmem_faulted(req->vmem))
+		tblk__vq_break(vq);
 	if (!dev->detached && vq->used && !vq->broken) {
 		struct vring_used_elem *e = &vq->used->ring[vq->used_idx % vq->num];
 
@@ -331,6 +334,15 @@ static bool vq_runnable(struct tblk_vq *vq)
 	       !vq->dev->detached;
 }
 
+/* The memory table was truncated under us (vguard.c): break the queue. */
+static bool vq_mem_faulted(struct tblk_vq *vq)
+{
+	if (!tblk__vguard_faults() || !tblk__vmem_faulted(vq->dev->vmem))
+		return false;
+	tblk__vq_break(vq);
+	return true;
+}
+
 void tblk__vq_process(struct tblk_vq *vq)
 {
 	/* Requests a previous back-end took and never completed go first, in their order. */
@@ -344,10 +356,14 @@ void tblk__vq_process(struct tblk_vq *vq)
 			tblk__vq_break(vq);
 			return;
 		}
+		if (vq_mem_faulted(vq))
+			return;
 	}
 	while (vq_runnable(vq)) {
 		uint16_t avail_idx = __atomic_load_n(&vq->avail->idx, __ATOMIC_ACQUIRE);
 
+		if (vq_mem_faulted(vq))
+			return;
 		if ((uint16_t)(avail_idx - vq->last_avail) > vq->num) {
 			tblk__vq_break(vq);
 			return;
@@ -366,6 +382,8 @@ void tblk__vq_process(struct tblk_vq *vq)
 				tblk__vq_break(vq);
 				return;
 			}
+			if (vq_mem_faulted(vq))
+				return;
 			if (!vq_runnable(vq))
 				return;
 		}

@@ -6,6 +6,7 @@
  * Threading: a map is built by one thread, then published and never changed; references
  * are atomic, so the last request holding an old map may drop it from any thread.
  */
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -17,6 +18,7 @@ struct tblk_vmap *tblk__vmap_open(int fd, uint64_t offset, uint64_t len, int *pe
 {
 	struct tblk_vmap *map;
 	struct stat st;
+	int seals;
 	void *p;
 
 	if (len == 0 || len > SIZE_MAX || offset > (uint64_t)INT64_MAX - len) {
@@ -40,6 +42,11 @@ struct tblk_vmap *tblk__vmap_open(int fd, uint64_t offset, uint64_t len, int *pe
 	map->refcnt = 1;
 	map->base = p;
 	map->len = (size_t)len;
+	map->guard = -1;
+	/* Unless the front-end sealed it, it can still truncate the file under us. */
+	seals = fcntl(fd, F_GET_SEALS);
+	if (seals < 0 || !(seals & F_SEAL_SHRINK))
+		map->guard = tblk__vguard_add(p, (size_t)len, &map->faulted);
 	return map;
 }
 
@@ -54,6 +61,7 @@ void tblk__vmap_unref(struct tblk_vmap *map)
 {
 	if (!map || __atomic_sub_fetch(&map->refcnt, 1, __ATOMIC_ACQ_REL) > 0)
 		return;
+	tblk__vguard_del(map->guard);
 	munmap(map->base, map->len);
 	g_free(map);
 }
@@ -93,6 +101,16 @@ struct tblk_vmem *tblk__vmem_clone(struct tblk_vmem *vmem)
 		vmap_ref(n->r[i].map);
 	}
 	return n;
+}
+
+bool tblk__vmem_faulted(struct tblk_vmem *vmem)
+{
+	if (!vmem)
+		return false;
+	for (unsigned int i = 0; i < vmem->nr; i++)
+		if (vmem->r[i].map && __atomic_load_n(&vmem->r[i].map->faulted, __ATOMIC_ACQUIRE))
+			return true;
+	return false;
 }
 
 static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)

@@ -63,15 +63,16 @@ void tblk_iothread_free(struct tblk_iothread *iot);
 #define TBLK_OPEN_PROTOCOL	0x0100u	/* open the protocol node only, no format on top */
 #define TBLK_OPEN_CHECK		0x1000u	/* opened to be checked: no repair of a dirty image */
 #define TBLK_OPEN_COPY_ON_READ	0x0200u	/* copy-on-read filter on top (copy-on-read=on) */
+#define TBLK_OPEN_NO_BACKING	0x2000u	/* do not open the backing file the image names */
 /*
  * Image locking (qemu's, on the same bytes): an image is locked for reading, and for writing
  * if TBLK_OPEN_RDWR; opening fails while another process (tblk or qemu) holds a permission
  * we deny or denies one we take. Formats deny writes and resizes of their own file and of
  * backing images. TBLK_OPEN_SHARE_RW (read-only opens only) denies nothing.
  */
-#define TBLK_OPEN_RESIZE	0x2000u	/* may change the size (qemu-img resize) */
-#define TBLK_OPEN_NO_SHARE_RESIZE 0x4000u /* nobody else may resize it (an NBD export) */
-#define TBLK_OPEN_NO_SHARE	0x8000u	/* nobody else may write or resize it (qemu-img
+#define TBLK_OPEN_RESIZE	0x4000u	/* may change the size (qemu-img resize) */
+#define TBLK_OPEN_NO_SHARE_RESIZE 0x8000u /* nobody else may resize it (an NBD export) */
+#define TBLK_OPEN_NO_SHARE	0x10000u /* nobody else may write or resize it (qemu-img
 					 * convert's sources) */
 
 /*
@@ -92,6 +93,15 @@ int tblk_parse_aio_mode(const char *mode, unsigned int *flags, GError **errp);
  */
 GHashTable *tblk_opts_new(void);
 int tblk_opts_parse(GHashTable *opts, const char *str, const char *implied_key, GError **errp);
+/*
+ * Parses as qemu's command lines do (-o, --image-opts): like tblk_opts_parse(), but an
+ * element without '=' is qemu's deprecated short form of "key=on" ("nokey": "key=off";
+ * "help" and "?" are keys of their own), and an empty key is kept. Each short form is
+ * appended as written to @short_forms (may be NULL; g_strdup'ed strings) for the caller to
+ * warn about. 0 or -EINVAL with *errp (a bad json: string only).
+ */
+int tblk_opts_parse_qemu(GHashTable *opts, const char *str, const char *implied_key,
+			 GPtrArray *short_forms, GError **errp);
 
 /*
  * Opens @filename (may be NULL if @options name the file) with @options (borrowed, may be
@@ -104,6 +114,15 @@ int tblk_blk_open(struct tblk_blk **pblk, const char *filename, GHashTable *opti
 		  unsigned int flags, struct tblk_loop *loop, GError **errp);
 /* Drains and closes @blk; NULL ok. Not from a callback of @blk. */
 void tblk_blk_close(struct tblk_blk *blk);
+
+/*
+ * Where the library warns where qemu would print a warning (an image whose persistent
+ * bitmaps another program left inconsistent, ...): @fn gets the text, which may hold a
+ * newline and need not end with one. Without a handler, warnings are dropped. Process-wide;
+ * set it before opening images. Any thread.
+ */
+typedef void tblk_warn_fn(const char *msg, void *opaque);
+void tblk_set_warning_handler(tblk_warn_fn *fn, void *opaque);
 
 /*
  * Defines the throttle group @id (--object throttle-group,id=...) with limits from @props
@@ -199,6 +218,15 @@ int64_t tblk_blk_get_allocated_size(struct tblk_blk *blk);
 int tblk_blk_truncate(struct tblk_blk *blk, uint64_t size, const char *prealloc,
 		      GError **errp);
 
+/*
+ * The image's VM state area, where savevm keeps a VM's state (qcow2: after the guest data,
+ * outside the guest's view): reads into or writes from @buf @bytes at @pos of it, drained
+ * and synchronously. A write is flushed in writethrough mode. 0, -ENOTSUP if the format has
+ * no such area, -EPERM on a read-only image, or -errno. Control thread, not from a callback.
+ */
+int tblk_blk_load_vmstate(struct tblk_blk *blk, uint64_t pos, void *buf, uint64_t bytes);
+int tblk_blk_save_vmstate(struct tblk_blk *blk, uint64_t pos, const void *buf, uint64_t bytes);
+
 /* Block status, as bdrv_block_status: data/zero/allocation of a range. */
 #define TBLK_BS_DATA		0x1u	/* reads return data from the file */
 #define TBLK_BS_ZERO		0x2u	/* reads return zeroes */
@@ -215,7 +243,9 @@ int tblk_blk_block_status(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
  * Block status through the backing chain: the layer that holds [offset, offset + *pnum) is
  * *depth (0 = the image itself, 1 = its backing file, ...) and the TBLK_BS_* bits are that
  * layer's, with TBLK_BS_ALLOCATED set for every depth. Where no layer holds the range,
- * *depth is the chain length and the bits are TBLK_BS_ZERO. @map and @depth may be NULL.
+ * *depth is the chain length and the bits are TBLK_BS_ZERO (0 if the bottom layer cannot have
+ * a backing file and holds neither data nor zeroes, as raw over null-co without read-zeroes).
+ * @map and @depth may be NULL.
  */
 int tblk_blk_block_status_depth(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
 				uint64_t *pnum, uint64_t *map, int *depth);
@@ -225,6 +255,14 @@ uint32_t tblk_blk_cluster_size(struct tblk_blk *blk);
  * What an image's format records about itself, for `info`. Strings are borrowed from the
  * backend and stay valid until it is closed; NULL when absent.
  */
+/* A persistent dirty bitmap stored in an image (qcow2). */
+struct tblk_bitmap_info {
+	const char *name;
+	uint64_t granularity;		/* bytes per bit */
+	bool in_use;			/* not saved cleanly: may be inconsistent */
+	bool is_auto;			/* tracks every write to the image */
+};
+
 struct tblk_format_info {
 	uint32_t cluster_size;		/* 0: the format has no clusters */
 	const char *backing_file;	/* as recorded in the image */
@@ -241,6 +279,9 @@ struct tblk_format_info {
 	bool corrupt;
 	bool extended_l2;
 	unsigned int nb_snapshots;
+	/* Consistent persistent bitmaps; valid while the image stays open. */
+	unsigned int nb_bitmaps;
+	const struct tblk_bitmap_info *bitmaps;	/* nb_bitmaps of them */
 };
 /* Fills @info for the image (root node). 0 or -errno. */
 int tblk_blk_get_format_info(struct tblk_blk *blk, struct tblk_format_info *info);
@@ -302,6 +343,33 @@ int tblk_blk_snapshot_load_tmp(struct tblk_blk *blk, const char *id, const char 
 			       GError **errp);
 /* Number of images in the backing chain (1 without a backing file). */
 int tblk_blk_chain_length(struct tblk_blk *blk);
+/*
+ * The image at @depth of the backing chain (0: the image itself, 1: its backing file, ...):
+ * the file it was opened from, its format driver, and the backing file name and format it
+ * records (NULL when absent). Strings are borrowed and live until @blk is closed. 0, or
+ * -ENOENT if the chain is shorter.
+ */
+struct tblk_chain_layer {
+	const char *filename;
+	const char *format;
+	const char *backing_file;
+	const char *backing_fmt;
+};
+int tblk_blk_chain_layer(struct tblk_blk *blk, int depth, struct tblk_chain_layer *layer);
+/*
+ * Rewrites the backing file name (NULL: none) and its format (may be NULL) recorded in the
+ * image's header, as qemu-img rebase does; the chain already open is not changed. Drains.
+ * 0, or -ENOTSUP (the format has no backing files), -ENOSPC (no room in the header),
+ * -EINVAL (a format without a file, or an image that cannot take one), -errno.
+ */
+int tblk_blk_change_backing_file(struct tblk_blk *blk, const char *backing_file,
+				 const char *backing_fmt);
+/*
+ * Drops all data of a writable image (qemu-img commit empties the committed image this
+ * way: a qcow2 v3 image without snapshots is rewritten as freshly created, others have
+ * every cluster discarded). Drains. 0 or -errno (-ENOTSUP: the format cannot).
+ */
+int tblk_blk_make_empty(struct tblk_blk *blk);
 
 /* The format driver's name ("raw"), the root node's filename, the protocol's name. */
 const char *tblk_blk_format_name(struct tblk_blk *blk);

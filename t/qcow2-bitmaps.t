@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+# qcow2-bitmaps.t - persistent bitmaps, which tblk keeps but does not maintain, against
+# Debian's qemu-img/qemu-io on the same files. Images get bitmaps from `qemu-img bitmap`
+# (enabled, disabled, granularities, one left in use by a killed qemu-io). Then:
+# - info (human and JSON) and check list and count them exactly as qemu-img does (their
+#   directory, tables and data clusters are referenced, not leaks);
+# - check -r all keeps them (still listed by qemu-img afterwards; a clean image is left
+#   untouched, where qemu rewrites its bitmaps elsewhere on close);
+# - a write through tblk-io clears the bitmaps autoclear bit, as the specification asks of a
+#   program without bitmap support: qemu-img then warns and counts their clusters as leaks,
+#   and tblk-img prints the same warning;
+# - opening such an image for writing drops the stale extension as qemu-io does (files cmp
+#   identical after the same write through each).
+# stderr is compared with the program name normalised.
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+BUILD = os.environ.get("TBLK_BUILD", ".")
+TIMG = os.path.join(BUILD, "tools", "tblk-img")
+TIO = os.path.join(BUILD, "tools", "tblk-io")
+n = 0
+
+
+def ok(cond, what, diag=""):
+    global n
+    n += 1
+    print("%sok %d - %s" % ("" if cond else "not ", n, what))
+    if not cond and diag:
+        for line in diag.splitlines():
+            print("#   " + line)
+    return cond
+
+
+def run(argv):
+    p = subprocess.run(argv, capture_output=True, text=True)
+    err = p.stderr
+    for name in ("qemu-img", "qemu-io", "tblk-img", "tblk-io"):
+        err = err.replace(name + ":", "PROG:")
+    return p.returncode, p.stdout, err
+
+
+def same(q, t, what):
+    diag = ""
+    if q != t:
+        diag = "qemu: %r\ntblk: %r" % (q, t)
+    return ok(q == t, what, diag)
+
+
+def make(tmp, name, setup):
+    path = os.path.join(tmp, name)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2"] + setup.get("opts", []) +
+                   [path, setup.get("size", "64M")], check=True)
+    for cmd in setup.get("pre", []):
+        subprocess.run(["qemu-io", "-c", cmd, path], check=True, capture_output=True)
+    for args in setup.get("bitmaps", []):
+        subprocess.run(["qemu-img", "bitmap"] + args[:-1] + [path, args[-1]], check=True)
+    for cmd in setup.get("post", []):
+        subprocess.run(["qemu-io", "-c", cmd, path], check=True, capture_output=True)
+    if setup.get("in_use"):
+        # qemu-io marks auto bitmaps in use while it has the image open for writing.
+        subprocess.run(["qemu-io", "-c", "write -P 9 1M 64k", "-c", "sigraise 9", path],
+                       capture_output=True)
+    return path
+
+
+SETUPS = {
+    "one enabled bitmap": {"bitmaps": [["--add", "b0"]], "post": ["write -P 1 0 1M"]},
+    "two, data before and after": {"pre": ["write -P 1 0 1M"],
+                                   "bitmaps": [["--add", "b0"],
+                                               ["--add", "--granularity", "128k", "b1"]],
+                                   "post": ["write -P 2 2M 1M"]},
+    "disabled bitmap": {"bitmaps": [["--add", "x"], ["--disable", "x"]],
+                        "post": ["write 0 64k"]},
+    "fine granularity, 4k clusters": {"opts": ["-o", "cluster_size=4096"],
+                                      "bitmaps": [["--add", "--granularity", "512", "f"]],
+                                      "post": ["write -P 3 0 3M"]},
+    "bitmap in use (writer killed)": {"bitmaps": [["--add", "u"]], "in_use": True},
+    "many bitmaps": {"bitmaps": [["--add", "m%d" % i] for i in range(12)],
+                     "post": ["write -P 4 0 2M"]},
+}
+
+
+def main():
+    if not shutil.which("qemu-img") or not os.access(TIMG, os.X_OK):
+        print("1..0 # SKIP qemu-img or tblk-img missing")
+        return
+    tmp = tempfile.mkdtemp(prefix="tblk-bitmaps.", dir=os.environ.get("TMPDIR", "/tmp"))
+    try:
+        for name, setup in SETUPS.items():
+            img = make(tmp, "img.qcow2", setup)
+            for fmt in ("human", "json"):
+                same(run(["qemu-img", "info", "--output=" + fmt, img]),
+                     run([TIMG, "info", "--output=" + fmt, img]), "%s: info %s" % (name, fmt))
+            same(run(["qemu-img", "check", img]), run([TIMG, "check", img]),
+                 "%s: check" % name)
+            q = os.path.join(tmp, "q.qcow2")
+            t = os.path.join(tmp, "t.qcow2")
+            shutil.copy(img, q)
+            shutil.copy(img, t)
+            same(run(["qemu-img", "check", "-r", "all", q])[0],
+                 run([TIMG, "check", "-r", "all", t])[0], "%s: check -r all" % name)
+            rc, out, _ = run(["qemu-img", "info", "--output=json", t])
+            nb = len(json.loads(out)["format-specific"]["data"].get("bitmaps", [])) if rc == 0 \
+                else -1
+            ok(nb == len([b for b in setup["bitmaps"] if b[0] == "--add"]),
+               "%s: check -r all keeps the bitmaps (%d)" % (name, nb))
+            # qemu rewrites its bitmaps when it closes an image it opened for writing
+            # (new clusters); we keep them in place: nothing to repair, nothing changed.
+            ok(subprocess.run(["cmp", "-s", img, t]).returncode == 0,
+               "%s: check -r all leaves a clean image untouched" % name)
+            same(run(["qemu-img", "check", t])[0], 0, "%s: and qemu-img check finds it clean" % name)
+            # A write through tblk: the bitmaps become inconsistent.
+            shutil.copy(img, t)
+            rc, _, _ = run([TIO, "-c", "write -P 5 8M 64k", t])
+            ok(rc == 0, "%s: tblk-io writes" % name)
+            q_info = run(["qemu-img", "info", t])
+            ok("lacking bitmap support" in q_info[2] and "bitmaps:" not in q_info[1],
+               "%s: qemu-img then finds the bitmaps inconsistent" % name, q_info[2])
+            same(q_info, run([TIMG, "info", t]), "%s: info of the stale image" % name)
+            same(run(["qemu-img", "check", t]), run([TIMG, "check", t]),
+                 "%s: check of the stale image (their clusters leak)" % name)
+            # A read-write open of the stale image drops the extension as qemu-io does.
+            shutil.copy(t, q)
+            rq = run(["qemu-io", "-c", "write -P 6 9M 4k", q])
+            rt = run([TIO, "-c", "write -P 6 9M 4k", t])
+            same(rq[0], rt[0], "%s: write to the stale image" % name)
+            same(rq[2], rt[2], "%s: same warning on stderr" % name)
+            ok(subprocess.run(["cmp", "-s", q, t]).returncode == 0,
+               "%s: stale extension dropped as qemu drops it (files identical)" % name)
+        print("1..%d" % n)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+main()
