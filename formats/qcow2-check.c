@@ -252,6 +252,7 @@ static int compare_and_fix(struct check *c, int fix)
 {
 	struct qcow2_state *s = c->s;
 	uint64_t highest = 0;
+	bool unreferenced_in_use = false;
 
 	for (uint64_t i = 0; i < c->nb_clusters; i++) {
 		uint64_t rc = stored(c, i), want = c->refs[i];
@@ -266,10 +267,21 @@ static int compare_and_fix(struct check *c, int fix)
 			c->res->leaks++;
 		else
 			c->res->corruptions++;
+		unreferenced_in_use |= rc == 0;
 	}
 	c->res->image_end_offset = highest << s->cluster_bits;
 	if (!fix)
 		return 0;
+	/*
+	 * A cluster in use with refcount 0 (what a dirty lazy-refcount image holds) needs the
+	 * refcounts rebuilt, which only repairing errors may do: qemu gives up on a leaks-only
+	 * repair then, and so do we, before touching anything.
+	 */
+	if (unreferenced_in_use && !(fix & TBLK_CHECK_FIX_ERRORS)) {
+		finding(c, "ERROR need to rebuild refcount structures");
+		c->res->check_errors++;
+		return -EIO;
+	}
 	for (uint64_t i = 0; i < c->nb_clusters; i++) {
 		uint64_t rc = stored(c, i), want = c->refs[i];
 		bool leak = rc > want;

@@ -178,8 +178,8 @@ static int open_backing(struct tblk_node *node, struct qcow2_state *s, GHashTabl
 	}
 	if (s->backing_fmt && !g_hash_table_contains(bopts, "driver"))
 		g_hash_table_insert(bopts, g_strdup("driver"), g_strdup(s->backing_fmt));
-	flags &= ~(TBLK_OPEN_RDWR | TBLK_OPEN_PROTOCOL);
-	ret = tblk__node_open(&node->backing, path, bopts, flags, errp);
+	flags &= ~(TBLK_OPEN_RDWR | TBLK_OPEN_PROTOCOL | TBLK_OPEN_RESIZE);
+	ret = tblk__node_open(&node->backing, path, bopts, flags | TBLK_OPEN_NO_SHARE, errp);
 	if (ret < 0) {
 		tblk_error_prepend(errp, "Could not open backing file: ");
 		return ret;
@@ -205,7 +205,10 @@ static int open_data_file(struct tblk_node *node, struct qcow2_state *s, GHashTa
 		path = g_strdup(s->data_file_name);
 	if (!g_hash_table_contains(dopts, "driver"))
 		g_hash_table_insert(dopts, g_strdup("driver"), g_strdup("file"));
-	return tblk__node_open(&s->data, path, dopts, flags | TBLK_OPEN_PROTOCOL, errp);
+	/* Others may write guest data in place, as long as its size stays. */
+	flags |= TBLK_OPEN_PROTOCOL | TBLK_OPEN_NO_SHARE_RESIZE |
+		 ((flags & TBLK_OPEN_RDWR) ? TBLK_OPEN_RESIZE : 0);
+	return tblk__node_open(&s->data, path, dopts, flags, errp);
 }
 
 /* Clears the dirty bit once the refcounts are right again. */
@@ -317,7 +320,10 @@ static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int fla
 	tblk_list_init(&s->allocs);
 	s->node = node;
 	s->read_only = node->read_only;
-	ret = tblk__node_open_child(node, "file", opts, flags, &node->file, errp);
+	/* The metadata is ours alone; a writable image may grow. */
+	ret = tblk__node_open_child(node, "file", opts, flags | TBLK_OPEN_NO_SHARE |
+				    ((flags & TBLK_OPEN_RDWR) ? TBLK_OPEN_RESIZE : 0),
+				    &node->file, errp);
 	if (ret < 0)
 		goto out_state;
 	flen = tblk_node_getlength(node->file);

@@ -129,15 +129,25 @@ static void node_free(struct tblk_node *node)
 static int take_common_opts(GHashTable *opts, unsigned int *flags, GError **errp)
 {
 	bool ro = !(*flags & TBLK_OPEN_RDWR), direct = *flags & TBLK_OPEN_NOCACHE;
-	bool no_flush = *flags & TBLK_OPEN_NO_FLUSH;
+	bool no_flush = *flags & TBLK_OPEN_NO_FLUSH, share = false;
 
 	if (tblk__opts_take_bool(opts, "read-only", &ro, errp) < 0 ||
 	    tblk__opts_take_bool(opts, "cache.direct", &direct, errp) < 0 ||
-	    tblk__opts_take_bool(opts, "cache.no-flush", &no_flush, errp) < 0)
+	    tblk__opts_take_bool(opts, "cache.no-flush", &no_flush, errp) < 0 ||
+	    tblk__opts_take_bool(opts, "force-share", &share, errp) < 0)
 		return -EINVAL;
-	*flags = (*flags & ~(TBLK_OPEN_RDWR | TBLK_OPEN_NOCACHE | TBLK_OPEN_NO_FLUSH)) |
+	/*
+	 * Others may write what we read, never what we write. Only the option is checked: a
+	 * reopen for writing keeps TBLK_OPEN_SHARE_RW, as qemu-io -U's "reopen -w" does.
+	 */
+	if (share && !ro)
+		return tblk_error_set(errp, EINVAL, "force-share=on can only be used with "
+				      "read-only images");
+	share = share || (*flags & TBLK_OPEN_SHARE_RW);
+	*flags = (*flags & ~(TBLK_OPEN_RDWR | TBLK_OPEN_NOCACHE | TBLK_OPEN_NO_FLUSH |
+			     TBLK_OPEN_SHARE_RW)) |
 		 (ro ? 0 : TBLK_OPEN_RDWR) | (direct ? TBLK_OPEN_NOCACHE : 0) |
-		 (no_flush ? TBLK_OPEN_NO_FLUSH : 0);
+		 (no_flush ? TBLK_OPEN_NO_FLUSH : 0) | (share ? TBLK_OPEN_SHARE_RW : 0);
 	g_free(tblk__opts_take(opts, "auto-read-only"));
 	g_free(tblk__opts_take(opts, "discard"));
 	return 0;

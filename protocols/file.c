@@ -2,7 +2,8 @@
 /*
  * file.c - the `file` and `host_device` protocols: regular files and block devices through
  * POSIX calls in the calling thread (the pool path), and the fast path that hands aligned
- * reads, writes and flushes to Linux AIO or io_uring straight from the loop thread.
+ * reads, writes and flushes to Linux AIO or io_uring straight from the loop thread; and
+ * image locking, interoperable with qemu's (locking=auto|on|off).
  *
  * Threading: the state is [const] after open; data-path calls run concurrently in workers
  * (pool path) or on the loop thread (fast path submission and completion).
@@ -31,6 +32,28 @@ struct file_state {
 	enum file_aio aio;		/* [const] */
 	bool is_bdev;			/* [const] */
 	bool direct;			/* [const] opened O_DIRECT */
+};
+
+/*
+ * Image locking, on the bytes qemu's file driver locks so that tblk and qemu processes see
+ * each other: for each permission p (qemu's order), a shared OFD lock on byte 100 + p says
+ * "I have p", one on byte 200 + p says "nobody else may have p". Opening takes its own bytes,
+ * then fails if another open file holds the byte that contradicts one of them. The locks
+ * live as long as the file description: closing the fd drops them.
+ */
+enum {
+	PERM_CONSISTENT_READ,
+	PERM_WRITE,
+	PERM_WRITE_UNCHANGED,
+	PERM_RESIZE,
+	PERM_COUNT,
+};
+#define PERM_ALL		((1u << PERM_COUNT) - 1)
+#define LOCK_PERM_BASE		100
+#define LOCK_SHARED_BASE	200
+
+static const char *const perm_names[PERM_COUNT] = {
+	"consistent read", "write", "write unchanged", "resize",
 };
 
 /* What the fast path keeps in a request's drv_scratch while the kernel has it. */
@@ -144,6 +167,108 @@ static void probe_alignment(struct tblk_node *node, struct file_state *s)
 	l->mem_alignment = mem;
 }
 
+/* Takes (F_RDLCK) or drops (F_UNLCK) byte @off of @fd's locks. 0 or -errno. */
+static int lock_byte(int fd, off_t off, short type)
+{
+	struct flock fl = { .l_type = type, .l_whence = SEEK_SET, .l_start = off, .l_len = 1 };
+
+	return fcntl(fd, F_OFD_SETLK, &fl) < 0 ? -errno : 0;
+}
+
+/* 1 if another open file holds a lock on byte @off, 0 if none, or -errno. */
+static int byte_locked_elsewhere(int fd, off_t off)
+{
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = off, .l_len = 1 };
+
+	if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+		return -errno;
+	return fl.l_type != F_UNLCK;
+}
+
+/* True for the errors of a file system or kernel that has no OFD locks. */
+static bool lock_unsupported(int err)
+{
+	return err == -EINVAL || err == -ENOLCK || err == -EOPNOTSUPP || err == -ENOSYS;
+}
+
+/*
+ * Locks @fd for permissions @perm, letting others have only @shared, then checks that no
+ * other open file contradicts that, in qemu's order and words. With @lax, a file system
+ * without OFD locks means no locking (locking=auto). 0, or -errno with *errp; on failure
+ * some bytes may stay locked until @fd is closed.
+ */
+static int lock_image(int fd, unsigned int perm, unsigned int shared, bool lax,
+		      const char *name, GError **errp)
+{
+	unsigned int p;
+	int r;
+
+	for (p = 0; p < 2 * PERM_COUNT; p++) {
+		bool mine = p < PERM_COUNT ? perm & (1u << p) :
+			    !(shared & (1u << (p - PERM_COUNT)));
+		off_t off = p < PERM_COUNT ? LOCK_PERM_BASE + p :
+			    LOCK_SHARED_BASE + (p - PERM_COUNT);
+
+		if (!mine)
+			continue;
+		r = lock_byte(fd, off, F_RDLCK);
+		if (r < 0 && lax && lock_unsupported(r))
+			return 0;
+		if (r < 0)
+			return tblk_error_set_errno(errp, -r, "Failed to lock byte %d", (int)off);
+	}
+	for (p = 0; p < 2 * PERM_COUNT; p++) {
+		unsigned int bit = 1u << (p % PERM_COUNT);
+		bool want = p < PERM_COUNT ? perm & bit : !(shared & bit);
+
+		if (!want)
+			continue;
+		/* What I have must not be denied; what I deny must not be had. */
+		r = byte_locked_elsewhere(fd, p < PERM_COUNT ? LOCK_SHARED_BASE + p :
+					  LOCK_PERM_BASE + (p - PERM_COUNT));
+		if (r < 0)
+			return tblk_error_set_errno(errp, -r, "Failed to check lock byte");
+		if (r > 0)
+			return tblk_error_set(errp, EAGAIN, "Failed to get %s\"%s\" lock\n"
+					      "Is another process using the image [%s]?",
+					      p < PERM_COUNT ? "" : "shared ",
+					      perm_names[p % PERM_COUNT], name);
+	}
+	return 0;
+}
+
+/* The permissions a node opened with @flags holds, and those it lets others have. */
+static void node_perms(unsigned int flags, unsigned int *perm, unsigned int *shared)
+{
+	*perm = 1u << PERM_CONSISTENT_READ;
+	if (flags & TBLK_OPEN_RDWR)
+		*perm |= 1u << PERM_WRITE;
+	if ((flags & TBLK_OPEN_RDWR) && (flags & TBLK_OPEN_RESIZE))
+		*perm |= 1u << PERM_RESIZE;
+	*shared = PERM_ALL;
+	if (flags & TBLK_OPEN_SHARE_RW)
+		return;
+	if (flags & TBLK_OPEN_NO_SHARE)
+		*shared &= ~(1u << PERM_WRITE);
+	if (flags & (TBLK_OPEN_NO_SHARE | TBLK_OPEN_NO_SHARE_RESIZE))
+		*shared &= ~(1u << PERM_RESIZE);
+}
+
+/* locking=auto|on|off into *lock (-1 auto, 0 off, 1 on). */
+static int parse_locking(GHashTable *opts, int *lock, GError **errp)
+{
+	g_autofree char *v = tblk__opts_take(opts, "locking");
+
+	*lock = -1;
+	if (!v || !strcmp(v, "auto"))
+		return 0;
+	if (!strcmp(v, "on") || !strcmp(v, "off")) {
+		*lock = !strcmp(v, "on");
+		return 0;
+	}
+	return tblk_error_set(errp, EINVAL, "invalid parameter value: %s", v);
+}
+
 static int file_open_fd(const char *filename, unsigned int flags, bool direct, GError **errp)
 {
 	int oflags = O_CLOEXEC | ((flags & TBLK_OPEN_RDWR) ? O_RDWR : O_RDONLY);
@@ -162,14 +287,17 @@ static int file_open(struct tblk_node *node, GHashTable *opts, unsigned int flag
 {
 	struct file_state *s = node->opaque;
 	g_autofree char *filename = tblk__opts_take(opts, "filename");
+	unsigned int perm, shared;
 	struct stat st;
-	int ret;
+	int ret, lock;
 
-	g_free(tblk__opts_take(opts, "locking"));
 	g_free(tblk__opts_take(opts, "aio-max-batch"));
 	if (!filename)
 		return tblk_error_set(errp, EINVAL, "The '%s' block driver requires a file name",
 				      node->drv->name);
+	ret = parse_locking(opts, &lock, errp);
+	if (ret < 0)
+		return ret;
 	ret = parse_aio(opts, flags, &s->aio, errp);
 	if (ret < 0)
 		return ret;
@@ -186,6 +314,12 @@ static int file_open(struct tblk_node *node, GHashTable *opts, unsigned int flag
 		return ret;
 	}
 	s->is_bdev = S_ISBLK(st.st_mode);
+	node_perms(flags, &perm, &shared);
+	ret = lock ? lock_image(s->fd, perm, shared, lock < 0, filename, errp) : 0;
+	if (ret < 0) {
+		close(s->fd);
+		return ret;
+	}
 	node->filename = g_steal_pointer(&filename);
 	probe_alignment(node, s);
 	/* Linux caps one read/write at 2 GiB - 4 KiB: stay well below. */
@@ -475,8 +609,11 @@ static int file_create(const char *filename, uint64_t size, GHashTable *opts, GE
 	fd = open(filename, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return tblk_error_set_errno(errp, errno, "Could not create '%s'", filename);
-	ret = ftruncate(fd, 0) < 0 ? tblk_error_set_errno(errp, errno, "Could not clear '%s'",
-							  filename) : 0;
+	/* Nobody may be using a file we are about to empty: lock it as qemu does, first. */
+	ret = lock_image(fd, (1u << PERM_WRITE) | (1u << PERM_RESIZE),
+			 PERM_ALL & ~(1u << PERM_RESIZE), true, filename, errp);
+	if (ret == 0 && ftruncate(fd, 0) < 0)
+		ret = tblk_error_set_errno(errp, errno, "Could not clear '%s'", filename);
 	if (ret == 0 && !known)
 		ret = tblk_error_set(errp, ENOTSUP, "Unsupported preallocation mode: %s",
 				     prealloc);

@@ -5,7 +5,7 @@
 set -eu
 pkgs="build-essential pkg-config libglib2.0-dev libaio-dev liburing-dev zlib1g-dev
 libzstd-dev perl python3 qemu-utils fio clang qemu-system-x86 nbdkit libnbd-bin
-busybox-static linux-image-amd64 kmod cpio nbd-client"
+busybox-static linux-image-amd64 kmod cpio nbd-client groff-base man-db"
 missing=
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||

@@ -60,7 +60,8 @@ def body(d):
     run(["qemu-io", "-f", "qcow2", "-c", "write -P 1 0 2M", "-c", "write -z 4M 1M", base])
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top])
     run(["qemu-io", "-f", "qcow2", "-c", "write -P 2 1M 2M", "-c", "write -P 3 10M 64k", top])
-    bd = "driver=qcow2,node-name=disk,file.driver=file,file.filename=" + top
+    # read-only: both daemons hold the image at once, which image locking allows readers
+    bd = "driver=qcow2,node-name=disk,read-only=on,file.driver=file,file.filename=" + top
     socks = {}
     procs = {}
     for who, prog in [("ours", DAEMON), ("qemu", "qemu-storage-daemon")]:

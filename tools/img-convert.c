@@ -874,8 +874,8 @@ static int open_sources(struct convert *cv)
 	cv->src = g_new0(struct tblk_blk *, a->nr_srcs);
 	cv->src_sectors = g_new0(int64_t, a->nr_srcs);
 	cv->src_align = g_new0(int, a->nr_srcs);
-	if (a->force_share)
-		o.flags |= TBLK_OPEN_SHARE_RW;
+	/* A consistent copy: nobody may write the sources meanwhile, unless -U. */
+	o.flags |= a->force_share ? TBLK_OPEN_SHARE_RW : TBLK_OPEN_NO_SHARE;
 	for (int i = 0; i < a->nr_srcs; i++) {
 		int64_t len;
 		uint32_t align, cluster;

@@ -96,8 +96,12 @@ int img_open_layer(struct tblk_blk **pblk, struct tblk_blk *chain, int depth,
 		return -ENOENT;
 	opts = tblk_opts_new();
 	g_hash_table_insert(opts, g_strdup("driver"), g_strdup(l.format));
-	/* Our own chain holds it open already: no second set of locks. */
-	ret = tblk_blk_open(pblk, l.filename, opts, flags | TBLK_OPEN_SHARE_RW, NULL, errp);
+	/*
+	 * Our own chain holds it open already, and its locks keep other writers out: no
+	 * second set of locks, which would conflict with our own.
+	 */
+	g_hash_table_insert(opts, g_strdup("file.locking"), g_strdup("off"));
+	ret = tblk_blk_open(pblk, l.filename, opts, flags, NULL, errp);
 	g_hash_table_unref(opts);
 	return ret;
 }

@@ -133,7 +133,7 @@ static int do_resize(struct tblk_blk *blk, const struct resize_args *a, int rela
 
 int img_resize(int argc, char **argv)
 {
-	struct resize_args a = { .open.flags = TBLK_OPEN_RDWR };
+	struct resize_args a = { .open.flags = TBLK_OPEN_RDWR | TBLK_OPEN_RESIZE };
 	struct tblk_blk *blk;
 	const char *size;
 	int relative = 0, ret;

@@ -351,7 +351,7 @@ static int write_pid_file(const char *path)
 int main(int argc, char **argv)
 {
 	struct nbd_opts o = { .port = "10809", .bind = "0.0.0.0", .name = "",
-			      .flags = TBLK_OPEN_RDWR, .shared = 1 };
+			      .flags = TBLK_OPEN_RDWR | TBLK_OPEN_NO_SHARE_RESIZE, .shared = 1 };
 	struct nbds_export_opts eo = { 0 };
 	struct nbd_state st = { 0 };
 	struct nbds_server *srv;

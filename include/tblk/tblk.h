@@ -64,6 +64,16 @@ void tblk_iothread_free(struct tblk_iothread *iot);
 #define TBLK_OPEN_CHECK		0x1000u	/* opened to be checked: no repair of a dirty image */
 #define TBLK_OPEN_COPY_ON_READ	0x0200u	/* copy-on-read filter on top (copy-on-read=on) */
 #define TBLK_OPEN_NO_BACKING	0x2000u	/* do not open the backing file the image names */
+/*
+ * Image locking (qemu's, on the same bytes): an image is locked for reading, and for writing
+ * if TBLK_OPEN_RDWR; opening fails while another process (tblk or qemu) holds a permission
+ * we deny or denies one we take. Formats deny writes and resizes of their own file and of
+ * backing images. TBLK_OPEN_SHARE_RW (read-only opens only) denies nothing.
+ */
+#define TBLK_OPEN_RESIZE	0x4000u	/* may change the size (qemu-img resize) */
+#define TBLK_OPEN_NO_SHARE_RESIZE 0x8000u /* nobody else may resize it (an NBD export) */
+#define TBLK_OPEN_NO_SHARE	0x10000u /* nobody else may write or resize it (qemu-img
+					 * convert's sources) */
 
 /*
  * Parses a cache mode as qemu does ("none", "writeback", "writethrough", "directsync",
