@@ -65,13 +65,19 @@ qemu-img create -q -f raw "$tmp/small.img" 1M
 qemu-io -f raw -c "write -q -P 0x5a 0 64k" "$tmp/small.img" >/dev/null
 truncate -s 1000 "$tmp/odd.img"
 truncate -s 1023000 "$tmp/odd2.img"
+# qcow2: an empty v2 image, one with data, zeroes and a compressed cluster, an overlay
+qemu-img create -q -f qcow2 -o compat=0.10 "$tmp/v2.qcow2" 1M
+qemu-img create -q -f qcow2 "$tmp/q.qcow2" 4M
+qemu-io -c "write -q 0 64k" -c "write -q -z 1M 64k" -c "write -q -c 2M 64k" "$tmp/q.qcow2" \
+	>/dev/null
+qemu-img create -q -f qcow2 -b q.qcow2 -F qcow2 "$tmp/o.qcow2"
 
 setup_dir() {
 	rm -rf "$1"
 	mkdir -p "$1"
 	cp --sparse=always "$tmp/base.img" "$1/img"
 	cp --sparse=always "$tmp/small.img" "$1/small.img"
-	cp "$tmp/odd.img" "$tmp/odd2.img" "$1/"
+	cp "$tmp/odd.img" "$tmp/odd2.img" "$tmp/v2.qcow2" "$tmp/q.qcow2" "$tmp/o.qcow2" "$1/"
 	cp "$tmp/small.img" "$1/a\"b"
 	cp "$tmp/small.img" "$1/$(printf 'x\351y')"
 	cp "$tmp/small.img" "$1/é€😀"
@@ -245,5 +251,25 @@ c "bench: no file" bench
 c "bench: two files" bench img img
 c "bench: missing file" bench -f raw nofile
 c "bench: unknown format" bench -f bogus img
+
+# ---- check: the counters qemu-img leaves out when they are zero
+for f in v2.qcow2 q.qcow2 o.qcow2 img; do
+	c "check $f" check $f
+	c "check --output=json $f" check --output=json $f
+done
+c "check -r leaks" check -r leaks q.qcow2
+c "check -r all --output=json" check -r all --output=json q.qcow2
+c "check -q" check -q q.qcow2
+c "check -U -f qcow2" check -U -f qcow2 o.qcow2
+c "check: bad -r" check -r bogus q.qcow2
+c "check: wrong format" check -f qcow2 img
+
+# ---- --object: qemu-img's checks of the definition
+for o in secret,id=s0,data=x bogus id=x secret iothread,id=x secret,id=0s,data=x \
+	secret,id=s0,data=x,bogus=1 secret,id=s0,data=x,format=bogus help; do
+	c "info --object $o" info --object "$o" small.img
+done
+c "info --image-opts, a short-form boolean" info --image-opts \
+	driver=raw,file.filename=small.img,x
 
 echo "1..$n"

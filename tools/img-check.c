@@ -57,7 +57,7 @@ static void check_parse(int argc, char **argv, struct check_args *a)
 			break;
 		case OPT_OUTPUT: a->output = optarg; break;
 		case OPT_IMAGE_OPTS: a->open.image_opts = true; break;
-		case OPT_OBJECT: break;
+		case OPT_OBJECT: img_object_check(optarg); break;
 		}
 	}
 	if (optind != argc - 1)

@@ -194,7 +194,7 @@ static void info_parse(int argc, char **argv, struct info_args *a)
 		case OPT_OUTPUT: a->output = optarg; break;
 		case OPT_BACKING_CHAIN: a->backing_chain = true; break;
 		case OPT_IMAGE_OPTS: a->open.image_opts = true; break;
-		case OPT_OBJECT: break;
+		case OPT_OBJECT: img_object_check(optarg); break;
 		}
 	}
 	if (optind != argc - 1)

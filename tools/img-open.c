@@ -77,44 +77,7 @@ int img_open(struct tblk_blk **pblk, const struct img_open_opts *o, struct tblk_
 
 void img_object_check(const char *def)
 {
-	static const char *const types[] = {
-		"secret", "secret_keyring", "throttle-group", "tls-creds-anon", "tls-creds-psk",
-		"tls-creds-x509", "tls-cipher-suites", "authz-simple", "authz-list",
-		"authz-listfile", "authz-pam", NULL,
-	};
-	GHashTable *opts = tblk_opts_new();
-	GError *err = NULL;
-	const char *type;
-	const char *const *t;
-
-	if (tblk_opts_parse(opts, def, "qom-type", &err) < 0) {
-		tool_error_gerror(err, NULL);
-		exit(1);
-	}
-	type = g_hash_table_lookup(opts, "qom-type");
-	if (!type) {
-		tool_error("Parameter 'qom-type' is missing");
-		exit(1);
-	}
-	for (t = types; *t && strcmp(*t, type); t++)
-		;
-	if (!*t) {
-		if (!strcmp(type, "iothread") || !strcmp(type, "memory-backend-ram"))
-			tool_error("invalid object type: %s", type);
-		else
-			tool_error("Parameter 'qom-type' does not accept value '%s'", type);
-		exit(1);
-	}
-	if (!g_hash_table_lookup(opts, "id")) {
-		tool_error("Parameter 'id' is missing");
-		exit(1);
-	}
-	if (!strcmp(type, "secret") && !g_hash_table_lookup(opts, "data") &&
-	    !g_hash_table_lookup(opts, "file")) {
-		tool_error("Either 'file' or 'data' must be provided");
-		exit(1);
-	}
-	g_hash_table_unref(opts);
+	/* qemu's checks (tool-object.c), then the object is made; "help" lists the types. */
 	if (tool_object_add(def) < 0)
 		exit(1);
 }

@@ -23,6 +23,9 @@ static const char *const creatable[] = {
 	"tls-creds-anon", "tls-creds-psk", "tls-creds-x509", NULL,
 };
 
+/* Types qemu knows but its tools cannot create. */
+static const char *const other_types[] = { "iothread", "memory-backend-ram", NULL };
+
 static bool in_list(const char *const *list, const char *s)
 {
 	for (; *list; list++)
@@ -100,7 +103,7 @@ int tool_object_check(GHashTable *opts)
 		return 1;
 	}
 	/* An object type of qemu's, but not one its tools can create. */
-	if (!in_list(creatable, type) && strcmp(type, "iothread")) {
+	if (!in_list(creatable, type) && !in_list(other_types, type)) {
 		tool_error("Parameter 'qom-type' does not accept value '%s'", type);
 		return -EINVAL;
 	}
@@ -119,7 +122,7 @@ int tool_object_check(GHashTable *opts)
 		tool_error("Parameter '%s' is unexpected", bad);
 		return -EINVAL;
 	}
-	if (!strcmp(type, "iothread")) {
+	if (in_list(other_types, type)) {
 		tool_error("invalid object type: %s", type);
 		return -EINVAL;
 	}
