@@ -278,7 +278,8 @@ static int put_ext(uint8_t *buf, size_t *pos, size_t end, uint32_t type, const v
 		return -ENOSPC;
 	put32(buf + *pos, type);
 	put32(buf + *pos + 4, len);
-	memcpy(buf + *pos + 8, data, len);
+	if (len)	/* an empty unknown extension has data == NULL */
+		memcpy(buf + *pos + 8, data, len);
 	*pos += need;
 	return 0;
 }
@@ -315,6 +316,9 @@ int qcow2_header_build(const struct qcow2_state *s, uint8_t *buf)
 	if (blen > QCOW2_MAX_BACKING_NAME || blen >= end)
 		return -ENOSPC;
 	end -= blen;
+	/* An image's own header_length may leave no room before its backing file name. */
+	if (pos > end)
+		return -ENOSPC;
 	if (s->backing_fmt)
 		ret = put_ext(buf, &pos, end, QCOW2_EXT_BACKING_FMT, s->backing_fmt,
 			      (uint32_t)strlen(s->backing_fmt));

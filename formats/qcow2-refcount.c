@@ -119,23 +119,58 @@ int qcow2_get_refcount(struct qcow2_state *s, uint64_t cluster_index, uint64_t *
 
 /*
  * The first-free search: advances free_cluster_index over used clusters until @n free ones
- * in a row were seen; does not change refcounts.
+ * in a row were seen; does not change refcounts. Whole refcount blocks are scanned at once,
+ * and a block found without a free entry is skipped when the table names it again: a hostile
+ * table naming one full block thousands of times would otherwise take minutes (qemu's does),
+ * now the work is bounded by the size of the blocks themselves.
  */
 static int64_t alloc_noref(struct qcow2_state *s, uint64_t n)
 {
-	uint64_t limit = (1ull << 56) >> s->cluster_bits;
+	uint64_t limit = (1ull << 56) >> s->cluster_bits;	/* a multiple of per_block */
+	uint64_t per_block = 1ull << s->rc_block_bits;
+	g_autoptr(GHashTable) full = NULL;	/* offsets of blocks without a free entry */
 	uint64_t run = 0;
 
 	while (run < n) {
-		uint64_t rc;
+		uint64_t idx = s->free_cluster_index, first = idx & (per_block - 1), i;
+		uint64_t ti = idx >> s->rc_block_bits, boff = 0;
+		bool any_free = false;
+		void *block;
 		int ret;
 
-		if (s->free_cluster_index >= limit)
+		if (idx >= limit)
 			return -EFBIG;
-		ret = qcow2_get_refcount(s, s->free_cluster_index++, &rc);
-		if (ret < 0)
+		if (ti < s->reftable_size)
+			boff = s->reftable[ti] & ~QCOW2_REFT_RESERVED;
+		if (!boff) {	/* no block: all free */
+			i = TBLK_MIN(per_block - first, n - run);
+			run += i;
+			s->free_cluster_index += i;
+			continue;
+		}
+		if (full && g_hash_table_contains(full, &boff)) {
+			run = 0;
+			s->free_cluster_index += per_block - first;
+			continue;
+		}
+		ret = get_block(s, idx, &block);
+		if (ret < 0) {
+			s->free_cluster_index++;
 			return ret;
-		run = rc ? 0 : run + 1;
+		}
+		for (i = first; i < per_block && run < n; i++) {
+			bool used = rc_get(s, block, i) != 0;
+
+			run = used ? 0 : run + 1;
+			any_free |= !used;
+		}
+		s->free_cluster_index += i - first;
+		if (!any_free && first == 0 && i == per_block) {
+			if (!full)
+				full = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free,
+							     NULL);
+			g_hash_table_add(full, g_memdup2(&boff, sizeof(boff)));
+		}
 	}
 	return (int64_t)((s->free_cluster_index - n) << s->cluster_bits);
 }
