@@ -131,6 +131,9 @@ static int check_l1(struct check *c, uint64_t l1_off, uint32_t l1_size, const ui
 			continue;
 		}
 		ref_range(c, l2, s->cluster_size);
+		/* Past the end of the file a table reads as zeroes: nothing to walk. */
+		if (l2 >= c->file_size)
+			continue;
 		if (check_l2(c, l2, active) < 0)
 			return -EIO;
 	}
@@ -213,6 +216,8 @@ static void check_copied(struct check *c)
 				   " refcount=%" PRIu64, i, e, rc);
 			c->res->corruptions++;
 		}
+		if (l2 >= c->file_size)
+			continue;
 		t = g_malloc(s->cluster_size);
 		if (tblk_node_pread(s->node->file, l2, t, s->cluster_size) < 0)
 			continue;
