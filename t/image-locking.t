@@ -114,14 +114,22 @@ class Holder:
             self.proc.stderr.close()
             self.proc = None
         if self.pid:
-            os.kill(self.pid, signal.SIGTERM)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
+            # Not our child: poll until it is gone; one that ignores SIGTERM gets SIGKILL.
+            for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 20)):
                 try:
-                    os.kill(self.pid, 0)
+                    os.kill(self.pid, sig)
                 except ProcessLookupError:
                     break
-                time.sleep(0.01)
+                deadline = time.monotonic() + wait
+                while time.monotonic() < deadline:
+                    try:
+                        os.kill(self.pid, 0)
+                    except ProcessLookupError:
+                        break
+                    time.sleep(0.01)
+                else:
+                    continue
+                break
             self.pid = None
 
 
