@@ -222,9 +222,11 @@ static void test_daemon(void)
 }
 
 /*
- * The front-end truncates its memory file just after the first queue's rings (its request
- * buffers follow them), or to nothing, with a write request in the ring, then kicks: the queue must be reported broken, the
- * daemon must live on, and nothing may reach the image.
+ * The front-end truncates its memory file just after the first queue's rings, with a write
+ * request laid out in its (now gone) buffers and then published, or truncates everything,
+ * rings included; then it kicks. The queue must be reported broken, the daemon must live on,
+ * and nothing may reach the image. (Published only after the truncation: the daemon polls
+ * its rings and could otherwise serve the request while the memory is still whole.)
  */
 static void shrink_once(const char *sock, pid_t pid, const char *img, bool rings_too,
 			const char *what)
@@ -239,11 +241,14 @@ static void shrink_once(const char *sock, pid_t pid, const char *img, bool rings
 		return;
 	}
 	d = &f.d[0];
-	drv_req(d, &r, VIRTIO_BLK_T_OUT, 64, 4096, 2, false);
-	memset(g2h(d, r.data), 0x77, 4096);
-	drv_publish(d);
+	if (!rings_too) {
+		drv_req(d, &r, VIRTIO_BLK_T_OUT, 64, 4096, 2, false);
+		memset(g2h(d, r.data), 0x77, 4096);
+	}
 	if (ftruncate(f.memfd, rings_too ? 0 : (off_t)d->heap_gpa) < 0)
 		tap_bail("ftruncate");
+	if (!rings_too)
+		drv_publish(d);
 	{
 		uint64_t one = 1;
 

@@ -164,16 +164,19 @@ void tblk__vq_complete(struct vblk_req *req, int status)
 
 	if (status != VIRTIO_BLK_S_OK)
 		dev->stats.errors++;
-	/* Its memory was truncated under it (vguard.c): nothing in it can be trusted. */
+	if (!dev->detached && vq->used && !vq->broken && req->status) {
+		__atomic_store_n(req->status, (uint8_t)status, __ATOMIC_RELAXED);
+		req->used_len++;
+	}
+	/*
+	 * Its memory was truncated under it (vguard.c), maybe found only by the store just
+	 * above: nothing in it can be trusted, the queue is broken, no used entry is written.
+	 */
 	if (tblk__vguard_faults() && tblk__vmem_faulted(req->vmem))
 		tblk__vq_break(vq);
 	if (!dev->detached && vq->used && !vq->broken) {
 		struct vring_used_elem *e = &vq->used->ring[vq->used_idx % vq->num];
 
-		if (req->status) {
-			__atomic_store_n(req->status, (uint8_t)status, __ATOMIC_RELAXED);
-			req->used_len++;
-		}
 		__atomic_store_n(&e->id, req->head, __ATOMIC_RELAXED);
 		__atomic_store_n(&e->len, req->used_len, __ATOMIC_RELAXED);
 		if (vq->ifl) {
