@@ -114,12 +114,12 @@ static int read_snapshots(struct qcow2_state *s, struct snap_info **out)
 
 		if (ret < 0)
 			return ret;
-		sn[i].l1_offset = be64toh(*(uint64_t *)h);
-		sn[i].l1_size = be32toh(*(uint32_t *)(h + 8));
-		id_size = be16toh(*(uint16_t *)(h + 12));
-		name_size = be16toh(*(uint16_t *)(h + 14));
-		sn[i].vm_state_size = be32toh(*(uint32_t *)(h + 32));
-		extra_size = be32toh(*(uint32_t *)(h + 36));
+		sn[i].l1_offset = qcow2_get_be64(h);
+		sn[i].l1_size = qcow2_get_be32(h + 8);
+		id_size = qcow2_get_be16(h + 12);
+		name_size = qcow2_get_be16(h + 14);
+		sn[i].vm_state_size = qcow2_get_be32(h + 32);
+		extra_size = qcow2_get_be32(h + 36);
 		if (extra_size > SNAP_MAX_EXTRA || sn[i].l1_size > QCOW2_MAX_L1_BYTES / 8 ||
 		    (sn[i].l1_offset & (s->cluster_size - 1)))
 			return qcow2_signal_corruption(s, "Bad snapshot table entry at", off);
@@ -128,8 +128,8 @@ static int read_snapshots(struct qcow2_state *s, struct snap_info **out)
 		if (ret < 0)
 			return ret;
 		if (extra_size >= 8)
-			sn[i].vm_state_size = be64toh(*(uint64_t *)extra);
-		sn[i].disk_size = extra_size >= 16 ? be64toh(*(uint64_t *)(extra + 8)) : s->size;
+			sn[i].vm_state_size = qcow2_get_be64(extra);
+		sn[i].disk_size = extra_size >= 16 ? qcow2_get_be64(extra + 8) : s->size;
 		off = TBLK_ALIGN_UP(off + 40 + extra_size + id_size + name_size, 8);
 	}
 	*out = g_steal_pointer(&sn);

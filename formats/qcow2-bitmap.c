@@ -22,22 +22,6 @@
 #define BITMAP_ENTRY_HEADER		24
 #define BITMAP_TABLE_OFFSET_MASK	0x00fffffffffffe00ull
 
-static uint32_t be32_at(const uint8_t *p)
-{
-	uint32_t v;
-
-	memcpy(&v, p, 4);
-	return be32toh(v);
-}
-
-static uint64_t be64_at(const uint8_t *p)
-{
-	uint64_t v;
-
-	memcpy(&v, p, 8);
-	return be64toh(v);
-}
-
 void qcow2_bitmaps_free(struct qcow2_state *s)
 {
 	for (unsigned int i = 0; i < s->nb_bitmaps; i++)
@@ -75,13 +59,13 @@ static int parse_directory(struct qcow2_state *s, const uint8_t *dir, uint64_t s
 
 		if (size - pos < BITMAP_ENTRY_HEADER)
 			return tblk_error_set(errp, EINVAL, "Bitmap directory is truncated");
-		b->table_offset = be64_at(e);
-		b->table_size = be32_at(e + 8);
-		flags = be32_at(e + 12);
+		b->table_offset = qcow2_get_be64(e);
+		b->table_size = qcow2_get_be32(e + 8);
+		flags = qcow2_get_be32(e + 12);
 		b->type = e[16];
 		b->granularity_bits = e[17];
-		name_len = (uint16_t)(e[18] << 8 | e[19]);
-		extra = be32_at(e + 20);
+		name_len = qcow2_get_be16(e + 18);
+		extra = qcow2_get_be32(e + 20);
 		len = TBLK_ALIGN_UP(BITMAP_ENTRY_HEADER + (uint64_t)extra + name_len, 8);
 		if (len > size - pos || name_len == 0 || name_len > 1023 || b->type != 1 ||
 		    b->granularity_bits < 9 || b->granularity_bits > 31 ||
@@ -90,6 +74,7 @@ static int parse_directory(struct qcow2_state *s, const uint8_t *dir, uint64_t s
 		    b->table_size > BITMAP_MAX_TABLE_ENTRIES ||
 		    b->table_offset > flen || (uint64_t)b->table_size * 8 > flen - b->table_offset)
 			return tblk_error_set(errp, EINVAL, "Bitmap directory entry %u is invalid", i);
+		b->name_size = name_len;
 		info->name = g_strndup((const char *)e + BITMAP_ENTRY_HEADER + extra, name_len);
 		info->granularity = 1ull << b->granularity_bits;
 		info->in_use = flags & QCOW2_BITMAP_IN_USE;
@@ -111,10 +96,10 @@ int qcow2_bitmaps_read(struct qcow2_state *s, uint64_t flen, GError **errp)
 		return 0;
 	if (e->len < 24)
 		return tblk_error_set(errp, EINVAL, "Bitmaps extension is too short");
-	n = be32_at(e->data);
-	s->bitmap_dir_size = be64_at(e->data + 8);
-	s->bitmap_dir_offset = be64_at(e->data + 16);
-	if (n == 0 || n > BITMAP_MAX || be32_at(e->data + 4) ||
+	n = qcow2_get_be32(e->data);
+	s->bitmap_dir_size = qcow2_get_be64(e->data + 8);
+	s->bitmap_dir_offset = qcow2_get_be64(e->data + 16);
+	if (n == 0 || n > BITMAP_MAX || qcow2_get_be32(e->data + 4) ||
 	    s->bitmap_dir_size < BITMAP_ENTRY_HEADER || s->bitmap_dir_size > BITMAP_MAX_DIR_BYTES ||
 	    (s->bitmap_dir_offset & (s->cluster_size - 1)) || s->bitmap_dir_offset > flen ||
 	    s->bitmap_dir_size > flen - s->bitmap_dir_offset)

@@ -52,14 +52,6 @@ static void ref_range(struct check *c, uint64_t offset, uint64_t len)
 	}
 }
 
-static uint64_t be64_at(const uint8_t *p)
-{
-	uint64_t v;
-
-	memcpy(&v, p, 8);
-	return be64toh(v);
-}
-
 static int check_l2(struct check *c, uint64_t l2_off, bool active)
 {
 	struct qcow2_state *s = c->s;
@@ -155,11 +147,11 @@ static int check_snapshots(struct check *c)
 
 		if (tblk_node_pread(s->node->file, pos, h, sizeof(h)) < 0)
 			return -EIO;
-		l1_off = be64_at(h);
-		l1_size = be32toh(*(uint32_t *)(h + 8));
-		id_len = be16toh(*(uint16_t *)(h + 12));
-		name_len = be16toh(*(uint16_t *)(h + 14));
-		extra = be32toh(*(uint32_t *)(h + 36));
+		l1_off = qcow2_get_be64(h);
+		l1_size = qcow2_get_be32(h + 8);
+		id_len = qcow2_get_be16(h + 12);
+		name_len = qcow2_get_be16(h + 14);
+		extra = qcow2_get_be32(h + 36);
 		if ((uint64_t)l1_size * 8 > QCOW2_MAX_L1_BYTES || extra > 1024) {
 			finding(c, "ERROR snapshot table entry %u is invalid", i);
 			c->res->corruptions++;

@@ -10,16 +10,6 @@
 
 #include "formats/qcow2-int.h"
 
-static uint32_t be32(const uint8_t *p)
-{
-	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
-static uint64_t be64(const uint8_t *p)
-{
-	return ((uint64_t)be32(p) << 32) | be32(p + 4);
-}
-
 static void put32(uint8_t *p, uint32_t v)
 {
 	p[0] = v >> 24;
@@ -94,7 +84,7 @@ static int parse_extensions(struct qcow2_state *s, const uint8_t *buf, size_t le
 	size_t features_len = 0;
 
 	for (size_t off = start; off + 8 <= end;) {
-		uint32_t type = be32(buf + off), elen = be32(buf + off + 4);
+		uint32_t type = qcow2_get_be32(buf + off), elen = qcow2_get_be32(buf + off + 4);
 		const uint8_t *data = buf + off + 8;
 
 		if (type == QCOW2_EXT_END)
@@ -184,35 +174,35 @@ int qcow2_header_parse(struct qcow2_state *s, const uint8_t *buf, size_t len,
 	uint64_t backing_off;
 	uint32_t backing_len, cluster_bits, crypt;
 
-	if (len < QCOW2_V2_HEADER_LEN || be32(buf) != QCOW2_MAGIC)
+	if (len < QCOW2_V2_HEADER_LEN || qcow2_get_be32(buf) != QCOW2_MAGIC)
 		return tblk_error_set(errp, EINVAL, "Image is not in qcow2 format");
-	s->version = (int)be32(buf + 4);
+	s->version = (int)qcow2_get_be32(buf + 4);
 	if (s->version < 2 || s->version > 3)
 		return tblk_error_set(errp, ENOTSUP, "Unsupported qcow2 version %d", s->version);
-	cluster_bits = be32(buf + 20);
+	cluster_bits = qcow2_get_be32(buf + 20);
 	if (cluster_bits < QCOW2_MIN_CLUSTER_BITS || cluster_bits > QCOW2_MAX_CLUSTER_BITS)
 		return tblk_error_set(errp, EINVAL, "Unsupported cluster size: 2^%u", cluster_bits);
 	s->cluster_bits = cluster_bits;
-	backing_off = be64(buf + 8);
-	backing_len = be32(buf + 16);
-	s->size = be64(buf + 24);
-	crypt = be32(buf + 32);
-	s->l1_size = be32(buf + 36);
-	s->l1_offset = be64(buf + 40);
-	s->reftable_offset = be64(buf + 48);
-	s->reftable_clusters = be32(buf + 56);
-	s->nb_snapshots = be32(buf + 60);
-	s->snapshots_offset = be64(buf + 64);
+	backing_off = qcow2_get_be64(buf + 8);
+	backing_len = qcow2_get_be32(buf + 16);
+	s->size = qcow2_get_be64(buf + 24);
+	crypt = qcow2_get_be32(buf + 32);
+	s->l1_size = qcow2_get_be32(buf + 36);
+	s->l1_offset = qcow2_get_be64(buf + 40);
+	s->reftable_offset = qcow2_get_be64(buf + 48);
+	s->reftable_clusters = qcow2_get_be32(buf + 56);
+	s->nb_snapshots = qcow2_get_be32(buf + 60);
+	s->snapshots_offset = qcow2_get_be64(buf + 64);
 	s->refcount_order = 4;
 	s->header_length = QCOW2_V2_HEADER_LEN;
 	if (s->version == 3) {
 		if (len < QCOW2_V3_HEADER_LEN)
 			return tblk_error_set(errp, EINVAL, "qcow2 header too short");
-		s->incompat = be64(buf + 72);
-		s->compat = be64(buf + 80);
-		s->autoclear = be64(buf + 88);
-		s->refcount_order = be32(buf + 96);
-		s->header_length = be32(buf + 100);
+		s->incompat = qcow2_get_be64(buf + 72);
+		s->compat = qcow2_get_be64(buf + 80);
+		s->autoclear = qcow2_get_be64(buf + 88);
+		s->refcount_order = qcow2_get_be32(buf + 96);
+		s->header_length = qcow2_get_be32(buf + 100);
 		if (s->header_length < QCOW2_V3_HEADER_LEN)
 			return tblk_error_set(errp, EINVAL, "qcow2 header too short");
 		if (s->header_length > (1u << cluster_bits) || s->header_length > len)

@@ -75,6 +75,7 @@ enum qcow2_ctype {
 struct qcow2_bitmap {
 	uint64_t table_offset;
 	uint32_t table_size;		/* entries */
+	uint16_t name_size;		/* bytes of the name in the directory */
 	uint8_t type;
 	uint8_t granularity_bits;
 };
@@ -209,6 +210,22 @@ void qcow2_wait_alloc(struct qcow2_state *s);
 int qcow2_signal_corruption(struct qcow2_state *s, const char *what, uint64_t offset);
 
 /* ------------------------------------------------ helpers */
+/* Big-endian fields of on-disk structures, at any alignment. */
+static inline uint16_t qcow2_get_be16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+static inline uint32_t qcow2_get_be32(const uint8_t *p)
+{
+	return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static inline uint64_t qcow2_get_be64(const uint8_t *p)
+{
+	return ((uint64_t)qcow2_get_be32(p) << 32) | qcow2_get_be32(p + 4);
+}
+
 static inline uint64_t qcow2_size_to_clusters(const struct qcow2_state *s, uint64_t size)
 {
 	return (size + s->cluster_size - 1) >> s->cluster_bits;

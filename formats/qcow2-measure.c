@@ -100,59 +100,27 @@ static int source_data(struct tblk_blk *src, uint64_t len, uint64_t cs, uint64_t
 
 extern const struct tblk_driver tblk__drv_qcow2;
 
-#define BITMAP_DIR_MAX		(64u << 20)	/* bound on a directory we read */
 #define BITMAP_ENTRY_LEN	24u
 
 /*
  * Bytes the persistent bitmaps of a qcow2 source take in a target of @cs clusters, as qemu
- * counts them: each bitmap fully allocated, its table, and the directory. Bitmaps count only
- * when the source's bitmaps are consistent (autoclear bit set), as qemu loads them.
+ * counts them: each bitmap fully allocated, its table, and the directory (entries with their
+ * names, no extra data). Only consistent bitmaps (autoclear bit set) were loaded at open, as
+ * qemu loads them (qcow2-bitmap.c).
  */
-static int bitmaps_size(struct tblk_node *node, uint64_t vsize, uint64_t cs, uint64_t *out)
+static uint64_t bitmaps_size(const struct qcow2_state *q, uint64_t vsize, uint64_t cs)
 {
-	struct qcow2_state *q = node->opaque;
-	const struct qcow2_ext *e = q->unknown_exts;
-	uint64_t dir_size, dir_off, total = 0, dir_bytes = 0, pos = 0;
-	g_autofree uint8_t *dir = NULL;
-	uint32_t nb;
-	int ret;
+	uint64_t total = 0, dir_bytes = 0;
 
-	*out = 0;
-	while (e && e->type != QCOW2_EXT_BITMAPS)
-		e = e->next;
-	if (!e || e->len < 24 || !(q->autoclear & QCOW2_AUTOCLEAR_BITMAPS))
-		return 0;
-	nb = be32toh(*(const uint32_t *)e->data);
-	dir_size = be64toh(*(const uint64_t *)(e->data + 8));
-	dir_off = be64toh(*(const uint64_t *)(e->data + 16));
-	if (dir_size > BITMAP_DIR_MAX)
-		return -EFBIG;
-	dir = g_malloc(dir_size + 1);
-	ret = tblk_node_pread(node->file, dir_off, dir, dir_size);
-	if (ret < 0)
-		return ret;
-	for (uint32_t i = 0; i < nb; i++) {
-		uint64_t bits, bytes, clusters;
-		uint32_t extra;
-		uint16_t name;
-		unsigned int gran;
+	for (unsigned int i = 0; i < q->nb_bitmaps; i++) {
+		unsigned int gran = q->bitmaps[i].granularity_bits;
+		uint64_t bits = (vsize + (1ull << gran) - 1) >> gran;
+		uint64_t clusters = ((bits + 7) / 8 + cs - 1) / cs;
 
-		if (pos > dir_size || dir_size - pos < BITMAP_ENTRY_LEN)
-			return -EUCLEAN;
-		gran = dir[pos + 17];
-		name = be16toh(*(const uint16_t *)(dir + pos + 18));
-		extra = be32toh(*(const uint32_t *)(dir + pos + 20));
-		if (gran > 63 || extra > dir_size)
-			return -EUCLEAN;
-		bits = (vsize + (1ull << gran) - 1) >> gran;
-		bytes = (bits + 7) / 8;
-		clusters = (bytes + cs - 1) / cs;
 		total += clusters * cs + TBLK_ALIGN_UP(clusters * 8, cs);
-		dir_bytes += TBLK_ALIGN_UP(BITMAP_ENTRY_LEN + (uint64_t)name, 8);
-		pos += TBLK_ALIGN_UP(BITMAP_ENTRY_LEN + (uint64_t)name + extra, 8);
+		dir_bytes += TBLK_ALIGN_UP(BITMAP_ENTRY_LEN + (uint64_t)q->bitmaps[i].name_size, 8);
 	}
-	*out = total + TBLK_ALIGN_UP(dir_bytes, cs);
-	return 0;
+	return total + TBLK_ALIGN_UP(dir_bytes, cs);
 }
 
 int tblk__qcow2_measure(GHashTable *opts, uint64_t size, struct tblk_blk *src,
@@ -189,12 +157,8 @@ int tblk__qcow2_measure(GHashTable *opts, uint64_t size, struct tblk_blk *src,
 		/* Bitmaps are shown when both ends keep them: qcow2 v3. */
 		m->has_bitmaps = o.version >= 3 && tblk_blk_get_format_info(src, &fi) >= 0 &&
 				 fi.is_qcow2 && !strcmp(fi.compat, "1.1");
-		if (m->has_bitmaps && src_node->drv == &tblk__drv_qcow2) {
-			ret = bitmaps_size(src_node, (uint64_t)len, o.cluster_size, &m->bitmaps);
-			if (ret < 0)
-				return tblk_error_set_errno(errp, -ret, "Could not read the "
-							    "bitmap directory");
-		}
+		if (m->has_bitmaps && src_node->drv == &tblk__drv_qcow2)
+			m->bitmaps = bitmaps_size(src_node->opaque, (uint64_t)len, o.cluster_size);
 	}
 	if (o.prealloc == QCOW2_PREALLOC_FALLOC || o.prealloc == QCOW2_PREALLOC_FULL)
 		required = vsize;
