@@ -495,15 +495,26 @@ static void test_cap(void)
 	for (i = 0; i < 5; i++)
 		cap_window(&c, 64, 1000000 + 1000000 * (i & 1));
 	ok(c.cap > 4, "a rate that swings (noise): the cap moves up, not down (%u)", c.cap);
+	/* Windows that would move an adaptive cap (demand 0, far below it): this one stays. */
 	tblk__cap_init(&c, 4, 64, false);
-	for (i = 0; i < 10; i++)
+	for (i = 0; i < 3 * 2048 + 2; i++) {
 		tblk__cap_completed(&c);
+		if (i % 2048 == 0)
+			usleep(25000);
+	}
 	is_int(c.cap, 64, "not adaptive: the cap stays at the maximum");
+	tblk__cap_init(&c, 4, 64, true);
+	for (i = 0; i < 3 * 2048 + 2; i++) {
+		tblk__cap_completed(&c);
+		if (i % 2048 == 0)
+			usleep(25000);
+	}
+	is_int(c.cap, 4, "the same windows move an adaptive one (no demand: the minimum)");
 }
 
 int main(void)
 {
-	tap_plan(46);
+	tap_plan(47);
 	test_cap();
 	test_zero_threads();
 	test_stress(STRESS_ITEMS, false);

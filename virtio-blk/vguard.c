@@ -41,11 +41,12 @@ static pthread_mutex_t guard_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct vguard_slot slots[VGUARD_SLOTS];
 static unsigned int fault_count;	/* [atomic] */
 static struct sigaction prev_action;	/* [const] once the handler is installed */
+static uintptr_t page_size;		/* [const] once the handler is installed */
 static pthread_once_t install_once = PTHREAD_ONCE_INIT;
 
 static bool fix_fault(uintptr_t addr)
 {
-	uintptr_t page = addr & ~((uintptr_t)sysconf(_SC_PAGESIZE) - 1);
+	uintptr_t page = addr & ~(page_size - 1);
 
 	for (unsigned int i = 0; i < VGUARD_SLOTS; i++) {
 		size_t len = __atomic_load_n(&slots[i].len, __ATOMIC_ACQUIRE);
@@ -53,7 +54,7 @@ static bool fix_fault(uintptr_t addr)
 
 		if (!len || addr < base || addr - base >= len)
 			continue;
-		if (mmap((void *)page, (size_t)sysconf(_SC_PAGESIZE), PROT_READ | PROT_WRITE,
+		if (mmap((void *)page, page_size, PROT_READ | PROT_WRITE,
 			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
 			return false;
 		__atomic_store_n(__atomic_load_n(&slots[i].flag, __ATOMIC_RELAXED), 1,
@@ -86,6 +87,8 @@ static void install(void)
 {
 	struct sigaction sa;
 
+	/* sysconf() is not async-signal-safe: the handler uses this copy. */
+	page_size = (uintptr_t)sysconf(_SC_PAGESIZE);
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_sigaction = on_sigbus;
 	sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
