@@ -17,9 +17,7 @@
 # usage: bench/vhost-guest.py [--rounds 3] [--runtime 4] [--build DIR] [--dir DIR] ...
 #        (bench/vhost-guest.py --help for the rest; env TBLK_BUILD, TMPDIR)
 import argparse
-import glob
 import json
-import lzma
 import os
 import queue
 import shutil
@@ -30,6 +28,9 @@ import sys
 import tempfile
 import threading
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "t"))
+from lib_guest import cpio, extract_vmlinux, find_kernel  # noqa: E402
 
 MODS = ["virtio_ring", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio",
         "virtio_pci", "virtio_blk"]
@@ -51,38 +52,6 @@ def log(msg):
 def die(msg):
     sys.stderr.write("vhost-guest: %s\n" % msg)
     sys.exit(2)
-
-
-def find_kernel():
-    for vmlinuz in sorted(glob.glob("/boot/vmlinuz-*"), reverse=True):
-        ver = os.path.basename(vmlinuz)[len("vmlinuz-"):]
-        moddir = "/lib/modules/%s/kernel" % ver
-        paths = {}
-        for m in MODS:
-            found = glob.glob("%s/drivers/**/%s.ko" % (moddir, m), recursive=True)
-            if not found:
-                break
-            paths[m] = found[0]
-        if len(paths) == len(MODS) and os.access(vmlinuz, os.R_OK):
-            return vmlinuz, paths
-    return None, None
-
-
-def extract_vmlinux(vmlinuz, out):
-    """The ELF inside the bzImage (xz): QEMU boots it directly (PVH), which is faster."""
-    data = open(vmlinuz, "rb").read()
-    off = data.find(b"\xfd7zXZ\x00")
-    if off < 0:
-        return vmlinuz
-    try:
-        elf = lzma.LZMADecompressor().decompress(data[off:])
-    except lzma.LZMAError:
-        return vmlinuz
-    if not elf.startswith(b"\x7fELF"):
-        return vmlinuz
-    with open(out, "wb") as f:
-        f.write(elf)
-    return out
 
 
 def shared_libs(binary):
@@ -195,28 +164,6 @@ def fio_libs(fio, tmp, keep):
         if path not in kept:
             kept[path] = stub_lib(libs[path], want, os.path.join(tmp, "stubs", soname))
     return kept
-
-
-def cpio(entries, out):
-    """A newc archive, uncompressed: (name, mode, data or (major, minor) for devices)."""
-    with open(out, "wb") as f:
-        pos = 0
-        ino = 1
-        for name, mode, data in entries + [("TRAILER!!!", 0, b"")]:
-            rdev = (0, 0)
-            if isinstance(data, tuple):
-                rdev, data = data, b""
-            nm = name.encode() + b"\0"
-            hdr = "070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X" % (
-                ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(nm), 0)
-            chunk = hdr.encode() + nm
-            chunk += b"\0" * ((4 - (pos + len(chunk)) % 4) % 4)
-            chunk += data
-            chunk += b"\0" * ((4 - (pos + len(chunk)) % 4) % 4)
-            f.write(chunk)
-            pos += len(chunk)
-            ino += 1
-    return pos
 
 
 INIT_HEAD = r"""#!/bin/busybox sh
@@ -416,7 +363,7 @@ def main():
                        ("qemu-io", shutil.which("qemu-io"))]:
         if not path or not os.access(path, os.X_OK):
             die("%s not found" % what)
-    vmlinuz, mods = find_kernel()
+    vmlinuz, _, mods = find_kernel(MODS)
     if not vmlinuz:
         die("no readable kernel with virtio modules in /boot and /lib/modules")
     formats = args.formats.split(",")

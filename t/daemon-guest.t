@@ -6,9 +6,7 @@
 # pattern in the image, SIGTERMs the daemon and checks it exits 0 and removes its socket
 # and pid file. In between, the daemon is restarted under the running guest (QEMU
 # reconnects), and the guest reads its data back and writes more through the new one. Skipped when the emulator, busybox or a kernel with virtio modules is absent.
-import glob
 import hashlib
-import lzma
 import os
 import shutil
 import signal
@@ -17,6 +15,9 @@ import sys
 import tempfile
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lib_guest import cpio, extract_vmlinux, find_kernel  # noqa: E402
 
 BUILD = os.environ.get("TBLK_BUILD", ".")
 DAEMON = os.path.join(BUILD, "tools", "tblk-daemon")
@@ -35,56 +36,6 @@ def ok(cond, what):
 def skip_all(why):
     print("1..0 # SKIP %s" % why)
     sys.exit(0)
-
-
-def find_kernel():
-    for vmlinuz in sorted(glob.glob("/boot/vmlinuz-*"), reverse=True):
-        ver = os.path.basename(vmlinuz)[len("vmlinuz-"):]
-        moddir = "/lib/modules/%s/kernel" % ver
-        paths = {}
-        for m in MODS:
-            found = glob.glob("%s/drivers/**/%s.ko" % (moddir, m), recursive=True)
-            if not found:
-                break
-            paths[m] = found[0]
-        if len(paths) == len(MODS) and os.access(vmlinuz, os.R_OK):
-            return vmlinuz, paths
-    return None, None
-
-
-def extract_vmlinux(vmlinuz, out):
-    """The ELF inside the bzImage (xz), which QEMU boots directly (PVH) and faster."""
-    data = open(vmlinuz, "rb").read()
-    off = data.find(b"\xfd7zXZ\x00")
-    if off < 0:
-        return vmlinuz
-    try:
-        elf = lzma.LZMADecompressor().decompress(data[off:])
-    except lzma.LZMAError:
-        return vmlinuz
-    if not elf.startswith(b"\x7fELF"):
-        return vmlinuz
-    open(out, "wb").write(elf)
-    return out
-
-
-def cpio(entries, out):
-    """A newc archive: (name, mode, data or (major, minor) for devices)."""
-    buf = bytearray()
-    ino = 1
-    for name, mode, data in entries + [("TRAILER!!!", 0, b"")]:
-        rdev = (0, 0)
-        if isinstance(data, tuple):
-            rdev, data = data, b""
-        nm = name.encode() + b"\0"
-        hdr = "070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X" % (
-            ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(nm), 0)
-        buf += hdr.encode() + nm
-        buf += b"\0" * ((4 - len(buf) % 4) % 4)
-        buf += data
-        buf += b"\0" * ((4 - len(buf) % 4) % 4)
-        ino += 1
-    open(out, "wb").write(buf)
 
 
 INIT = r"""#!/bin/busybox sh
@@ -118,7 +69,7 @@ def main():
         skip_all("qemu-system-x86_64 or busybox missing")
     if not os.access(DAEMON, os.X_OK):
         skip_all("tblk-daemon not built")
-    vmlinuz, mods = find_kernel()
+    vmlinuz, _, mods = find_kernel(MODS)
     if not vmlinuz:
         skip_all("no readable kernel with virtio modules in /boot and /lib/modules")
     print("1..12", flush=True)

@@ -11,9 +11,7 @@
 # image's data, writes a pattern with O_DIRECT, discards a range and disconnects; the host
 # then checks the image. Skipped when the emulator, busybox, nbd-client or a kernel with the
 # nbd and virtio-net modules is absent.
-import glob
 import hashlib
-import lzma
 import os
 import shutil
 import signal
@@ -22,6 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lib_guest import cpio, extract_vmlinux, find_kernel  # noqa: E402
 
 BUILD = os.environ.get("TBLK_BUILD", ".")
 NBD = os.path.join(BUILD, "tools", "tblk-nbd")
@@ -54,56 +55,6 @@ def host_modprobe():
     if p.returncode == 0:
         return True, ""
     return False, (p.stderr or p.stdout).strip()
-
-
-def find_kernel():
-    for vmlinuz in sorted(glob.glob("/boot/vmlinuz-*"), reverse=True):
-        ver = os.path.basename(vmlinuz)[len("vmlinuz-"):]
-        moddir = "/lib/modules/%s/kernel" % ver
-        paths = {}
-        for m in MODS:
-            found = glob.glob("%s/**/%s.ko" % (moddir, m), recursive=True)
-            if not found:
-                break
-            paths[m] = found[0]
-        if len(paths) == len(MODS) and os.access(vmlinuz, os.R_OK):
-            return vmlinuz, ver, paths
-    return None, None, None
-
-
-def extract_vmlinux(vmlinuz, out):
-    """The ELF inside the bzImage (xz), which QEMU boots directly (PVH) and faster."""
-    data = open(vmlinuz, "rb").read()
-    off = data.find(b"\xfd7zXZ\x00")
-    if off < 0:
-        return vmlinuz
-    try:
-        elf = lzma.LZMADecompressor().decompress(data[off:])
-    except lzma.LZMAError:
-        return vmlinuz
-    if not elf.startswith(b"\x7fELF"):
-        return vmlinuz
-    open(out, "wb").write(elf)
-    return out
-
-
-def cpio(entries, out):
-    """A newc archive: (name, mode, data or (major, minor) for devices)."""
-    buf = bytearray()
-    ino = 1
-    for name, mode, data in entries + [("TRAILER!!!", 0, b"")]:
-        rdev = (0, 0)
-        if isinstance(data, tuple):
-            rdev, data = data, b""
-        nm = name.encode() + b"\0"
-        hdr = "070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X" % (
-            ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(nm), 0)
-        buf += hdr.encode() + nm
-        buf += b"\0" * ((4 - len(buf) % 4) % 4)
-        buf += data
-        buf += b"\0" * ((4 - len(buf) % 4) % 4)
-        ino += 1
-    open(out, "wb").write(buf)
 
 
 def libs_of(binary):
@@ -175,7 +126,7 @@ def main():
         skip_all("nbd-client (package nbd-client) missing")
     if not os.access(NBD, os.X_OK):
         skip_all("tblk-nbd not built")
-    vmlinuz, ver, mods = find_kernel()
+    vmlinuz, ver, mods = find_kernel(MODS)
     if not vmlinuz:
         skip_all("no readable kernel with nbd and virtio-net modules in /boot and /lib/modules")
     print("1..9", flush=True)
