@@ -74,6 +74,12 @@ void tblk_iothread_free(struct tblk_iothread *iot);
 #define TBLK_OPEN_NO_SHARE_RESIZE 0x8000u /* nobody else may resize it (an NBD export) */
 #define TBLK_OPEN_NO_SHARE	0x10000u /* nobody else may write or resize it (qemu-img
 					 * convert's sources) */
+/*
+ * discard=ignore (or off): discards of this node succeed and do nothing, and its write zeroes
+ * never unmap (TBLK_REQ_MAY_UNMAP is dropped). Only the node it is given to: as in qemu, its
+ * children still unmap what the format frees.
+ */
+#define TBLK_OPEN_NO_UNMAP	0x20000u
 
 /*
  * Parses a cache mode as qemu does ("none", "writeback", "writethrough", "directsync",
