@@ -975,3 +975,13 @@ bool tblk_blk_debug_is_suspended(struct tblk_blk *blk, const char *tag)
 {
 	return tblk__node_debug_is_suspended(blk->root, tag);
 }
+
+int tblk_blk_share_resize(struct tblk_blk *blk, bool share, GError **errp)
+{
+	struct tblk_node *proto = tblk__node_protocol(blk->root);
+
+	/* Formats deny resizes of their file themselves; the file decides for the image. */
+	if (!proto->drv->share_resize)
+		return 0;
+	return proto->drv->share_resize(proto, share, errp);
+}

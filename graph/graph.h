@@ -150,6 +150,12 @@ struct tblk_driver {
 				   const char *backing_fmt);
 	/* Drops all data of the image (what qemu-img commit does to the committed top). */
 	int (*make_empty)(struct tblk_node *node);
+	/*
+	 * Stops (@share false) or again lets (@share true) other processes resize the file,
+	 * through the image locks; counted, so each stop needs its own share. Protocols with
+	 * image locks only (tblk_blk_share_resize). 0, or -errno with *errp (only on a stop).
+	 */
+	int (*share_resize)(struct tblk_node *node, bool share, GError **errp);
 
 	/*
 	 * Internal snapshots (tblk_blk_snapshot_*); all NULL if the format has none. Called on

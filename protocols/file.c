@@ -8,6 +8,7 @@
  * Threading: the state is [const] after open; data-path calls run concurrently in workers
  * (pool path) or on the loop thread (fast path submission and completion).
  */
+#include <assert.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/falloc.h>
@@ -32,6 +33,10 @@ struct file_state {
 	enum file_aio aio;		/* [const] */
 	bool is_bdev;			/* [const] */
 	bool direct;			/* [const] opened O_DIRECT */
+	int lock;			/* [const] locking: -1 auto, 0 off, 1 on */
+	unsigned int shared;		/* [const] what the open let others have (1u << PERM_*) */
+	struct tblk_mutex share_lock;	/* leaf: guards resize_stops */
+	unsigned int resize_stops;	/* [share_lock] file_share_resize(false) not undone */
 };
 
 /*
@@ -320,6 +325,9 @@ static int file_open(struct tblk_node *node, GHashTable *opts, unsigned int flag
 		close(s->fd);
 		return ret;
 	}
+	s->lock = (flags & TBLK_OPEN_SHARE_RW) ? 0 : lock;
+	s->shared = shared;
+	tblk_mutex_init(&s->share_lock);
 	node->filename = g_steal_pointer(&filename);
 	probe_alignment(node, s);
 	/* Linux caps one read/write at 2 GiB - 4 KiB: stay well below. */
@@ -334,6 +342,36 @@ static void file_close(struct tblk_node *node)
 	struct file_state *s = node->opaque;
 
 	close(s->fd);
+	tblk_mutex_destroy(&s->share_lock);
+}
+
+/*
+ * Denies others the resize permission on top of what the open denied (byte 200 + resize),
+ * as long as one stop is not undone. A file opened denying it already has nothing to do.
+ */
+static int file_share_resize(struct tblk_node *node, bool share, GError **errp)
+{
+	struct file_state *s = node->opaque;
+	bool open_denies = !(s->shared & (1u << PERM_RESIZE));
+	int ret = 0;
+
+	tblk_mutex_lock(&s->share_lock);
+	if (share) {
+		assert(s->resize_stops > 0);
+		if (--s->resize_stops == 0 && s->lock && !open_denies)
+			lock_byte(s->fd, LOCK_SHARED_BASE + PERM_RESIZE, F_UNLCK);
+	} else {
+		if (s->resize_stops == 0 && s->lock && !open_denies) {
+			ret = lock_image(s->fd, 0, PERM_ALL & ~(1u << PERM_RESIZE), s->lock < 0,
+					 node->filename, errp);
+			if (ret < 0)
+				lock_byte(s->fd, LOCK_SHARED_BASE + PERM_RESIZE, F_UNLCK);
+		}
+		if (ret == 0)
+			s->resize_stops++;
+	}
+	tblk_mutex_unlock(&s->share_lock);
+	return ret;
 }
 
 /* ---------------------------------------------------------------- pool path */
@@ -684,6 +722,7 @@ static int file_submit_fast(struct tblk_node *node, struct tblk_req *req, uint64
 		.instance_size = sizeof(struct file_state),	\
 		.open = file_open,				\
 		.close = file_close,				\
+		.share_resize = file_share_resize,		\
 		.create = file_create,				\
 		.preadv = file_preadv,				\
 		.pwritev = file_pwritev,			\

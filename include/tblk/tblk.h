@@ -82,6 +82,15 @@ void tblk_iothread_free(struct tblk_iothread *iot);
 #define TBLK_OPEN_NO_UNMAP	0x20000u
 
 /*
+ * Stops (@share false) or again lets (@share true) other processes resize @blk's image file,
+ * on qemu's lock byte: what an NBD export of a node opened earlier does while it serves it.
+ * Counted: each stop needs its own share. No-op without image locks (locking=off, -U).
+ * 0, or -EAGAIN with *errp if another process already holds the resize permission. Control
+ * path: from the thread that manages @blk's users.
+ */
+int tblk_blk_share_resize(struct tblk_blk *blk, bool share, GError **errp);
+
+/*
  * Parses a cache mode as qemu does ("none", "writeback", "writethrough", "directsync",
  * "unsafe") into TBLK_OPEN_NOCACHE/NO_FLUSH/WRITETHROUGH bits OR-ed into *flags after
  * clearing those three. 0 or -EINVAL with *errp.
