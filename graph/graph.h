@@ -151,11 +151,12 @@ struct tblk_driver {
 	/* Drops all data of the image (what qemu-img commit does to the committed top). */
 	int (*make_empty)(struct tblk_node *node);
 	/*
-	 * Stops (@share false) or again lets (@share true) other processes resize the file,
-	 * through the image locks; counted, so each stop needs its own share. Protocols with
-	 * image locks only (tblk_blk_share_resize). 0, or -errno with *errp (only on a stop).
+	 * Takes (@take) or releases TBLK_PERM_* @perm and @deny on the node's image locks,
+	 * counted per permission (tblk_blk_lock_perms). Protocols with image locks only.
+	 * 0, or -errno with *errp (only when taking; nothing is taken then).
 	 */
-	int (*share_resize)(struct tblk_node *node, bool share, GError **errp);
+	int (*lock_perms)(struct tblk_node *node, unsigned int perm, unsigned int deny,
+			  bool take, GError **errp);
 
 	/*
 	 * Internal snapshots (tblk_blk_snapshot_*); all NULL if the format has none. Called on

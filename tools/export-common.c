@@ -140,7 +140,7 @@ int export_add(struct export_host *host, GHashTable *opts, struct export **pexp,
 	if (exp->common.writethrough)
 		tblk_blk_set_writethrough(exp->blk, true);
 	if (type->deny_resize) {
-		ret = tblk_blk_share_resize(exp->blk, false, errp);
+		ret = tblk_blk_lock_perms(exp->blk, 0, 0, TBLK_PERM_RESIZE, errp);
 		if (ret < 0)
 			goto out_free;
 	}
@@ -159,7 +159,7 @@ int export_add(struct export_host *host, GHashTable *opts, struct export **pexp,
 	return 0;
 out_share:
 	if (type->deny_resize)
-		tblk_blk_share_resize(exp->blk, true, NULL);
+		tblk_blk_unlock_perms(exp->blk, 0, 0, TBLK_PERM_RESIZE);
 out_free:
 	common_clear(&exp->common);
 	g_free(exp);
@@ -178,7 +178,7 @@ void export_free(struct export *exp)
 	tblk_blk_drain(exp->blk);
 	exp->type->free(exp);
 	if (exp->type->deny_resize)
-		tblk_blk_share_resize(exp->blk, true, NULL);
+		tblk_blk_unlock_perms(exp->blk, 0, 0, TBLK_PERM_RESIZE);
 	common_clear(&exp->common);
 	g_free(exp);
 }

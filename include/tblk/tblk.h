@@ -81,14 +81,25 @@ void tblk_iothread_free(struct tblk_iothread *iot);
  */
 #define TBLK_OPEN_NO_UNMAP	0x20000u
 
+/* Permissions, as the image locks name them (qemu's, in qemu's order). */
+#define TBLK_PERM_CONSISTENT_READ	0x1u
+#define TBLK_PERM_WRITE			0x2u
+#define TBLK_PERM_WRITE_UNCHANGED	0x4u
+#define TBLK_PERM_RESIZE		0x8u
 /*
- * Stops (@share false) or again lets (@share true) other processes resize @blk's image file,
- * on qemu's lock byte: what an NBD export of a node opened earlier does while it serves it.
- * Counted: each stop needs its own share. No-op without image locks (locking=off, -U).
- * 0, or -EAGAIN with *errp if another process already holds the resize permission. Control
- * path: from the thread that manages @blk's users.
+ * Takes @perm and denies other processes @deny on the image locks of layer @depth of @blk's
+ * backing chain (0: the image), on top of what its open took: what an NBD export of a node
+ * opened earlier denies (resizes), or what qemu-img commit takes on the chain it holds open
+ * read-only (writes to the base; intermediate images nobody may read). Counted per
+ * permission: each lock needs its own tblk_blk_unlock_perms() (or the close). No-op without
+ * image locks (locking=off, -U). 0, -ENOENT (no such layer), or -EAGAIN with qemu's "Failed
+ * to get ... lock" in *errp when another process holds or denies one of them (nothing is
+ * taken then). Control path: from the thread that manages @blk's users.
  */
-int tblk_blk_share_resize(struct tblk_blk *blk, bool share, GError **errp);
+int tblk_blk_lock_perms(struct tblk_blk *blk, int depth, unsigned int perm, unsigned int deny,
+			GError **errp);
+void tblk_blk_unlock_perms(struct tblk_blk *blk, int depth, unsigned int perm,
+			   unsigned int deny);
 
 /*
  * Parses a cache mode as qemu does ("none", "writeback", "writethrough", "directsync",
