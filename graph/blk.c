@@ -975,3 +975,35 @@ bool tblk_blk_debug_is_suspended(struct tblk_blk *blk, const char *tag)
 {
 	return tblk__node_debug_is_suspended(blk->root, tag);
 }
+
+/* The protocol under layer @depth of @blk's chain, or NULL. */
+static struct tblk_node *blk_layer_protocol(struct tblk_blk *blk, int depth)
+{
+	struct tblk_node *node = depth ? blk->image : blk->root;
+
+	for (; node && depth > 0; depth--)
+		node = node->backing;
+	return depth < 0 || !node ? NULL : tblk__node_protocol(node);
+}
+
+/* Formats deny what they must of their file themselves; the file locks for the image. */
+int tblk_blk_lock_perms(struct tblk_blk *blk, int depth, unsigned int perm, unsigned int deny,
+			GError **errp)
+{
+	struct tblk_node *proto = blk_layer_protocol(blk, depth);
+
+	if (!proto)
+		return tblk_error_set(errp, ENOENT, "No layer %d in the backing chain", depth);
+	if (!proto->drv->lock_perms)
+		return 0;
+	return proto->drv->lock_perms(proto, perm, deny, true, errp);
+}
+
+void tblk_blk_unlock_perms(struct tblk_blk *blk, int depth, unsigned int perm,
+			   unsigned int deny)
+{
+	struct tblk_node *proto = blk_layer_protocol(blk, depth);
+
+	if (proto && proto->drv->lock_perms)
+		proto->drv->lock_perms(proto, perm, deny, false, NULL);
+}

@@ -150,6 +150,13 @@ struct tblk_driver {
 				   const char *backing_fmt);
 	/* Drops all data of the image (what qemu-img commit does to the committed top). */
 	int (*make_empty)(struct tblk_node *node);
+	/*
+	 * Takes (@take) or releases TBLK_PERM_* @perm and @deny on the node's image locks,
+	 * counted per permission (tblk_blk_lock_perms). Protocols with image locks only.
+	 * 0, or -errno with *errp (only when taking; nothing is taken then).
+	 */
+	int (*lock_perms)(struct tblk_node *node, unsigned int perm, unsigned int deny,
+			  bool take, GError **errp);
 
 	/*
 	 * Internal snapshots (tblk_blk_snapshot_*); all NULL if the format has none. Called on

@@ -125,6 +125,22 @@ static void node_free(struct tblk_node *node)
 	g_free(node);
 }
 
+/* "discard": ignore/off set TBLK_OPEN_NO_UNMAP, unmap/on clear it (qemu's default here). */
+static int take_discard_opt(GHashTable *opts, unsigned int *flags, GError **errp)
+{
+	g_autofree char *v = tblk__opts_take(opts, "discard");
+
+	if (!v)
+		return 0;
+	if (!strcmp(v, "ignore") || !strcmp(v, "off"))
+		*flags |= TBLK_OPEN_NO_UNMAP;
+	else if (!strcmp(v, "unmap") || !strcmp(v, "on"))
+		*flags &= ~TBLK_OPEN_NO_UNMAP;
+	else
+		return tblk_error_set(errp, EINVAL, "Invalid discard option");
+	return 0;
+}
+
 /* Applies the options every node understands to @flags. */
 static int take_common_opts(GHashTable *opts, unsigned int *flags, GError **errp)
 {
@@ -149,8 +165,7 @@ static int take_common_opts(GHashTable *opts, unsigned int *flags, GError **errp
 		 (ro ? 0 : TBLK_OPEN_RDWR) | (direct ? TBLK_OPEN_NOCACHE : 0) |
 		 (no_flush ? TBLK_OPEN_NO_FLUSH : 0) | (share ? TBLK_OPEN_SHARE_RW : 0);
 	g_free(tblk__opts_take(opts, "auto-read-only"));
-	g_free(tblk__opts_take(opts, "discard"));
-	return 0;
+	return take_discard_opt(opts, flags, errp);
 }
 
 static int check_leftover(const struct tblk_driver *drv, GHashTable *opts, GError **errp)
@@ -184,7 +199,8 @@ static int node_open_drv(struct tblk_node **pnode, const struct tblk_driver *drv
 	node->node_name = tblk__opts_take(opts, "node-name");
 	if (!drv->is_protocol && filename)
 		node->filename = g_strdup(filename);
-	ret = drv->open(node, opts, flags, errp);
+	/* The discard mode is this node's own: children are opened as qemu opens them. */
+	ret = drv->open(node, opts, flags & ~TBLK_OPEN_NO_UNMAP, errp);
 	if (ret < 0) {
 		node_free(node);
 		return ret;

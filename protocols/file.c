@@ -8,6 +8,7 @@
  * Threading: the state is [const] after open; data-path calls run concurrently in workers
  * (pool path) or on the loop thread (fast path submission and completion).
  */
+#include <assert.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/falloc.h>
@@ -32,6 +33,12 @@ struct file_state {
 	enum file_aio aio;		/* [const] */
 	bool is_bdev;			/* [const] */
 	bool direct;			/* [const] opened O_DIRECT */
+	int lock;			/* [const] locking: -1 auto, 0 off, 1 on */
+	unsigned int perm;		/* [const] what the open took (1u << PERM_*) */
+	unsigned int shared;		/* [const] what the open let others have */
+	struct tblk_mutex perm_lock;	/* leaf: guards extra */
+	/* [perm_lock] file_lock_perms() counts: [p] takes PERM p, [PERM_COUNT + p] denies it */
+	unsigned int extra[8];
 };
 
 /*
@@ -320,6 +327,10 @@ static int file_open(struct tblk_node *node, GHashTable *opts, unsigned int flag
 		close(s->fd);
 		return ret;
 	}
+	s->lock = (flags & TBLK_OPEN_SHARE_RW) ? 0 : lock;
+	s->perm = perm;
+	s->shared = shared;
+	tblk_mutex_init(&s->perm_lock);
 	node->filename = g_steal_pointer(&filename);
 	probe_alignment(node, s);
 	/* Linux caps one read/write at 2 GiB - 4 KiB: stay well below. */
@@ -334,6 +345,65 @@ static void file_close(struct tblk_node *node)
 	struct file_state *s = node->opaque;
 
 	close(s->fd);
+	tblk_mutex_destroy(&s->perm_lock);
+}
+
+_Static_assert(TBLK_PERM_CONSISTENT_READ == 1u << PERM_CONSISTENT_READ &&
+	       TBLK_PERM_WRITE == 1u << PERM_WRITE &&
+	       TBLK_PERM_WRITE_UNCHANGED == 1u << PERM_WRITE_UNCHANGED &&
+	       TBLK_PERM_RESIZE == 1u << PERM_RESIZE && 2 * PERM_COUNT == 8,
+	       "TBLK_PERM_* are the lock bytes' permissions");
+
+/* Drops the lock bytes of @perm and @deny (which the open did not take). */
+static void unlock_perms(struct file_state *s, unsigned int perm, unsigned int deny)
+{
+	for (unsigned int p = 0; p < PERM_COUNT; p++) {
+		if (perm & (1u << p))
+			lock_byte(s->fd, LOCK_PERM_BASE + p, F_UNLCK);
+		if (deny & (1u << p))
+			lock_byte(s->fd, LOCK_SHARED_BASE + p, F_UNLCK);
+	}
+}
+
+/*
+ * Takes or releases permissions beyond the open's, counted per permission: a byte is locked
+ * when its count leaves 0 (unless the open holds it already) and unlocked when it is back.
+ */
+static int file_lock_perms(struct tblk_node *node, unsigned int perm, unsigned int deny,
+			   bool take, GError **errp)
+{
+	struct file_state *s = node->opaque;
+	unsigned int new_perm = 0, new_deny = 0;
+	int ret = 0;
+
+	perm &= PERM_ALL;
+	deny &= PERM_ALL;
+	tblk_mutex_lock(&s->perm_lock);
+	for (unsigned int p = 0; p < PERM_COUNT; p++) {
+		unsigned int *pc = &s->extra[p], *dc = &s->extra[PERM_COUNT + p], bit = 1u << p;
+
+		if ((perm & bit) && (take ? *pc == 0 : *pc == 1) && !(s->perm & bit))
+			new_perm |= bit;
+		if ((deny & bit) && (take ? *dc == 0 : *dc == 1) && (s->shared & bit))
+			new_deny |= bit;
+		assert(take || ((!(perm & bit) || *pc > 0) && (!(deny & bit) || *dc > 0)));
+	}
+	if (take && s->lock && (new_perm | new_deny)) {
+		ret = lock_image(s->fd, new_perm, PERM_ALL & ~new_deny, s->lock < 0,
+				 node->filename, errp);
+		if (ret < 0)
+			unlock_perms(s, new_perm, new_deny);
+	} else if (!take && s->lock) {
+		unlock_perms(s, new_perm, new_deny);
+	}
+	for (unsigned int p = 0; ret == 0 && p < PERM_COUNT; p++) {
+		if (perm & (1u << p))
+			s->extra[p] += take ? 1 : -1u;
+		if (deny & (1u << p))
+			s->extra[PERM_COUNT + p] += take ? 1 : -1u;
+	}
+	tblk_mutex_unlock(&s->perm_lock);
+	return ret;
 }
 
 /* ---------------------------------------------------------------- pool path */
@@ -684,6 +754,7 @@ static int file_submit_fast(struct tblk_node *node, struct tblk_req *req, uint64
 		.instance_size = sizeof(struct file_state),	\
 		.open = file_open,				\
 		.close = file_close,				\
+		.lock_perms = file_lock_perms,			\
 		.create = file_create,				\
 		.preadv = file_preadv,				\
 		.pwritev = file_pwritev,			\

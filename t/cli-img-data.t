@@ -56,9 +56,11 @@
 #   snapshot"; an error of the first compressed write stops the copy ("error while writing
 #   at byte 0: Input/output error"). map names a backing layer's file relative to the
 #   directory of the image that records it.
-# Known differences (TAP TODO, with their reason): tblk-img -c compresses -m clusters at
-# once, so its compressed clusters may lie in another order in the file (compared by content
-# here) and those in flight when one fails are still written.
+# Known differences (with their reason): tblk-img -c compresses -m clusters at once into a
+# new target, so its compressed clusters may lie in another order in the file (compared by
+# content here) and those in flight when one fails are still written (only an I/O error of
+# the target can fail them there). Into an existing target (-n), where clusters already
+# allocated make compressed writes fail, it writes one cluster at a time as qemu-img does.
 # Not compared: -o help texts (tblk's own words); read errors under --salvage (no fault
 # injection driver yet); timing of -r; what SIGUSR1 prints (timing).
 set -u
@@ -140,7 +142,7 @@ make_files() {
 }
 # qcow2 images, made by qemu: a backing chain cb <- cm <- ct (ct is larger than its
 # backing files), a compressed image, one with zero and discarded clusters, a v2 one with
-# 4 KiB clusters, and tq.qcow2, a target with data.
+# 4 KiB clusters, tq.qcow2, a target with data, and tz.qcow2, an empty one.
 qcow2_files() {
 	local io="qemu-io -f qcow2"
 
@@ -157,6 +159,7 @@ qcow2_files() {
 	qemu-img convert -O qcow2 -o compat=0.10,cluster_size=4k d.img q2.qcow2
 	qemu-img create -q -f qcow2 tq.qcow2 10M
 	$io -c "write -q -P 0x77 0 1M" tq.qcow2
+	qemu-img create -q -f qcow2 tz.qcow2 10M
 }
 
 mkdir "$tmp/src"
@@ -495,10 +498,12 @@ done
 c "convert -o data_file" convert -O qcow2 -o data_file=odata.raw d.img o.qcow2
 c "convert -o nocow,extent_size_hint to qcow2" convert -O qcow2 \
 	-o nocow=on,extent_size_hint=1M d.img o.qcow2
-TODO="tblk compresses -m clusters at once: those in flight when the first write fails are \
-still written" \
 c "convert: -n -c over allocated clusters" convert -n -c -O qcow2 d.img tq.qcow2
 c "convert: -n -c -m 1 over allocated clusters" convert -n -c -m 1 -O qcow2 d.img tq.qcow2
+c "convert: -n -c into an empty qcow2" convert -n -c -p -O qcow2 d.img tz.qcow2
+c "convert: -n -c, two sources" convert -n -c -m 4 -O qcow2 f.img odd.img tz.qcow2
+run_case content "convert: -n -c -W into an empty qcow2" convert -n -c -W -O qcow2 dl.img \
+	tz.qcow2
 c "convert: -B without -F" convert -O qcow2 -B cm.qcow2 ct.qcow2 o.qcow2
 c "convert: -o backing_file without backing_fmt" convert -O qcow2 -o backing_file=cm.qcow2 \
 	ct.qcow2 o.qcow2

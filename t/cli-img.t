@@ -71,6 +71,20 @@ qemu-img create -q -f qcow2 "$tmp/q.qcow2" 4M
 qemu-io -c "write -q 0 64k" -c "write -q -z 1M 64k" -c "write -q -c 2M 64k" "$tmp/q.qcow2" \
 	>/dev/null
 qemu-img create -q -f qcow2 -b q.qcow2 -F qcow2 "$tmp/o.qcow2"
+# compressed images: many compressed clusters, some overwritten, discarded, or shared with a
+# snapshot (refcount 2); extended L2 with 16 KiB clusters; an overlay with compressed data
+qemu-io -f raw -c "write -q -P 1 0 1M" -c "write -q -P 2 2M 512k" -c "write -q -P 3 4M 100k" \
+	"$tmp/base.img" >/dev/null
+for o in cluster_size=65536 extended_l2=on,cluster_size=16384; do
+	f=$tmp/c-${o%%,*}.qcow2
+	qemu-img convert -c -O qcow2 -o "$o" "$tmp/base.img" "$f"
+	qemu-img snapshot -c s1 "$f"
+	qemu-io -c "write -q -P 5 64k 64k" -c "write -q -c -P 7 128k 64k" -c "discard -q 2M 64k" \
+		-c "write -q -P 6 4M 4k" "$f" >/dev/null
+done
+qemu-img create -q -f qcow2 -b c-cluster_size=65536.qcow2 -F qcow2 "$tmp/co.qcow2"
+qemu-io -c "write -q -c -P 9 1M 64k" -c "write -q -c -P 9 3M 64k" "$tmp/co.qcow2" >/dev/null
+qemu-img create -q -f raw "$tmp/base.img" 8M
 
 setup_dir() {
 	rm -rf "$1"
@@ -78,6 +92,7 @@ setup_dir() {
 	cp --sparse=always "$tmp/base.img" "$1/img"
 	cp --sparse=always "$tmp/small.img" "$1/small.img"
 	cp "$tmp/odd.img" "$tmp/odd2.img" "$tmp/v2.qcow2" "$tmp/q.qcow2" "$tmp/o.qcow2" "$1/"
+	cp "$tmp"/c-*.qcow2 "$tmp/co.qcow2" "$1/"
 	cp "$tmp/small.img" "$1/a\"b"
 	cp "$tmp/small.img" "$1/$(printf 'x\351y')"
 	cp "$tmp/small.img" "$1/é€😀"
@@ -253,10 +268,15 @@ c "bench: missing file" bench -f raw nofile
 c "bench: unknown format" bench -f bogus img
 
 # ---- check: the counters qemu-img leaves out when they are zero
-for f in v2.qcow2 q.qcow2 o.qcow2 img; do
+for f in v2.qcow2 q.qcow2 o.qcow2 img c-cluster_size=65536.qcow2 c-extended_l2=on.qcow2 \
+	co.qcow2; do
 	c "check $f" check $f
 	c "check --output=json $f" check --output=json $f
 done
+c "check -r all, compressed clusters" check -r all --output=json c-extended_l2=on.qcow2
+c "info --output=json, compressed clusters" info --output=json --backing-chain co.qcow2
+c "map --output=json, compressed clusters" map --output=json co.qcow2
+c "map, compressed clusters" map c-extended_l2=on.qcow2
 c "check -r leaks" check -r leaks q.qcow2
 c "check -r all --output=json" check -r all --output=json q.qcow2
 c "check -q" check -q q.qcow2

@@ -155,9 +155,11 @@ HOLDERS = {
                            "--export", "type=nbd,id=e,node-name=q,writable=on"]},
     "daemon-ro": {"held": "r.raw", "fmt": "raw", "daemon": True,
                   "args": ["--blockdev", "driver=file,node-name=f,filename=r.raw,"
-                           "read-only=on", "--export", "type=nbd,id=e,node-name=f"],
-                  "todo": "tblk-daemon's NBD export does not deny resizes (byte 203): the "
-                          "node is opened before the export is known"},
+                           "read-only=on", "--export", "type=nbd,id=e,node-name=f"]},
+    "daemon-raw-rw": {"held": "r.raw", "fmt": "raw", "daemon": True,
+                      "args": ["--blockdev", "driver=file,node-name=f,filename=r.raw",
+                               "--blockdev", "driver=raw,node-name=r,file=f",
+                               "--export", "type=nbd,id=e,node-name=r,writable=on"]},
 }
 
 # Probers: (core, tool, args); I is the held image, F its format.

@@ -12,9 +12,8 @@
 # otherwise (qcow2 v3 reset, v2 and images with snapshots unmapped), the base growing to the
 # image's size, zero clusters, geometries, -p (qemu's job prints a timing-dependent number of
 # figures: only the first and the last are compared) and bad command lines.
-# TODO: images in use (locked by another process) are not tested yet: tblk takes no image
-# locks so far (another branch adds them); the error cases cover missing files, formats
-# and options.
+# Images in use: qemu-io (or, on our side, tblk-io) holds one image of the chain open,
+# read-write or read-only, while the command runs; errors and files must be the same.
 import os
 import shutil
 import sys
@@ -157,6 +156,18 @@ def main():
         ]
         for b in bad:
             h.case("bad input", key, setup, "commit", b, F)
+
+        # images in use: held by qemu-io (or tblk-io on our side), read-write or read-only
+        for held in ("top.qcow2", "mid1.qcow2", "base.qcow2"):
+            for hargs in ([], ["-r"], ["-r", "-U"]):
+                for args in (["top.qcow2"], ["-d", "top.qcow2"], ["-b", "base.qcow2",
+                                                                   "top.qcow2"],
+                             ["mid1.qcow2"], ["-U", "top.qcow2"]):
+                    for ht in (False, True):
+                        h.case("%s held%s by %s" % (held, " " + " ".join(hargs) if hargs
+                                                    else "", "tblk-io" if ht else "qemu-io"),
+                               key, setup, "commit", args, F, hold=hargs + [held],
+                               hold_tblk=ht)
 
         def rm_base(dd):
             os.unlink(os.path.join(dd, "base.qcow2"))

@@ -8,9 +8,8 @@
 # must pass qemu-img check. Safe and unsafe mode, new backing files outside and inside the
 # chain, relative names (image in a subdirectory) and absolute ones, -b "" and bad command
 # lines.
-# TODO: images in use (locked by another process) are not tested yet: tblk takes no image
-# locks so far (another branch adds them); the error cases cover missing files, formats
-# and options.
+# Images in use: qemu-io (or, on our side, tblk-io) holds one image of the chain open,
+# read-write or read-only, while the command runs; errors and files must be the same.
 import os
 import sys
 import tempfile
@@ -155,6 +154,19 @@ def main():
         ]
         for b in bad:
             h.case("bad input", key, setup, "rebase", b, F)
+        # images in use: held by qemu-io (or tblk-io on our side), read-write or read-only
+        for held in ("top.qcow2", "mid1.qcow2", "base.qcow2", "new.qcow2"):
+            for hargs in ([], ["-r"], ["-r", "-U"]):
+                for args in (["-b", "new.qcow2", "-F", "qcow2", "top.qcow2"],
+                             ["-u", "-b", "new.qcow2", "-F", "qcow2", "top.qcow2"],
+                             ["-b", "base.qcow2", "-F", "qcow2", "top.qcow2"],
+                             ["-b", "", "top.qcow2"],
+                             ["-U", "-u", "-b", "new.raw", "-F", "raw", "top.qcow2"]):
+                    for ht in (False, True):
+                        h.case("%s held%s by %s" % (held, " " + " ".join(hargs) if hargs
+                                                    else "", "tblk-io" if ht else "qemu-io"),
+                               key, setup, "rebase", args, F, hold=hargs + [held],
+                               hold_tblk=ht)
         key = ("nobase",)
         setup = chain(2, extra=(rm_base,))
         for b in (["-b", "new.qcow2", "-F", "qcow2", "top.qcow2"],

@@ -11,6 +11,29 @@ import subprocess
 
 BUILD = os.environ.get("TBLK_BUILD", "build")
 TIMG = os.path.abspath(os.path.join(BUILD, "tools", "tblk-img"))
+TIO = os.path.abspath(os.path.join(BUILD, "tools", "tblk-io"))
+
+
+class Holder:
+    """An io tool (qemu-io or tblk-io) holding an image open at its interactive prompt, so
+    its image locks are in place once start() returns, until stop()."""
+
+    def __init__(self, tool, args, cwd):
+        self.proc = subprocess.Popen([tool] + args, cwd=cwd, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        got = b""
+        while not got.endswith(b"> "):
+            c = os.read(self.proc.stdout.fileno(), 4096)
+            if not c:
+                raise RuntimeError("holder died: %r" % self.proc.stderr.read())
+            got += c
+
+    def stop(self):
+        self.proc.stdin.write(b"quit\n")
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
 
 
 def run(argv, cwd):
@@ -60,9 +83,11 @@ class Harness:
         return self.protos[key]
 
     def case(self, name, key, setup, sub, args, files, compare=(), todo=None,
-             norm_progress=False, check=True, cwd=""):
+             norm_progress=False, check=True, cwd="", hold=None, hold_tblk=False):
         """Runs `tool SUB ARGS` in both copies of the scenario (in subdirectory @cwd).
-        @files must be byte-identical, @compare only equal in content (qemu-img compare)."""
+        @files must be byte-identical, @compare only equal in content (qemu-img compare).
+        With @hold, qemu-io HOLD (tblk-io HOLD on our side with @hold_tblk) holds an image
+        open meanwhile."""
         src = self.proto(key, setup)
         res = {}
         for side, tool in (("q", "qemu-img"), ("t", TIMG)):
@@ -70,7 +95,14 @@ class Harness:
             shutil.rmtree(sd, ignore_errors=True)
             shutil.copytree(src, sd, symlinks=True)
             argv = [a.replace("@SIDE@", sd) for a in args]
-            rc, out, err = run([tool, sub] + argv, os.path.join(sd, cwd))
+            holder = None
+            if hold:
+                holder = Holder(TIO if side == "t" and hold_tblk else "qemu-io", hold, sd)
+            try:
+                rc, out, err = run([tool, sub] + argv, os.path.join(sd, cwd))
+            finally:
+                if holder:
+                    holder.stop()
             if norm_progress:
                 out = progress_ends(out)
             res[side] = (rc, out, norm_err(err, os.path.basename(tool)))

@@ -139,19 +139,27 @@ int export_add(struct export_host *host, GHashTable *opts, struct export **pexp,
 		goto out_free;
 	if (exp->common.writethrough)
 		tblk_blk_set_writethrough(exp->blk, true);
+	if (type->deny_resize) {
+		ret = tblk_blk_lock_perms(exp->blk, 0, 0, TBLK_PERM_RESIZE, errp);
+		if (ret < 0)
+			goto out_free;
+	}
 	ret = type->add(exp, opts, errp);
 	if (ret < 0)
-		goto out_free;
+		goto out_share;
 	g_hash_table_iter_init(&it, opts);
 	if (g_hash_table_iter_next(&it, &k, &v)) {
 		ret = tblk_error_set(errp, EINVAL, "Parameter '%s' is unexpected", (char *)k);
 		type->shutdown(exp);
 		tblk_blk_drain(exp->blk);
 		type->free(exp);
-		goto out_free;
+		goto out_share;
 	}
 	*pexp = exp;
 	return 0;
+out_share:
+	if (type->deny_resize)
+		tblk_blk_unlock_perms(exp->blk, 0, 0, TBLK_PERM_RESIZE);
 out_free:
 	common_clear(&exp->common);
 	g_free(exp);
@@ -169,6 +177,8 @@ void export_free(struct export *exp)
 		return;
 	tblk_blk_drain(exp->blk);
 	exp->type->free(exp);
+	if (exp->type->deny_resize)
+		tblk_blk_unlock_perms(exp->blk, 0, 0, TBLK_PERM_RESIZE);
 	common_clear(&exp->common);
 	g_free(exp);
 }

@@ -163,6 +163,7 @@ static const struct export_type nbd_export_type = {
 	.server_option = "nbd-server",
 	.server = nbd_server_start,
 	.server_free = nbd_server_stop,
+	.deny_resize = true,	/* as qemu: nobody resizes an image under an NBD client */
 };
 
 static void __attribute__((constructor)) nbd_export_register(void)

@@ -59,6 +59,11 @@ struct export_type {
 	int (*server)(struct export_host *host, GHashTable *opts, GError **errp);
 	/* Frees what server() made, after every export is freed. May be NULL. */
 	void (*server_free)(void);
+	/*
+	 * Other processes may not resize the image while it is exported (qemu's NBD exports):
+	 * export_add() takes the lock byte saying so, export_free() drops it.
+	 */
+	bool deny_resize;
 };
 
 /* What the program offers its exports. */

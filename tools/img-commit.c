@@ -220,6 +220,22 @@ static int commit_open_base(struct commit *cm, unsigned int flags, GError **errp
 	return 0;
 }
 
+/*
+ * The image locks of qemu's commit job, on the chain we hold open read-only: the base is
+ * written (its read-write open below takes no locks of its own, which would conflict with
+ * our chain's), and nobody else may read or resize the images between the image and the
+ * base, whose data is about to be dropped. In qemu's order, from the base up.
+ */
+static int commit_lock_chain(struct commit *cm, GError **errp)
+{
+	int ret = tblk_blk_lock_perms(cm->top, cm->depth, TBLK_PERM_WRITE, 0, errp);
+
+	for (int i = 1; ret == 0 && i < cm->depth; i++)
+		ret = tblk_blk_lock_perms(cm->top, i, 0,
+					  TBLK_PERM_CONSISTENT_READ | TBLK_PERM_RESIZE, errp);
+	return ret;
+}
+
 /* The commit proper; 0 or -errno with *errp. */
 static int commit_run(struct commit *cm, const struct commit_args *a, unsigned int flags,
 		      GError **errp)
@@ -246,6 +262,9 @@ static int commit_run(struct commit *cm, const struct commit_args *a, unsigned i
 		return (int)size;
 	}
 	cm->size = (uint64_t)size;
+	ret = commit_lock_chain(cm, errp);
+	if (ret < 0)
+		return ret;
 	ret = commit_open_base(cm, flags, errp);
 	if (ret < 0)
 		return ret;

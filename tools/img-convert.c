@@ -9,8 +9,9 @@
  * ranges are read in pieces of at most 2 MiB and written back with runs of -S zero bytes
  * left out. Up to -m chunks are in flight at once through the asynchronous API, all on the
  * main thread's loop; writes happen in the order of the image unless -W. Compressed targets
- * (-c) get whole clusters with TBLK_REQ_COMPRESSED; those writes start in order but run side
- * by side, so the format compresses them on all the pool's threads. Chunk boundaries and
+ * (-c) get whole clusters with TBLK_REQ_COMPRESSED; into a new target those writes start in
+ * order but run side by side, so the format compresses them on all the pool's threads (a
+ * failing one does not stop those already started). Chunk boundaries and
  * the progress figures follow qemu-img's, so -p prints the same figures.
  *
  * Threading: the main thread runs the loop of the sources and the target; every callback
@@ -705,8 +706,13 @@ static void slot_write(struct slot *s)
 		s->cursor = s->sector;
 		write_next_piece(s);
 	}
-	/* Compressed writes run side by side; the order is that of their start. */
-	if (cv->compressed && cv->a->in_order) {
+	/*
+	 * Compressed writes run side by side into a new target; the order is that of their
+	 * start. A target that existed (-n) may hold allocated clusters, which compressed
+	 * writes refuse: there the writes run one after the other, as qemu-img runs them, so
+	 * nothing after the first failing one is written.
+	 */
+	if (cv->compressed && cv->a->in_order && cv->target_is_new) {
 		cv->wr_offs = s->sector + s->n;
 		s->advanced = true;
 	}

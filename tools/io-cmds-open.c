@@ -52,10 +52,13 @@ int io_open_flag_opt(int c, const char *arg, unsigned int *flags)
 		tool_error("Invalid aio option: %s", arg);
 		return -EINVAL;
 	case 'd':
-		/* Checked, not used: discard requests always reach the driver. */
-		for (i = 0; discard_modes[i]; i++)
-			if (!strcmp(discard_modes[i], arg))
-				return 0;
+		for (i = 0; discard_modes[i]; i++) {
+			if (strcmp(discard_modes[i], arg))
+				continue;
+			/* ignore and off come first */
+			*flags = i < 2 ? *flags | TBLK_OPEN_NO_UNMAP : *flags & ~TBLK_OPEN_NO_UNMAP;
+			return 0;
+		}
 		tool_error("Invalid discard option: %s", arg);
 		return -EINVAL;
 	}
@@ -167,11 +170,12 @@ static int normalise_flag_opts(GHashTable *opts, GError **errp)
 }
 
 /*
- * Checks and drops the options a reopen accepts that change nothing here: the discard mode
- * (discard requests always reach the driver), detect-zeroes (never done), auto-read-only.
- * 0 or -EINVAL after printing qemu's message.
+ * Checks and drops the options a reopen accepts that change nothing here (detect-zeroes:
+ * never done; auto-read-only), and moves the discard mode into *flags: it stays in effect
+ * over later reopens that do not name it, as qemu's does. 0 or -EINVAL after printing
+ * qemu's message.
  */
-static int take_ignored_opts(GHashTable *opts)
+static int take_ignored_opts(GHashTable *opts, unsigned int *flags)
 {
 	static const char *const discard[] = { "ignore", "off", "unmap", "on", NULL };
 	static const char *const zeroes[] = { "off", "on", "unmap", NULL };
@@ -186,6 +190,8 @@ static int take_ignored_opts(GHashTable *opts)
 		tool_error("Invalid discard option");
 		return -EINVAL;
 	}
+	if (v)	/* ignore and off come first */
+		*flags = i < 2 ? *flags | TBLK_OPEN_NO_UNMAP : *flags & ~TBLK_OPEN_NO_UNMAP;
 	v = g_hash_table_lookup(opts, "detect-zeroes");
 	for (i = 0; v && zeroes[i] && strcmp(v, zeroes[i]); i++)
 		;
@@ -539,7 +545,7 @@ int io_reopen_f(struct io_ctx *io, int argc, char **argv)
 		flags &= ~(TBLK_OPEN_NOCACHE | TBLK_OPEN_NO_FLUSH | TBLK_OPEN_WRITETHROUGH);
 		flags |= cache;
 	}
-	if (take_flag_opts(opts, &flags, true) < 0 || take_ignored_opts(opts) < 0)
+	if (take_flag_opts(opts, &flags, true) < 0 || take_ignored_opts(opts, &flags) < 0)
 		goto fail;
 	/* Only -r makes the image read-only: the image is still in use read-write. */
 	if (!has_rw && (io->open.flags & TBLK_OPEN_RDWR) && !(flags & TBLK_OPEN_RDWR)) {

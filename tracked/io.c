@@ -187,7 +187,7 @@ static int req_discard(struct tblk_req *req)
 	if (node->read_only)
 		return -EPERM;
 	/* Discard is advisory: what cannot be discarded whole is left alone. */
-	if (!node->drv->pdiscard || end <= start)
+	if (!node->drv->pdiscard || end <= start || (node->flags & TBLK_OPEN_NO_UNMAP))
 		return 0;
 	ret = for_each_piece(req, start, end - start, max, discard_piece);
 	return ret == -ENOTSUP ? 0 : ret;
@@ -246,6 +246,8 @@ static int req_zeroes(struct tblk_req *req)
 
 	if (node->read_only)
 		return -EPERM;
+	if (node->flags & TBLK_OPEN_NO_UNMAP)
+		req->flags &= ~TBLK_REQ_MAY_UNMAP;
 	/* Unaligned edges are written as zero data through the read-modify-write path. */
 	if ((head > off || end > tail) && !fallback)
 		return -ENOTSUP;

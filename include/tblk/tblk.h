@@ -74,6 +74,32 @@ void tblk_iothread_free(struct tblk_iothread *iot);
 #define TBLK_OPEN_NO_SHARE_RESIZE 0x8000u /* nobody else may resize it (an NBD export) */
 #define TBLK_OPEN_NO_SHARE	0x10000u /* nobody else may write or resize it (qemu-img
 					 * convert's sources) */
+/*
+ * discard=ignore (or off): discards of this node succeed and do nothing, and its write zeroes
+ * never unmap (TBLK_REQ_MAY_UNMAP is dropped). Only the node it is given to: as in qemu, its
+ * children still unmap what the format frees.
+ */
+#define TBLK_OPEN_NO_UNMAP	0x20000u
+
+/* Permissions, as the image locks name them (qemu's, in qemu's order). */
+#define TBLK_PERM_CONSISTENT_READ	0x1u
+#define TBLK_PERM_WRITE			0x2u
+#define TBLK_PERM_WRITE_UNCHANGED	0x4u
+#define TBLK_PERM_RESIZE		0x8u
+/*
+ * Takes @perm and denies other processes @deny on the image locks of layer @depth of @blk's
+ * backing chain (0: the image), on top of what its open took: what an NBD export of a node
+ * opened earlier denies (resizes), or what qemu-img commit takes on the chain it holds open
+ * read-only (writes to the base; intermediate images nobody may read). Counted per
+ * permission: each lock needs its own tblk_blk_unlock_perms() (or the close). No-op without
+ * image locks (locking=off, -U). 0, -ENOENT (no such layer), or -EAGAIN with qemu's "Failed
+ * to get ... lock" in *errp when another process holds or denies one of them (nothing is
+ * taken then). Control path: from the thread that manages @blk's users.
+ */
+int tblk_blk_lock_perms(struct tblk_blk *blk, int depth, unsigned int perm, unsigned int deny,
+			GError **errp);
+void tblk_blk_unlock_perms(struct tblk_blk *blk, int depth, unsigned int perm,
+			   unsigned int deny);
 
 /*
  * Parses a cache mode as qemu does ("none", "writeback", "writethrough", "directsync",
