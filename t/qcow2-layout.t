@@ -166,4 +166,24 @@ def cases(d):
          backing=("cluster_size=64k", 128 * K, ["write -P 1 0 64k"]))
 
 
+    # ---- 3. zero writes not aligned to 512 bytes
+    for opts in ("extended_l2=on,cluster_size=64k", "extended_l2=on,cluster_size=16k",
+                 "cluster_size=64k", "cluster_size=4k"):
+        for pre in ([], ["write -P 1 0 4k"], ["write -P 2 60k 8k", "write -z 62k 1k"]):
+            for z in ("write -z 100 300", "write -z 1000 3000", "write -z 100 8000",
+                      "write -z 60000 8000", "write -z -u 3000 70000"):
+                case(d, "%s: %s" % (opts, " ; ".join(pre + [z])), opts, 1 << 20,
+                     pre + [z, "read -P 0 %s" % " ".join(z.split()[-2:])])
+    b = ("cluster_size=64k", 1 << 20, ["write -P 0x11 0 300k", "write -z 20k 10k"])
+    for z in ("write -z 100 300", "write -z 20500 1000", "write -z 40000 30000"):
+        case(d, "extended L2 over a backing file: " + z, "extended_l2=on,cluster_size=64k",
+             1 << 20, [z], backing=b)
+
+    # ---- 4. allocating writes: only the written subclusters become allocated
+    for c in (["write -b -P 6 0 8k", "read -b -P 6 0 8k", "read -b -P 0 8k 8k"],
+              ["write -b -P 6 100 3000", "write -b -P 7 70k 3k", "read -b -P 6 100 3000"],
+              ["write -P 6 100 3000", "write -P 7 70k 3k", "write -P 8 130k 64k"]):
+        case(d, "extended L2: " + " ; ".join(c), "extended_l2=on,cluster_size=64k", 1 << 20, c)
+
+
 main()
