@@ -109,6 +109,19 @@ int qcow2_get_l2_entry(struct qcow2_state *s, uint64_t offset, uint64_t *entry,
 	return 0;
 }
 
+/*
+ * True if guest data of @type in the cluster of @entry has a host offset: data and zero
+ * clusters with a host cluster, and, as qemu reports them in block status, the unallocated
+ * subclusters of an extended entry that has one.
+ */
+static bool has_host_offset(const struct qcow2_state *s, uint64_t entry, enum qcow2_ctype type)
+{
+	if (type == QCOW2_NORMAL || type == QCOW2_ZERO_ALLOC)
+		return true;
+	return type == QCOW2_UNALLOCATED && s->ext_l2 && !(entry & QCOW2_OFLAG_COMPRESSED) &&
+	       (entry & QCOW2_OFFSET_MASK);
+}
+
 int qcow2_get_mapping(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
 		      struct qcow2_map *map)
 {
@@ -145,14 +158,16 @@ int qcow2_get_mapping(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
 		}
 		if (ret < 0 || (ret = check_entry(s, entry, type)) < 0)
 			return ret;
+		/* An unallocated subcluster of a host cluster has the host offset (see above). */
+		if (!has_host_offset(s, entry, type))
+			host = 0;
 		if (pos == offset) {
 			map->type = type;
 			map->l2_entry = entry;
-			map->host = type == QCOW2_COMPRESSED ? 0 : host;
+			map->host = host;
 		} else if (type != map->type || type == QCOW2_COMPRESSED ||
 			   ((entry ^ map->l2_entry) & QCOW2_OFLAG_COPIED) ||
-			   ((type == QCOW2_NORMAL || type == QCOW2_ZERO_ALLOC) &&
-			    host != map->host + (pos - offset))) {
+			   (!host != !map->host) || (host && host != map->host + (pos - offset))) {
 			break;
 		}
 		pos = next;

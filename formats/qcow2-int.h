@@ -315,7 +315,8 @@ int qcow2_apply_pending_frees(struct qcow2_state *s);
 /* ------------------------------------------------ clusters (qcow2-cluster.c) */
 struct qcow2_map {
 	enum qcow2_ctype type;
-	uint64_t host;		/* host offset of the guest offset asked (normal/zero-alloc) */
+	uint64_t host;		/* host offset of the guest offset asked, 0 if none (normal,
+				 * zero-alloc, unallocated subcluster of a host cluster) */
 	uint64_t l2_entry;	/* raw entry of the first cluster (compressed descriptor) */
 	uint64_t bytes;		/* guest bytes from the offset with the same type and contiguity */
 };

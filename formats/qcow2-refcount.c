@@ -304,16 +304,18 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, 
 					: -ERANGE;
 			break;
 		}
+		/*
+		 * Compressed data goes on packing into its cluster after that cluster is freed,
+		 * as qemu's does (same bytes), unless something else takes the cluster first:
+		 * packing would then overwrite that data (qemu 7.2 does, and corrupts the image).
+		 * qcow2_alloc_bytes() sets the offset again after its own increment.
+		 */
+		if (rc == 0 && delta > 0 && s->free_byte_offset >> s->cluster_bits == done)
+			s->free_byte_offset = 0;
 		rc += (uint64_t)delta;
 		rc_set(s, block, done & mask, rc);
 		qcow2_cache_mark_dirty(s->rc_cache, block);
 		if (rc == 0) {
-			/*
-			 * Compressed data must not continue in a freed cluster: once reused for
-			 * other data, packing into it would overwrite that data (qemu 7.2 does).
-			 */
-			if (s->free_byte_offset >> s->cluster_bits == done)
-				s->free_byte_offset = 0;
 			qcow2_cache_discard(s->l2_cache, done << s->cluster_bits);
 			qcow2_cache_discard(s->rc_cache, done << s->cluster_bits);
 			if (done < s->free_cluster_index)

@@ -986,6 +986,9 @@ int tblk__qcow2_block_status(struct tblk_node *node, uint64_t offset, uint64_t b
 	case QCOW2_COMPRESSED:
 		return TBLK_BS_DATA | TBLK_BS_ALLOCATED;
 	default:
-		return 0;
+		/* Unallocated subclusters of a host cluster: qemu gives the host offset. */
+		if (m.host && map)
+			*map = m.host;
+		return m.host ? TBLK_BS_OFFSET_VALID : 0;
 	}
 }

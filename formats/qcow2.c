@@ -396,7 +396,8 @@ static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int fla
 		if (ret < 0)
 			goto out_backing;
 	}
-	node->limits.request_alignment = 512;
+	/* Any offset and length, as qemu's qcow2: zero writes are split and completed here. */
+	node->limits.request_alignment = 1;
 	node->limits.mem_alignment = node->file->limits.mem_alignment;
 	node->limits.pdiscard_alignment = s->cluster_size;
 	/*

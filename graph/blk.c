@@ -805,11 +805,13 @@ int tblk_blk_block_status_depth(struct tblk_blk *blk, uint64_t offset, uint64_t 
 		*depth = d;
 	/*
 	 * A layer that may have a backing file reads as zeroes where nobody holds the range;
-	 * one that cannot (raw over null-co without read-zeroes) says what it said.
+	 * one that cannot (raw over null-co without read-zeroes) says what it said. As in
+	 * qemu, the host offset the last layer asked gave stays (qcow2's unallocated
+	 * subclusters of a host cluster have one).
 	 */
 	if (last && !last->drv->supports_backing)
 		return ret & TBLK_BS_ZERO;
-	return TBLK_BS_ZERO;
+	return TBLK_BS_ZERO | (ret & TBLK_BS_OFFSET_VALID);
 }
 
 uint32_t tblk_blk_cluster_size(struct tblk_blk *blk)

@@ -625,8 +625,6 @@ c "qcow2: open -o options" -c "open -o driver=qcow2,l2-cache-size=64k img" -c "r
 	-c close -c "open -o driver=qcow2,bogus=1 img" -c "open -o driver=qcow2,lazy-refcounts img" \
 	-c "write 0 1" -c close -c "open -o driver=qcow2 $tmp/base.img"
 base=$tmp/ext.qcow2
-TODO="formats/qcow2-rw.c: an allocating write on extended L2 marks every subcluster \
-allocated, qemu only the written ones" \
 c "qcow2 extended L2: VM state" -f qcow2 -c "write -b -P 6 0 8k" -c "read -b -P 6 0 8k" \
 	-c "read -b -P 0 8k 8k" img
 base=$tmp/v2.qcow2

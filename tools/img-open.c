@@ -343,7 +343,7 @@ int img_block_status(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
 		 * Nobody holds the range: it reads as zeroes because the layer above the one
 		 * reported has no backing file there (qemu names that layer).
 		 */
-		st->bits = (unsigned int)ret & TBLK_BS_ZERO;
+		st->bits = (unsigned int)ret & (TBLK_BS_ZERO | TBLK_BS_OFFSET_VALID);
 		st->depth = depth > 0 ? depth - 1 : 0;
 	} else {
 		st->bits = (unsigned int)ret;

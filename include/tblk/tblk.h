@@ -270,7 +270,9 @@ int tblk_blk_block_status(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
  * *depth (0 = the image itself, 1 = its backing file, ...) and the TBLK_BS_* bits are that
  * layer's, with TBLK_BS_ALLOCATED set for every depth. Where no layer holds the range,
  * *depth is the chain length and the bits are TBLK_BS_ZERO (0 if the bottom layer cannot have
- * a backing file and holds neither data nor zeroes, as raw over null-co without read-zeroes).
+ * a backing file and holds neither data nor zeroes, as raw over null-co without read-zeroes),
+ * plus TBLK_BS_OFFSET_VALID and *map if the last layer asked has a host offset there (qcow2's
+ * unallocated subclusters of an allocated cluster, as in qemu).
  * @map and @depth may be NULL.
  */
 int tblk_blk_block_status_depth(struct tblk_blk *blk, uint64_t offset, uint64_t bytes,
