@@ -549,11 +549,11 @@ static void nbd_rx_unwatch(struct nbd_state *s)
 	s->rx_watching = false;
 }
 
-/* rx_loop: the socket is readable (or a parse ran out of budget). */
-static void nbd_rx_ready(void *opaque)
+/* rx_loop: parses what has come and completes it; true if some request completed. */
+static bool nbd_rx_parse(struct nbd_state *s)
 {
-	struct nbd_state *s = opaque;
 	struct nbd_loop *nl = nbd_loop_get(s->rx_loop);
+	bool any;
 	int ret;
 
 	parsing_nl = nl;
@@ -566,7 +566,23 @@ static void nbd_rx_ready(void *opaque)
 	} else if (ret > 0) {
 		tblk_bh_schedule(s->rx_bh);
 	}
+	tblk_mutex_lock(&nl->lock);
+	any = nl->head != NULL;
+	tblk_mutex_unlock(&nl->lock);
 	nbd_loop_bh(nl);
+	return any;
+}
+
+/* rx_loop: the socket is readable (or a parse ran out of budget). */
+static void nbd_rx_ready(void *opaque)
+{
+	nbd_rx_parse(opaque);
+}
+
+/* rx_loop, while the loop busy-polls: parses what has come; true if a request completed. */
+static bool nbd_rx_poll(void *opaque)
+{
+	return nbd_rx_parse(opaque);
 }
 
 /*
@@ -587,8 +603,8 @@ static bool nbd_rx_watch(struct nbd_state *s, struct tblk_loop *loop)
 		return false;
 	if (!s->rx_bh)
 		s->rx_bh = tblk_bh_new(loop, nbd_rx_ready, s);
-	if (tblk_loop_set_fd_handler(loop, tblk__nbd_conn_fd(s->conn), nbd_rx_ready, NULL, NULL,
-				     s) < 0)
+	if (tblk_loop_set_fd_handler(loop, tblk__nbd_conn_fd(s->conn), nbd_rx_ready, NULL,
+				     nbd_rx_poll, s) < 0)
 		return false;
 	s->rx_watching = true;
 	return true;
