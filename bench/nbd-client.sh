@@ -3,7 +3,8 @@
 # nbd-client.sh - `tblk-img bench` over our nbd client vs `qemu-img bench` over qemu's, both
 # against the same qemu-nbd export (a raw image in $BENCH_DIR, default /dev/shm, so the
 # server's disk is not what is measured). Runs alternate, tblk then qemu, ROUNDS times per
-# case; prints the median IOPS of each and their ratio. Not part of CI.
+# case; prints the median IOPS of each, their ratio, and the median CPU time (user + system,
+# all threads) of each client per request in microseconds. Not part of CI.
 #
 #   bench/nbd-client.sh [ROUNDS]        (TBLK_BUILD: build directory, default ./b)
 #   NBD_CLIENT_CASES="read-4k-d1 read-1M-d4" bench/nbd-client.sh 9    # a subset of the cases
@@ -20,20 +21,22 @@ qemu-nbd --fork --pid-file="$dir/pid" -t -f raw --cache=writeback --aio=threads 
 	-k "$dir/sock" "$dir/img"
 url="nbd+unix:///?socket=$dir/sock"
 
-# run PROGRAM ARGS...: prints the I/O loop's IOPS
+# run PROGRAM ARGS...: prints the I/O loop's IOPS and the process's CPU µs per request
 run() {
-	local prog=$1 count t
+	local prog=$1 count t cpu
 	shift
 	count=$(printf '%s\n' "$@" | awk 'p { print; exit } $0 == "-c" { p = 1 }')
-	t=$("$prog" bench -f raw "$@" "$url" | sed -n 's/^Run completed in \([0-9.]*\) seconds\.$/\1/p')
-	awk -v c="$count" -v t="$t" 'BEGIN { printf "%.0f\n", c / t }'
+	t=$(/usr/bin/time -f '%U %S' -o "$dir/cpu" "$prog" bench -f raw "$@" "$url" |
+		sed -n 's/^Run completed in \([0-9.]*\) seconds\.$/\1/p')
+	cpu=$(awk '{ print $1 + $2 }' "$dir/cpu")
+	awk -v c="$count" -v t="$t" -v u="$cpu" 'BEGIN { printf "%.0f %.1f\n", c / t, u * 1e6 / c }'
 }
 
 median() {
-	sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+	sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 
-printf '%-28s %12s %12s %8s\n' case tblk-IOPS qemu-IOPS ratio
+printf '%-16s %10s %10s %7s %14s\n' case tblk-IOPS qemu-IOPS ratio "cpu-us/IO t/q"
 while read -r name args; do
 	case " ${NBD_CLIENT_CASES:-$name} " in *" $name "*) ;; *) continue ;; esac
 	: >"$dir/t"
@@ -44,9 +47,12 @@ while read -r name args; do
 		# shellcheck disable=SC2086
 		run qemu-img $args >>"$dir/q"
 	done
-	tm=$(median <"$dir/t")
-	qm=$(median <"$dir/q")
-	printf '%-28s %12s %12s %8.2f\n' "$name" "$tm" "$qm" "$(awk -v a="$tm" -v b="$qm" 'BEGIN { print a / b }')"
+	tm=$(cut -d' ' -f1 "$dir/t" | median)
+	qm=$(cut -d' ' -f1 "$dir/q" | median)
+	tc=$(cut -d' ' -f2 "$dir/t" | median)
+	qc=$(cut -d' ' -f2 "$dir/q" | median)
+	printf '%-16s %10s %10s %7.2f %14s\n' "$name" "$tm" "$qm" \
+		"$(awk -v a="$tm" -v b="$qm" 'BEGIN { print a / b }')" "$tc / $qc"
 done <<'EOF'
 read-4k-d1      -c 20000 -d 1 -s 4k
 read-4k-d16     -c 100000 -d 16 -s 4k

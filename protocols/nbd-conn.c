@@ -6,22 +6,27 @@
  * A caller (a pool worker or a synchronous caller) puts its request on the pending list,
  * writes it to the socket under send_lock (held only for that one write, so requests are
  * not interleaved on the wire), then sleeps in the pool's wait service on its own condition
- * variable. The reader thread is the only one that reads the socket: it parses each reply
- * header, finds the request by cookie, reads the payload straight into the caller's buffers
- * (the caller is asleep until `done`, so they are stable), and wakes the caller.
+ * variable. Replies are parsed by a resumable, non-blocking parser under rx_lock: it finds
+ * each request by cookie, reads the payload straight into the caller's buffers (the caller
+ * is asleep until `done`, so they are stable), and wakes the caller.
+ *
+ * Who runs the parser: the asynchronous requests of the fast path (tblk__nbd_conn_submit())
+ * are sent from a loop thread, and that loop watches the socket and parses on its own thread
+ * (tblk__nbd_conn_poll()), so a reply costs one wake-up: the loop's. The reader thread sleeps
+ * until some request in flight has no loop to read for it (a synchronous caller); then it
+ * polls the socket and parses too (whoever takes rx_lock first gets the bytes).
  *
  * Anything the server sends that breaks the protocol (bad magic, unknown cookie, a chunk
- * too long or outside its request, a truncated stream) breaks the connection: the reader
- * fails every pending request with -EIO and exits; later requests fail at once. Nothing the
- * server sends is trusted for a length or an offset before it is checked.
+ * too long or outside its request, a truncated stream) breaks the connection: the parser
+ * fails every pending request with -EIO; later requests fail at once. Nothing the server
+ * sends is trusted for a length or an offset before it is checked.
  *
- * Asynchronous requests (tblk__nbd_conn_submit(), the fast path) are sent the same way from
- * the loop thread, and the reader calls their completion function instead of waking a
- * sleeper.
- *
- * Lock order: send_lock before lock; lock is never held across socket I/O, and only an
- * asynchronous request's completion function (which takes its own leaf lock) runs under it.
+ * Lock order: send_lock before lock, rx_lock before lock (send_lock and rx_lock are never
+ * held together); lock is never held across socket I/O, rx_lock only across non-blocking
+ * reads, and only an asynchronous request's completion function (which takes its own leaf
+ * lock) runs under lock.
  */
+#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -34,6 +39,27 @@
 /* The reader's read-ahead buffer; payloads of half of it or more bypass it. */
 #define NBD_RBUF_SIZE		(64 * 1024)
 
+/* Where the reply parser is in the stream. */
+enum rx_state {
+	RX_HEADER,	/* expecting a reply header */
+	RX_PREFIX,	/* a structured chunk's fixed fields, rx.need bytes */
+	RX_DATA,	/* read data into the request's buffers */
+	RX_SKIP,	/* payload to drop */
+	RX_ERR_OFFSET,	/* the offset that ends an ERROR_OFFSET chunk */
+};
+
+/* The reply being parsed. [rx_lock] */
+struct tblk_nbd_rx {
+	enum rx_state state;
+	struct tblk_nbd_slot *slot;	/* the request it answers (not RX_HEADER) */
+	bool chunk;			/* a structured chunk, not a simple reply */
+	uint16_t flags, type;		/* the chunk's */
+	uint32_t len;			/* the chunk's payload length */
+	uint32_t need;			/* RX_PREFIX: bytes of fixed fields */
+	uint64_t off;			/* RX_DATA: where in the request's buffers */
+	uint64_t left;			/* RX_DATA, RX_SKIP: bytes to go */
+};
+
 struct tblk_nbd_conn {
 	int fd;				/* [const] */
 	struct tblk_nbd_info info;	/* [const] */
@@ -42,16 +68,24 @@ struct tblk_nbd_conn {
 
 	struct tblk_mutex send_lock;	/* serialises writes of whole requests; before lock */
 
+	/* The parser: whoever reads replies (the reader thread or a loop) holds it; before lock. */
+	struct tblk_mutex rx_lock;
+	struct tblk_nbd_rx rx;		/* [rx_lock] */
+	uint8_t *rbuf;			/* [rx_lock] NBD_RBUF_SIZE bytes read ahead */
+	size_t rpos, rlen;		/* [rx_lock] unread bytes are rbuf[rpos, rlen) */
+	bool rx_short;			/* [rx_lock] the last recv() emptied the socket */
+	bool rx_dead;			/* [rx_lock] the parser broke the connection */
+
 	struct tblk_mutex lock;		/* leaf */
 	struct tblk_cond slot_cv;	/* [lock] signalled when nr_pending drops */
+	struct tblk_cond reader_cv;	/* [lock] signalled when the reader has work or stops */
 	struct tblk_list pending;	/* [lock] struct tblk_nbd_slot, sent or being sent */
 	unsigned int nr_pending;	/* [lock] */
+	unsigned int nr_thread;		/* [lock] pending slots the reader thread reads for */
 	uint64_t next_cookie;		/* [lock] */
 	int broken;			/* [lock] 0, or -EIO once the connection failed */
 	char *why;			/* [lock] what broke it */
-
-	uint8_t *rbuf;			/* [reader] NBD_RBUF_SIZE bytes read ahead */
-	size_t rpos, rlen;		/* [reader] unread bytes are rbuf[rpos, rlen) */
+	bool stopping;			/* [lock] tblk__nbd_conn_free() is joining the reader */
 };
 
 const struct tblk_nbd_info *tblk__nbd_conn_info(struct tblk_nbd_conn *conn)
@@ -96,10 +130,12 @@ static void conn_break_locked(struct tblk_nbd_conn *conn, const char *why)
 			slot->complete(slot);	/* the slot may be reused from here on */
 	}
 	conn->nr_pending = 0;
+	conn->nr_thread = 0;
 	tblk_cond_broadcast(&conn->slot_cv);
+	tblk_cond_signal(&conn->reader_cv);
 }
 
-/* Reader thread only: it alone completes requests, so none is failed while it fills it. */
+/* The parser only (rx_lock): it alone completes requests, so none is failed while it fills it. */
 static void conn_break(struct tblk_nbd_conn *conn, const char *why)
 {
 	tblk_mutex_lock(&conn->lock);
@@ -110,7 +146,7 @@ static void conn_break(struct tblk_nbd_conn *conn, const char *why)
 
 /*
  * Any other thread: refuses new requests at once and shuts the socket down, which makes
- * the reader fail the pending ones (and exit).
+ * the parser (the reader thread, woken here) fail the pending ones.
  */
 static void conn_poison(struct tblk_nbd_conn *conn, const char *why)
 {
@@ -119,11 +155,12 @@ static void conn_poison(struct tblk_nbd_conn *conn, const char *why)
 		conn->broken = -EIO;
 		conn->why = g_strdup(why);
 	}
+	tblk_cond_signal(&conn->reader_cv);
 	tblk_mutex_unlock(&conn->lock);
 	shutdown(conn->fd, SHUT_RDWR);
 }
 
-/* ---------------------------------------------------------------- the reader thread */
+/* ---------------------------------------------------------------- the reply parser */
 
 /* The server's error number as ours; unknown ones read as EINVAL, as the spec says. */
 static int nbd_errno(uint32_t err)
@@ -141,81 +178,78 @@ static int nbd_errno(uint32_t err)
 }
 
 /*
- * Reads exactly @n bytes of the stream: from the reader's buffer, refilled with as much as
- * the socket has (one recv() for many small replies), or straight into @dst for big reads.
- * 0, -EPIPE at end of stream, or -errno. Reader thread.
+ * Makes @n (at most NBD_RBUF_SIZE) unread bytes contiguous at rbuf + rpos, taking what the
+ * socket has without waiting. 1: there; 0: not yet; -EPIPE at end of stream, or -errno.
  */
-static int conn_read(struct tblk_nbd_conn *conn, void *dst, size_t n)
+static int rx_need(struct tblk_nbd_conn *conn, size_t n)
 {
-	uint8_t *p = dst;
-
-	while (n) {
-		size_t have = conn->rlen - conn->rpos;
+	tblk_mutex_assert_held(&conn->rx_lock);
+	while (conn->rlen - conn->rpos < n) {
+		size_t want;
 		ssize_t r;
 
-		if (have) {
-			size_t take = TBLK_MIN(have, n);
-
-			memcpy(p, conn->rbuf + conn->rpos, take);
-			conn->rpos += take;
-			p += take;
-			n -= take;
-			continue;
+		if (conn->rx_short)
+			return 0;	/* the last recv() emptied the socket */
+		if (conn->rpos) {
+			memmove(conn->rbuf, conn->rbuf + conn->rpos, conn->rlen - conn->rpos);
+			conn->rlen -= conn->rpos;
+			conn->rpos = 0;
 		}
-		if (n >= NBD_RBUF_SIZE / 2)
-			return tblk__nbd_read_full(conn->fd, p, n);
-		r = recv(conn->fd, conn->rbuf, NBD_RBUF_SIZE, 0);
+		want = NBD_RBUF_SIZE - conn->rlen;
+		r = recv(conn->fd, conn->rbuf + conn->rlen, want, MSG_DONTWAIT);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
-			return -errno;
+			return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
 		if (r == 0)
 			return -EPIPE;
-		conn->rpos = 0;
-		conn->rlen = (size_t)r;
+		conn->rlen += (size_t)r;
+		conn->rx_short = (size_t)r < want;
 	}
-	return 0;
+	return 1;
 }
 
-/* Reads @n bytes into @iov starting @off bytes into it. 0 or -errno. */
-static int read_into_iov(struct tblk_nbd_conn *conn, const struct iovec *iov, int iovcnt,
-			 uint64_t off, uint64_t n)
+/*
+ * Moves up to @n payload bytes to @dst (NULL: drops them): what the read-ahead buffer holds,
+ * else what the socket has (straight into @dst for big pieces). Bytes moved, 0 if none has
+ * come yet, or -errno (-EPIPE at end of stream).
+ */
+static ssize_t rx_stream(struct tblk_nbd_conn *conn, void *dst, size_t n)
 {
-	for (int i = 0; i < iovcnt && n; i++) {
-		uint64_t take;
-		int ret;
+	size_t have = conn->rlen - conn->rpos;
+	ssize_t r;
 
-		if (off >= iov[i].iov_len) {
-			off -= iov[i].iov_len;
-			continue;
+	tblk_mutex_assert_held(&conn->rx_lock);
+	if (!have) {
+		if (conn->rx_short)
+			return 0;
+		if (dst && n >= NBD_RBUF_SIZE / 2) {
+			r = recv(conn->fd, dst, n, MSG_DONTWAIT);
+			if (r > 0)
+				conn->rx_short = (size_t)r < n;
+		} else {
+			conn->rpos = conn->rlen = 0;
+			r = recv(conn->fd, conn->rbuf, NBD_RBUF_SIZE, MSG_DONTWAIT);
+			if (r > 0) {
+				conn->rlen = (size_t)r;
+				conn->rx_short = (size_t)r < NBD_RBUF_SIZE;
+				return rx_stream(conn, dst, n);
+			}
 		}
-		take = TBLK_MIN(n, iov[i].iov_len - off);
-		ret = conn_read(conn, (uint8_t *)iov[i].iov_base + off, take);
-		if (ret < 0)
-			return ret;
-		off = 0;
-		n -= take;
+		if (r < 0 && errno == EINTR)
+			return 0;	/* not a short read: the caller asks again */
+		if (r < 0)
+			return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+		return r ? r : -EPIPE;
 	}
-	return n ? -EINVAL : 0;
+	have = TBLK_MIN(have, n);
+	if (dst)
+		memcpy(dst, conn->rbuf + conn->rpos, have);
+	conn->rpos += have;
+	return (ssize_t)have;
 }
 
-/* Reads and drops @n bytes. */
-static int skip_bytes(struct tblk_nbd_conn *conn, uint64_t n)
-{
-	uint8_t buf[4096];
-
-	while (n) {
-		size_t take = (size_t)TBLK_MIN(n, sizeof(buf));
-		int ret = conn_read(conn, buf, take);
-
-		if (ret < 0)
-			return ret;
-		n -= take;
-	}
-	return 0;
-}
-
-/* Finds the pending request of @cookie. The reader owns it until it sets done. */
+/* Finds the pending request of @cookie. The parser owns it until it sets done. */
 static struct tblk_nbd_slot *find_slot(struct tblk_nbd_conn *conn, uint64_t cookie)
 {
 	struct tblk_nbd_slot *found = NULL;
@@ -240,6 +274,8 @@ static void slot_done(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot)
 	if (!slot->done) {	/* else the connection broke meanwhile and failed it */
 		tblk_list_del(&slot->link);
 		conn->nr_pending--;
+		if (slot->by_thread)
+			conn->nr_thread--;
 		slot->done = true;
 		if (slot->complete)
 			slot->complete(slot);
@@ -250,205 +286,405 @@ static void slot_done(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot)
 	tblk_mutex_unlock(&conn->lock);
 }
 
-/* A simple reply: 16 bytes read; a successful read's data follows. NULL or why it broke. */
-static const char *simple_reply(struct tblk_nbd_conn *conn, const uint8_t *hdr)
-{
-	struct tblk_nbd_slot *slot = find_slot(conn, tblk__nbd_get64(hdr + 8));
-	uint32_t err = tblk__nbd_get32(hdr + 4);
-	struct tblk_nbd_cmd *cmd;
+/* Parser step results besides 0 (progress): wait for input, or the connection must break. */
+#define RX_AGAIN	1
+#define RX_BROKEN	(-1)
 
-	if (!slot)
-		return "Server replied to a request we did not send";
-	cmd = slot->cmd;
-	if (err) {
-		slot->ret = nbd_errno(err);
-	} else if (cmd->type == TBLK_NBD_CMD_READ) {
-		if (conn->info.structured)
-			return "Server sent a simple reply to a read after agreeing to "
-			       "structured replies";
-		if (read_into_iov(conn, cmd->iov, cmd->iovcnt, 0, cmd->len) < 0)
-			return "Server closed the connection in the middle of a read reply";
-	} else if (cmd->type == TBLK_NBD_CMD_BLOCK_STATUS) {
-		return "Server sent a simple reply to a block status request";
-	}
-	slot_done(conn, slot);
-	return NULL;
+static const char *const mid_reply = "Server closed the connection in the middle of a reply";
+
+/* rx_need()'s result inside a reply: 0 go on, RX_AGAIN, or RX_BROKEN with *why. */
+static int rx_input(int ret, const char **why)
+{
+	if (ret > 0)
+		return 0;
+	if (ret == 0)
+		return RX_AGAIN;
+	*why = mid_reply;
+	return RX_BROKEN;
 }
 
-/* OFFSET_DATA and OFFSET_HOLE chunks of a read. */
-static const char *read_chunk(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot,
-			      uint16_t type, uint32_t len)
+/* The current chunk is complete: the request's checks if it was the last. */
+static int rx_chunk_end(struct tblk_nbd_conn *conn)
 {
+	struct tblk_nbd_rx *rx = &conn->rx;
+	struct tblk_nbd_slot *slot = rx->slot;
 	struct tblk_nbd_cmd *cmd = slot->cmd;
-	uint8_t b[12];
-	uint64_t off, n;
 
-	if (cmd->type != TBLK_NBD_CMD_READ)
-		return "Server sent read data in reply to a request that is not a read";
-	if (type == TBLK_NBD_REPLY_TYPE_OFFSET_HOLE ? len != 12 : len < 8)
-		return "Server sent a read chunk of an invalid length";
-	if (conn_read(conn, b, type == TBLK_NBD_REPLY_TYPE_OFFSET_HOLE ? 12 : 8))
-		return "Server closed the connection in the middle of a reply";
-	off = tblk__nbd_get64(b);
-	n = type == TBLK_NBD_REPLY_TYPE_OFFSET_HOLE ? tblk__nbd_get32(b + 8) : len - 8u;
-	if (off < cmd->offset || off - cmd->offset > cmd->len || n == 0 ||
-	    n > cmd->len - (off - cmd->offset))
-		return "Server sent a read chunk outside the request";
-	off -= cmd->offset;
-	if (type == TBLK_NBD_REPLY_TYPE_OFFSET_HOLE)
-		tblk_iov_memset(cmd->iov, cmd->iovcnt, off, 0, n);
-	else if (read_into_iov(conn, cmd->iov, cmd->iovcnt, off, n) < 0)
-		return "Server closed the connection in the middle of a reply";
-	slot->covered += n;
-	return NULL;
-}
-
-/* A BLOCK_STATUS chunk: the first extent of our context is the answer. */
-static const char *status_chunk(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot,
-				uint32_t len)
-{
-	struct tblk_nbd_cmd *cmd = slot->cmd;
-	uint8_t b[12];
-
-	if (cmd->type != TBLK_NBD_CMD_BLOCK_STATUS)
-		return "Server sent block status in reply to another request";
-	if (len < 12 || (len - 4) % 8)
-		return "Server sent a block status chunk of an invalid length";
-	if (conn_read(conn, b, 12))
-		return "Server closed the connection in the middle of a reply";
-	if (tblk__nbd_get32(b) != conn->info.alloc_id)
-		return "Server sent block status for a meta context we did not negotiate";
-	if (tblk__nbd_get32(b + 4) == 0)
-		return "Server sent an empty extent";
-	if (!slot->got_extent) {
-		/* Servers may describe more than asked; we only use what we asked about. */
-		cmd->bs_len = TBLK_MIN(tblk__nbd_get32(b + 4), cmd->len);
-		cmd->bs_flags = tblk__nbd_get32(b + 8);
-		slot->got_extent = true;
+	rx->state = RX_HEADER;
+	rx->slot = NULL;
+	if (!rx->chunk) {
+		slot_done(conn, slot);	/* a simple reply */
+		return 0;
 	}
-	if (skip_bytes(conn, len - 12))
-		return "Server closed the connection in the middle of a reply";
-	return NULL;
-}
-
-/* ERROR and ERROR_OFFSET chunks: the first error is the request's. */
-static const char *error_chunk(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot,
-			       uint16_t type, uint32_t len)
-{
-	struct tblk_nbd_cmd *cmd = slot->cmd;
-	uint8_t b[6 + 8];
-	uint32_t err, msglen;
-
-	if (len < 6)
-		return "Server sent an error chunk of an invalid length";
-	if (conn_read(conn, b, 6))
-		return "Server closed the connection in the middle of a reply";
-	err = tblk__nbd_get32(b);
-	msglen = tblk__nbd_get16(b + 4);
-	if (err == 0)
-		return "Server sent an error chunk without an error";
-	if (msglen > len - 6 || (type == TBLK_NBD_REPLY_TYPE_ERROR_OFFSET && len - 6 - msglen != 8))
-		return "Server sent an error chunk of an invalid length";
-	if (skip_bytes(conn, msglen))
-		return "Server closed the connection in the middle of a reply";
-	if (type == TBLK_NBD_REPLY_TYPE_ERROR_OFFSET) {
-		uint64_t off;
-
-		if (conn_read(conn, b + 6, 8))
-			return "Server closed the connection in the middle of a reply";
-		off = tblk__nbd_get64(b + 6);
-		if (off < cmd->offset || off - cmd->offset >= cmd->len)
-			return "Server sent an error offset outside the request";
-	} else if (len - 6 - msglen) {
-		return "Server sent an error chunk of an invalid length";
-	}
-	if (!slot->ret)
-		slot->ret = nbd_errno(err);
-	return NULL;
-}
-
-/* A structured reply chunk: 20 bytes read. NULL or why the connection must break. */
-static const char *structured_chunk(struct tblk_nbd_conn *conn, const uint8_t *hdr)
-{
-	uint16_t flags = tblk__nbd_get16(hdr + 4), type = tblk__nbd_get16(hdr + 6);
-	uint32_t len = tblk__nbd_get32(hdr + 16);
-	struct tblk_nbd_slot *slot;
-	struct tblk_nbd_cmd *cmd;
-	const char *why = NULL;
-
-	if (!conn->info.structured)
-		return "Server sent a structured reply we did not agree to";
-	slot = find_slot(conn, tblk__nbd_get64(hdr + 8));
-	if (!slot)
-		return "Server replied to a request we did not send";
-	cmd = slot->cmd;
-	if (len > TBLK_NBD_MAX_BUFFER + 64u)
-		return "Server sent a reply chunk that is too long";
-	switch (type) {
-	case TBLK_NBD_REPLY_TYPE_NONE:
-		if (len || !(flags & TBLK_NBD_REPLY_FLAG_DONE))
-			why = "Server sent an invalid NONE chunk";
-		break;
-	case TBLK_NBD_REPLY_TYPE_OFFSET_DATA:
-	case TBLK_NBD_REPLY_TYPE_OFFSET_HOLE:
-		why = read_chunk(conn, slot, type, len);
-		break;
-	case TBLK_NBD_REPLY_TYPE_BLOCK_STATUS:
-		why = status_chunk(conn, slot, len);
-		break;
-	case TBLK_NBD_REPLY_TYPE_ERROR:
-	case TBLK_NBD_REPLY_TYPE_ERROR_OFFSET:
-		why = error_chunk(conn, slot, type, len);
-		break;
-	default:
-		/* Unknown error types fail the request; unknown others break the protocol. */
-		if (!(type & (1u << 15)))
-			return "Server sent a reply chunk of an unknown type";
-		if (skip_bytes(conn, len))
-			return "Server closed the connection in the middle of a reply";
-		if (!slot->ret)
-			slot->ret = -EIO;
-		break;
-	}
-	if (why || !(flags & TBLK_NBD_REPLY_FLAG_DONE))
-		return why;
+	if (!(rx->flags & TBLK_NBD_REPLY_FLAG_DONE))
+		return 0;
 	if (!slot->ret && cmd->type == TBLK_NBD_CMD_READ && slot->covered < cmd->len)
 		slot->ret = -EIO;	/* the server left part of the read undescribed */
 	if (!slot->ret && cmd->type == TBLK_NBD_CMD_BLOCK_STATUS && !slot->got_extent)
 		slot->ret = -EIO;
 	slot_done(conn, slot);
-	return NULL;
+	return 0;
 }
 
+/* A simple reply's 16 bytes: done, or a read's data follows. */
+static int rx_simple(struct tblk_nbd_conn *conn, const uint8_t *hdr, const char **why)
+{
+	struct tblk_nbd_rx *rx = &conn->rx;
+	struct tblk_nbd_slot *slot = find_slot(conn, tblk__nbd_get64(hdr + 8));
+	uint32_t err = tblk__nbd_get32(hdr + 4);
+	struct tblk_nbd_cmd *cmd;
+
+	if (!slot) {
+		*why = "Server replied to a request we did not send";
+		return RX_BROKEN;
+	}
+	cmd = slot->cmd;
+	rx->slot = slot;
+	rx->chunk = false;
+	if (err) {
+		slot->ret = nbd_errno(err);
+	} else if (cmd->type == TBLK_NBD_CMD_READ) {
+		if (conn->info.structured) {
+			*why = "Server sent a simple reply to a read after agreeing to structured "
+			       "replies";
+			return RX_BROKEN;
+		}
+		rx->state = RX_DATA;
+		rx->off = 0;
+		rx->left = cmd->len;
+		return 0;
+	} else if (cmd->type == TBLK_NBD_CMD_BLOCK_STATUS) {
+		*why = "Server sent a simple reply to a block status request";
+		return RX_BROKEN;
+	}
+	return rx_chunk_end(conn);
+}
+
+/* A structured chunk's 20-byte header: what its payload holds and what reads it. */
+static int rx_chunk(struct tblk_nbd_conn *conn, const uint8_t *hdr, const char **why)
+{
+	struct tblk_nbd_rx *rx = &conn->rx;
+	struct tblk_nbd_slot *slot;
+	uint16_t t;
+
+	if (!conn->info.structured) {
+		*why = "Server sent a structured reply we did not agree to";
+		return RX_BROKEN;
+	}
+	slot = find_slot(conn, tblk__nbd_get64(hdr + 8));
+	if (!slot) {
+		*why = "Server replied to a request we did not send";
+		return RX_BROKEN;
+	}
+	rx->slot = slot;
+	rx->chunk = true;
+	rx->flags = tblk__nbd_get16(hdr + 4);
+	rx->type = t = tblk__nbd_get16(hdr + 6);
+	rx->len = tblk__nbd_get32(hdr + 16);
+	*why = NULL;
+	if (rx->len > TBLK_NBD_MAX_BUFFER + 64u)
+		*why = "Server sent a reply chunk that is too long";
+	else if (t == TBLK_NBD_REPLY_TYPE_NONE)
+		*why = rx->len || !(rx->flags & TBLK_NBD_REPLY_FLAG_DONE) ?
+		       "Server sent an invalid NONE chunk" : NULL;
+	else if ((t == TBLK_NBD_REPLY_TYPE_OFFSET_DATA || t == TBLK_NBD_REPLY_TYPE_OFFSET_HOLE) &&
+		 slot->cmd->type != TBLK_NBD_CMD_READ)
+		*why = "Server sent read data in reply to a request that is not a read";
+	else if (t == TBLK_NBD_REPLY_TYPE_OFFSET_HOLE ? rx->len != 12 :
+		 t == TBLK_NBD_REPLY_TYPE_OFFSET_DATA && rx->len < 8)
+		*why = "Server sent a read chunk of an invalid length";
+	else if (t == TBLK_NBD_REPLY_TYPE_BLOCK_STATUS &&
+		 slot->cmd->type != TBLK_NBD_CMD_BLOCK_STATUS)
+		*why = "Server sent block status in reply to another request";
+	else if (t == TBLK_NBD_REPLY_TYPE_BLOCK_STATUS && (rx->len < 12 || (rx->len - 4) % 8))
+		*why = "Server sent a block status chunk of an invalid length";
+	else if ((t == TBLK_NBD_REPLY_TYPE_ERROR || t == TBLK_NBD_REPLY_TYPE_ERROR_OFFSET) &&
+		 rx->len < 6)
+		*why = "Server sent an error chunk of an invalid length";
+	if (*why)
+		return RX_BROKEN;
+	switch (t) {
+	case TBLK_NBD_REPLY_TYPE_NONE:
+		return rx_chunk_end(conn);
+	case TBLK_NBD_REPLY_TYPE_OFFSET_DATA:
+		rx->need = 8;
+		break;
+	case TBLK_NBD_REPLY_TYPE_OFFSET_HOLE:
+	case TBLK_NBD_REPLY_TYPE_BLOCK_STATUS:
+		rx->need = 12;
+		break;
+	case TBLK_NBD_REPLY_TYPE_ERROR:
+	case TBLK_NBD_REPLY_TYPE_ERROR_OFFSET:
+		rx->need = 6;
+		break;
+	default:
+		/* Unknown error types fail the request; unknown others break the protocol. */
+		if (!(t & (1u << 15))) {
+			*why = "Server sent a reply chunk of an unknown type";
+			return RX_BROKEN;
+		}
+		if (!slot->ret)
+			slot->ret = -EIO;
+		rx->state = RX_SKIP;
+		rx->left = rx->len;
+		return 0;
+	}
+	rx->state = RX_PREFIX;
+	return 0;
+}
+
+/* Expecting a reply header. */
+static int rx_header(struct tblk_nbd_conn *conn, const char **why)
+{
+	uint8_t hdr[TBLK_NBD_STRUCTURED_REPLY_SIZE];
+	uint32_t magic;
+	size_t size = 0;
+	int ret = rx_need(conn, 4);
+
+	if (ret > 0) {
+		magic = tblk__nbd_get32(conn->rbuf + conn->rpos);
+		if (magic == TBLK_NBD_SIMPLE_REPLY_MAGIC)
+			size = TBLK_NBD_SIMPLE_REPLY_SIZE;
+		else if (magic == TBLK_NBD_STRUCTURED_REPLY_MAGIC)
+			size = TBLK_NBD_STRUCTURED_REPLY_SIZE;
+		else {
+			*why = "Server sent a reply with a bad magic";
+			return RX_BROKEN;
+		}
+		ret = rx_need(conn, size);
+	}
+	if (ret == 0)
+		return RX_AGAIN;
+	if (ret < 0) {
+		*why = ret == -EPIPE ? "Server closed the connection" :
+				       "Failed to read from the server";
+		return RX_BROKEN;
+	}
+	memcpy(hdr, conn->rbuf + conn->rpos, size);
+	conn->rpos += size;
+	if (size == TBLK_NBD_SIMPLE_REPLY_SIZE)
+		return rx_simple(conn, hdr, why);
+	return rx_chunk(conn, hdr, why);
+}
+
+/* The fixed fields at the start of a chunk's payload (rx->need bytes). */
+static int rx_prefix(struct tblk_nbd_conn *conn, const char **why)
+{
+	struct tblk_nbd_rx *rx = &conn->rx;
+	struct tblk_nbd_slot *slot = rx->slot;
+	struct tblk_nbd_cmd *cmd = slot->cmd;
+	const uint8_t *b;
+	uint64_t off, n;
+	uint32_t err, msglen;
+	int ret = rx_input(rx_need(conn, rx->need), why);
+
+	if (ret)
+		return ret;
+	b = conn->rbuf + conn->rpos;
+	conn->rpos += rx->need;
+	switch (rx->type) {
+	case TBLK_NBD_REPLY_TYPE_OFFSET_DATA:
+	case TBLK_NBD_REPLY_TYPE_OFFSET_HOLE:
+		off = tblk__nbd_get64(b);
+		n = rx->type == TBLK_NBD_REPLY_TYPE_OFFSET_HOLE ? tblk__nbd_get32(b + 8) :
+								  rx->len - 8u;
+		if (off < cmd->offset || off - cmd->offset > cmd->len || n == 0 ||
+		    n > cmd->len - (off - cmd->offset)) {
+			*why = "Server sent a read chunk outside the request";
+			return RX_BROKEN;
+		}
+		slot->covered += n;
+		if (rx->type == TBLK_NBD_REPLY_TYPE_OFFSET_HOLE) {
+			tblk_iov_memset(cmd->iov, cmd->iovcnt, off - cmd->offset, 0, n);
+			return rx_chunk_end(conn);
+		}
+		rx->state = RX_DATA;
+		rx->off = off - cmd->offset;
+		rx->left = n;
+		return 0;
+	case TBLK_NBD_REPLY_TYPE_BLOCK_STATUS:
+		if (tblk__nbd_get32(b) != conn->info.alloc_id) {
+			*why = "Server sent block status for a meta context we did not negotiate";
+			return RX_BROKEN;
+		}
+		if (tblk__nbd_get32(b + 4) == 0) {
+			*why = "Server sent an empty extent";
+			return RX_BROKEN;
+		}
+		if (!slot->got_extent) {
+			/* Servers may describe more than asked; we only use what we asked about. */
+			cmd->bs_len = TBLK_MIN(tblk__nbd_get32(b + 4), cmd->len);
+			cmd->bs_flags = tblk__nbd_get32(b + 8);
+			slot->got_extent = true;
+		}
+		rx->state = RX_SKIP;
+		rx->left = rx->len - 12u;
+		return 0;
+	default:	/* ERROR, ERROR_OFFSET: the first error is the request's */
+		err = tblk__nbd_get32(b);
+		msglen = tblk__nbd_get16(b + 4);
+		if (err == 0) {
+			*why = "Server sent an error chunk without an error";
+			return RX_BROKEN;
+		}
+		if (msglen > rx->len - 6 ||
+		    rx->len - 6 - msglen != (rx->type == TBLK_NBD_REPLY_TYPE_ERROR_OFFSET ? 8u : 0u)) {
+			*why = "Server sent an error chunk of an invalid length";
+			return RX_BROKEN;
+		}
+		if (!slot->ret)
+			slot->ret = nbd_errno(err);
+		rx->state = RX_SKIP;
+		rx->left = msglen;
+		return 0;
+	}
+}
+
+/* An ERROR_OFFSET chunk's offset, after its message. */
+static int rx_err_offset(struct tblk_nbd_conn *conn, const char **why)
+{
+	struct tblk_nbd_rx *rx = &conn->rx;
+	struct tblk_nbd_cmd *cmd = rx->slot->cmd;
+	uint64_t off;
+	int ret = rx_input(rx_need(conn, 8), why);
+
+	if (ret)
+		return ret;
+	off = tblk__nbd_get64(conn->rbuf + conn->rpos);
+	conn->rpos += 8;
+	if (off < cmd->offset || off - cmd->offset >= cmd->len) {
+		*why = "Server sent an error offset outside the request";
+		return RX_BROKEN;
+	}
+	return rx_chunk_end(conn);
+}
+
+/* Payload: read data into the request's buffers, or bytes to drop. */
+static int rx_payload(struct tblk_nbd_conn *conn, const char **why)
+{
+	struct tblk_nbd_rx *rx = &conn->rx;
+
+	while (rx->left) {
+		void *dst = NULL;
+		size_t n = (size_t)TBLK_MIN(rx->left, (uint64_t)SIZE_MAX);
+		ssize_t r;
+
+		if (rx->state == RX_DATA) {
+			const struct iovec *iov = rx->slot->cmd->iov;
+			int i, cnt = rx->slot->cmd->iovcnt;
+			uint64_t off = rx->off;
+
+			for (i = 0; i < cnt && off >= iov[i].iov_len; i++)
+				off -= iov[i].iov_len;
+			if (i == cnt) {	/* the buffers are shorter than the command */
+				*why = "Server sent a read chunk outside the request";
+				return RX_BROKEN;
+			}
+			dst = (uint8_t *)iov[i].iov_base + off;
+			n = (size_t)TBLK_MIN((uint64_t)n, iov[i].iov_len - off);
+		}
+		r = rx_stream(conn, dst, n);
+		if (r < 0) {
+			*why = rx->chunk ? mid_reply :
+			       "Server closed the connection in the middle of a read reply";
+			return RX_BROKEN;
+		}
+		if (r == 0)
+			return RX_AGAIN;
+		rx->off += (uint64_t)r;
+		rx->left -= (uint64_t)r;
+	}
+	if (rx->state == RX_SKIP && rx->type == TBLK_NBD_REPLY_TYPE_ERROR_OFFSET) {
+		rx->state = RX_ERR_OFFSET;
+		return 0;
+	}
+	return rx_chunk_end(conn);
+}
+
+/* One step of the parser: 0 (progress), RX_AGAIN, or RX_BROKEN with *why. */
+static int rx_step(struct tblk_nbd_conn *conn, const char **why)
+{
+	switch (conn->rx.state) {
+	case RX_HEADER:
+		return rx_header(conn, why);
+	case RX_PREFIX:
+		return rx_prefix(conn, why);
+	case RX_DATA:
+	case RX_SKIP:
+		return rx_payload(conn, why);
+	case RX_ERR_OFFSET:
+		return rx_err_offset(conn, why);
+	}
+	return RX_BROKEN;
+}
+
+/*
+ * Parses what has come in, at most @budget steps (0: no limit), without waiting. Returns 0
+ * once it needs more input, 1 if the budget ran out (whole replies may still be buffered),
+ * or -EIO when the connection is broken. Any thread; the parser is under rx_lock.
+ */
+static int conn_rx(struct tblk_nbd_conn *conn, unsigned int budget)
+{
+	const char *why = NULL;
+	int ret = 0;
+
+	tblk_mutex_lock(&conn->rx_lock);
+	conn->rx_short = false;
+	while (!conn->rx_dead) {
+		int r = rx_step(conn, &why);
+
+		if (r == RX_AGAIN)
+			break;
+		if (r == RX_BROKEN) {
+			conn->rx_dead = true;
+			conn_break(conn, why);
+			break;
+		}
+		if (budget && !--budget) {
+			ret = 1;
+			break;
+		}
+	}
+	if (conn->rx_dead)
+		ret = -EIO;
+	tblk_mutex_unlock(&conn->rx_lock);
+	return ret;
+}
+
+int tblk__nbd_conn_poll(struct tblk_nbd_conn *conn)
+{
+	return conn_rx(conn, 256);
+}
+
+int tblk__nbd_conn_fd(struct tblk_nbd_conn *conn)
+{
+	return conn->fd;
+}
+
+/*
+ * The reader thread reads while some request in flight has no loop reading for it (a
+ * synchronous caller, or a fast-path request of a loop without a handler); else it sleeps.
+ */
 static void *reader_main(void *opaque)
 {
 	struct tblk_nbd_conn *conn = opaque;
-	const char *why = NULL;
-	uint8_t hdr[TBLK_NBD_STRUCTURED_REPLY_SIZE];
+	struct pollfd pfd = { .fd = conn->fd, .events = POLLIN };
 
-	while (!why) {
-		int ret = conn_read(conn, hdr, 4);
-		uint32_t magic;
-
-		if (ret == 0) {
-			magic = tblk__nbd_get32(hdr);
-			if (magic == TBLK_NBD_SIMPLE_REPLY_MAGIC) {
-				ret = conn_read(conn, hdr + 4,
-							  TBLK_NBD_SIMPLE_REPLY_SIZE - 4);
-				why = ret ? NULL : simple_reply(conn, hdr);
-			} else if (magic == TBLK_NBD_STRUCTURED_REPLY_MAGIC) {
-				ret = conn_read(conn, hdr + 4,
-							  TBLK_NBD_STRUCTURED_REPLY_SIZE - 4);
-				why = ret ? NULL : structured_chunk(conn, hdr);
-			} else {
-				why = "Server sent a reply with a bad magic";
-			}
+	for (;;) {
+		tblk_mutex_lock(&conn->lock);
+		/* A poisoned connection is read to its end, which fails what is pending. */
+		while (!conn->stopping && !conn->nr_thread && !(conn->broken && conn->nr_pending))
+			tblk_cond_wait(&conn->reader_cv, &conn->lock);
+		if (conn->stopping) {
+			tblk_mutex_unlock(&conn->lock);
+			break;
 		}
-		if (ret < 0)
-			why = ret == -EPIPE ? "Server closed the connection" :
-					      "Failed to read from the server";
+		tblk_mutex_unlock(&conn->lock);
+		if (poll(&pfd, 1, -1) < 0 && errno != EINTR)
+			break;
+		if (conn_rx(conn, 0) < 0)
+			break;
 	}
-	conn_break(conn, why);
 	return NULL;
 }
 
@@ -501,6 +737,8 @@ static void slot_add_locked(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *sl
 	slot->cmd->bs_len = slot->cmd->bs_flags = 0;
 	tblk_list_add_tail(&conn->pending, &slot->link);
 	conn->nr_pending++;
+	if (slot->by_thread && !conn->nr_thread++)
+		tblk_cond_signal(&conn->reader_cv);
 }
 
 /* Writes @slot's request. A failure breaks the connection, which completes the slot. */
@@ -525,7 +763,7 @@ static void slot_send(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot)
 
 int tblk__nbd_conn_run(struct tblk_nbd_conn *conn, struct tblk_nbd_cmd *cmd)
 {
-	struct tblk_nbd_slot slot = { .cmd = cmd };
+	struct tblk_nbd_slot slot = { .cmd = cmd, .by_thread = true };
 	int ret;
 
 	tblk_cond_init(&slot.cv);
@@ -583,8 +821,10 @@ int tblk__nbd_conn_open(const struct tblk_nbd_addr *addr, struct tblk_nbd_conn *
 	if (ret < 0)
 		goto out_close;
 	tblk_mutex_init(&conn->send_lock);
+	tblk_mutex_init(&conn->rx_lock);
 	tblk_mutex_init(&conn->lock);
 	tblk_cond_init(&conn->slot_cv);
+	tblk_cond_init(&conn->reader_cv);
 	tblk_list_init(&conn->pending);
 	ret = -pthread_create(&conn->reader, NULL, reader_main, conn);
 	if (ret < 0) {
@@ -596,8 +836,10 @@ int tblk__nbd_conn_open(const struct tblk_nbd_addr *addr, struct tblk_nbd_conn *
 	return 0;
 
 out_destroy:
+	tblk_cond_destroy(&conn->reader_cv);
 	tblk_cond_destroy(&conn->slot_cv);
 	tblk_mutex_destroy(&conn->lock);
+	tblk_mutex_destroy(&conn->rx_lock);
 	tblk_mutex_destroy(&conn->send_lock);
 out_close:
 	close(fd);
@@ -624,11 +866,17 @@ void tblk__nbd_conn_free(struct tblk_nbd_conn *conn)
 		(void)tblk__nbd_write_full(conn->fd, hdr, sizeof(hdr));
 		tblk_mutex_unlock(&conn->send_lock);
 	}
+	tblk_mutex_lock(&conn->lock);
+	conn->stopping = true;
+	tblk_cond_signal(&conn->reader_cv);
+	tblk_mutex_unlock(&conn->lock);
 	shutdown(conn->fd, SHUT_RDWR);
 	pthread_join(conn->reader, NULL);
 	close(conn->fd);
+	tblk_cond_destroy(&conn->reader_cv);
 	tblk_cond_destroy(&conn->slot_cv);
 	tblk_mutex_destroy(&conn->lock);
+	tblk_mutex_destroy(&conn->rx_lock);
 	tblk_mutex_destroy(&conn->send_lock);
 	g_free(conn->why);
 	g_free(conn->rbuf);

@@ -1,12 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * nbd-int.h - what the files of the NBD client share: the server address, the export's
- * negotiated properties, and one connection (socket, handshake, the reader thread that
- * matches replies to requests by cookie).
+ * negotiated properties, and one connection (socket, handshake, the parser that matches
+ * replies to requests by cookie, run by a reader thread or by a loop's fd handler).
  *
  * Threading: a connection is made and freed by one control thread. tblk__nbd_conn_run() may
  * be called from any number of threads at once (pool workers, synchronous callers); each
- * caller sleeps in the pool's wait service until the reader thread has filled its reply.
+ * caller sleeps in the pool's wait service until the parser has filled its reply.
  */
 #ifndef TBLK_PROTOCOLS_NBD_INT_H
 #define TBLK_PROTOCOLS_NBD_INT_H
@@ -63,18 +63,24 @@ struct tblk_nbd_conn;
 struct tblk_nbd_slot {
 	struct tblk_nbd_cmd *cmd;	/* [const] outputs written by the reader before done */
 	/*
-	 * Asynchronous requests: runs on the reader thread (with the connection's lock held:
-	 * take only a leaf lock) once the reply is complete, result in ret. NULL: a sleeper
-	 * waits on cv.
+	 * Asynchronous requests: runs on the thread that parsed the reply (the reader thread
+	 * or the loop calling tblk__nbd_conn_poll(); with the connection's lock held: take
+	 * only a leaf lock) once the reply is complete, result in ret. NULL: a sleeper waits
+	 * on cv.
 	 */
 	void (*complete)(struct tblk_nbd_slot *slot);
+	/*
+	 * [const] The reader thread must read the reply (always so for tblk__nbd_conn_run());
+	 * false: the submitter's loop calls tblk__nbd_conn_poll() when the socket is readable.
+	 */
+	bool by_thread;
 	uint64_t cookie;		/* [conn->lock] */
 	struct tblk_cond cv;		/* [conn->lock] signalled when done is set */
 	struct tblk_list link;		/* [conn->lock] on conn->pending until done */
 	bool done;			/* [conn->lock] */
-	bool got_extent;		/* [reader] */
-	int ret;			/* [reader] until done, then the owner's */
-	uint64_t covered;		/* [reader] read bytes described by chunks so far */
+	bool got_extent;		/* [conn->rx_lock] */
+	int ret;			/* [conn->rx_lock] until done, then the owner's */
+	uint64_t covered;		/* [conn->rx_lock] read bytes described by chunks so far */
 };
 
 /*
@@ -144,6 +150,17 @@ int tblk__nbd_handshake(int fd, const char *export, struct tblk_nbd_info *info,
  * uses tblk__nbd_conn_run() from a worker). Any thread; may block briefly while sending.
  */
 int tblk__nbd_conn_submit(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot);
+
+/*
+ * Parses the replies that have come in, without waiting; the caller is a loop whose
+ * fast-path requests (by_thread false) are pending, called when the socket (see
+ * tblk__nbd_conn_fd()) is readable. Completions run here. Returns 0, 1 if it stopped with
+ * whole replies perhaps still buffered (call again soon: the socket may not signal them),
+ * or -EIO once the connection is broken (nothing more will come: stop watching the socket).
+ */
+int tblk__nbd_conn_poll(struct tblk_nbd_conn *conn);
+/* The connection's socket, to watch for tblk__nbd_conn_poll(). [const] */
+int tblk__nbd_conn_fd(struct tblk_nbd_conn *conn);
 
 /* Why the connection broke, or NULL while it works. Caller frees. Any thread. */
 char *tblk__nbd_conn_error(struct tblk_nbd_conn *conn);
