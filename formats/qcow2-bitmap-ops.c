@@ -279,6 +279,8 @@ int tblk__qcow2_bitmap_list(struct tblk_node *node, struct tblk_dirty_bitmap **p
 	struct tblk_dirty_bitmap *list;
 	int n = 0;
 
+	if (s->version < 3)
+		return -ENOTSUP;	/* no autoclear bits: no bitmaps */
 	for (struct qcow2_dbm *b = s->dbms; b; b = b->next)
 		n++;
 	list = g_new0(struct tblk_dirty_bitmap, TBLK_MAX(n, 1));
