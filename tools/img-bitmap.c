@@ -147,6 +147,11 @@ int img_bitmap(int argc, char **argv)
 	ret = 1;
 	if (img_open(&blk, &a.open, NULL) < 0)
 		goto out;
+	/* read-only=on in --image-opts wins over the writable open qemu-img asks for. */
+	if (tblk_blk_is_read_only(blk)) {
+		tool_error("Could not open '%s': Block node is read-only", a.open.filename);
+		goto out_close;
+	}
 	if (a.src_file) {
 		struct img_open_opts so = { .filename = a.src_file, .fmt = a.src_fmt,
 					    .flags = TBLK_OPEN_NO_BACKING };
