@@ -1,29 +1,29 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * qcow2-bitmap.c - persistent dirty bitmaps, read only: the bitmap directory the bitmaps
- * extension points to is read at open (when the extension is consistent: its autoclear bit
- * set), listed by `info`, and walked by `check`, for which the clusters of the directory, of
- * each bitmap table and of the bitmap data are referenced like any metadata.
+ * qcow2-bitmap.c - persistent dirty bitmaps: the bitmap directory the bitmaps extension
+ * points to is read at open (when the extension is consistent: its autoclear bit set),
+ * listed by `info`, and walked by `check`, for which the clusters of the directory, of each
+ * bitmap table and of the bitmap data are referenced like any metadata. Here too: the
+ * bitmaps in memory, as qemu loads them at open (one per directory entry, enabled if "auto",
+ * inconsistent if "in use"), their bits read from the image, and set by writes.
+ * Writing them back is qcow2-bitmap-store.c's.
  *
- * We do not maintain bitmaps. Opening an image for writing clears the bitmaps autoclear bit
- * (qcow2.c), which tells every later reader that the bitmaps no longer describe the disk, as
- * the specification asks of programs without bitmap support; the list is dropped with it.
- * A repair (check -r) writes only refcounts and keeps the bit and the bitmaps.
- *
- * Threading: read at open; after that the list is constant until close.
+ * Threading: see qcow2-bitmap.h. The directory (s->bitmaps, s->bitmap_info) changes only
+ * on the control thread with the image drained.
  */
 #include <string.h>
 
-#include "formats/qcow2-int.h"
-
-#define BITMAP_MAX			65535		/* qemu's limit on their number */
-#define BITMAP_MAX_DIR_BYTES		(64u << 20)
-#define BITMAP_MAX_TABLE_ENTRIES	0x8000000u
-#define BITMAP_ENTRY_HEADER		24
-#define BITMAP_TABLE_OFFSET_MASK	0x00fffffffffffe00ull
+#include "formats/qcow2-bitmap.h"
 
 void qcow2_bitmaps_free(struct qcow2_state *s)
 {
+	while (s->dbms) {
+		struct qcow2_dbm *b = s->dbms;
+
+		s->dbms = b->next;
+		qcow2_dbm_free(b);
+	}
+	s->nr_dbm_enabled = 0;
 	for (unsigned int i = 0; i < s->nb_bitmaps; i++)
 		g_free((char *)s->bitmap_info[i].name);
 	g_free(s->bitmaps);
@@ -75,6 +75,7 @@ static int parse_directory(struct qcow2_state *s, const uint8_t *dir, uint64_t s
 		    b->table_offset > flen || (uint64_t)b->table_size * 8 > flen - b->table_offset)
 			return tblk_error_set(errp, EINVAL, "Bitmap directory entry %u is invalid", i);
 		b->name_size = name_len;
+		b->flags = flags;
 		info->name = g_strndup((const char *)e + BITMAP_ENTRY_HEADER + extra, name_len);
 		info->granularity = 1ull << b->granularity_bits;
 		info->in_use = flags & QCOW2_BITMAP_IN_USE;
@@ -139,4 +140,316 @@ int qcow2_bitmaps_for_each_cluster(struct qcow2_state *s,
 		}
 	}
 	return 0;
+}
+
+/* ------------------------------------------------ bitmaps in memory */
+
+uint64_t qcow2_dbm_nbits(uint64_t size, unsigned int gran_bits)
+{
+	return (size >> gran_bits) + ((size & ((1ull << gran_bits) - 1)) ? 1 : 0);
+}
+
+struct qcow2_dbm *qcow2_dbm_new(const char *name, unsigned int gran_bits, uint64_t size)
+{
+	struct qcow2_dbm *b = g_new0(struct qcow2_dbm, 1);
+
+	b->name = g_strdup(name);
+	b->gran_bits = gran_bits;
+	b->nbits = qcow2_dbm_nbits(size, gran_bits);
+	return b;
+}
+
+void qcow2_dbm_free(struct qcow2_dbm *b)
+{
+	if (!b)
+		return;
+	g_free(b->name);
+	g_free(b->words);
+	g_free(b);
+}
+
+struct qcow2_dbm *qcow2_dbm_find(struct qcow2_state *s, const char *name)
+{
+	for (struct qcow2_dbm *b = s->dbms; b; b = b->next)
+		if (!strcmp(b->name, name))
+			return b;
+	return NULL;
+}
+
+int qcow2_bitmap_table_read(struct qcow2_state *s, uint64_t offset, uint32_t size,
+			    uint64_t **table)
+{
+	uint64_t *t = g_try_new(uint64_t, size);
+	int ret;
+
+	if (!t)
+		return -ENOMEM;
+	ret = tblk_node_pread(s->node->file, offset, t, (uint64_t)size * 8);
+	if (ret < 0) {
+		g_free(t);
+		return ret;
+	}
+	for (uint32_t i = 0; i < size; i++)
+		t[i] = be64toh(t[i]);
+	*table = t;
+	return 0;
+}
+
+/* Sets bits [first, last] of @words (no other writer: plain stores). */
+static void words_set_range(uint64_t *words, uint64_t first, uint64_t last)
+{
+	for (uint64_t i = first; i <= last;) {
+		if (!(i & 63) && last - i >= 63) {
+			words[i / 64] = ~0ull;
+			i += 64;
+		} else {
+			words[i / 64] |= 1ull << (i & 63);
+			i++;
+		}
+	}
+}
+
+/* Fills @b's bits from the table entries of its directory entry @e. */
+static int dbm_read_data(struct qcow2_state *s, struct qcow2_dbm *b, const struct qcow2_bitmap *e,
+			 uint64_t *words)
+{
+	uint64_t bytes = qcow2_dbm_bytes(b->nbits);
+	uint64_t need = (bytes + s->cluster_size - 1) >> s->cluster_bits;
+	uint64_t bits_per_cluster = (uint64_t)s->cluster_size * 8;
+	g_autofree uint64_t *t = NULL;
+	g_autofree uint8_t *buf = NULL;
+	int ret;
+
+	if (need > e->table_size)
+		return -EINVAL;
+	ret = qcow2_bitmap_table_read(s, e->table_offset, e->table_size, &t);
+	if (ret < 0)
+		return ret;
+	buf = g_malloc(s->cluster_size);
+	for (uint64_t i = 0; i < need; i++) {
+		uint64_t off = t[i] & BITMAP_TABLE_OFFSET_MASK;
+		uint64_t first = i * bits_per_cluster;
+		uint64_t chunk = TBLK_MIN(bytes - i * s->cluster_size, (uint64_t)s->cluster_size);
+
+		if ((t[i] & BITMAP_TABLE_RESERVED) ||
+		    (off && ((t[i] & BITMAP_TABLE_ALL_ONES) || (off & (s->cluster_size - 1)))))
+			return -EINVAL;
+		if (!off) {
+			if (t[i] & BITMAP_TABLE_ALL_ONES)
+				words_set_range(words, first,
+						TBLK_MIN(b->nbits, first + bits_per_cluster) - 1);
+			continue;
+		}
+		ret = tblk_node_pread(s->node->file, off, buf, chunk);
+		if (ret < 0)
+			return ret;
+		for (uint64_t k = 0; k < chunk / 8; k++) {
+			uint64_t w;
+
+			memcpy(&w, buf + k * 8, 8);
+			words[i * s->cluster_size / 8 + k] = le64toh(w);
+		}
+	}
+	/* Bits past the end of the image are not part of the bitmap. */
+	if (b->nbits & 63)
+		words[b->nbits / 64] &= (1ull << (b->nbits & 63)) - 1;
+	return 0;
+}
+
+int qcow2_dbm_load(struct qcow2_state *s, struct qcow2_dbm *b)
+{
+	uint64_t nwords = qcow2_dbm_bytes(b->nbits) / 8;
+	uint64_t *words;
+	int ret = 0;
+
+	if (b->words)
+		return 0;
+	if (qcow2_dbm_bytes(b->nbits) > BITMAP_MAX_PHYS_BYTES)
+		return -EFBIG;
+	words = g_try_new0(uint64_t, TBLK_MAX(nwords, 1ull));
+	if (!words)
+		return -ENOMEM;
+	/* An inconsistent bitmap's data is not read (qemu keeps an empty one). */
+	if (!b->inconsistent) {
+		ret = -ENOENT;
+		for (unsigned int i = 0; i < s->nb_bitmaps; i++)
+			if (!strcmp(s->bitmap_info[i].name, b->name)) {
+				ret = dbm_read_data(s, b, &s->bitmaps[i], words);
+				break;
+			}
+	}
+	if (ret < 0) {
+		g_free(words);
+		return ret;
+	}
+	__atomic_store_n(&b->words, words, __ATOMIC_RELEASE);
+	return 0;
+}
+
+void qcow2_bitmaps_mark(struct qcow2_state *s, uint64_t offset, uint64_t bytes)
+{
+	if (!bytes || !__atomic_load_n(&s->nr_dbm_enabled, __ATOMIC_RELAXED))
+		return;
+	for (struct qcow2_dbm *b = s->dbms; b; b = b->next) {
+		uint64_t first = offset >> b->gran_bits, last = (offset + bytes - 1) >> b->gran_bits;
+		uint64_t *words = __atomic_load_n(&b->words, __ATOMIC_ACQUIRE);
+
+		if (!b->enabled || !words || first >= b->nbits)
+			continue;
+		last = TBLK_MIN(last, b->nbits - 1);
+		for (uint64_t w = first / 64; w <= last / 64; w++) {
+			uint64_t lo = w == first / 64 ? first & 63 : 0;
+			uint64_t hi = w == last / 64 ? last & 63 : 63;
+			uint64_t mask = (hi == 63 ? ~0ull : (1ull << (hi + 1)) - 1) & ~((1ull << lo) - 1);
+
+			/* Most writes land in words already marked: skip the locked OR then. */
+			if ((__atomic_load_n(&words[w], __ATOMIC_RELAXED) & mask) != mask)
+				__atomic_fetch_or(&words[w], mask, __ATOMIC_RELAXED);
+		}
+	}
+}
+
+int qcow2_bitmaps_resize(struct qcow2_state *s)
+{
+	for (struct qcow2_dbm *b = s->dbms; b; b = b->next) {
+		uint64_t nbits = qcow2_dbm_nbits(s->size, b->gran_bits);
+		uint64_t old = qcow2_dbm_bytes(b->nbits) / 8, now = qcow2_dbm_bytes(nbits) / 8;
+
+		if (b->words) {
+			uint64_t *w = g_try_renew(uint64_t, b->words, TBLK_MAX(now, 1ull));
+
+			if (!w)
+				return -ENOMEM;
+			if (now > old)
+				memset(w + old, 0, (now - old) * 8);
+			if (nbits < b->nbits && (nbits & 63))
+				w[nbits / 64] &= (1ull << (nbits & 63)) - 1;
+			b->words = w;
+		}
+		b->nbits = nbits;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------ directory lists */
+
+static void dirent_clear(void *p)
+{
+	struct qcow2_dirent *e = p;
+
+	g_free(e->name);
+}
+
+GArray *qcow2_dirents_load(struct qcow2_state *s)
+{
+	GArray *list = g_array_new(FALSE, TRUE, sizeof(struct qcow2_dirent));
+
+	g_array_set_clear_func(list, dirent_clear);
+	for (unsigned int i = 0; i < s->nb_bitmaps; i++) {
+		struct qcow2_dirent e = {
+			.name = g_strdup(s->bitmap_info[i].name),
+			.table_offset = s->bitmaps[i].table_offset,
+			.table_size = s->bitmaps[i].table_size,
+			.flags = s->bitmaps[i].flags,
+			.gran_bits = s->bitmaps[i].granularity_bits,
+		};
+
+		g_array_append_val(list, e);
+	}
+	return list;
+}
+
+void qcow2_dirents_free(GArray *list)
+{
+	if (list)
+		g_array_free(list, TRUE);
+}
+
+struct qcow2_dirent *qcow2_dirents_find(GArray *list, const char *name)
+{
+	for (unsigned int i = 0; i < list->len; i++) {
+		struct qcow2_dirent *e = &g_array_index(list, struct qcow2_dirent, i);
+
+		if (!strcmp(e->name, name))
+			return e;
+	}
+	return NULL;
+}
+
+void qcow2_dirents_publish(struct qcow2_state *s, GArray *list)
+{
+	for (unsigned int i = 0; i < s->nb_bitmaps; i++)
+		g_free((char *)s->bitmap_info[i].name);
+	g_free(s->bitmaps);
+	g_free(s->bitmap_info);
+	s->nb_bitmaps = list->len;
+	s->bitmaps = g_new0(struct qcow2_bitmap, TBLK_MAX(list->len, 1u));
+	s->bitmap_info = g_new0(struct tblk_bitmap_info, TBLK_MAX(list->len, 1u));
+	for (unsigned int i = 0; i < list->len; i++) {
+		const struct qcow2_dirent *e = &g_array_index(list, struct qcow2_dirent, i);
+
+		s->bitmaps[i] = (struct qcow2_bitmap) {
+			.table_offset = e->table_offset,
+			.table_size = e->table_size,
+			.name_size = (uint16_t)strlen(e->name),
+			.type = 1,
+			.granularity_bits = (uint8_t)e->gran_bits,
+			.flags = e->flags,
+		};
+		s->bitmap_info[i] = (struct tblk_bitmap_info) {
+			.name = g_strdup(e->name),
+			.granularity = 1ull << e->gran_bits,
+			.in_use = e->flags & QCOW2_BITMAP_IN_USE,
+			.is_auto = e->flags & QCOW2_BITMAP_AUTO,
+		};
+	}
+}
+
+/* ------------------------------------------------ open and close */
+
+int qcow2_bitmaps_open(struct qcow2_state *s, GError **errp)
+{
+	int ret;
+
+	for (unsigned int i = 0; i < s->nb_bitmaps; i++) {
+		const struct qcow2_bitmap *e = &s->bitmaps[i];
+		struct qcow2_dbm *b = qcow2_dbm_new(s->bitmap_info[i].name, e->granularity_bits,
+						    s->size);
+
+		/* qemu lists the most recently created first. */
+		b->inconsistent = e->flags & QCOW2_BITMAP_IN_USE;
+		b->enabled = e->flags & QCOW2_BITMAP_AUTO;
+		b->next = s->dbms;
+		s->dbms = b;
+		if (s->read_only)
+			continue;	/* read when asked for */
+		ret = qcow2_dbm_load(s, b);
+		if (ret < 0)
+			return tblk_error_set_errno(errp, -ret, "Could not read bitmap '%s' from "
+						    "image", b->name);
+		if (b->enabled)
+			s->nr_dbm_enabled++;
+	}
+	if (s->read_only || !s->dbms)
+		return 0;
+	qcow2_lock(s);
+	ret = qcow2_bitmaps_mark_in_use(s, errp);
+	qcow2_unlock(s);
+	return ret;
+}
+
+int qcow2_bitmaps_close(struct qcow2_state *s)
+{
+	GError *err = NULL;
+	int ret;
+
+	qcow2_lock(s);
+	ret = qcow2_bitmaps_store(s, &err);
+	qcow2_unlock(s);
+	if (ret < 0) {
+		tblk__warn("Lost persistent bitmaps during inactivation of node '%s': %s",
+			   s->node->node_name ? s->node->node_name : "#block0", err->message);
+		g_error_free(err);
+	}
+	return ret;
 }

@@ -78,7 +78,10 @@ struct qcow2_bitmap {
 	uint16_t name_size;		/* bytes of the name in the directory */
 	uint8_t type;
 	uint8_t granularity_bits;
+	uint32_t flags;			/* QCOW2_BITMAP_* */
 };
+
+struct qcow2_dbm;
 
 /* A header extension we do not interpret, written back unchanged. */
 struct qcow2_ext {
@@ -165,6 +168,9 @@ struct qcow2_state {
 	unsigned int nb_bitmaps;
 	uint64_t bitmap_dir_offset;
 	uint64_t bitmap_dir_size;
+	/* The bitmaps in memory (qcow2-bitmap.c), newest first; changed only drained. */
+	struct qcow2_dbm *dbms;
+	unsigned int nr_dbm_enabled;	/* [drained] how many of them track writes */
 	uint32_t nb_snapshots;
 	uint64_t snapshots_offset;
 	uint64_t snapshots_size;	/* bytes of the snapshot table */
@@ -267,6 +273,30 @@ void qcow2_bitmaps_free(struct qcow2_state *s);
 int qcow2_bitmaps_for_each_cluster(struct qcow2_state *s,
 				   void (*fn)(void *opaque, uint64_t offset, uint64_t len),
 				   void *opaque);
+/*
+ * After the directory is read at open: the bitmaps in memory, as qemu loads them; on a
+ * writable image their data is read and every bitmap is marked in use on disk.
+ */
+int qcow2_bitmaps_open(struct qcow2_state *s, GError **errp);
+/* At close of a writable image: stores the bitmaps in memory as qemu does. */
+int qcow2_bitmaps_close(struct qcow2_state *s);
+/* Marks guest [offset, offset + bytes) dirty in the enabled bitmaps. Any thread, no lock. */
+void qcow2_bitmaps_mark(struct qcow2_state *s, uint64_t offset, uint64_t bytes);
+/* The image was resized to s->size (drained): the bitmaps in memory follow. */
+int qcow2_bitmaps_resize(struct qcow2_state *s);
+/* qemu-img bitmap's actions and the bitmaps list (qcow2-bitmap-ops.c). */
+int tblk__qcow2_bitmap_apply(struct tblk_node *node, const struct tblk_bitmap_request *rq,
+			     struct tblk_node *src, GError **errp);
+int tblk__qcow2_bitmap_list(struct tblk_node *node, struct tblk_dirty_bitmap **plist, int *pn);
+/* The driver's write entry points: mark the enabled bitmaps, then the write proper. */
+int tblk__qcow2_bm_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+			   const struct iovec *iov, int iovcnt, unsigned int flags);
+int tblk__qcow2_bm_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+				 unsigned int flags);
+void tblk__qcow2_bm_discard_notify(struct tblk_node *node, uint64_t offset, uint64_t bytes);
+int tblk__qcow2_bm_submit_fast(struct tblk_node *node, struct tblk_req *req, uint64_t offset);
+int tblk__qcow2_bm_truncate(struct tblk_node *node, uint64_t size, const char *prealloc,
+			    GError **errp);
 
 /* ------------------------------------------------ caches (qcow2-cache.c) */
 struct qcow2_cache *qcow2_cache_new(struct qcow2_state *s, unsigned int nr_entries);

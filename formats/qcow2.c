@@ -299,12 +299,8 @@ static int drop_stale_bitmaps(struct qcow2_state *s, GError **errp)
 	return 0;
 }
 
-/* The autoclear bits that stay set when the image is opened for writing with @flags. */
-static uint64_t keep_autoclear(unsigned int flags)
-{
-	return QCOW2_AUTOCLEAR_DATA_FILE_RAW |
-	       ((flags & TBLK_OPEN_CHECK) ? QCOW2_AUTOCLEAR_BITMAPS : 0);
-}
+/* The autoclear bits that stay set when the image is opened for writing. */
+#define KEEP_AUTOCLEAR	(QCOW2_AUTOCLEAR_DATA_FILE_RAW | QCOW2_AUTOCLEAR_BITMAPS)
 
 static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int flags,
 		      GError **errp)
@@ -400,20 +396,19 @@ static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int fla
 	node->limits.request_alignment = 1;
 	node->limits.mem_alignment = node->file->limits.mem_alignment;
 	node->limits.pdiscard_alignment = s->cluster_size;
-	/*
-	 * Autoclear features we do not maintain are cleared once we may write; a repair (it
-	 * writes refcounts only) keeps the bitmaps consistent.
-	 */
-	if (!node->read_only && (s->autoclear & ~keep_autoclear(flags))) {
-		s->autoclear &= keep_autoclear(flags);
-		if (!(s->autoclear & QCOW2_AUTOCLEAR_BITMAPS))
-			qcow2_bitmaps_free(s);
+	/* Autoclear features we do not maintain are cleared once we may write. */
+	if (!node->read_only && (s->autoclear & ~KEEP_AUTOCLEAR)) {
+		s->autoclear &= KEEP_AUTOCLEAR;
 		ret = qcow2_header_write(s);
 		if (ret < 0) {
 			tblk_error_set_errno(errp, -ret, "Could not update qcow2 header");
 			goto out_backing;
 		}
 	}
+	/* Persistent bitmaps in memory; on a writable image marked in use on disk. */
+	ret = qcow2_bitmaps_open(s, errp);
+	if (ret < 0)
+		goto out_backing;
 	return 0;
 
 out_backing:
@@ -435,6 +430,7 @@ static void qcow2_close(struct tblk_node *node)
 	struct qcow2_state *s = node->opaque;
 
 	if (!node->read_only && !s->corrupt) {
+		(void)qcow2_bitmaps_close(s);
 		qcow2_lock(s);
 		(void)qcow2_flush_metadata(s);
 		qcow2_unlock(s);
@@ -504,22 +500,25 @@ const struct tblk_driver tblk__drv_qcow2 = {
 	.close = qcow2_close,
 	.create = qcow2_create,
 	.preadv = tblk__qcow2_preadv,
-	.pwritev = tblk__qcow2_pwritev,
+	.pwritev = tblk__qcow2_bm_pwritev,
 	.flush = tblk__qcow2_flush,
 	.pdiscard = tblk__qcow2_pdiscard,
-	.pwrite_zeroes = tblk__qcow2_pwrite_zeroes,
+	.pwrite_zeroes = tblk__qcow2_bm_pwrite_zeroes,
+	.discard_notify = tblk__qcow2_bm_discard_notify,
 	.block_status = tblk__qcow2_block_status,
 	.getlength = qcow2_getlength,
 	.cluster_size = qcow2_cluster_size,
 	.get_info = qcow2_get_info,
 	.check = qcow2_check_node,
-	.submit_fast = tblk__qcow2_submit_fast,
+	.submit_fast = tblk__qcow2_bm_submit_fast,
 	.snapshot_list = tblk__qcow2_snapshot_list,
 	.snapshot_create = tblk__qcow2_snapshot_create,
 	.snapshot_goto = tblk__qcow2_snapshot_goto,
 	.snapshot_delete = tblk__qcow2_snapshot_delete,
 	.snapshot_load_tmp = tblk__qcow2_snapshot_load_tmp,
-	.truncate = tblk__qcow2_truncate,
+	.truncate = tblk__qcow2_bm_truncate,
+	.bitmap_apply = tblk__qcow2_bitmap_apply,
+	.bitmap_list = tblk__qcow2_bitmap_list,
 	.measure = tblk__qcow2_measure,
 	.amend = tblk__qcow2_amend,
 	.change_backing_file = tblk__qcow2_change_backing_file,

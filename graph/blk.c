@@ -1009,3 +1009,41 @@ void tblk_blk_unlock_perms(struct tblk_blk *blk, int depth, unsigned int perm,
 	if (proto && proto->drv->lock_perms)
 		proto->drv->lock_perms(proto, perm, deny, false, NULL);
 }
+
+int tblk_blk_bitmap_apply(struct tblk_blk *blk, const struct tblk_bitmap_request *rq,
+			  GError **errp)
+{
+	struct tblk_node *node = blk->image;
+	struct tblk_node *src = rq->src ? rq->src->image : NULL;
+	int ret;
+
+	if (!node->drv->bitmap_apply) {
+		if (rq->action == TBLK_BITMAP_ADD)
+			return tblk_error_set(errp, ENOTSUP, "Can't store persistent bitmaps to "
+					      "%s: Operation not supported", node->node_name ?
+					      node->node_name : "#block0");
+		return tblk_error_set(errp, ENOENT, "Dirty bitmap '%s' not found", rq->name);
+	}
+	tblk__blk_drained_begin(blk);
+	tblk__req_enter();
+	ret = node->drv->bitmap_apply(node, rq, src, errp);
+	tblk__req_leave();
+	tblk__blk_drained_end(blk);
+	return ret;
+}
+
+int tblk_blk_bitmap_list(struct tblk_blk *blk, struct tblk_dirty_bitmap **list, int *n)
+{
+	struct tblk_node *node = blk->image;
+
+	if (!node->drv->bitmap_list)
+		return -ENOTSUP;
+	return node->drv->bitmap_list(node, list, n);
+}
+
+void tblk_dirty_bitmaps_free(struct tblk_dirty_bitmap *list, int n)
+{
+	for (int i = 0; i < n; i++)
+		g_free(list[i].name);
+	g_free(list);
+}

@@ -173,6 +173,16 @@ struct tblk_driver {
 				 GError **errp);
 
 	/*
+	 * Persistent dirty bitmaps (tblk_blk_bitmap_*), on the control thread, drained; @src
+	 * is the root node of a merge's source image (NULL: @node). Optional.
+	 */
+	int (*bitmap_apply)(struct tblk_node *node, const struct tblk_bitmap_request *rq,
+			    struct tblk_node *src, GError **errp);
+	int (*bitmap_list)(struct tblk_node *node, struct tblk_dirty_bitmap **list, int *n);
+	/* A discard of [offset, offset + bytes) as asked, before it is trimmed. Optional. */
+	void (*discard_notify)(struct tblk_node *node, uint64_t offset, uint64_t bytes);
+
+	/*
 	 * Fast path: called on @req's loop thread to serve an asynchronous request without
 	 * the pool (e.g. Linux AIO submitted straight from the iothread). Returns 0 if it
 	 * took @req (it will call tblk__req_fast_done() later, on the loop thread), or

@@ -1,16 +1,15 @@
 #!/usr/bin/env python3
-# qcow2-bitmaps.t - persistent bitmaps, which tblk keeps but does not maintain, against
-# Debian's qemu-img/qemu-io on the same files. Images get bitmaps from `qemu-img bitmap`
-# (enabled, disabled, granularities, one left in use by a killed qemu-io). Then:
+# qcow2-bitmaps.t - persistent bitmaps in images qemu made, against Debian's qemu-img/qemu-io
+# on the same files. Images get bitmaps from `qemu-img bitmap` (enabled, disabled,
+# granularities, one left in use by a killed qemu-io). Then:
 # - info (human and JSON) and check list and count them exactly as qemu-img does (their
 #   directory, tables and data clusters are referenced, not leaks);
-# - check -r all keeps them (still listed by qemu-img afterwards; a clean image is left
-#   untouched, where qemu rewrites its bitmaps elsewhere on close);
-# - a write through tblk-io clears the bitmaps autoclear bit, as the specification asks of a
-#   program without bitmap support: qemu-img then warns and counts their clusters as leaks,
-#   and tblk-img prints the same warning;
-# - opening such an image for writing drops the stale extension as qemu-io does (files cmp
-#   identical after the same write through each).
+# - check -r all keeps them and stores them on close as qemu does (files cmp identical);
+# - the same writes, zero writes and discards through tblk-io and qemu-io mark the same bits
+#   in the enabled bitmaps, stored to the same clusters (files cmp identical);
+# - with the bitmaps autoclear bit cleared (what a program without bitmap support does),
+#   qemu-img warns and counts their clusters as leaks, and tblk-img prints the same warning;
+#   opening such an image for writing drops the stale extension as qemu-io does.
 # stderr is compared with the program name normalised.
 import json
 import os
@@ -48,6 +47,19 @@ def same(q, t, what):
     if q != t:
         diag = "qemu: %r\ntblk: %r" % (q, t)
     return ok(q == t, what, diag)
+
+
+def filecmp(a, b):
+    return subprocess.run(["cmp", "-s", a, b]).returncode == 0
+
+
+def clear_autoclear(path):
+    """What a program without bitmap support does to a v3 image it writes."""
+    with open(path, "r+b") as f:
+        f.seek(95)
+        v = f.read(1)[0]
+        f.seek(95)
+        f.write(bytes([v & ~1]))
 
 
 def make(tmp, name, setup):
@@ -99,6 +111,8 @@ def main():
                  "%s: check" % name)
             q = os.path.join(tmp, "q.qcow2")
             t = os.path.join(tmp, "t.qcow2")
+            # A repair opens the image for writing: the bitmaps are stored again on close,
+            # to new clusters, as qemu stores them.
             shutil.copy(img, q)
             shutil.copy(img, t)
             same(run(["qemu-img", "check", "-r", "all", q])[0],
@@ -108,15 +122,21 @@ def main():
                 else -1
             ok(nb == len([b for b in setup["bitmaps"] if b[0] == "--add"]),
                "%s: check -r all keeps the bitmaps (%d)" % (name, nb))
-            # qemu rewrites its bitmaps when it closes an image it opened for writing
-            # (new clusters); we keep them in place: nothing to repair, nothing changed.
-            ok(subprocess.run(["cmp", "-s", img, t]).returncode == 0,
-               "%s: check -r all leaves a clean image untouched" % name)
+            ok(filecmp(q, t), "%s: check -r all gives qemu-img's file" % name)
             same(run(["qemu-img", "check", t])[0], 0, "%s: and qemu-img check finds it clean" % name)
-            # A write through tblk: the bitmaps become inconsistent.
+            # Writes through tblk-io and qemu-io mark the same bits, stored the same way.
+            shutil.copy(img, q)
             shutil.copy(img, t)
-            rc, _, _ = run([TIO, "-c", "write -P 5 8M 64k", t])
-            ok(rc == 0, "%s: tblk-io writes" % name)
+            cmds = ["-c", "write -P 5 8M 64k", "-c", "write -z 12M 192k", "-c", "discard 1M 4k"]
+            rq = run(["qemu-io"] + cmds + [q])
+            rt = run([TIO] + cmds + [t])
+            ok(rq[0] == 0 and rt[0] == 0, "%s: both write" % name, rq[2] + rt[2])
+            ok(filecmp(q, t), "%s: writes tracked as qemu tracks them (files identical)" % name)
+            same(run(["qemu-img", "info", t]), run([TIMG, "info", t]),
+                 "%s: info after the writes" % name)
+            # A program without bitmap support clears the autoclear bit: stale bitmaps.
+            shutil.copy(img, t)
+            clear_autoclear(t)
             q_info = run(["qemu-img", "info", t])
             ok("lacking bitmap support" in q_info[2] and "bitmaps:" not in q_info[1],
                "%s: qemu-img then finds the bitmaps inconsistent" % name, q_info[2])
@@ -129,8 +149,8 @@ def main():
             rt = run([TIO, "-c", "write -P 6 9M 4k", t])
             same(rq[0], rt[0], "%s: write to the stale image" % name)
             same(rq[2], rt[2], "%s: same warning on stderr" % name)
-            ok(subprocess.run(["cmp", "-s", q, t]).returncode == 0,
-               "%s: stale extension dropped as qemu drops it (files identical)" % name)
+            ok(filecmp(q, t), "%s: stale extension dropped as qemu drops it (files identical)"
+               % name)
         print("1..%d" % n)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

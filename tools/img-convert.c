@@ -974,6 +974,82 @@ static int target_options(struct convert *cv, GHashTable *opts)
 }
 
 /* The checks between the options and creating the target. 1: stop with status 0. */
+/* True if the image's format keeps persistent bitmaps (qcow2 v3). */
+static bool keeps_bitmaps(struct tblk_blk *blk)
+{
+	struct tblk_dirty_bitmap *bm = NULL;
+	int n = 0;
+
+	if (tblk_blk_bitmap_list(blk, &bm, &n) < 0)
+		return false;
+	tblk_dirty_bitmaps_free(bm, n);
+	return true;
+}
+
+/* --bitmaps: the source keeps bitmaps, and none is inconsistent unless they are skipped. */
+static int check_src_bitmaps(struct tblk_blk *src, bool skip_broken)
+{
+	struct tblk_dirty_bitmap *bm = NULL;
+	int n = 0, ret = 0;
+
+	if (tblk_blk_bitmap_list(src, &bm, &n) < 0) {
+		tool_error("Source lacks bitmap support");
+		return -ENOTSUP;
+	}
+	for (int i = 0; i < n && !skip_broken; i++)
+		if (bm[i].inconsistent) {
+			tool_error("Cannot copy inconsistent bitmap '%s'", bm[i].name);
+			fprintf(stderr, "Try --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' "
+				"to delete it\n");
+			ret = -EINVAL;
+			break;
+		}
+	tblk_dirty_bitmaps_free(bm, n);
+	return ret;
+}
+
+/*
+ * After the copy: each bitmap of the source, in qemu's order, added to the target with its
+ * granularity and state and filled from the source's (qemu's convert_copy_bitmaps).
+ */
+static int copy_bitmaps(struct tblk_blk *src, struct tblk_blk *dst, bool skip_broken)
+{
+	struct tblk_dirty_bitmap *bm = NULL;
+	int n = 0, ret = 0;
+
+	if (tblk_blk_bitmap_list(src, &bm, &n) < 0)
+		return 0;
+	for (int i = 0; i < n && ret == 0; i++) {
+		struct tblk_bitmap_request add = {
+			.action = TBLK_BITMAP_ADD, .name = bm[i].name,
+			.granularity = bm[i].granularity, .disabled = !bm[i].enabled,
+		};
+		struct tblk_bitmap_request merge = {
+			.action = TBLK_BITMAP_MERGE, .name = bm[i].name, .src = src,
+			.src_name = bm[i].name,
+		};
+		struct tblk_bitmap_request rm = { .action = TBLK_BITMAP_REMOVE, .name = bm[i].name };
+		GError *err = NULL;
+
+		if (skip_broken && bm[i].inconsistent) {
+			tool_warn("Skipping inconsistent bitmap '%s'", bm[i].name);
+			continue;
+		}
+		if (tblk_blk_bitmap_apply(dst, &add, &err) < 0) {
+			tool_error("Failed to create bitmap %s: %s", bm[i].name, err->message);
+			ret = -EINVAL;
+		} else if (tblk_blk_bitmap_apply(dst, &merge, &err) < 0) {
+			tool_error("Failed to populate bitmap %s: %s", bm[i].name, err->message);
+			g_clear_error(&err);
+			(void)tblk_blk_bitmap_apply(dst, &rm, &err);
+			ret = -EINVAL;
+		}
+		g_clear_error(&err);
+	}
+	tblk_dirty_bitmaps_free(bm, n);
+	return ret;
+}
+
 static int check_target(struct convert *cv, GHashTable *opts, const char **backing)
 {
 	const struct convert_args *a = cv->a;
@@ -1018,10 +1094,8 @@ static int check_target(struct convert *cv, GHashTable *opts, const char **backi
 			tool_error("Copying bitmaps only possible with single source");
 			return -EINVAL;
 		}
-		if (strcmp(tblk_blk_format_name(cv->src[0]), "qcow2")) {
-			tool_error("Source lacks bitmap support");
+		if (check_src_bitmaps(cv->src[0], a->skip_broken) < 0)
 			return -EINVAL;
-		}
 	}
 	return 0;
 }
@@ -1063,7 +1137,7 @@ static int open_target(struct convert *cv)
 	}
 	if (img_open(&cv->target, &o, cv->loop) < 0)
 		return -EINVAL;
-	if (a->bitmaps && strcmp(tblk_blk_format_name(cv->target), "qcow2")) {
+	if (a->bitmaps && !keeps_bitmaps(cv->target)) {
 		tool_error("Format driver '%s' does not support bitmaps",
 			   tblk_blk_format_name(cv->target));
 		return -ENOTSUP;
@@ -1171,6 +1245,21 @@ static int pad_compressed_file(const char *filename)
 	return ret;
 }
 
+/* Pads the compressed target's file, which is closed for that, then opens it again. */
+static int pad_and_reopen(struct convert *cv)
+{
+	struct img_open_opts o = { .filename = cv->a->out, .fmt = cv->a->out_fmt,
+				   .flags = TBLK_OPEN_RDWR };
+	int ret;
+
+	tblk_blk_close(cv->target);
+	cv->target = NULL;
+	ret = pad_compressed_file(cv->a->out);
+	if (ret < 0)
+		return ret;
+	return img_open(&cv->target, &o, cv->loop) < 0 ? -EINVAL : 0;
+}
+
 int img_convert(int argc, char **argv)
 {
 	struct convert_args a = {
@@ -1198,8 +1287,13 @@ int img_convert(int argc, char **argv)
 		ret = 0;
 	if (ret == 0)
 		img_progress_print(100, 0);
+	/* qemu pads a compressed target before it stores the bitmaps (at close, after it). */
+	if (ret == 0 && a.bitmaps && cv.compressed && !a.tgt_image_opts)
+		ret = pad_and_reopen(&cv);
+	if (ret == 0 && a.bitmaps)
+		ret = copy_bitmaps(cv.src[0], cv.target, a.skip_broken);
 	tblk_blk_close(cv.target);
-	if (ret == 0 && cv.compressed && cv.target && !a.tgt_image_opts)
+	if (ret == 0 && cv.compressed && cv.target && !a.tgt_image_opts && !a.bitmaps)
 		ret = pad_compressed_file(a.out);
 	img_progress_end();
 	for (int i = 0; i < a.nr_srcs && cv.src; i++)

@@ -21,6 +21,7 @@
 /* Subcommands: argv[0] is the subcommand's name. Each returns the exit status. */
 int img_amend(int argc, char **argv);
 int img_bench(int argc, char **argv);
+int img_bitmap(int argc, char **argv);
 int img_check(int argc, char **argv);
 int img_compare(int argc, char **argv);
 int img_convert(int argc, char **argv);

@@ -58,6 +58,9 @@ void img_help(void)
 	       "  bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] "
 	       "[-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] "
 	       "[-s buffer_size] [-S step_size] [-t cache] [-w] [-U] filename\n"
+	       "  bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... "
+	       "[-b source_file [-F source_fmt]] [-g granularity] [--object objectdef] "
+	       "[--image-opts | -f fmt] filename bitmap\n"
 	       "  commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] "
 	       "[-r rate_limit] [-d] [-p] filename\n"
 	       "  compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] "
@@ -178,7 +181,7 @@ void img_progress_end(void)
 
 /* Subcommands qemu-img 7.2 has that tblk-img does not implement yet. */
 static const char *const unimplemented[] = {
-	"bitmap", NULL,
+	NULL,
 };
 
 static const struct {
@@ -187,6 +190,7 @@ static const struct {
 } subcommands[] = {
 	{ "amend", img_amend },
 	{ "bench", img_bench },
+	{ "bitmap", img_bitmap },
 	{ "check", img_check },
 	{ "commit", img_commit },
 	{ "compare", img_compare },

@@ -186,6 +186,8 @@ static int req_discard(struct tblk_req *req)
 
 	if (node->read_only)
 		return -EPERM;
+	if (node->drv->discard_notify)
+		node->drv->discard_notify(node, req->offset, req->bytes);
 	/* Discard is advisory: what cannot be discarded whole is left alone. */
 	if (!node->drv->pdiscard || end <= start || (node->flags & TBLK_OPEN_NO_UNMAP))
 		return 0;

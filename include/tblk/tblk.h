@@ -188,6 +188,47 @@ int tblk_img_measure(const char *fmt, GHashTable *options, uint64_t size, struct
 int tblk_blk_amend(struct tblk_blk *blk, GHashTable *options, bool force,
 		   void (*progress)(double fraction, void *opaque), void *opaque, GError **errp);
 
+/* ------------------------------------------------------------ persistent dirty bitmaps */
+
+/*
+ * qemu-img bitmap's actions on an image's persistent dirty bitmaps (qcow2 v3). A bitmap
+ * marks, one bit per @granularity bytes, what was written since it was made or cleared;
+ * enabled ones follow every write, discard and zero write while the image is open for
+ * writing, and are stored in the image when it is closed.
+ */
+enum tblk_bitmap_action {
+	TBLK_BITMAP_ADD,
+	TBLK_BITMAP_REMOVE,
+	TBLK_BITMAP_CLEAR,
+	TBLK_BITMAP_ENABLE,
+	TBLK_BITMAP_DISABLE,
+	TBLK_BITMAP_MERGE,	/* sets the bits of @src_name (of @src) in @name */
+};
+struct tblk_bitmap_request {
+	enum tblk_bitmap_action action;
+	const char *name;
+	uint64_t granularity;		/* ADD: bytes per bit; 0: the format's default */
+	bool disabled;			/* ADD: not tracking writes */
+	struct tblk_blk *src;		/* MERGE: where @src_name is; NULL: this image */
+	const char *src_name;		/* MERGE */
+};
+/* Applies @rq to @blk (drained). 0, or -errno with *errp in qemu's words. Control thread. */
+int tblk_blk_bitmap_apply(struct tblk_blk *blk, const struct tblk_bitmap_request *rq,
+			  GError **errp);
+/* A bitmap as the image holds it in memory. */
+struct tblk_dirty_bitmap {
+	char *name;
+	uint64_t granularity;
+	bool enabled;			/* tracks writes */
+	bool inconsistent;		/* found in use (not stored cleanly): its bits are lost */
+};
+/*
+ * The image's persistent bitmaps in qemu's order (the most recently loaded or added first).
+ * -ENOTSUP if the format has none; free with tblk_dirty_bitmaps_free(). Control thread.
+ */
+int tblk_blk_bitmap_list(struct tblk_blk *blk, struct tblk_dirty_bitmap **list, int *n);
+void tblk_dirty_bitmaps_free(struct tblk_dirty_bitmap *list, int n);
+
 /* ------------------------------------------------------------ requests */
 
 /* Request flags. */
