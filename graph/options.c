@@ -52,7 +52,14 @@ static char *read_elem(const char **p, char stop)
 
 static int json_flatten(GHashTable *opts, const char *json, GError **errp);
 
-int tblk_opts_parse(GHashTable *opts, const char *str, const char *implied_key, GError **errp)
+/*
+ * key=value,... into @opts. A bare word is the value of @implied_key if it comes first;
+ * elsewhere it is an error (@qemu false), or qemu's short form of a boolean (@qemu true:
+ * "foo" is foo=on, "nofoo" foo=off, each recorded in @short_forms; "help" and "?" ask for
+ * help).
+ */
+static int parse_opts(GHashTable *opts, const char *str, const char *implied_key, bool qemu,
+		      GPtrArray *short_forms, GError **errp)
 {
 	const char *p = str;
 	bool first = true;
@@ -68,43 +75,11 @@ int tblk_opts_parse(GHashTable *opts, const char *str, const char *implied_key, 
 		} else if (first && implied_key) {
 			val = key;
 			key = g_strdup(implied_key);
-		} else {
-			int r = tblk_error_set(errp, EINVAL,
-					       "Invalid parameter '%s'", key);
+		} else if (!qemu) {
+			int r = tblk_error_set(errp, EINVAL, "Invalid parameter '%s'", key);
 
 			g_free(key);
 			return r;
-		}
-		if (!*key) {
-			g_free(key);
-			g_free(val);
-			return tblk_error_set(errp, EINVAL, "Invalid parameter ''");
-		}
-		g_hash_table_insert(opts, key, val);
-		first = false;
-		if (*p == ',')
-			p++;
-	}
-	return 0;
-}
-
-int tblk_opts_parse_qemu(GHashTable *opts, const char *str, const char *implied_key,
-			 GPtrArray *short_forms, GError **errp)
-{
-	const char *p = str;
-	bool first = true;
-
-	if (g_str_has_prefix(str, "json:"))
-		return json_flatten(opts, str + 5, errp);
-	while (*p) {
-		char *key = read_elem(&p, '='), *val;
-
-		if (*p == '=') {
-			p++;
-			val = read_elem(&p, '\0');
-		} else if (first && implied_key) {
-			val = key;
-			key = g_strdup(implied_key);
 		} else if (!strcmp(key, "help") || !strcmp(key, "?")) {
 			val = g_strdup("on");	/* qemu asks for help here: no warning */
 		} else {
@@ -117,12 +92,28 @@ int tblk_opts_parse_qemu(GHashTable *opts, const char *str, const char *implied_
 				val = g_strdup("on");
 			}
 		}
+		if (!qemu && !*key) {
+			g_free(key);
+			g_free(val);
+			return tblk_error_set(errp, EINVAL, "Invalid parameter ''");
+		}
 		g_hash_table_insert(opts, key, val);
 		first = false;
 		if (*p == ',')
 			p++;
 	}
 	return 0;
+}
+
+int tblk_opts_parse(GHashTable *opts, const char *str, const char *implied_key, GError **errp)
+{
+	return parse_opts(opts, str, implied_key, false, NULL, errp);
+}
+
+int tblk_opts_parse_qemu(GHashTable *opts, const char *str, const char *implied_key,
+			 GPtrArray *short_forms, GError **errp)
+{
+	return parse_opts(opts, str, implied_key, true, short_forms, errp);
 }
 
 /* ---------------------------------------------------------------- json: */

@@ -526,12 +526,30 @@ static void test_polling(void)
 	is_int(c.polls, 0, "poll_max_ns 0: poll functions are never called");
 	ok(c.reads >= 20, "events still arrive through epoll");
 
-	/* Events every 0.5 ms fall within a 50 ms cap: the window grows until it catches them. */
+	/*
+	 * Events every 0.5 ms, a 50 ms cap, a sleep said to cost 50 ms: polling for them is
+	 * cheaper, so the window grows until it catches them.
+	 */
 	c.reads = 0;
 	tblk_loop_set_poll_max_ns(loop, 50000000);
+	tblk_loop_set_poll_break_even_ns(loop, 50000000);
 	run_poll(loop, &c, 200);
 	ok(c.polls > 0, "the window grew: poll functions were called (%u times)", c.polls);
 	ok(c.found > 0, "and handled events (%u, %u through epoll)", c.found, c.reads);
+
+	/*
+	 * The same events when a sleep costs 8 us: each one that polling caught came late and
+	 * cost more than a sleep, so the window shrinks to nothing (a halving per event, about
+	 * 16 from 50 ms), and from then on the loop sleeps: events come through epoll.
+	 */
+	tblk_loop_set_poll_break_even_ns(loop, 8000);
+	c.found = c.reads = 0;
+	run_poll(loop, &c, 40);
+	c.found = c.reads = c.polls = 0;
+	run_poll(loop, &c, 100);
+	ok(c.reads >= 90 && c.found <= 10,
+	   "late events shrink the window: %u events through epoll, %u by polling", c.reads,
+	   c.found);
 
 	tblk_loop_set_fd_handler(loop, c.n.fd, NULL, NULL, NULL, NULL);
 	tblk_notifier_destroy(&c.n);
@@ -655,7 +673,7 @@ static void test_data_slots(void)
 
 int main(void)
 {
-	tap_plan(70);
+	tap_plan(71);
 	test_fd_handlers();
 	test_bh_threads();
 	test_bh_cancel_free();

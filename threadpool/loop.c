@@ -33,6 +33,7 @@
 #include "threadpool/threadpool-int.h"
 
 #define LOOP_POLL_MAX_NS	32000u	/* default cap of the adaptive polling window */
+#define LOOP_POLL_BREAK_EVEN_NS	8000u	/* default: polling longer costs more than a sleep */
 #define LOOP_POLL_FIRST_NS	4000u	/* window when polling (re)starts from 0 */
 #define LOOP_POLL_MIN_NS	1000u	/* a window shrunk below this becomes 0 */
 #define LOOP_MAX_EVENTS		64
@@ -95,6 +96,7 @@ struct tblk_loop {
 	unsigned int nr_slots;		/* [loop thread] */
 	uint64_t poll_max_ns;		/* [loop thread] 0: never poll */
 	uint64_t poll_ns;		/* [loop thread] current adaptive window */
+	uint64_t poll_break_even_ns;	/* [loop thread] CPU time a sleep and a wake-up cost */
 };
 
 static __thread struct tblk_loop *cur_loop;
@@ -205,6 +207,8 @@ struct tblk_loop *tblk_loop_new(GError **errp)
 	tblk_list_init(&loop->timers);
 	tblk_list_init(&loop->hooks);
 	loop->poll_max_ns = tblk__env_ns("TBLK_LOOP_POLL_MAX_NS", LOOP_POLL_MAX_NS);
+	loop->poll_break_even_ns = tblk__env_ns("TBLK_LOOP_POLL_BREAK_EVEN_NS",
+						LOOP_POLL_BREAK_EVEN_NS);
 	return loop;
 
 out_close_wake_fd:
@@ -323,6 +327,11 @@ void tblk_loop_set_poll_max_ns(struct tblk_loop *loop, uint64_t max_ns)
 	loop->poll_max_ns = max_ns;
 	if (loop->poll_ns > max_ns)
 		loop->poll_ns = max_ns;
+}
+
+void tblk_loop_set_poll_break_even_ns(struct tblk_loop *loop, uint64_t ns)
+{
+	loop->poll_break_even_ns = ns;
 }
 
 /* ---------------------------------------------------------------- fd handlers */
@@ -709,42 +718,56 @@ static bool call_pollers(struct tblk_loop *loop)
 
 /*
  * Busy-polls for at most the adaptive window and never past @timeout_ns (-1: none).
- * Returns true if work turned up (sets *progress if a poll function handled some);
- * otherwise *polled_ns is how long it tried.
+ * Returns true if work turned up (sets *progress if a poll function handled some).
+ * *polled_ns is how long it tried, in both cases.
  */
 static bool poll_for_work(struct tblk_loop *loop, int64_t timeout_ns, bool *progress,
 			  uint64_t *polled_ns)
 {
 	uint64_t window = loop->poll_ns, start, now;
+	bool found = false;
 
 	if (timeout_ns >= 0 && (uint64_t)timeout_ns < window)
 		window = timeout_ns;
 	start = now = tblk_clock_ns();
 	do {
 		if (call_pollers(loop)) {
-			*progress = true;
-			return true;
+			*progress = found = true;
+			break;
 		}
-		if (loop_has_pending(loop))
-			return true;
+		if (loop_has_pending(loop)) {
+			found = true;
+			break;
+		}
 		tblk__cpu_relax();
 		now = tblk_clock_ns();
 	} while (now - start < window);
-	*polled_ns = now - start;
-	return false;
+	*polled_ns = (found ? tblk_clock_ns() : now) - start;
+	return found;
 }
 
 /*
- * Self-tuning of the polling window after the loop had to sleep. @waited_ns runs from the
- * start of polling to the wake-up. If the event came within poll_max_ns, a longer window
- * would have caught it without any wake-up syscall: grow. If it came later, the polling
- * was wasted CPU: shrink. A timeout teaches nothing (timers are known in advance).
+ * Self-tuning of the polling window, the ski-rental way. Polling for an event that comes
+ * after t ns costs t ns of CPU; sleeping for it costs about poll_break_even_ns (the
+ * epoll_wait, two context switches, the producer's eventfd write), whenever it comes.
+ * @waited_ns runs from the start of polling to the event: polling found it, or it woke
+ * the sleeping loop (@event false: a timeout, which teaches nothing).
+ * - an event that came within the break-even time would have been cheaper to poll for:
+ *   grow the window (up to poll_max_ns) if the loop had to sleep for it;
+ * - an event that came later cost more to poll for than a sleep would have, whether
+ *   polling caught it or not: shrink the window.
+ * So the loop polls where events follow each other closely (a busy device, a guest that
+ * submits right after a completion) and sleeps where they come tens of microseconds
+ * apart (a thread pool's completions on a slow disk), where polling would burn a CPU the
+ * workers need.
  */
-static void poll_adapt(struct tblk_loop *loop, uint64_t waited_ns, bool event)
+static void poll_adapt(struct tblk_loop *loop, uint64_t waited_ns, bool event, bool slept)
 {
 	if (!event || !loop->poll_max_ns)
 		return;
-	if (waited_ns <= loop->poll_max_ns) {
+	if (waited_ns <= loop->poll_break_even_ns) {
+		if (!slept)
+			return;
 		loop->poll_ns = loop->poll_ns ? loop->poll_ns * 2 : LOOP_POLL_FIRST_NS;
 		if (loop->poll_ns < waited_ns)
 			loop->poll_ns = waited_ns;
@@ -810,8 +833,10 @@ static int loop_wait(struct tblk_loop *loop, struct epoll_event *events, bool bl
 		return epoll_ready(loop, events, true);
 	if (timeout != 0 && loop->poll_ns) {
 		start = tblk_clock_ns();
-		if (poll_for_work(loop, timeout, progress, &polled))
+		if (poll_for_work(loop, timeout, progress, &polled)) {
+			poll_adapt(loop, polled, true, false);
 			return epoll_ready(loop, events, true);
+		}
 		if (timeout > 0)
 			timeout = (uint64_t)timeout > polled ? timeout - (int64_t)polled : 0;
 	}
@@ -827,7 +852,7 @@ static int loop_wait(struct tblk_loop *loop, struct epoll_event *events, bool bl
 	__atomic_store_n(&loop->notify_me, false, __ATOMIC_SEQ_CST);
 	loop->nr_epoll_skips = 0;
 	if (timeout != 0)
-		poll_adapt(loop, tblk_clock_ns() - start, n > 0);
+		poll_adapt(loop, tblk_clock_ns() - start, n > 0, true);
 	return n;
 }
 

@@ -77,6 +77,13 @@ struct tblk_loop *tblk_loop_current(void);
  * polling. The loop self-tunes the actual window between 0 and this maximum. Loop thread.
  */
 void tblk_loop_set_poll_max_ns(struct tblk_loop *loop, uint64_t max_ns);
+/*
+ * What a sleep and a wake-up of the loop cost in CPU time (ns; default 8 us,
+ * TBLK_LOOP_POLL_BREAK_EVEN_NS): the window grows only for events that come sooner than
+ * this and shrinks after any that came later, since polling for those costs more than
+ * sleeping. Loop thread.
+ */
+void tblk_loop_set_poll_break_even_ns(struct tblk_loop *loop, uint64_t ns);
 
 /*
  * Prepare hooks run at the start of every iteration, before the loop polls or sleeps:
