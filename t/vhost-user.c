@@ -185,6 +185,16 @@ static void test_io(struct fe *f)
 		drv_reset_heap(&f->d[(i + 1) & 1]);
 	}
 	is_int(bad, 0, "32 reads return it");
+	/* The device checks ranges against a size it caches: the edges still hold. */
+	is_int(fe_io(f, 0, VIRTIO_BLK_T_IN, DISK / 512 - 8, 4096, 1, false, &r, 0),
+	       VIRTIO_BLK_S_OK, "read of the last 4 KiB");
+	drv_reset_heap(&f->d[0]);
+	is_int(fe_io(f, 1, VIRTIO_BLK_T_OUT, DISK / 512 - 7, 4096, 2, false, &r, 0x11),
+	       VIRTIO_BLK_S_IOERR, "write crossing the end: IOERR");
+	drv_reset_heap(&f->d[1]);
+	is_int(fe_io(f, 0, VIRTIO_BLK_T_IN, DISK / 512, 512, 1, true, &r, 0),
+	       VIRTIO_BLK_S_IOERR, "read just past the end: IOERR");
+	drv_reset_heap(&f->d[0]);
 	{	/* a write whose buffer crosses from one memory region into the next */
 		struct drv *d = &f->d[0];
 		struct seg s[3];

@@ -47,6 +47,7 @@ int tblk_vblk_new(struct tblk_vblk **pdev, struct tblk_blk *blk,
 	else
 		dev->offered |= 1ull << VIRTIO_BLK_F_RO;
 	dev->writeback = 1;
+	dev->length = tblk_blk_getlength(blk);
 	dev->nq = opts->num_queues;
 	for (unsigned int i = 0; i < dev->nq; i++)
 		tblk__vq_init(dev, &dev->vq[i], i);
@@ -127,7 +128,7 @@ unsigned int tblk_vblk_num_queues(struct tblk_vblk *dev)
 
 static void build_config(struct tblk_vblk *dev, struct virtio_blk_config *c)
 {
-	int64_t len = tblk_blk_getlength(dev->blk);
+	int64_t len = dev->length = tblk_blk_getlength(dev->blk);
 	uint32_t lbs = dev->opts.logical_block_size;
 
 	memset(c, 0, sizeof(*c));
@@ -363,17 +364,29 @@ static void req_done(void *opaque, int ret)
 	tblk__vq_complete(req, ret < 0 ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_OK);
 }
 
-/* True if [sector, +bytes) is aligned to the logical block size and inside the disk. */
+static bool range_in(int64_t len, uint64_t sector, uint64_t bytes)
+{
+	return len >= 0 && sector <= (uint64_t)len / SECTOR &&
+	       bytes <= (uint64_t)len - sector * SECTOR;
+}
+
+/*
+ * True if [sector, +bytes) is aligned to the logical block size and inside the disk. The
+ * size is the one cached at creation and at each config read (asking the driver costs a
+ * syscall per request on a file); a range outside it asks again, so a disk grown since is
+ * served. The backend checks every request against its own size too, so one shrunk since
+ * fails there.
+ */
 static bool range_ok(struct tblk_vblk *dev, uint64_t sector, uint64_t bytes)
 {
-	int64_t len = tblk_blk_getlength(dev->blk);
 	uint32_t lbs = dev->opts.logical_block_size;
 
-	if (len < 0 || sector > (uint64_t)len / SECTOR)
-		return false;
 	if ((sector * SECTOR) % lbs || bytes % lbs)
 		return false;
-	return bytes <= (uint64_t)len - sector * SECTOR;
+	if (range_in(dev->length, sector, bytes))
+		return true;
+	dev->length = tblk_blk_getlength(dev->blk);
+	return range_in(dev->length, sector, bytes);
 }
 
 static bool writes_through(struct tblk_vblk *dev)

@@ -77,6 +77,7 @@ struct tblk_vblk {
 	uint64_t features;
 	uint8_t writeback;
 	bool detached;
+	int64_t length;			/* disk size cached for range checks (-errno: unknown) */
 	struct tblk_vmem *vmem;		/* reference, may be NULL */
 	struct tblk_vblk_callbacks cbs;
 	struct tblk_vblk_stats stats;
