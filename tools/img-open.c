@@ -73,6 +73,58 @@ int img_open(struct tblk_blk **pblk, const struct img_open_opts *o, struct tblk_
 	return ret;
 }
 
+/* ---------------------------------------------------------------- -l snapshot */
+
+bool img_snapshot_arg_check(const char *arg)
+{
+	g_auto(GStrv) elems = NULL;
+
+	if (strncmp(arg, "snapshot.", 9))
+		return false;
+	elems = g_strsplit(arg, ",", -1);
+	for (char **e = elems; *e; e++) {
+		g_autofree char *key = g_strdup(*e);
+		char *eq = strchr(key, '=');
+
+		if (!**e)
+			continue;
+		if (eq)
+			*eq = '\0';
+		if (strcmp(key, "snapshot.id") && strcmp(key, "snapshot.name")) {
+			tool_error("Invalid parameter '%s'", key);
+			tool_error("Failed in parsing snapshot param '%s'", arg);
+			exit(1);
+		}
+	}
+	return true;
+}
+
+int img_snapshot_load(struct tblk_blk *blk, const char *arg)
+{
+	g_autoptr(GHashTable) opts = tblk_opts_new();
+	bool keyed = !strncmp(arg, "snapshot.", 9);
+	const char *id = arg, *name = NULL;
+	GError *err = NULL;
+	int ret;
+
+	if (keyed) {
+		id = NULL;
+		/* Checked by img_snapshot_arg_check() already. */
+		if (tblk_opts_parse(opts, arg, NULL, NULL) == 0) {
+			id = g_hash_table_lookup(opts, "snapshot.id");
+			name = g_hash_table_lookup(opts, "snapshot.name");
+		}
+	}
+	ret = tblk_blk_snapshot_load_tmp(blk, id, name, &err);
+	if (!keyed && (ret == -ENOENT || ret == -EINVAL)) {
+		g_clear_error(&err);
+		ret = tblk_blk_snapshot_load_tmp(blk, NULL, arg, &err);
+	}
+	if (ret < 0)
+		tool_error_gerror(err, "Failed to load snapshot: ");
+	return ret;
+}
+
 /* ---------------------------------------------------------------- --object */
 
 void img_object_check(const char *def)
