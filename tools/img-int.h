@@ -97,6 +97,8 @@ int img_snapshot_load(struct tblk_blk *blk, const char *arg);
  * printing the error, else 0.
  */
 int img_create_opts_parse(const char *fmt, const char *list, GHashTable *opts);
+/* Whether @list parses as creation options of @fmt (values checked too); prints nothing. */
+bool img_create_opts_valid(const char *fmt, const char *list);
 /* qemu refuses an empty -o list or one with an empty element (",," is a comma). */
 bool img_opt_list_valid(const char *s);
 /* The elements of a -o list, ",," turned into ','; free with g_strfreev(). */
