@@ -348,6 +348,11 @@ c "map --max-length past the end" map --max-length=1G --output=json d.img
 c "map, overflowing window" map --start-offset=1M --max-length=9223372036854775807 \
 	--output=json d.img
 c "map, hex with suffix" map --output=json --max-length=0x1p d.img
+c "map -s and -l (short forms)" map -s 1M -l 2M --output=json d.img
+c "map -l, -s in human form" map -l 1M -s 512k d.img
+c "map: bad -s" map -s abc d.img
+c "map: bad -l" map -l 1x d.img
+c "map: -l without an argument" map -l
 c "map -U --image-opts" map -U --image-opts driver=raw,file.filename=d.img
 c "map --object" map --object secret,id=s0,data=x --output=json f.img
 c "map: no file" map

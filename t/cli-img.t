@@ -150,6 +150,10 @@ c "create, hex size" create -f raw c.img 0x100
 c "create -o size" create -f raw -o size=2M c.img
 c "create -o size twice" create -f raw -o size=1M,size=2M c.img
 c "create -o twice" create -f raw -o size=1M -o preallocation=off c.img
+c "create -o nocow (short form: cow=off)" create -f raw -o nocow c.img 1M
+c "create -o nolazy_refcounts" create -f qcow2 -o nolazy_refcounts,noextended_l2 c.qcow2 1M
+c "create -o nobogus" create -f qcow2 -o nobogus c.qcow2 1M
+c "create -o lazy_refcounts" create -f qcow2 -o lazy_refcounts c.qcow2 1M
 c "create -q" create -q -f raw c.img 1M
 c "create -q after operands" create -f raw c.img 2M -q
 c "create --" create -f raw -- c.img 1M

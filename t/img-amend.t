@@ -153,7 +153,17 @@ def main():
                ["-o", "compat=0.10", "nonexistent.qcow2"], ["-x", "-o", "compat=1.1", "img.qcow2"],
                ["-p", "-o", "lazy_refcounts=on", "img.qcow2"],
                ["--force", "-o", "lazy_refcounts=on", "img.qcow2"],
-               ["--image-opts", "-o", "lazy_refcounts=on", "driver=qcow2,file.filename=img.qcow2"]]
+               ["--image-opts", "-o", "lazy_refcounts=on", "driver=qcow2,file.filename=img.qcow2"],
+               # short forms ("nokey" is key=off); the creation-only hint only when the
+               # whole list would do for creating an image
+               ["-o", "nolazy_refcounts", "img.qcow2"], ["-o", "lazy_refcounts", "img.qcow2"],
+               ["-o", "nocow", "img.qcow2"], ["-o", "nobogus", "img.qcow2"],
+               ["-o", "nocluster_size", "img.qcow2"], ["-o", "cluster_size", "img.qcow2"],
+               ["-o", "cluster_size=off", "img.qcow2"],
+               ["-o", "cluster_size=4k,bogus=1", "img.qcow2"],
+               ["-o", "compat=0.10,cluster_size=4k", "img.qcow2"],
+               ["-o", "preallocation=bogus", "img.qcow2"], ["-o", "nopreallocation", "img.qcow2"],
+               ["-o", "extended_l2=maybe", "img.qcow2"]]
         for b in bad:
             diff_case(d, "bad input", plain, b)
     finally:

@@ -5,7 +5,7 @@
 # name normalised) and exit status equal for sizes, target options (cluster sizes, refcount
 # widths, compat, extended L2, preallocation, backing file) and source images (qcow2 v2/v3
 # with and without persistent bitmaps, and raw, holding data, zeroes and holes, with a
-# backing file), and for bad command lines
+# backing file; -l internal snapshots), and for bad command lines
 # (not a bad option: qemu-img measure then prints its whole help text, which is not ours).
 import os
 import shutil
@@ -51,6 +51,19 @@ def main():
            "top.qcow2", "12M")
         sh(d, "qemu-io", "-f", "qcow2", "-c", "write 11M 64k", "top.qcow2")
         sh(d, "qemu-img", "create", "-q", "-f", "raw", "odd.raw", "1000")
+        sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "sn.qcow2", "4M")
+        sh(d, "qemu-io", "-c", "write -P 1 0 1M", "sn.qcow2")
+        sh(d, "qemu-img", "snapshot", "-c", "s1", "sn.qcow2")
+        sh(d, "qemu-io", "-c", "write -P 2 1M 2M", "-c", "discard 0 512k", "sn.qcow2")
+        sh(d, "qemu-img", "snapshot", "-c", "s2", "sn.qcow2")
+        # -l: the source read as one of its internal snapshots
+        for l in ("s1", "1", "s2", "2", "snapshot.name=s1", "snapshot.id=2",
+                  "snapshot.id=1,snapshot.name=s1", "snapshot.id=1,snapshot.name=s2",
+                  "snapshot.bogus=1", "nosuch"):
+            case(d, ["-O", "qcow2", "-l", l, "sn.qcow2"])
+        case(d, ["--output=json", "-O", "qcow2", "-o", "cluster_size=4k", "-l", "s1", "-U",
+                 "sn.qcow2"])
+        case(d, ["-O", "raw", "-l", "s1", "sn.qcow2"])
         sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "bm.qcow2", "100M")
         sh(d, "qemu-img", "bitmap", "--add", "bm.qcow2", "b0")
         sh(d, "qemu-img", "bitmap", "--add", "-g", "512", "bm.qcow2", "a" * 40)

@@ -138,24 +138,27 @@ static int parse_list(const char *fmt, const char *list, GHashTable *opts)
 	g_auto(GStrv) parts = img_opt_list_split(list);
 
 	for (char **p = parts; *p; p++) {
-		char *eq = strchr(*p, '=');
+		char *eq = strchr(*p, '='), *key = *p;
 		const char *val = eq ? eq + 1 : "on";
 		size_t i;
 
 		if (eq)
 			*eq = '\0';
-		for (i = 0; i < NR_AMEND_OPTS && strcmp(qcow2_amend_opts[i].name, *p); i++)
+		else if (!strncmp(key, "no", 2))	/* qemu's short form of key=off */
+			key += 2, val = "off";
+		for (i = 0; i < NR_AMEND_OPTS && strcmp(qcow2_amend_opts[i].name, key); i++)
 			;
 		if (i == NR_AMEND_OPTS) {
-			tool_error("Invalid parameter '%s'", *p);
-			if (img_fmt_has_create_opt(fmt, *p))
+			tool_error("Invalid parameter '%s'", key);
+			/* qemu's hint, when the whole list would do for creating an image */
+			if (img_create_opts_valid(fmt, list))
 				fprintf(stderr, "This option is only supported for image "
 					"creation\n");
 			return -1;
 		}
-		if (check_value(qcow2_amend_opts[i].type, *p, val) < 0)
+		if (check_value(qcow2_amend_opts[i].type, key, val) < 0)
 			return -1;
-		g_hash_table_insert(opts, g_strdup(*p), g_strdup(val));
+		g_hash_table_insert(opts, g_strdup(key), g_strdup(val));
 	}
 	return 0;
 }

@@ -121,27 +121,6 @@ enum {
 	OPT_TARGET_IS_ZERO, OPT_BITMAPS, OPT_SKIP_BROKEN,
 };
 
-/* -l snapshot.id=ID,snapshot.name=NAME: only those two keys. */
-static void parse_snapshot_opts(const char *arg)
-{
-	g_auto(GStrv) elems = g_strsplit(arg, ",", -1);
-
-	for (char **e = elems; *e; e++) {
-		g_autofree char *key = g_strdup(*e);
-		char *eq = strchr(key, '=');
-
-		if (!**e)
-			continue;
-		if (eq)
-			*eq = '\0';
-		if (strcmp(key, "snapshot.id") && strcmp(key, "snapshot.name")) {
-			tool_error("Invalid parameter '%s'", key);
-			tool_error("Failed in parsing snapshot param '%s'", arg);
-			exit(1);
-		}
-	}
-}
-
 static void parse_sparse(struct convert_args *a, const char *arg)
 {
 	int64_t v = img_cvtnum_full("buffer size for sparse output", arg, 0, INT64_MAX);
@@ -203,9 +182,7 @@ static void parse_one(struct convert_args *a, int c, char **argv)
 		g_string_append(a->options, optarg);
 		break;
 	case 'l':
-		a->snapshot_opts = !strncmp(optarg, "snapshot.", 9);
-		if (a->snapshot_opts)
-			parse_snapshot_opts(optarg);
+		a->snapshot_opts = img_snapshot_arg_check(optarg);
 		a->snapshot = optarg;
 		break;
 	case 'r':
@@ -907,44 +884,20 @@ static int open_sources(struct convert *cv)
 	return 0;
 }
 
-/*
- * -l: the first source reads as one of its internal snapshots. "snapshot.id=...,
- * snapshot.name=..." must match both given; a plain argument is an id, else a name.
- */
+/* -l: the first source reads as one of its internal snapshots. */
 static int load_snapshot(struct convert *cv)
 {
 	const struct convert_args *a = cv->a;
-	g_autoptr(GHashTable) opts = tblk_opts_new();
-	const char *id = NULL, *name = NULL;
-	GError *err = NULL;
-	int ret;
 
 	if (!a->snapshot)
 		return 0;
-	if (a->snapshot_opts) {
-		/* Checked by parse_snapshot_opts() already. */
-		if (tblk_opts_parse(opts, a->snapshot, NULL, NULL) == 0) {
-			id = g_hash_table_lookup(opts, "snapshot.id");
-			name = g_hash_table_lookup(opts, "snapshot.name");
-		}
-	} else {
-		if (a->nr_srcs > 1) {
-			tool_error("No support for concatenating multiple snapshot");
-			return -EINVAL;
-		}
-		id = a->snapshot;
+	if (!a->snapshot_opts && a->nr_srcs > 1) {
+		tool_error("No support for concatenating multiple snapshot");
+		return -EINVAL;
 	}
-	ret = tblk_blk_snapshot_load_tmp(cv->src[0], id, name, &err);
-	if (!a->snapshot_opts && (ret == -ENOENT || ret == -EINVAL)) {
-		g_clear_error(&err);
-		ret = tblk_blk_snapshot_load_tmp(cv->src[0], NULL, a->snapshot, &err);
-	}
-	if (ret < 0)
-		tool_error_gerror(err, "Failed to load snapshot: ");
-	return ret;
+	return img_snapshot_load(cv->src[0], a->snapshot);
 }
 
-/* Builds the creation options: -o, then -B and -F as qemu's old-style options. */
 static int target_options(struct convert *cv, GHashTable *opts)
 {
 	const struct convert_args *a = cv->a;

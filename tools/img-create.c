@@ -221,7 +221,10 @@ static int set_option(struct create_opts *co, char *key, char *val, GError **err
 	return 0;
 }
 
-/* Splits the -o list (",," is a literal comma); a bare key means "key=on". */
+/*
+ * Splits the -o list (",," is a literal comma); a bare key means "key=on", a bare "nokey"
+ * "key=off" (qemu's short forms: "nocow" alone is "cow=off").
+ */
 static int parse_options(struct create_opts *co, const char *list, GError **errp)
 {
 	GString *elem = g_string_new(NULL);
@@ -241,7 +244,10 @@ static int parse_options(struct create_opts *co, const char *list, GError **errp
 		eq = strchr(elem->str, '=');
 		if (eq)
 			*eq = '\0';
-		ret = set_option(co, elem->str, eq ? eq + 1 : (char *)"on", errp);
+		if (!eq && !strncmp(elem->str, "no", 2))
+			ret = set_option(co, elem->str + 2, (char *)"off", errp);
+		else
+			ret = set_option(co, elem->str, eq ? eq + 1 : (char *)"on", errp);
 	}
 	g_string_free(elem, TRUE);
 	return ret;

@@ -79,6 +79,17 @@ int img_open(struct tblk_blk **pblk, const struct img_open_opts *o, struct tblk_
 
 /* --object OBJECTDEF: checked as qemu-img does at option time; exits 1 on a bad one. */
 void img_object_check(const char *def);
+/*
+ * -l of convert and measure: an argument "snapshot.id=...,snapshot.name=..." may name only
+ * those two keys (else qemu's errors and exit 1); true if it has that form.
+ */
+bool img_snapshot_arg_check(const char *arg);
+/*
+ * Makes the read-only @blk read as the internal snapshot -l @arg names: the keyed form must
+ * match both keys given, a plain argument is an id, else a name. 0, or -errno after printing
+ * "Failed to load snapshot: ...".
+ */
+int img_snapshot_load(struct tblk_blk *blk, const char *arg);
 
 /*
  * Creation options of a target image (convert, dd): the "-o" lists joined by ',' are checked
@@ -87,6 +98,8 @@ void img_object_check(const char *def);
  * printing the error, else 0.
  */
 int img_create_opts_parse(const char *fmt, const char *list, GHashTable *opts);
+/* Whether @list parses as creation options of @fmt (values checked too); prints nothing. */
+bool img_create_opts_valid(const char *fmt, const char *list);
 /* qemu refuses an empty -o list or one with an empty element (",," is a comma). */
 bool img_opt_list_valid(const char *s);
 /* The elements of a -o list, ",," turned into ','; free with g_strfreev(). */

@@ -34,7 +34,7 @@ struct map_entry {
 	const char *filename;		/* file holding the data, NULL if unknown */
 };
 
-enum { OPT_OUTPUT = 256, OPT_OBJECT, OPT_IMAGE_OPTS, OPT_START, OPT_MAX_LENGTH };
+enum { OPT_OUTPUT = 256, OPT_OBJECT, OPT_IMAGE_OPTS };
 
 static void map_parse(int argc, char **argv, struct map_args *a)
 {
@@ -45,13 +45,14 @@ static void map_parse(int argc, char **argv, struct map_args *a)
 		{ "object", required_argument, NULL, OPT_OBJECT },
 		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
 		{ "force-share", no_argument, NULL, 'U' },
-		{ "start-offset", required_argument, NULL, OPT_START },
-		{ "max-length", required_argument, NULL, OPT_MAX_LENGTH },
+		{ "start-offset", required_argument, NULL, 's' },
+		{ "max-length", required_argument, NULL, 'l' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int c;
 
-	while ((c = getopt_long(argc, argv, ":f:hU", long_opts, NULL)) != -1) {
+	/* -s and -l: qemu-img's undocumented short forms of --start-offset and --max-length */
+	while ((c = getopt_long(argc, argv, ":f:s:l:hU", long_opts, NULL)) != -1) {
 		switch (c) {
 		case '?': case ':': img_bad_option(c, argv);
 		case 'h': img_help();
@@ -60,12 +61,12 @@ static void map_parse(int argc, char **argv, struct map_args *a)
 		case OPT_OUTPUT: a->output = optarg; break;
 		case OPT_IMAGE_OPTS: a->open.image_opts = true; break;
 		case OPT_OBJECT: img_object_check(optarg); break;
-		case OPT_START:
+		case 's':
 			a->start = img_cvtnum_full("start offset", optarg, 0, INT64_MAX);
 			if (a->start < 0)
 				exit(1);
 			break;
-		case OPT_MAX_LENGTH:
+		case 'l':
 			a->max_length = img_cvtnum_full("max length", optarg, 0, INT64_MAX);
 			if (a->max_length < 0)
 				exit(1);

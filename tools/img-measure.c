@@ -44,7 +44,10 @@ static void measure_parse(int argc, char **argv, struct measure_args *a)
 		case '?': case 'h': img_help();
 		case 'f': a->open.fmt = optarg; break;
 		case 'O': a->out_fmt = optarg; break;
-		case 'l': a->snapshot = optarg; break;
+		case 'l':
+			img_snapshot_arg_check(optarg);
+			a->snapshot = optarg;
+			break;
 		case 'U': a->open.flags |= TBLK_OPEN_SHARE_RW; break;
 		case 'o':
 			if (a->options->len)
@@ -111,18 +114,6 @@ static void print_measure(const struct tblk_measure *m, bool json)
 	       m->required, m->fully_allocated);
 }
 
-/* -l: tblk cannot load internal snapshots for reading yet; say so, or that there is none. */
-static int snapshot_refused(struct tblk_blk *blk)
-{
-	struct tblk_format_info fi = { 0 };
-
-	if (tblk_blk_get_format_info(blk, &fi) < 0 || !fi.nb_snapshots)
-		tool_error("Failed to load snapshot: Can't find snapshot");
-	else
-		tool_error("Failed to load snapshot: loading internal snapshots is not supported");
-	return 1;
-}
-
 static int measure_run(struct measure_args *a, struct tblk_blk *src)
 {
 	g_autoptr(GHashTable) opts = tblk_opts_new();
@@ -157,8 +148,8 @@ int img_measure(int argc, char **argv)
 	ret = measure_check_args(argc, argv, &a);
 	if (ret == 0 && a.open.filename && img_open(&src, &a.open, NULL) < 0)
 		ret = 1;
-	if (ret == 0 && src && a.snapshot)
-		ret = snapshot_refused(src);
+	if (ret == 0 && src && a.snapshot && img_snapshot_load(src, a.snapshot) < 0)
+		ret = 1;
 	if (ret == 0)
 		ret = measure_run(&a, src);
 	if (src)

@@ -73,6 +73,58 @@ int img_open(struct tblk_blk **pblk, const struct img_open_opts *o, struct tblk_
 	return ret;
 }
 
+/* ---------------------------------------------------------------- -l snapshot */
+
+bool img_snapshot_arg_check(const char *arg)
+{
+	g_auto(GStrv) elems = NULL;
+
+	if (strncmp(arg, "snapshot.", 9))
+		return false;
+	elems = g_strsplit(arg, ",", -1);
+	for (char **e = elems; *e; e++) {
+		g_autofree char *key = g_strdup(*e);
+		char *eq = strchr(key, '=');
+
+		if (!**e)
+			continue;
+		if (eq)
+			*eq = '\0';
+		if (strcmp(key, "snapshot.id") && strcmp(key, "snapshot.name")) {
+			tool_error("Invalid parameter '%s'", key);
+			tool_error("Failed in parsing snapshot param '%s'", arg);
+			exit(1);
+		}
+	}
+	return true;
+}
+
+int img_snapshot_load(struct tblk_blk *blk, const char *arg)
+{
+	g_autoptr(GHashTable) opts = tblk_opts_new();
+	bool keyed = !strncmp(arg, "snapshot.", 9);
+	const char *id = arg, *name = NULL;
+	GError *err = NULL;
+	int ret;
+
+	if (keyed) {
+		id = NULL;
+		/* Checked by img_snapshot_arg_check() already. */
+		if (tblk_opts_parse(opts, arg, NULL, NULL) == 0) {
+			id = g_hash_table_lookup(opts, "snapshot.id");
+			name = g_hash_table_lookup(opts, "snapshot.name");
+		}
+	}
+	ret = tblk_blk_snapshot_load_tmp(blk, id, name, &err);
+	if (!keyed && (ret == -ENOENT || ret == -EINVAL)) {
+		g_clear_error(&err);
+		ret = tblk_blk_snapshot_load_tmp(blk, NULL, arg, &err);
+	}
+	if (ret < 0)
+		tool_error_gerror(err, "Failed to load snapshot: ");
+	return ret;
+}
+
 /* ---------------------------------------------------------------- --object */
 
 void img_object_check(const char *def)
@@ -190,6 +242,11 @@ void img_create_opts_help(const char *fmt)
 		printf("  %-24s %s\n", o->name, o->help);
 }
 
+/* Set while img_create_opts_valid() parses: the checks below print nothing then. */
+static bool opts_quiet;
+
+#define opt_error(...) do { if (!opts_quiet) tool_error(__VA_ARGS__); } while (0)
+
 /* Checks a value against its type, with the messages of qemu's option parser. */
 static int check_value(const struct fmt_opt *o, const char *val)
 {
@@ -205,29 +262,29 @@ static int check_value(const struct fmt_opt *o, const char *val)
 	case OPT_BOOL:
 		if (!strcmp(val, "on") || !strcmp(val, "off"))
 			return 0;
-		tool_error("Parameter '%s' expects 'on' or 'off'", o->name);
+		opt_error("Parameter '%s' expects 'on' or 'off'", o->name);
 		return -1;
 	case OPT_NUM:
 		errno = 0;
 		n = strtoull(val, &end, 0);
 		(void)n;
 		if (end == val || *end) {
-			tool_error("Parameter '%s' expects a number", o->name);
+			opt_error("Parameter '%s' expects a number", o->name);
 			return -1;
 		}
 		if (errno == ERANGE) {
-			tool_error("Value '%s' is too large for parameter '%s'", val, o->name);
+			opt_error("Value '%s' is too large for parameter '%s'", val, o->name);
 			return -1;
 		}
 		return 0;
 	case OPT_SIZE:
 		ret = tool_strtosz(val, &v, &hex_suffix);
 		if (ret == -ERANGE) {
-			tool_error("Value '%s' is out of range for parameter '%s'", val, o->name);
+			opt_error("Value '%s' is out of range for parameter '%s'", val, o->name);
 			return -1;
 		}
 		if (ret < 0) {
-			tool_error("Parameter '%s' expects a non-negative number below 2^64\n"
+			opt_error("Parameter '%s' expects a non-negative number below 2^64\n"
 				   "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, "
 				   "tera-, peta-\nand exabytes, respectively.", o->name);
 			return -1;
@@ -250,7 +307,7 @@ static int create_opt_set(const char *fmt, char *elem, GHashTable *opts)
 		key = elem + 2, val = "off";
 	o = fmt_opt(fmt, key);
 	if (!o && fmt_info(fmt)) {
-		tool_error("Invalid parameter '%s'", key);
+		opt_error("Invalid parameter '%s'", key);
 		return -1;
 	}
 	if (o && check_value(o, val) < 0)
@@ -319,6 +376,17 @@ int img_create_opts_parse(const char *fmt, const char *list, GHashTable *opts)
 	for (char **e = elems; *e && ret == 0; e++)
 		ret = create_opt_set(fmt, *e, opts);
 	return ret;
+}
+
+bool img_create_opts_valid(const char *fmt, const char *list)
+{
+	g_autoptr(GHashTable) opts = tblk_opts_new();
+	int ret;
+
+	opts_quiet = true;
+	ret = img_create_opts_parse(fmt, list, opts);
+	opts_quiet = false;
+	return ret == 0;
 }
 
 /* ---------------------------------------------------------------- block status */
