@@ -392,6 +392,9 @@ static int write_alloc(struct qcow2_state *s, struct alloc_job *job, uint64_t of
 	if (tail)
 		v[cnt++] = (struct iovec){ tbuf, tail };
 	tblk_node_debug_event(s->node->file, TBLK_DBG_WRITE_AIO);
+	/* qemu raises cow_write for the merged write of data and edges too. */
+	if (head || tail)
+		tblk_node_debug_event(s->node->file, TBLK_DBG_COW_WRITE);
 	return tblk_node_pwritev(s->data, job->host + job->wfrom, job->wto - job->wfrom, v, cnt,
 				 flags & TBLK_REQ_FUA);
 }
@@ -937,7 +940,10 @@ int tblk__qcow2_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t 
 	uint64_t unit = s->subcluster_size, end = offset + bytes, pos = offset;
 	int ret = 0;
 
-	tblk_node_debug_event(node->file, TBLK_DBG_PWRITEV_ZERO);
+	/*
+	 * No pwritev_zero on the file here: as in qemu, that event belongs to zero writes that
+	 * reach the file (copy-on-write zeroing), not to zero (sub)clusters in the metadata.
+	 */
 	if (s->version < 3 && node->backing)
 		return -ENOTSUP;	/* written as zero data */
 	while (ret >= 0 && pos < end) {
