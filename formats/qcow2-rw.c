@@ -315,25 +315,42 @@ static int plan_alloc(struct qcow2_state *s, uint64_t offset, uint64_t end, uint
 	return 0;
 }
 
-/* True if what a cluster held before, per its old L2 entry, reads as zeroes without I/O. */
-static bool cow_reads_zero(const struct qcow2_state *s, uint64_t entry)
+static int range_reads_zero(struct qcow2_state *s, uint64_t offset, uint64_t bytes, bool *zero);
+
+/*
+ * qemu's way with copy-on-write edges that read as zeroes per block status (unallocated in
+ * the whole chain, zero clusters, past the end of a backing file): the whole range to be
+ * written, edges and data, is zeroed by one fast write-zeroes on the data file (no zeroes
+ * written: holes where the file can), and only the guest data is written after it. 1 if that
+ * was done, 0 if it cannot be (edges not zero, or the file cannot zero fast), else the error
+ * of the zeroing, which fails the write as in qemu.
+ */
+static int zero_cow_fast(struct qcow2_state *s, const struct alloc_job *job, uint64_t head,
+			 uint64_t tail, uint64_t data_end)
 {
-	switch (qcow2_entry_type(s, entry)) {
-	case QCOW2_UNALLOCATED:
-		return !s->node->backing;
-	case QCOW2_ZERO_PLAIN:
-	case QCOW2_ZERO_ALLOC:
-		return true;
-	default:
-		return false;
-	}
+	uint64_t wstart = job->a.start + job->wfrom;
+	bool zero = false;
+	int ret;
+
+	if (!head && !tail)
+		return 0;
+	/* As qemu's, a failed check just means copying the edges. */
+	if ((head && (range_reads_zero(s, wstart, head, &zero) < 0 || !zero)) ||
+	    (tail && (range_reads_zero(s, data_end, tail, &zero) < 0 || !zero)))
+		return 0;
+	tblk_node_debug_event(s->node->file, TBLK_DBG_CLUSTER_ALLOC_SPACE);
+	ret = tblk_node_pwrite_zeroes(s->data, job->host + job->wfrom, job->wto - job->wfrom,
+				      TBLK_REQ_NO_FALLBACK);
+	if (ret == -ENOTSUP || ret == -EAGAIN)
+		return 0;
+	return ret < 0 ? ret : 1;
 }
 
 /*
  * Writes guest data and the copy-on-write edges of the planned clusters in one request. Where
- * the edges read as zeroes, the new clusters are zeroed by the file (fallocate, no data
- * written) and only the guest data is written: the file ends up with the same bytes and the
- * same size, for a fraction of the I/O.
+ * the edges read as zeroes, the range is zeroed by the file instead (fallocate, no
+ * data written: zero_cow_fast) and only the guest data is written: the file ends up with the
+ * same bytes and the same size, for a fraction of the I/O.
  */
 static int write_alloc(struct qcow2_state *s, struct alloc_job *job, uint64_t offset,
 		       uint64_t n, const struct iovec *iov, int iovcnt, size_t iov_off,
@@ -346,10 +363,10 @@ static int write_alloc(struct qcow2_state *s, struct alloc_job *job, uint64_t of
 	g_autofree uint8_t *tbuf = NULL;
 	int cnt = 0, ret;
 
-	if ((head || tail) && !s->ext_l2 && (!head || cow_reads_zero(s, job->old[0])) &&
-	    (!tail || cow_reads_zero(s, job->old[job->n - 1])) &&
-	    tblk_node_pwrite_zeroes(s->data, job->host, job->a.end - job->a.start,
-				    TBLK_REQ_NO_FALLBACK) >= 0) {
+	ret = zero_cow_fast(s, job, head, tail, offset + n);
+	if (ret < 0)
+		return ret;
+	if (ret) {
 		ret = tblk_iov_slice(v, iovcnt, iov, iovcnt, iov_off, n);
 		if (ret < 0)
 			return ret;
@@ -375,6 +392,9 @@ static int write_alloc(struct qcow2_state *s, struct alloc_job *job, uint64_t of
 	if (tail)
 		v[cnt++] = (struct iovec){ tbuf, tail };
 	tblk_node_debug_event(s->node->file, TBLK_DBG_WRITE_AIO);
+	/* qemu raises cow_write for the merged write of data and edges too. */
+	if (head || tail)
+		tblk_node_debug_event(s->node->file, TBLK_DBG_COW_WRITE);
 	return tblk_node_pwritev(s->data, job->host + job->wfrom, job->wto - job->wfrom, v, cnt,
 				 flags & TBLK_REQ_FUA);
 }
@@ -920,7 +940,10 @@ int tblk__qcow2_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t 
 	uint64_t unit = s->subcluster_size, end = offset + bytes, pos = offset;
 	int ret = 0;
 
-	tblk_node_debug_event(node->file, TBLK_DBG_PWRITEV_ZERO);
+	/*
+	 * No pwritev_zero on the file here: as in qemu, that event belongs to zero writes that
+	 * reach the file (copy-on-write zeroing), not to zero (sub)clusters in the metadata.
+	 */
 	if (s->version < 3 && node->backing)
 		return -ENOTSUP;	/* written as zero data */
 	while (ret >= 0 && pos < end) {

@@ -519,6 +519,41 @@ static int file_pdiscard(struct tblk_node *node, uint64_t offset, uint64_t bytes
 	return 0;
 }
 
+/* fallocate(2) as 0 or -errno, "not supported" in any of its spellings as -ENOTSUP. */
+static int do_fallocate(int fd, int mode, uint64_t offset, uint64_t bytes)
+{
+	return fallocate(fd, mode, (off_t)offset, (off_t)bytes) < 0 ? errno_notsup() : 0;
+}
+
+/*
+ * Zeroes a range of a regular file without writing zeroes, trying what qemu's file driver
+ * tries, in its order: a hole punched (if unmapping is allowed), FALLOC_FL_ZERO_RANGE, a
+ * hole punched and allocated again (tmpfs has no ZERO_RANGE), and past the end of the file
+ * plain allocation. -ENOTSUP if none works; an error other than "not supported" ends it.
+ */
+static int zero_regular(int fd, uint64_t offset, uint64_t bytes, bool unmap)
+{
+	struct stat st;
+	int ret;
+
+	if (unmap) {
+		ret = do_fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, bytes);
+		if (ret != -ENOTSUP && ret != -EBUSY)
+			return ret;
+	}
+	ret = do_fallocate(fd, FALLOC_FL_ZERO_RANGE, offset, bytes);
+	if (ret != -ENOTSUP)
+		return ret;
+	ret = do_fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, bytes);
+	if (ret == 0)
+		ret = do_fallocate(fd, 0, offset, bytes);
+	if (ret != -ENOTSUP)
+		return ret;
+	if (fstat(fd, &st) == 0 && offset >= (uint64_t)st.st_size)
+		return do_fallocate(fd, 0, offset, bytes);
+	return -ENOTSUP;
+}
+
 static int file_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 			      unsigned int flags)
 {
@@ -529,13 +564,8 @@ static int file_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t 
 		uint64_t range[2] = { offset, bytes };
 
 		ret = ioctl(s->fd, BLKZEROOUT, range) < 0 ? errno_notsup() : 0;
-	} else if ((flags & TBLK_REQ_MAY_UNMAP) &&
-		   fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset,
-			     (off_t)bytes) == 0) {
-		ret = 0;
 	} else {
-		ret = fallocate(s->fd, FALLOC_FL_ZERO_RANGE, (off_t)offset, (off_t)bytes) < 0 ?
-		      errno_notsup() : 0;
+		ret = zero_regular(s->fd, offset, bytes, flags & TBLK_REQ_MAY_UNMAP);
 	}
 	if (ret == 0 && (flags & TBLK_REQ_FUA))
 		ret = file_flush(node);
