@@ -8,7 +8,12 @@
  * divided by the I/Os. Built by bench/vhost-user.sh (cc -O2 -pthread -I<src> -I<build>).
  *
  * usage: vhost-user-load --socket PATH [--pid PID] [--queues N] [--depth D] [--bs BYTES]
- *        [--rw randread|randwrite|read|write] [--time SECS] [--size BYTES]
+ *        [--rw randread|randwrite|read|write] [--time SECS] [--size BYTES] [--event-idx]
+ *
+ * Without --event-idx the driver kicks after every batch it adds and wants a call after
+ * every batch the device completes. With it, it negotiates VIRTIO_RING_F_EVENT_IDX like a
+ * Linux guest: it kicks only when the device's avail event asks for it, and sets its used
+ * event to the entry it waits for before it sleeps.
  */
 #include <getopt.h>
 #include <pthread.h>
@@ -21,7 +26,7 @@
 
 static unsigned int depth = 32, bs = 4096, secs = 5;
 static uint64_t disk = 1 << 30;
-static bool rnd = true, wr;
+static bool rnd = true, wr, event_idx;
 static struct fe f;
 static volatile bool stop_flag;
 
@@ -64,25 +69,60 @@ static void slot_submit(struct qstate *qs, struct drv *d, uint64_t hdr_gpa, unsi
 	drv_add_head(d, (uint16_t)(slot * 3));
 }
 
+/* The virtio spec's vring_need_event(): did [old, new) pass event? */
+static bool need_event(uint16_t event, uint16_t new_idx, uint16_t old)
+{
+	return (uint16_t)(new_idx - event - 1) < (uint16_t)(new_idx - old);
+}
+
+/* Publishes what was added since @old and kicks if the device wants it. */
+static void kick(struct drv *d, unsigned int q, uint16_t old)
+{
+	uint16_t ev;
+
+	if (!event_idx) {
+		fe_kick(&f, q);
+		return;
+	}
+	/* Index store, then event load: both sequentially consistent (store-load order). */
+	__atomic_store_n(&d->avail->idx, d->avail_idx, __ATOMIC_SEQ_CST);
+	ev = __atomic_load_n((uint16_t *)&d->used->ring[d->num], __ATOMIC_SEQ_CST);
+	if (need_event(ev, d->avail_idx, old) && write(f.kick[q], &(uint64_t){ 1 }, 8) < 0)
+		abort();
+}
+
+/* EVENT_IDX: asks for a call at the next used entry; false if one is there already. */
+static bool want_call(struct drv *d)
+{
+	if (!event_idx)
+		return true;
+	__atomic_store_n(&d->avail->ring[d->num], d->last_used, __ATOMIC_SEQ_CST);
+	return __atomic_load_n(&d->used->idx, __ATOMIC_SEQ_CST) == d->last_used;
+}
+
 static void *queue_main(void *arg)
 {
 	struct qstate *qs = arg;
 	struct drv *d = &f.d[qs->q];
 	uint64_t *hdr = calloc(depth, sizeof(*hdr));
 
+	uint16_t old = d->avail_idx;
+
 	for (unsigned int s = 0; s < depth; s++) {
 		slot_setup(d, s, &hdr[s]);
 		slot_submit(qs, d, hdr[s], s);
 	}
-	fe_kick(&f, qs->q);
+	kick(d, qs->q, old);
 	while (!stop_flag) {
 		struct pollfd pfd = { f.call[qs->q], POLLIN, 0 };
 		uint32_t id, len;
 		uint64_t cnt;
 		bool any = false;
 
-		if (poll(&pfd, 1, 100) == 1 && read(f.call[qs->q], &cnt, 8) < 0)
+		if (want_call(d) && poll(&pfd, 1, 100) == 1 &&
+		    read(f.call[qs->q], &cnt, 8) < 0)
 			break;
+		old = d->avail_idx;
 		while (drv_get_used(d, &id, &len)) {
 			unsigned int s = id / 3;
 
@@ -96,7 +136,7 @@ static void *queue_main(void *arg)
 			any = true;
 		}
 		if (any)
-			fe_kick(&f, qs->q);
+			kick(d, qs->q, old);
 	}
 	free(hdr);
 	return NULL;
@@ -138,7 +178,8 @@ int main(int argc, char **argv)
 	static const struct option lo[] = {
 		{ "socket", 1, NULL, 's' }, { "pid", 1, NULL, 'p' }, { "queues", 1, NULL, 'q' },
 		{ "depth", 1, NULL, 'd' }, { "bs", 1, NULL, 'b' }, { "rw", 1, NULL, 'r' },
-		{ "time", 1, NULL, 't' }, { "size", 1, NULL, 'S' }, { NULL, 0, NULL, 0 },
+		{ "time", 1, NULL, 't' }, { "size", 1, NULL, 'S' }, { "event-idx", 0, NULL, 'e' },
+		{ NULL, 0, NULL, 0 },
 	};
 	const char *sock = NULL;
 	unsigned int nq = 1;
@@ -158,6 +199,7 @@ int main(int argc, char **argv)
 		case 'b': bs = (unsigned int)atoi(optarg); break;
 		case 't': secs = (unsigned int)atoi(optarg); break;
 		case 'S': disk = strtoull(optarg, NULL, 0); break;
+		case 'e': event_idx = true; break;
 		case 'r':
 			rnd = !strncmp(optarg, "rand", 4);
 			wr = strstr(optarg, "write") != NULL;
@@ -171,7 +213,8 @@ int main(int argc, char **argv)
 	}
 	if (fe_mem_init(&f, 256u << 20) < 0 ||
 	    fe_setup(&f, sock, nq, 1ull << VIRTIO_F_VERSION_1 | 1ull << VIRTIO_BLK_F_MQ |
-		     1ull << VIRTIO_BLK_F_FLUSH) != 0) {
+		     1ull << VIRTIO_BLK_F_FLUSH |
+		     (event_idx ? 1ull << VIRTIO_RING_F_EVENT_IDX : 0)) != 0) {
 		fprintf(stderr, "vhost-user-load: cannot set up %s\n", sock);
 		return 1;
 	}

@@ -3,8 +3,11 @@
 # the same raw and qcow2 images, driven by bench/vhost-user-load (no guest), interleaved
 # round by round. Prints one line per run and the medians. Not part of CI.
 #
-# usage: bench/vhost-user.sh [ROUNDS] [SECONDS]     (env: TBLK_BUILD, TMPDIR, CASES)
+# usage: bench/vhost-user.sh [ROUNDS] [SECONDS]     (env: TBLK_BUILD, TMPDIR, CASES, EVENT_IDX)
 # CASES selects cases by a grep -E pattern over "fmt rw bs depth queues", e.g. CASES=qcow2.
+# EVENT_IDX=1: the load generator negotiates VIRTIO_RING_F_EVENT_IDX (as a Linux guest does).
+# The order of the two back-ends alternates from round to round; the summary gives the
+# medians of each back-end and the median [min..max] of the per-round ratios tblk/qsd.
 set -eu
 rounds=${1:-3}
 secs=${2:-5}
@@ -13,7 +16,10 @@ build=${TBLK_BUILD:-$src/b}
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/tblk-vubench.XXXXXX")
 trap 'kill $dpid 2>/dev/null || true; rm -rf "$tmp"' EXIT
 dpid=
-cc -O2 -D_GNU_SOURCE -pthread -I"$src" -I"$build" -I"$src/include" $(pkg-config --cflags glib-2.0) \
+loadopts=
+[ "${EVENT_IDX:-0}" = 1 ] && loadopts=--event-idx
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+cc -O2 -Wall -Wextra -D_GNU_SOURCE -pthread -I"$src" -I"$build" -I"$src/include" $(pkg-config --cflags glib-2.0) \
 	-o "$tmp/load" "$src/bench/vhost-user-load.c"
 size=$((1024 * 1024 * 1024))
 qemu-img create -q -f raw "$tmp/raw.img" $size
@@ -51,33 +57,38 @@ qcow2 randwrite 4096 32 1"
 cases=$(echo "$cases" | grep -E "${CASES:-.}")
 echo "$cases" | while read -r fmt rw bs depth nq; do
 	for r in $(seq "$rounds"); do
-		for prog in "$build/tools/tblk-daemon" qemu-storage-daemon; do
+		progs="$build/tools/tblk-daemon qemu-storage-daemon"
+		[ $((r % 2)) = 0 ] && progs="qemu-storage-daemon $build/tools/tblk-daemon"
+		for prog in $progs; do
 			start "$prog" "$fmt" "$nq"
-			res=$("$tmp/load" --socket "$tmp/s" --pid $dpid --queues "$nq" --depth "$depth" \
+			res=$("$tmp/load" $loadopts --socket "$tmp/s" --pid $dpid --queues "$nq" --depth "$depth" \
 				--bs "$bs" --rw "$rw" --time "$secs" --size $size)
 			stop_daemon
 			echo "$fmt $rw bs=$bs depth=$depth queues=$nq $(basename "$prog") round=$r $res"
 		done
 	done
 done | tee "$tmp/results"
-echo "--- medians over $rounds rounds"
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "--- medians over $rounds rounds (ratio columns: median [min..max] of the per-round ratios)"
 python3 - "$tmp/results" <<'PY'
 import collections, statistics, sys
-runs = collections.defaultdict(lambda: ([], []))
+runs = collections.defaultdict(dict)
 for line in open(sys.argv[1]):
     f = line.split()
     kv = dict(x.split("=", 1) for x in f if "=" in x)
-    key = (" ".join(f[:5]), f[5])
-    runs[key][0].append(float(kv["iops"]))
-    runs[key][1].append(float(kv["cpu_us_per_io"]))
-cases = sorted({k[0] for k in runs})
-for c in cases:
-    t = runs.get((c, "tblk-daemon"))
-    q = runs.get((c, "qemu-storage-daemon"))
-    if not t or not q:
+    runs[(" ".join(f[:5]), f[5])][kv["round"]] = (float(kv["iops"]), float(kv["cpu_us_per_io"]))
+med = statistics.median
+for c in sorted({k[0] for k in runs}):
+    t = runs.get((c, "tblk-daemon"), {})
+    q = runs.get((c, "qemu-storage-daemon"), {})
+    rs = sorted(set(t) & set(q))
+    if not rs:
         continue
-    ti, tc = statistics.median(t[0]), statistics.median(t[1])
-    qi, qc = statistics.median(q[0]), statistics.median(q[1])
-    print("%-48s tblk %8.0f IOPS %6.1f us/IO | qsd %8.0f IOPS %6.1f us/IO | x%.2f IOPS x%.2f CPU"
-          % (c, ti, tc, qi, qc, ti / qi, tc / qc))
+    ri = [t[r][0] / q[r][0] for r in rs]
+    rc = [t[r][1] / q[r][1] for r in rs]
+    print("%-40s tblk %6.0f IOPS %5.1f us/IO | qsd %6.0f IOPS %5.1f us/IO | IOPS x%.2f [%.2f..%.2f]"
+          " CPU x%.2f [%.2f..%.2f]"
+          % (c, med(v[0] for v in t.values()), med(v[1] for v in t.values()),
+             med(v[0] for v in q.values()), med(v[1] for v in q.values()),
+             med(ri), min(ri), max(ri), med(rc), min(rc), max(rc)))
 PY
