@@ -6,7 +6,8 @@
  * fast path (Linux AIO or io_uring submitted from the loop). With extended L2 entries every
  * subcluster the request touches must be allocated too. Everything else, and anything that
  * would need metadata I/O, an allocation or a change of subcluster bits, returns -EAGAIN and
- * takes the pool path.
+ * takes the pool path, except writes of whole unallocated clusters that qcow2-fast-alloc.c
+ * can allocate from cached tables.
  *
  * Threading: translation runs under qcow2_state.mu only, and only while nobody holds the
  * image lock (meta_held false): whoever takes the image lock sets meta_held under mu first,
@@ -82,6 +83,7 @@ int tblk__qcow2_submit_fast(struct tblk_node *node, struct tblk_req *req, uint64
 	struct qcow2_state *s = node->opaque;
 	struct tblk_node *data = s->data;
 	bool write = req->kind == TBLK_REQ_WRITE;
+	struct fast_alloc *fa = NULL;
 	uint64_t host = 0;
 	int ret = -EAGAIN;
 
@@ -89,9 +91,14 @@ int tblk__qcow2_submit_fast(struct tblk_node *node, struct tblk_req *req, uint64
 	    !data->drv->submit_fast || (write && (s->read_only || req->flags)))
 		return -EAGAIN;
 	tblk_mutex_lock(&s->mu);
-	if (!s->meta_held && !(write && s->corrupt))
+	if (!s->meta_held && !(write && s->corrupt)) {
 		ret = translate_locked(s, offset, req->bytes, write, &host);
+		if (ret < 0 && write)
+			fa = qcow2_fast_alloc_plan_locked(s, req, offset);
+	}
 	tblk_mutex_unlock(&s->mu);
+	if (fa)
+		return qcow2_fast_alloc_submit(s, req, fa);
 	if (ret < 0)
 		return ret;
 	return data->drv->submit_fast(data, req, host);

@@ -197,6 +197,7 @@ struct qcow2_state {
 	size_t pending_free_cap;
 	struct tblk_list allocs;	/* struct qcow2_alloc in flight */
 	bool meta_dirty;		/* metadata written since the last file flush */
+	bool fast_alloc_off;		/* [mu] the data file refused a fast allocating write */
 
 	bool pass_discard[QCOW2_DISCARD_NR];	/* [const] pass-discard-* options */
 	bool corrupt;			/* [meta] found corrupt: no more writes */
@@ -385,8 +386,17 @@ int tblk__qcow2_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t 
 int tblk__qcow2_block_status(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 			     uint64_t *pnum, uint64_t *map);
 
-/* ------------------------------------------------ fast path (qcow2-fast.c) */
+/* ------------------------------------------------ fast path (qcow2-fast.c, qcow2-fast-alloc.c) */
 int tblk__qcow2_submit_fast(struct tblk_node *node, struct tblk_req *req, uint64_t offset);
+struct fast_alloc;
+/*
+ * Loop thread, under mu with meta_held false: plans a fast allocating write of @req at guest
+ * @offset (clusters claimed, refcounts raised in the cache), or NULL if it does not qualify.
+ */
+struct fast_alloc *qcow2_fast_alloc_plan_locked(struct qcow2_state *s, struct tblk_req *req,
+						uint64_t offset) TBLK_REQUIRES(s->mu);
+/* Loop thread, without mu: hands the planned write to the data file; takes @req (0). */
+int qcow2_fast_alloc_submit(struct qcow2_state *s, struct tblk_req *req, struct fast_alloc *fa);
 
 /* ------------------------------------------------ check (qcow2-check.c) */
 int qcow2_check(struct qcow2_state *s, struct tblk_check_result *res, int fix);

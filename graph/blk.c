@@ -249,6 +249,8 @@ static void areq_done(void *opaque, int ret)
 
 void tblk__req_fast_done(struct tblk_req *req, int ret)
 {
+	if (req->fast_hook && req->fast_hook(req, &ret))
+		return;
 	req->fast = true;
 	areq_complete(req, ret);
 }

@@ -39,6 +39,13 @@ struct file_state {
 	struct tblk_mutex perm_lock;	/* leaf: guards extra */
 	/* [perm_lock] file_lock_perms() counts: [p] takes PERM p, [PERM_COUNT + p] denies it */
 	unsigned int extra[8];
+
+	/* Growing the file ahead of O_DIRECT writes (see "extending ahead" below). */
+	bool extend_ahead;		/* [const] a regular file opened O_DIRECT for writing */
+	struct tblk_mutex ext_lock;	/* a leaf: taken to grow the file ahead */
+	bool ext_failed;		/* [ext_lock] fallocate() refused: stop trying */
+	uint64_t data_end;		/* [atomic] the length without the extension */
+	uint64_t phys_end;		/* [atomic] the file's length with it; ext_lock to grow */
 };
 
 /*
@@ -70,6 +77,92 @@ struct file_fast {
 };
 _Static_assert(sizeof(struct file_fast) <= sizeof(((struct tblk_req *)0)->drv_scratch),
 	       "drv_scratch too small for the file fast path");
+
+/* ---------------------------------------------------------------- extending ahead */
+
+/*
+ * An O_DIRECT write that extends a file is done synchronously inside io_submit() by ext4
+ * (and under the inode lock by others): writes at the end of a growing image, which is where
+ * a qcow2 allocates every new cluster, then run one at a time, each blocking the thread that
+ * submits it (the loop thread on the fast path). So a file opened O_DIRECT for writing is
+ * grown ahead of such writes by fallocate() in steps of EXTEND_STEP, and the writes land
+ * inside it, in parallel. data_end is where the file would end without this (the furthest
+ * write or zeroing so far, or the last truncate): getlength reports it, and close truncates
+ * the file back to it, so the file ends exactly where it would have. After a crash the file
+ * keeps its zeroed tail, which no format references. qemu's `preallocate` filter works
+ * this way.
+ */
+#define EXTEND_STEP	(64ull << 20)
+
+static void extend_init(struct file_state *s, unsigned int flags, const struct stat *st)
+{
+	s->extend_ahead = !s->is_bdev && s->direct && S_ISREG(st->st_mode) &&
+			  (flags & TBLK_OPEN_RDWR);
+	tblk_mutex_init(&s->ext_lock);
+	s->ext_failed = false;
+	s->data_end = (uint64_t)st->st_size;
+	s->phys_end = (uint64_t)st->st_size;
+}
+
+/* Grows the file past @end if a write ending there would extend it. Caller holds ext_lock. */
+static void extend_locked(struct file_state *s, uint64_t end) TBLK_REQUIRES(s->ext_lock)
+{
+	uint64_t phys = __atomic_load_n(&s->phys_end, __ATOMIC_RELAXED);
+	uint64_t target = TBLK_ALIGN_UP(end, 1ull << 20) + EXTEND_STEP;
+
+	if (end <= phys || s->ext_failed)
+		return;
+	/* Mode 0 never shrinks the file, whatever a concurrent write did to its length. */
+	if (fallocate(s->fd, 0, (off_t)phys, (off_t)(target - phys)) < 0) {
+		s->ext_failed = true;
+		return;
+	}
+	__atomic_store_n(&s->phys_end, target, __ATOMIC_RELEASE);
+}
+
+/* Before a write or zeroing that makes the file at least @end long. Any thread. */
+static void extend_for_write(struct file_state *s, uint64_t end)
+{
+	uint64_t de = __atomic_load_n(&s->data_end, __ATOMIC_RELAXED);
+
+	if (!s->extend_ahead)
+		return;
+	while (end > de && !__atomic_compare_exchange_n(&s->data_end, &de, end, true,
+							__ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		;
+	if (end <= __atomic_load_n(&s->phys_end, __ATOMIC_ACQUIRE))
+		return;
+	tblk_mutex_lock(&s->ext_lock);
+	extend_locked(s, end);
+	tblk_mutex_unlock(&s->ext_lock);
+}
+
+/* After a truncate to @size (drained): the file ends where the truncate put it. */
+static void extend_reset(struct file_state *s, uint64_t size)
+{
+	struct stat st;
+
+	if (!s->extend_ahead)
+		return;
+	tblk_mutex_lock(&s->ext_lock);
+	__atomic_store_n(&s->data_end, size, __ATOMIC_RELAXED);
+	/* A preallocating truncate that did not shrink may leave the extension in place. */
+	__atomic_store_n(&s->phys_end, fstat(s->fd, &st) == 0 ? (uint64_t)st.st_size : size,
+			 __ATOMIC_RELAXED);
+	tblk_mutex_unlock(&s->ext_lock);
+}
+
+/* At close: gives back the part of the extension no write reached. */
+static void extend_undo(struct file_state *s)
+{
+	uint64_t de = __atomic_load_n(&s->data_end, __ATOMIC_RELAXED);
+
+	if (!s->extend_ahead)
+		return;
+	if (__atomic_load_n(&s->phys_end, __ATOMIC_RELAXED) > de)
+		(void)!ftruncate(s->fd, (off_t)de);	/* nothing to do about a failure here */
+	tblk_mutex_destroy(&s->ext_lock);
+}
 
 /* ---------------------------------------------------------------- open and close */
 
@@ -332,6 +425,7 @@ static int file_open(struct tblk_node *node, GHashTable *opts, unsigned int flag
 	s->shared = shared;
 	tblk_mutex_init(&s->perm_lock);
 	node->filename = g_steal_pointer(&filename);
+	extend_init(s, flags, &st);
 	probe_alignment(node, s);
 	/* Linux caps one read/write at 2 GiB - 4 KiB: stay well below. */
 	node->limits.max_transfer = 1u << 30;
@@ -344,6 +438,7 @@ static void file_close(struct tblk_node *node)
 {
 	struct file_state *s = node->opaque;
 
+	extend_undo(s);
 	close(s->fd);
 	tblk_mutex_destroy(&s->perm_lock);
 }
@@ -487,6 +582,7 @@ static int file_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 static int file_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 			const struct iovec *iov, int iovcnt, unsigned int flags)
 {
+	extend_for_write(node->opaque, offset + bytes);
 	return file_rw(node, true, offset, bytes, iov, iovcnt, flags);
 }
 
@@ -565,6 +661,7 @@ static int file_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t 
 
 		ret = ioctl(s->fd, BLKZEROOUT, range) < 0 ? errno_notsup() : 0;
 	} else {
+		extend_for_write(s, offset + bytes);
 		ret = zero_regular(s->fd, offset, bytes, flags & TBLK_REQ_MAY_UNMAP);
 	}
 	if (ret == 0 && (flags & TBLK_REQ_FUA))
@@ -606,6 +703,8 @@ static int64_t file_getlength(struct tblk_node *node)
 
 	if (s->is_bdev)
 		return ioctl(s->fd, BLKGETSIZE64, &size) < 0 ? -errno : (int64_t)size;
+	if (s->extend_ahead)
+		return (int64_t)__atomic_load_n(&s->data_end, __ATOMIC_RELAXED);
 	return fstat(s->fd, &st) < 0 ? -errno : (int64_t)st.st_size;
 }
 
@@ -664,6 +763,7 @@ static int file_truncate(struct tblk_node *node, uint64_t size, const char *prea
 {
 	struct file_state *s = node->opaque;
 	int64_t old = file_getlength(node);
+	int ret;
 
 	if (old < 0)
 		return tblk_error_set_errno(errp, (int)-old, "Could not get the file size");
@@ -672,7 +772,10 @@ static int file_truncate(struct tblk_node *node, uint64_t size, const char *prea
 			return tblk_error_set(errp, EINVAL, "Cannot grow device files");
 		return 0;
 	}
-	return fd_resize(s->fd, (uint64_t)old, size, prealloc, errp);
+	ret = fd_resize(s->fd, (uint64_t)old, size, prealloc, errp);
+	if (ret == 0)
+		extend_reset(s, size);
+	return ret;
 }
 
 /*
@@ -760,6 +863,8 @@ static int file_submit_fast(struct tblk_node *node, struct tblk_req *req, uint64
 		    !tblk_iov_aligned(req->iov, req->iovcnt, node->limits.mem_alignment))
 			return -EAGAIN;
 		ff->op.type = req->kind == TBLK_REQ_READ ? TBLK_AIO_READ : TBLK_AIO_WRITE;
+		if (req->kind == TBLK_REQ_WRITE)
+			extend_for_write(s, offset + req->bytes);
 	} else {
 		return -EAGAIN;
 	}

@@ -128,6 +128,7 @@ int tblk__req_track_async(struct tblk_req *req)
 	req_init_range(req);
 	req->async = true;
 	req->fast = false;
+	req->fast_hook = NULL;
 	tblk_mutex_lock(&node->lock);
 	if (node->quiesce_counter > 0) {
 		tblk_mutex_unlock(&node->lock);

@@ -52,6 +52,15 @@ struct tblk_req {
 	int ret;			/* [owner] result for the callback */
 	struct iovec one_iov;		/* [owner] storage for single-buffer requests */
 
+	/*
+	 * A format's fast path that hands @req to its child's fast path may set this to see
+	 * the child's completion first (loop thread): it returns false to complete @req now
+	 * with *ret (which it may change), true if it took @req over (it completes it later,
+	 * e.g. through work.done). Cleared when an asynchronous request is tracked.
+	 */
+	bool (*fast_hook)(struct tblk_req *req, int *ret);	/* [owner] */
+	void *fast_hook_opaque;		/* [owner] */
+
 	/* Scratch space for the fast-path driver (e.g. an AIO control block). */
 	uint64_t drv_scratch[24] __attribute__((aligned(16)));	/* [owner] */
 };
