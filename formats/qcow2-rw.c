@@ -318,6 +318,29 @@ static int plan_alloc(struct qcow2_state *s, uint64_t offset, uint64_t end, uint
 static int range_reads_zero(struct qcow2_state *s, uint64_t offset, uint64_t bytes, bool *zero);
 
 /*
+ * True if the copy-on-write edge [offset, offset + bytes) of a cluster whose old entry is
+ * @entry reads as zeroes per block status. The common cases are told by the entry alone,
+ * without the image lock; the rest asks block status.
+ */
+static bool edge_reads_zero(struct qcow2_state *s, uint64_t entry, uint64_t offset,
+			    uint64_t bytes)
+{
+	bool zero = false;
+
+	if (!bytes)
+		return true;
+	if (!s->ext_l2) {
+		enum qcow2_ctype t = qcow2_entry_type(s, entry);
+
+		if (t == QCOW2_ZERO_PLAIN || t == QCOW2_ZERO_ALLOC ||
+		    (t == QCOW2_UNALLOCATED && !s->node->backing))
+			return true;
+	}
+	/* As qemu's, a failed check just means copying the edge. */
+	return range_reads_zero(s, offset, bytes, &zero) >= 0 && zero;
+}
+
+/*
  * qemu's way with copy-on-write edges that read as zeroes per block status (unallocated in
  * the whole chain, zero clusters, past the end of a backing file): the whole range to be
  * written, edges and data, is zeroed by one fast write-zeroes on the data file (no zeroes
@@ -328,15 +351,11 @@ static int range_reads_zero(struct qcow2_state *s, uint64_t offset, uint64_t byt
 static int zero_cow_fast(struct qcow2_state *s, const struct alloc_job *job, uint64_t head,
 			 uint64_t tail, uint64_t data_end)
 {
-	uint64_t wstart = job->a.start + job->wfrom;
-	bool zero = false;
 	int ret;
 
-	if (!head && !tail)
-		return 0;
-	/* As qemu's, a failed check just means copying the edges. */
-	if ((head && (range_reads_zero(s, wstart, head, &zero) < 0 || !zero)) ||
-	    (tail && (range_reads_zero(s, data_end, tail, &zero) < 0 || !zero)))
+	if ((!head && !tail) ||
+	    !edge_reads_zero(s, job->old[0], job->a.start + job->wfrom, head) ||
+	    !edge_reads_zero(s, job->old[job->n - 1], data_end, tail))
 		return 0;
 	tblk_node_debug_event(s->node->file, TBLK_DBG_CLUSTER_ALLOC_SPACE);
 	ret = tblk_node_pwrite_zeroes(s->data, job->host + job->wfrom, job->wto - job->wfrom,

@@ -85,6 +85,11 @@ CFAIL = ("qemu 7.2 points the L2 entry at a compressed cluster before writing it
 CFLUSH = ("qemu 7.2 does not flush compressed writes in writethrough mode (after a crash or "
           "a later metadata error they are lost: tblk keeps them); tblk flushes, so flush "
           "errors reach the compressed write")
+TASKS = ("qemu splits a long write into concurrent tasks and allocates the L2 tables of the "
+         "next ones while the first task's data write is in flight: when that write fails "
+         "(sticky error), those tables exist, and a later discard there succeeds without I/O; "
+         "tblk allocates one part after the other and stops at the error, so the discard "
+         "has a table to allocate and meets the error (TBLK_FAULT_ALL only)")
 RESIZE = ("tblk's resize flushes the image before it returns, so a flush error (or one of "
           "the frees the flush writes) fails the resize; qemu's resize does not flush")
 KNOWN = {
@@ -93,6 +98,10 @@ KNOWN = {
     ("flush_to_os", "compressed"): CFLUSH, ("flush_to_disk", "compressed"): CFLUSH,
     ("l2_update_compressed", "compressed"): CFAIL, ("write_compressed", "compressed"): CFAIL,
     ("cluster_alloc_bytes", "compressed"): CFAIL,
+    # with a sticky error (TBLK_FAULT_ALL): reads of the cluster whose compressed write failed
+    ("read_compressed", "compressed"): CFAIL, ("write_aio", "compressed"): CFAIL,
+    ("cow_read", "compressed"): CFAIL, ("cow_write", "compressed"): CFAIL,
+    ("write_aio", "512"): TASKS,
     ("cluster_free", "resize"): FREE + "; " + RESIZE,
     ("flush_to_disk", "resize"): RESIZE,
 }

@@ -287,10 +287,9 @@ done
 w raw "create on an export" qemu-img create -f raw "$WU" 1M
 w raw "create bigger than the export" qemu-img create -f raw "$WU" 8M
 w raw "convert -O raw into an export (no -n)" qemu-img convert -O raw "$tmp/odd.raw" "$WU"
-# qemu's qcow2 zeroes the rest of a newly allocated cluster with a fast write-zeroes (holes
-# in the export's file), ours writes zero data: same contents, a different map
-TODO="qcow2 cluster allocation writes zero data" \
-	w raw "convert -O qcow2 into an export" qemu-img convert -O qcow2 "$tmp/base.qcow2" "$WU"
+# both qcow2 drivers zero the rest of a newly allocated cluster with a fast write-zeroes
+# (NBD_CMD_WRITE_ZEROES with FAST_ZERO): holes in the export's file, not zero data
+w raw "convert -O qcow2 into an export" qemu-img convert -O qcow2 "$tmp/base.qcow2" "$WU"
 w raw "create -f qcow2 on an export" qemu-img create -f qcow2 "$WU" 2M
 c qemu-img "create on a read-only export" create -f raw "$RAW" 1M
 c qemu-img "create with no server" create -f raw "nbd+unix:///?socket=$tmp/none.sock" 1M

@@ -60,7 +60,12 @@ def maps_equal(d, img, diag):
     return True
 
 
-def case(d, name, opts, size, cmds, backing=None, qemu_bug=False, todo=None):
+def file_map(d, img):
+    """Where the image file has holes: qemu-img map of the file itself."""
+    return run(["qemu-img", "map", "-f", "raw", "--output=json", img], d)[1]
+
+
+def case(d, name, opts, size, cmds, backing=None, qemu_bug=False, todo=None, holes=False):
     """
     Runs @cmds (qemu-io commands) through both tools on copies of one fresh image. With
     @qemu_bug, qemu's result is wrong: ours must only succeed, be clean and map alike.
@@ -114,6 +119,9 @@ def case(d, name, opts, size, cmds, backing=None, qemu_bug=False, todo=None):
         why = "qemu-img compare"
     elif not maps_equal(d, "t.qcow2", diag):
         why = "tblk-img map differs from qemu-img map"
+    elif holes and file_map(d, "q.qcow2") != file_map(d, "t.qcow2"):
+        why = "holes in the image file differ"
+        diag += ["qemu: " + file_map(d, "q.qcow2"), "tblk: " + file_map(d, "t.qcow2")]
     tap(not why, "%s%s" % (name, " (%s)" % why if why else ""), diag if why else (), todo)
 
 
@@ -125,8 +133,16 @@ def main():
     d = tempfile.mkdtemp(prefix="tblk-layout-", dir=where)
     try:
         cases(d)
+        cow_zero_cases(d, "")
     finally:
         shutil.rmtree(d, ignore_errors=True)
+    # tmpfs has no FALLOC_FL_ZERO_RANGE: both zero by punching a hole and allocating it
+    if os.access("/dev/shm", os.W_OK):
+        d = tempfile.mkdtemp(prefix="tblk-layout-", dir="/dev/shm")
+        try:
+            cow_zero_cases(d, " (tmpfs)")
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
     print("1..%d" % n)
 
 
@@ -184,6 +200,27 @@ def cases(d):
               ["write -b -P 6 100 3000", "write -b -P 7 70k 3k", "read -b -P 6 100 3000"],
               ["write -P 6 100 3000", "write -P 7 70k 3k", "write -P 8 130k 64k"]):
         case(d, "extended L2: " + " ; ".join(c), "extended_l2=on,cluster_size=64k", 1 << 20, c)
+
+
+
+def cow_zero_cases(d, where):
+    """
+    Copy-on-write edges that read as zeroes are zeroed by a fast write-zeroes on the file
+    (holes, or allocated unwritten space), as qemu does: the image files have the same holes.
+    """
+    z = lambda name, opts, cmds, backing=None: case(
+        d, "copy-on-write zeroing%s: %s" % (where, name), opts, 4 << 20, cmds, backing,
+        holes=True)
+    c64 = "cluster_size=64k"
+    z("unallocated edges", c64, ["write -P 1 4k 4k", "write -P 2 1M 512", "write -P 3 2M 64k"])
+    z("zero cluster edges", c64, ["write -z 0 128k", "write -P 1 4k 4k", "write -P 2 64k 100"])
+    z("edges in data: copied", c64, ["write -P 1 0 64k", "write -P 2 0 64k",
+                                     "write -P 3 4k 4k"])
+    z("extended L2 subclusters", "extended_l2=on,cluster_size=64k",
+      ["write -P 1 3k 1k", "write -P 2 100k 5000", "write -z 1M 64k", "write -P 3 1055744 9k"])
+    back = ("cluster_size=64k", 1 << 20, ["write -P 9 0 64k", "write -z 128k 64k"])
+    z("over a backing file", c64, ["write -P 1 4k 4k", "write -P 2 68k 4k",
+                                   "write -P 3 132k 4k", "write -P 4 2M 4k"], back)
 
 
 main()
