@@ -219,13 +219,23 @@ static void req_put(struct tblk_blk *blk, struct tblk_req *req)
 
 static void areq_complete(struct tblk_req *req, int ret)
 {
-	struct tblk_blk *outer = cb_blk;
+	struct tblk_blk *outer = cb_blk, *blk = req->blk;
+	bool keep;
 
-	cb_blk = req->blk;
+	cb_blk = blk;
 	req->cb(req->cb_opaque, ret);
 	cb_blk = outer;
+	/*
+	 * The request goes back to the cache before it stops counting as in flight: from then
+	 * on a close on another thread may free @blk (and the cache). Until then only this
+	 * thread takes requests from the cache.
+	 */
+	keep = blk->nr_free_reqs < REQ_CACHE_MAX;
+	if (keep)
+		req_put(blk, req);
 	tblk__req_end_async(req, ret);
-	req_put(req->blk, req);
+	if (!keep)
+		g_free(req);
 }
 
 /* Pool worker: the request's body, nested so children do not wait for quiesce. */

@@ -617,12 +617,20 @@ struct rx_stop {
 	bool done;			/* [lock] */
 };
 
+/* rx_loop (or no loop runs it): the socket's handler and the bottom half go. */
+static void nbd_rx_release(struct nbd_state *s)
+{
+	nbd_rx_unwatch(s);
+	tblk_bh_free(s->rx_bh);
+	s->rx_bh = NULL;
+}
+
 static void nbd_rx_stop_cb(void *opaque)
 {
 	struct rx_stop *st = opaque;
 
-	nbd_rx_unwatch(st->s);
-	tblk_bh_cancel(st->s->rx_bh);
+	/* The bottom half is freed here: tblk_bh_free() races with its loop elsewhere. */
+	nbd_rx_release(st->s);
 	tblk_mutex_lock(&st->lock);
 	st->done = true;
 	tblk_cond_signal(&st->cv);
@@ -638,7 +646,7 @@ static void nbd_rx_stop(struct nbd_state *s)
 	if (!loop)
 		return;
 	if (tblk_loop_in_thread(loop) || !tblk_loop_is_running(loop)) {
-		nbd_rx_unwatch(s);
+		nbd_rx_release(s);
 	} else {
 		tblk_mutex_init(&st.lock);
 		tblk_cond_init(&st.cv);
@@ -650,8 +658,6 @@ static void nbd_rx_stop(struct nbd_state *s)
 		tblk_cond_destroy(&st.cv);
 		tblk_mutex_destroy(&st.lock);
 	}
-	tblk_bh_free(s->rx_bh);
-	s->rx_bh = NULL;
 }
 
 /* Loop thread. Reads and writes that fit one command, and flushes; else -EAGAIN. */

@@ -17,6 +17,7 @@
 
 #include <tblk/tblk.h>
 #include "common/nbd-wire.h"
+#include "threadpool/threadpool.h"
 #include "t/tap.h"
 
 #define DISK_SIZE	(1u << 20)
@@ -942,6 +943,95 @@ out:
 	tblk_loop_free(loop);
 }
 
+/*
+ * The fast path on an iothread's loop (which becomes the loop that reads the replies), the
+ * node closed from the main thread while that loop runs: the socket's handler and the
+ * parser's bottom half are dropped on the iothread, in rounds so that some close finds the
+ * bottom half scheduled.
+ */
+struct iot_round {
+	struct tblk_blk *blk;
+	struct tblk_mutex lock;
+	struct tblk_cond cv;
+	struct async_op ops[NR_ASYNC];
+	struct iovec iov[NR_ASYNC];
+	uint8_t (*buf)[ASYNC_LEN];
+	int nr_done;			/* [lock] */
+};
+
+static struct iot_round *iot_cur;
+
+static void iot_done(void *opaque, int ret)
+{
+	struct async_op *op = opaque;
+
+	op->ret = ret;
+	tblk_mutex_lock(&iot_cur->lock);
+	iot_cur->nr_done++;
+	tblk_cond_signal(&iot_cur->cv);
+	tblk_mutex_unlock(&iot_cur->lock);
+}
+
+/* On the iothread: reads of the whole disk, in flight together. */
+static void iot_submit(void *opaque)
+{
+	struct iot_round *r = opaque;
+
+	for (int i = 0; i < NR_ASYNC; i++) {
+		r->iov[i] = (struct iovec){ r->buf[i], ASYNC_LEN };
+		tblk_blk_preadv(r->blk, (uint64_t)i * ASYNC_LEN % DISK_SIZE, &r->iov[i], 1, 0,
+				iot_done, &r->ops[i]);
+	}
+}
+
+static void test_iothread_close(void)
+{
+	static uint8_t buf[NR_ASYNC][ASYNC_LEN];
+	struct tblk_iothread *iot = tblk_iothread_new("nbd-iot", NULL);
+	struct tblk_loop *loop = tblk_iothread_get_loop(iot);
+	int bad = 0, failed_open = 0;
+	struct iot_round r;
+	struct fake f;
+
+	for (int round = 0; round < 10; round++) {
+		GHashTable *opts = tblk_opts_new();
+		char *s;
+
+		fake_start(&f, HS_OK, TX_GOOD);	/* the fake serves one connection */
+		s = g_strdup_printf("driver=nbd,server.type=unix,server.path=%s", f.path);
+
+		memset(&r, 0, sizeof(r));
+		r.buf = buf;
+		tblk_mutex_init(&r.lock);
+		tblk_cond_init(&r.cv);
+		iot_cur = &r;
+		tblk_opts_parse(opts, s, NULL, NULL);
+		if (tblk_blk_open(&r.blk, NULL, opts, 0, loop, NULL) < 0) {
+			failed_open++;
+		} else {
+			tblk_loop_call_soon(loop, iot_submit, &r);
+			tblk_mutex_lock(&r.lock);
+			while (r.nr_done < NR_ASYNC)
+				tblk_cond_wait(&r.cv, &r.lock);
+			tblk_mutex_unlock(&r.lock);
+			for (int i = 0; i < NR_ASYNC; i++)
+				bad += r.ops[i].ret != 0 ||
+				       memcmp(buf[i], f.disk + (size_t)i * ASYNC_LEN % DISK_SIZE,
+					      ASYNC_LEN) != 0;
+			tblk_blk_close(r.blk);
+		}
+		tblk_cond_destroy(&r.cv);
+		tblk_mutex_destroy(&r.lock);
+		g_free(s);
+		g_hash_table_unref(opts);
+		fake_stop(&f);
+		free(f.disk);
+	}
+	is_int(failed_open, 0, "iothread: every open works");
+	is_int(bad, 0, "iothread: reads on the iothread's loop, closed from the main thread");
+	tblk_iothread_free(iot);
+}
+
 int main(void)
 {
 	alarm(120);	/* a hang is a failure, not a stuck CI */
@@ -982,6 +1072,7 @@ int main(void)
 	test_async();
 	test_async_hangup();
 	test_mixed();
+	test_iothread_close();
 	/* Again with replies cut at random places: the parser resumes wherever input stops. */
 	trickle = true;
 	read_case("good, trickled", HS_OK, TX_GOOD, 0, 0);

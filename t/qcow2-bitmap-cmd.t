@@ -178,6 +178,10 @@ def tests(tmp):
             # take the fast path, and are the only ones marking their bits.
             IO("read -P 1 0 1M", "aio_write -P 3 4k 4k", "aio_write -P 3 300k 8k",
                "aio_flush", opts=["-t", "none", "-i", "native"])],
+        # discard=ignore: the discard does nothing and marks nothing, as in qemu.
+        "discards ignored are not tracked": [
+            B("--add", "b0"), IO("discard 0 1M", "discard 1536k 1k", opts=["-d", "ignore"]),
+            IO("discard 2M 64k")],
         "disabled bitmaps do not track": [B("--add", "--disable", "d"), B("--add", "e"),
                                           IO("write 2M 1M")],
         "merge, clear, enable, disable": [

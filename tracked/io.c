@@ -186,10 +186,13 @@ static int req_discard(struct tblk_req *req)
 
 	if (node->read_only)
 		return -EPERM;
+	/* discard=ignore: nothing happens, so nothing is marked dirty either (as qemu). */
+	if (!node->drv->pdiscard || (node->flags & TBLK_OPEN_NO_UNMAP))
+		return 0;
 	if (node->drv->discard_notify)
 		node->drv->discard_notify(node, req->offset, req->bytes);
 	/* Discard is advisory: what cannot be discarded whole is left alone. */
-	if (!node->drv->pdiscard || end <= start || (node->flags & TBLK_OPEN_NO_UNMAP))
+	if (end <= start)
 		return 0;
 	ret = for_each_piece(req, start, end - start, max, discard_piece);
 	return ret == -ENOTSUP ? 0 : ret;

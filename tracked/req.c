@@ -242,9 +242,13 @@ void tblk__req_end_async(struct tblk_req *req, int ret)
 		node->nr_async--;
 	stats_account_locked(node, req, ret);
 	wake |= node->nr_in_flight == 0;	/* drains */
-	tblk_mutex_unlock(&node->lock);
+	/*
+	 * Under the lock: a drainer on another thread that sees nothing in flight may close
+	 * the node (and destroy cv) as soon as the lock is free.
+	 */
 	if (wake)
 		tblk_cond_broadcast(&node->cv);
+	tblk_mutex_unlock(&node->lock);
 }
 
 void tblk__req_end(struct tblk_req *req, int ret)
