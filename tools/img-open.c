@@ -22,7 +22,7 @@
 static int build_opts(GHashTable *opts, const struct img_open_opts *o, const char **probe_name,
 		      char **open_name, GError **errp)
 {
-	*probe_name = o->filename;
+	*probe_name = tool_json_names_driver(o->filename) ? NULL : o->filename;
 	*open_name = o->image_opts ? NULL : g_strdup(o->filename);
 	if (o->image_opts) {
 		if (tool_opts_parse(opts, o->filename, errp) < 0)
@@ -61,6 +61,9 @@ int img_open(struct tblk_blk **pblk, const struct img_open_opts *o, struct tblk_
 	}
 	opts = tblk_opts_new();
 	ret = build_opts(opts, o, &probe_name, &open_name, &err);
+	/* qemu opens without a backing file then, and says so. */
+	if (ret == 0 && !g_strcmp0(g_hash_table_lookup(opts, "backing"), ""))
+		tool_warn("Use of \"backing\": \"\" is deprecated; use \"backing\": null instead");
 	if (ret == 0)
 		ret = tblk_blk_open(pblk, open_name, opts, o->flags, loop, &err);
 	if (ret < 0) {
