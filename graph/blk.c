@@ -114,6 +114,24 @@ int tblk_blk_open(struct tblk_blk **pblk, const char *filename, GHashTable *opti
 
 	if (filename && !*filename)
 		filename = NULL;
+	/* A "json:{...}" file name holds options; those given apart win, as in qemu. */
+	if (filename && g_str_has_prefix(filename, "json:")) {
+		GHashTable *jopts = tblk_opts_new();
+		GHashTableIter it;
+		gpointer k, v;
+
+		ret = tblk_opts_parse(jopts, filename, NULL, errp);
+		g_hash_table_iter_init(&it, jopts);
+		while (ret == 0 && g_hash_table_iter_next(&it, &k, &v))
+			if (!g_hash_table_contains(opts, k))
+				g_hash_table_insert(opts, g_strdup(k), g_strdup(v));
+		g_hash_table_unref(jopts);
+		if (ret < 0) {
+			g_hash_table_unref(opts);
+			return ret;
+		}
+		filename = NULL;
+	}
 	/* A protocol named with a file name twice: qemu refuses to choose. */
 	drv = tblk__driver_find(g_hash_table_lookup(opts, "driver") ?: "");
 	if (filename && drv && drv->is_protocol && g_hash_table_contains(opts, "filename")) {

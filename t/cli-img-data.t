@@ -392,6 +392,7 @@ c "compare -U -T none" compare -U -T none d.img d.img
 c "compare --image-opts" compare --image-opts driver=raw,file.filename=d.img \
 	driver=raw,file.filename=d2.img
 c "compare --object" compare --object secret,id=s0,data=x f.img f.img
+c "compare: bad --object (exit 2)" compare --object bogus f.img f.img
 c "compare: one file" compare d.img
 c "compare: three files" compare d.img d.img d.img
 c "compare: first missing" compare nofile.img d.img

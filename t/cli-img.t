@@ -295,5 +295,14 @@ for o in secret,id=s0,data=x bogus id=x secret iothread,id=x secret,id=0s,data=x
 done
 c "info --image-opts, a short-form boolean" info --image-opts \
 	driver=raw,file.filename=small.img,x
+# json: file names: their options, those given apart winning
+J='json:{"driver":"qcow2","file":{"driver":"file","filename":"o.qcow2"}}'
+c "info of a json: file name" info "$J"
+c "info --backing-chain --output=json, json: file name" info --backing-chain --output=json "$J"
+c "info -f raw of a json: file name" info -f raw "$J"
+c "info of a json: file name without a driver" info \
+	'json:{"file":{"driver":"file","filename":"q.qcow2"}}'
+c "info --image-opts backing= (deprecated)" info --backing-chain --image-opts \
+	driver=qcow2,file.filename=o.qcow2,backing=
 
 echo "1..$n"

@@ -595,6 +595,8 @@ for fmt in raw qcow2; do
 	c "$fmt: -d ignore, reopen -o discard=on" -f $fmt -d ignore -c "discard 0 64k" \
 		-c "reopen -r" -c "reopen -w" -c "discard 64k 64k" -c "reopen -o discard=on" \
 		-c "discard 128k 64k" img
+	c "$fmt: a json: file name" -c "read -P 0x6b 0 512" -c map \
+		"json:{\"driver\":\"$fmt\",\"file\":{\"driver\":\"file\",\"filename\":\"img\"}}"
 	c "$fmt: discard=off in the options" --image-opts \
 		-c "discard 0 64k" -c "write -z -u 128k 64k" driver=$fmt,discard=off,file.filename=img
 	c "$fmt: -n -i native" -n -i native -f $fmt -c "write -P 2 0 4k" -c "read -P 2 0 4k" \

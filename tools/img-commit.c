@@ -20,8 +20,6 @@
 
 #define COMMIT_MAX_IO	(1u << 20)	/* the largest copy request of qemu's job */
 
-enum { OPT_OBJECT = 256, OPT_IMAGE_OPTS };
-
 struct commit_args {
 	struct img_open_opts open;
 	const char *cache, *base;
@@ -30,18 +28,12 @@ struct commit_args {
 
 static void commit_parse(int argc, char **argv, struct commit_args *a)
 {
-	static const struct option long_opts[] = {
-		{ "help", no_argument, NULL, 'h' },
-		{ "object", required_argument, NULL, OPT_OBJECT },
-		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-		{ NULL, 0, NULL, 0 },
-	};
 	int c;
 
-	while ((c = getopt_long(argc, argv, ":f:ht:b:dpqr:", long_opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":f:ht:b:dpqr:", img_long_opts_no_share, NULL)) != -1) {
+		if (img_common_opt(c, argv, &a->open.image_opts))
+			continue;
 		switch (c) {
-		case '?': case ':': img_bad_option(c, argv);
-		case 'h': img_help();
 		case 'f': a->open.fmt = optarg; break;
 		case 't': a->cache = optarg; break;
 		case 'b': a->base = optarg; a->drop = true; break;
@@ -53,8 +45,6 @@ static void commit_parse(int argc, char **argv, struct commit_args *a)
 			if (img_cvtnum_full("rate limit", optarg, 0, INT64_MAX) < 0)
 				exit(1);
 			break;
-		case OPT_OBJECT: img_object_check(optarg); break;
-		case OPT_IMAGE_OPTS: a->open.image_opts = true; break;
 		}
 	}
 	if (a->quiet)

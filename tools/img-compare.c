@@ -47,24 +47,21 @@ struct cmp {
 	int64_t progress_base;		/* the larger size: 100% */
 };
 
-enum { OPT_OBJECT = 256, OPT_IMAGE_OPTS };
-
 static void cmp_parse(int argc, char **argv, struct cmp_args *a)
 {
-	static const struct option long_opts[] = {
-		{ "help", no_argument, NULL, 'h' },
-		{ "object", required_argument, NULL, OPT_OBJECT },
-		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-		{ "force-share", no_argument, NULL, 'U' },
-		{ NULL, 0, NULL, 0 },
-	};
 	unsigned int flags = 0;
 	int c;
 
-	while ((c = getopt_long(argc, argv, ":hf:F:T:pqsU", long_opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":hf:F:T:pqsU", img_long_opts, NULL)) != -1) {
+		/* compare's errors all exit 2, a bad --object's too */
+		if (c == IMG_OPT_OBJECT) {
+			if (tool_object_add(optarg) < 0)
+				exit(2);
+			continue;
+		}
+		if (img_common_opt(c, argv, &a->open1.image_opts))
+			continue;
 		switch (c) {
-		case '?': case ':': img_bad_option(c, argv);
-		case 'h': img_help();
 		case 'f': a->open1.fmt = optarg; break;
 		case 'F': a->open2.fmt = optarg; break;
 		case 'T': a->cache = optarg; break;
@@ -72,8 +69,6 @@ static void cmp_parse(int argc, char **argv, struct cmp_args *a)
 		case 'q': a->quiet = true; break;
 		case 's': a->strict = true; break;
 		case 'U': flags |= TBLK_OPEN_SHARE_RW; break;
-		case OPT_OBJECT: img_object_check(optarg); break;
-		case OPT_IMAGE_OPTS: a->open1.image_opts = a->open2.image_opts = true; break;
 		}
 	}
 	if (a->quiet)
@@ -83,6 +78,7 @@ static void cmp_parse(int argc, char **argv, struct cmp_args *a)
 	a->open1.filename = argv[optind];
 	a->open2.filename = argv[optind + 1];
 	a->open1.flags = a->open2.flags = flags;
+	a->open2.image_opts = a->open1.image_opts;
 }
 
 static void cmp_say(const struct cmp *c, const char *fmt, int64_t offset)

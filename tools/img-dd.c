@@ -27,8 +27,6 @@ struct dd_args {
 	int64_t skip;			/* -1: not given */
 };
 
-enum { OPT_OBJECT = 256, OPT_IMAGE_OPTS };
-
 /* One "key=value" operand; exits on a bad one as qemu-img does. */
 static void dd_operand(struct dd_args *a, const char *arg)
 {
@@ -65,24 +63,15 @@ static void dd_operand(struct dd_args *a, const char *arg)
 
 static void dd_parse(int argc, char **argv, struct dd_args *a)
 {
-	static const struct option long_opts[] = {
-		{ "help", no_argument, NULL, 'h' },
-		{ "object", required_argument, NULL, OPT_OBJECT },
-		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-		{ "force-share", no_argument, NULL, 'U' },
-		{ NULL, 0, NULL, 0 },
-	};
 	int c;
 
-	while ((c = getopt_long(argc, argv, ":hf:O:U", long_opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":hf:O:U", img_long_opts, NULL)) != -1) {
+		if (img_common_opt(c, argv, &a->in.image_opts))
+			continue;
 		switch (c) {
-		case '?': case ':': img_bad_option(c, argv);
-		case 'h': img_help();
 		case 'f': a->in.fmt = optarg; break;
 		case 'O': a->out_fmt = optarg; break;
 		case 'U': a->in.flags |= TBLK_OPEN_SHARE_RW; break;
-		case OPT_OBJECT: img_object_check(optarg); break;
-		case OPT_IMAGE_OPTS: a->in.image_opts = true; break;
 		}
 	}
 	for (; optind < argc; optind++)

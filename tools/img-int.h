@@ -80,6 +80,21 @@ int img_open(struct tblk_blk **pblk, const struct img_open_opts *o, struct tblk_
 /* --object OBJECTDEF: checked as qemu-img does at option time; exits 1 on a bad one. */
 void img_object_check(const char *def);
 /*
+ * The long options most subcommands share, for getopt_long(): --help, --object,
+ * --image-opts, and in img_long_opts also --force-share (returned as 'U'). A subcommand's
+ * loop hands each option to img_common_opt() first.
+ */
+enum { IMG_OPT_OBJECT = 256, IMG_OPT_IMAGE_OPTS, IMG_OPT_FIRST_FREE };
+struct option;
+extern const struct option img_long_opts[];
+extern const struct option img_long_opts_no_share[];
+/*
+ * Handles option @c of getopt_long() if every subcommand treats it alike: a bad or
+ * incomplete option and -h (these exit), --object (checked), --image-opts (sets
+ * *image_opts). True if it did.
+ */
+bool img_common_opt(int c, char **argv, bool *image_opts);
+/*
  * -l of convert and measure: an argument "snapshot.id=...,snapshot.name=..." may name only
  * those two keys (else qemu's errors and exit 1); true if it has that form.
  */

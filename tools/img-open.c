@@ -10,6 +10,7 @@
  * Threading: the tool's single thread.
  */
 #include <errno.h>
+#include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,7 +23,7 @@
 static int build_opts(GHashTable *opts, const struct img_open_opts *o, const char **probe_name,
 		      char **open_name, GError **errp)
 {
-	*probe_name = o->filename;
+	*probe_name = tool_json_names_driver(o->filename) ? NULL : o->filename;
 	*open_name = o->image_opts ? NULL : g_strdup(o->filename);
 	if (o->image_opts) {
 		if (tool_opts_parse(opts, o->filename, errp) < 0)
@@ -61,6 +62,9 @@ int img_open(struct tblk_blk **pblk, const struct img_open_opts *o, struct tblk_
 	}
 	opts = tblk_opts_new();
 	ret = build_opts(opts, o, &probe_name, &open_name, &err);
+	/* qemu opens without a backing file then, and says so. */
+	if (ret == 0 && !g_strcmp0(g_hash_table_lookup(opts, "backing"), ""))
+		tool_warn("Use of \"backing\": \"\" is deprecated; use \"backing\": null instead");
 	if (ret == 0)
 		ret = tblk_blk_open(pblk, open_name, opts, o->flags, loop, &err);
 	if (ret < 0) {
@@ -71,6 +75,42 @@ int img_open(struct tblk_blk **pblk, const struct img_open_opts *o, struct tblk_
 	g_free(open_name);
 	g_hash_table_unref(opts);
 	return ret;
+}
+
+/* ---------------------------------------------------------------- shared options */
+
+#define COMMON_LONG_OPTS \
+	{ "help", no_argument, NULL, 'h' }, \
+	{ "object", required_argument, NULL, IMG_OPT_OBJECT }, \
+	{ "image-opts", no_argument, NULL, IMG_OPT_IMAGE_OPTS }
+
+const struct option img_long_opts[] = {
+	COMMON_LONG_OPTS,
+	{ "force-share", no_argument, NULL, 'U' },
+	{ NULL, 0, NULL, 0 },
+};
+
+const struct option img_long_opts_no_share[] = {
+	COMMON_LONG_OPTS,
+	{ NULL, 0, NULL, 0 },
+};
+
+bool img_common_opt(int c, char **argv, bool *image_opts)
+{
+	switch (c) {
+	case '?':
+	case ':':
+		img_bad_option(c, argv);
+	case 'h':
+		img_help();
+	case IMG_OPT_OBJECT:
+		img_object_check(optarg);
+		return true;
+	case IMG_OPT_IMAGE_OPTS:
+		*image_opts = true;
+		return true;
+	}
+	return false;
 }
 
 /* ---------------------------------------------------------------- -l snapshot */

@@ -22,8 +22,6 @@
 #define REBASE_BUF	(2u << 20)	/* qemu-img's IO_BUF_SIZE */
 #define SECTOR		512
 
-enum { OPT_OBJECT = 256, OPT_IMAGE_OPTS };
-
 struct rebase_args {
 	struct img_open_opts open;
 	const char *cache, *src_cache;
@@ -110,19 +108,12 @@ int img_open_layer(struct tblk_blk **pblk, struct tblk_blk *chain, int depth,
 
 static void rebase_parse(int argc, char **argv, struct rebase_args *a)
 {
-	static const struct option long_opts[] = {
-		{ "help", no_argument, NULL, 'h' },
-		{ "object", required_argument, NULL, OPT_OBJECT },
-		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-		{ "force-share", no_argument, NULL, 'U' },
-		{ NULL, 0, NULL, 0 },
-	};
 	int c;
 
-	while ((c = getopt_long(argc, argv, ":hf:F:b:upt:T:qU", long_opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":hf:F:b:upt:T:qU", img_long_opts, NULL)) != -1) {
+		if (img_common_opt(c, argv, &a->open.image_opts))
+			continue;
 		switch (c) {
-		case '?': case ':': img_bad_option(c, argv);
-		case 'h': img_help();
 		case 'f': a->open.fmt = optarg; break;
 		case 'F': a->base_fmt = optarg; break;
 		case 'b': a->base = optarg; break;
@@ -132,8 +123,6 @@ static void rebase_parse(int argc, char **argv, struct rebase_args *a)
 		case 'T': a->src_cache = optarg; break;
 		case 'q': a->quiet = true; break;
 		case 'U': a->force_share = true; break;
-		case OPT_OBJECT: img_object_check(optarg); break;
-		case OPT_IMAGE_OPTS: a->open.image_opts = true; break;
 		}
 	}
 	if (a->quiet)

@@ -89,8 +89,6 @@ void img_snapshot_json(GString *out, const struct tblk_snapshot_info *sn, int n,
 /* ---------------------------------------------------------------- the subcommand */
 
 enum { SN_NONE, SN_LIST, SN_APPLY, SN_CREATE, SN_DELETE };
-enum { OPT_OBJECT = 256, OPT_IMAGE_OPTS };
-
 struct snapshot_args {
 	struct img_open_opts open;
 	int action;
@@ -108,27 +106,18 @@ static void set_action(struct snapshot_args *a, int action, const char *name)
 
 static void snapshot_parse(int argc, char **argv, struct snapshot_args *a)
 {
-	static const struct option long_opts[] = {
-		{ "help", no_argument, NULL, 'h' },
-		{ "object", required_argument, NULL, OPT_OBJECT },
-		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-		{ "force-share", no_argument, NULL, 'U' },
-		{ NULL, 0, NULL, 0 },
-	};
 	int c;
 
-	while ((c = getopt_long(argc, argv, ":la:c:d:hqU", long_opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":la:c:d:hqU", img_long_opts, NULL)) != -1) {
+		if (img_common_opt(c, argv, &a->open.image_opts))
+			continue;
 		switch (c) {
-		case '?': case ':': img_bad_option(c, argv);
-		case 'h': img_help();
 		case 'l': set_action(a, SN_LIST, NULL); break;
 		case 'a': set_action(a, SN_APPLY, optarg); break;
 		case 'c': set_action(a, SN_CREATE, optarg); break;
 		case 'd': set_action(a, SN_DELETE, optarg); break;
 		case 'q': a->quiet = true; break;
 		case 'U': a->open.flags |= TBLK_OPEN_SHARE_RW; break;
-		case OPT_OBJECT: img_object_check(optarg); break;
-		case OPT_IMAGE_OPTS: a->open.image_opts = true; break;
 		}
 	}
 	if (optind != argc - 1)

@@ -271,7 +271,7 @@ int io_open_image(struct io_ctx *io, const struct io_open_req *r)
 	GError *err = NULL;
 	int ret;
 
-	if (!g_hash_table_contains(r->opts, "driver"))
+	if (!g_hash_table_contains(r->opts, "driver") && !tool_json_names_driver(r->filename))
 		probe_name = r->filename ? r->filename : g_hash_table_lookup(r->opts,
 									    "file.filename");
 	if (!r->filename && !opts_name_something(r->opts)) {

@@ -118,6 +118,17 @@ void tool_buf_free(void *buf)
 	free(buf);
 }
 
+bool tool_json_names_driver(const char *filename)
+{
+	g_autoptr(GHashTable) opts = NULL;
+
+	if (!filename || strncmp(filename, "json:", 5))
+		return false;
+	opts = tblk_opts_new();
+	return tblk_opts_parse(opts, filename, NULL, NULL) == 0 &&
+	       g_hash_table_contains(opts, "driver");
+}
+
 void tool_warn_probed_raw(struct tblk_blk *blk, const char *name)
 {
 	const char *canonical = tblk_blk_filename(blk);

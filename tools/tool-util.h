@@ -69,6 +69,8 @@ struct tblk_blk;
  * types are accepted and ignored. 0, or -EINVAL after printing the error. */
 int tool_object_add(const char *def);
 
+/* Whether @filename is a "json:{...}" one that names its driver (nothing is probed then). */
+bool tool_json_names_driver(const char *filename);
 /* qemu's warning about a writable image whose raw format was only probed (stderr). */
 void tool_warn_probed_raw(struct tblk_blk *blk, const char *name);
 
