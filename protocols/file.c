@@ -137,6 +137,24 @@ static void extend_for_write(struct file_state *s, uint64_t end)
 	tblk_mutex_unlock(&s->ext_lock);
 }
 
+/*
+ * Zeroing [offset, offset + bytes) where no write has reached yet but the extension covers
+ * (it reads zeroes, allocated by our fallocate()): only data_end moves. True if done.
+ */
+static bool extend_zeroed(struct file_state *s, uint64_t offset, uint64_t bytes)
+{
+	uint64_t de = __atomic_load_n(&s->data_end, __ATOMIC_RELAXED);
+
+	if (!s->extend_ahead || offset < de ||
+	    offset + bytes > __atomic_load_n(&s->phys_end, __ATOMIC_ACQUIRE))
+		return false;
+	while (offset + bytes > de &&
+	       !__atomic_compare_exchange_n(&s->data_end, &de, offset + bytes, true,
+					    __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		;
+	return true;
+}
+
 /* After a truncate to @size (drained): the file ends where the truncate put it. */
 static void extend_reset(struct file_state *s, uint64_t size)
 {
@@ -660,6 +678,8 @@ static int file_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t 
 		uint64_t range[2] = { offset, bytes };
 
 		ret = ioctl(s->fd, BLKZEROOUT, range) < 0 ? errno_notsup() : 0;
+	} else if (extend_zeroed(s, offset, bytes)) {
+		ret = 0;
 	} else {
 		extend_for_write(s, offset + bytes);
 		ret = zero_regular(s->fd, offset, bytes, flags & TBLK_REQ_MAY_UNMAP);
