@@ -104,6 +104,7 @@ static void take_clusters_locked(struct qcow2_state *s, uint64_t first, uint64_t
 	for (uint64_t c = first; c < first + n; c++) {
 		void *block = peek_block(s, c);	/* found by the search just now */
 
+		qcow2_cluster_taken(s, c);
 		qcow2_rc_set(s, block, c & mask, 1);
 		qcow2_cache_mark_dirty(s->rc_cache, block);
 	}

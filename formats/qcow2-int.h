@@ -325,6 +325,16 @@ uint64_t qcow2_rc_get(const struct qcow2_state *s, const void *block, uint64_t i
 void qcow2_rc_set(const struct qcow2_state *s, void *block, uint64_t i, uint64_t v);
 /* Adds @delta to the refcounts of the clusters covering [offset, offset + len). */
 int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, int64_t delta);
+/*
+ * Host cluster @index, free until now, is being taken (its refcount leaves 0): compressed
+ * data must not go on packing into it. Every path that raises a refcount from 0 calls it,
+ * also those that set refcounts directly. [meta]
+ */
+static inline void qcow2_cluster_taken(struct qcow2_state *s, uint64_t index)
+{
+	if (s->free_byte_offset && s->free_byte_offset >> s->cluster_bits == index)
+		s->free_byte_offset = 0;
+}
 /* Allocates @len bytes of contiguous clusters (first free), refcount 1. Host offset or -errno. */
 int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t len);
 /*

@@ -98,8 +98,10 @@ static int fill_area_blocks(struct qcow2_state *s, uint64_t *table, uint64_t fir
 		if (covered >= end)
 			continue;
 		for (uint64_t j = covered < start ? (start - covered) >> s->cluster_bits : 0;
-		     j < TBLK_MIN((end - covered) >> s->cluster_bits, per_block); j++)
+		     j < TBLK_MIN((end - covered) >> s->cluster_bits, per_block); j++) {
+			qcow2_cluster_taken(s, (covered >> s->cluster_bits) + j);
 			qcow2_rc_set(s, block, j, 1);
+		}
 	}
 	return 0;
 }

@@ -217,6 +217,7 @@ static int alloc_refcount_block(struct qcow2_state *s, uint64_t cluster_index)
 		ret = qcow2_cache_get(s->rc_cache, (uint64_t)nb, true, &block);
 		if (ret < 0)
 			return ret;
+		qcow2_cluster_taken(s, (uint64_t)nb >> s->cluster_bits);
 		rc_set(s, block, ((uint64_t)nb >> s->cluster_bits) & mask, 1);
 	} else {
 		ret = qcow2_update_refcount(s, (uint64_t)nb, s->cluster_size, 1);
@@ -310,8 +311,8 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, 
 		 * packing would then overwrite that data (qemu 7.2 does, and corrupts the image).
 		 * qcow2_alloc_bytes() sets the offset again after its own increment.
 		 */
-		if (rc == 0 && delta > 0 && s->free_byte_offset >> s->cluster_bits == done)
-			s->free_byte_offset = 0;
+		if (rc == 0 && delta > 0)
+			qcow2_cluster_taken(s, done);
 		rc += (uint64_t)delta;
 		rc_set(s, block, done & mask, rc);
 		qcow2_cache_mark_dirty(s->rc_cache, block);

@@ -10,7 +10,8 @@
 # - compressed data packed into a cluster freed by copy-on-write (qemu goes on packing
 #   after the last compressed cluster even once that cluster was freed; we do the same,
 #   except where the freed cluster was taken for other data, where qemu 7.2 packs over that
-#   data and corrupts the image: there, only our image is checked);
+#   data and corrupts the image: there, only our image is checked; also when the cluster
+#   was taken by the fast path for allocating writes);
 # - extended L2: map offsets of unallocated subclusters of allocated clusters (qemu gives
 #   the host offset), with and without a backing file;
 # - extended L2: zero writes not aligned to 512 bytes (qemu's qcow2 takes any alignment and
@@ -65,10 +66,12 @@ def file_map(d, img):
     return run(["qemu-img", "map", "-f", "raw", "--output=json", img], d)[1]
 
 
-def case(d, name, opts, size, cmds, backing=None, qemu_bug=False, todo=None, holes=False):
+def case(d, name, opts, size, cmds, backing=None, qemu_bug=False, todo=None, holes=False,
+         io_opts=()):
     """
-    Runs @cmds (qemu-io commands) through both tools on copies of one fresh image. With
-    @qemu_bug, qemu's result is wrong: ours must only succeed, be clean and map alike.
+    Runs @cmds (qemu-io commands) through both tools on copies of one fresh image, with the
+    options @io_opts. With @qemu_bug, qemu's result is wrong: ours must only succeed, be
+    clean and map alike.
     """
     for f in os.listdir(d):
         os.unlink(os.path.join(d, f))
@@ -86,7 +89,7 @@ def case(d, name, opts, size, cmds, backing=None, qemu_bug=False, todo=None, hol
             ["q.qcow2", str(size)], d)
     assert r[0] == 0, r
     shutil.copyfile(os.path.join(d, "q.qcow2"), os.path.join(d, "t.qcow2"))
-    argv = []
+    argv = list(io_opts)
     for c in cmds:
         argv += ["-c", c]
     rq = run(["qemu-io", "-f", "qcow2"] + argv + ["q.qcow2"], d)
@@ -168,6 +171,13 @@ def cases(d):
          ["write -c -P 1 0 64k", "write -P 2 4k 4k", "write -P 5 512k 64k",
           "write -c -P 3 64k 64k", "write -c -P 4 128k 64k", "read -P 5 512k 64k",
           "read -P 3 64k 64k"], qemu_bug=True)
+    # The same through the fast path for allocating writes (O_DIRECT, Linux AIO), which sets
+    # refcounts in the cache itself: it too must end the packing into the cluster it takes.
+    case(d, "64k: write -c after a fast-path allocating write reused the freed cluster",
+         "cluster_size=64k", 64 << 20,
+         ["write -c -P 1 0 64k", "discard 0 64k", "flush", "aio_write -P 2 1M 64k",
+          "aio_flush", "write -c -P 3 2M 64k", "read -P 2 1M 64k", "read -P 3 2M 64k"],
+         qemu_bug=True, io_opts=("-t", "none", "-i", "native"))
 
     # ---- 2. map offsets of unallocated subclusters
     e = "extended_l2=on,cluster_size=64k"
