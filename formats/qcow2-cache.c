@@ -23,7 +23,6 @@ struct cache_entry {
 
 struct qcow2_cache {
 	struct qcow2_state *s;		/* [const] */
-	bool is_l2;			/* [const] L2 cache (depends on the refcount cache) */
 	unsigned int nr;		/* [const] */
 	struct cache_entry *e;		/* [meta] nr entries */
 	GHashTable *index;		/* [meta] offset -> entry index + 1 */
@@ -62,7 +61,7 @@ static int write_dependencies(struct qcow2_cache *c)
 	struct qcow2_state *s = c->s;
 	int ret;
 
-	if (c != s->l2_cache)	/* is_l2 is never set */
+	if (c != s->l2_cache)	/* only L2 tables depend on the refcount cache */
 		return 0;
 	ret = qcow2_cache_write(s->rc_cache);
 	if (ret < 0)

@@ -926,7 +926,6 @@ static int target_options(struct convert *cv, GHashTable *opts)
 	return 0;
 }
 
-/* The checks between the options and creating the target. 1: stop with status 0. */
 /* True if the image's format keeps persistent bitmaps (qcow2 v3). */
 static bool keeps_bitmaps(struct tblk_blk *blk)
 {
@@ -1003,6 +1002,7 @@ static int copy_bitmaps(struct tblk_blk *src, struct tblk_blk *dst, bool skip_br
 	return ret;
 }
 
+/* The checks between the options and creating the target. 1: stop with status 0. */
 static int check_target(struct convert *cv, GHashTable *opts, const char **backing)
 {
 	const struct convert_args *a = cv->a;
