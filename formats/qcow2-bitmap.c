@@ -76,6 +76,7 @@ static int parse_directory(struct qcow2_state *s, const uint8_t *dir, uint64_t s
 		const uint8_t *e = dir + pos;
 		uint32_t extra;
 		uint64_t len;
+		int32_t slen;
 		const char *name;
 
 		if (size - pos < BITMAP_ENTRY_HEADER)
@@ -91,9 +92,16 @@ static int parse_directory(struct qcow2_state *s, const uint8_t *dir, uint64_t s
 		b->granularity_bits = e[17];
 		b->name_size = qcow2_get_be16(e + 18);
 		extra = qcow2_get_be32(e + 20);
-		len = TBLK_ALIGN_UP(BITMAP_ENTRY_HEADER + (uint64_t)extra + b->name_size, 8);
-		if (len > size - pos)
+		/*
+		 * qemu sizes an entry in an int: a huge extra data size wraps, and only a
+		 * positive size can reach past the directory's end. Extra data is refused
+		 * anyway, so the size is only used while there is none.
+		 */
+		slen = (int32_t)(uint32_t)(BITMAP_ENTRY_HEADER + extra + b->name_size);
+		slen = (int32_t)((uint32_t)slen + 7) & ~7;
+		if (slen > 0 && (uint64_t)slen > size - pos)
 			goto broken;
+		len = TBLK_ALIGN_UP(BITMAP_ENTRY_HEADER + (uint64_t)b->name_size, 8);
 		if (extra)
 			return tblk_error_set(errp, ENOTSUP, "Bitmap extra data is not supported");
 		name = (const char *)e + BITMAP_ENTRY_HEADER;
@@ -161,9 +169,13 @@ static int check_bitmap(struct qcow2_state *s, unsigned int i, GError **errp)
 			return tblk_error_set_errno(errp, -ret, "Could not read bitmap_table table "
 						    "from image for bitmap '%s'", name);
 	}
+	/* A name seen before: qemu loads no second bitmap of it, and skips one in use. */
 	for (unsigned int k = 0; k < i; k++)
-		if (!strcmp(s->bitmap_info[k].name, name))
+		if (!strcmp(s->bitmap_info[k].name, name)) {
+			if (b->flags & QCOW2_BITMAP_IN_USE)
+				return 0;
 			return tblk_error_set(errp, EEXIST, "Bitmap already exists: %s", name);
+		}
 	if (b->flags & QCOW2_BITMAP_IN_USE)
 		return 0;
 	need = qcow2_dbm_bytes(qcow2_dbm_nbits(s->size, b->granularity_bits));
@@ -563,8 +575,12 @@ int qcow2_bitmaps_open(struct qcow2_state *s, GError **errp)
 
 	for (unsigned int i = 0; i < s->nb_bitmaps; i++) {
 		const struct qcow2_bitmap *e = &s->bitmaps[i];
-		struct qcow2_dbm *b = qcow2_dbm_new(s->bitmap_info[i].name, e->granularity_bits,
-						    s->size);
+		struct qcow2_dbm *b;
+
+		/* A second entry of that name, in use (else the open failed): qemu skips it. */
+		if (qcow2_dbm_find(s, s->bitmap_info[i].name))
+			continue;
+		b = qcow2_dbm_new(s->bitmap_info[i].name, e->granularity_bits, s->size);
 
 		/* qemu lists the most recently created first. */
 		b->inconsistent = e->flags & QCOW2_BITMAP_IN_USE;
