@@ -613,7 +613,7 @@ int qcow2_bitmaps_close(struct qcow2_state *s)
 	ret = qcow2_bitmaps_store(s, &err);
 	qcow2_unlock(s);
 	if (ret < 0) {
-		tblk__warn("Lost persistent bitmaps during inactivation of node '%s': %s",
+		tblk__warn("error: Lost persistent bitmaps during inactivation of node '%s': %s\n",
 			   s->node->node_name ? s->node->node_name : "#block0", err->message);
 		g_error_free(err);
 	}
