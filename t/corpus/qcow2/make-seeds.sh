@@ -79,13 +79,14 @@ io v3-c512-bitmaps.qcow2 'write -P 0xc1 0 1k'
 qemu-img bitmap --add v3-c512-bitmaps.qcow2 b0
 qemu-img bitmap --add --disable -g 1024 v3-c512-bitmaps.qcow2 b1
 io v3-c512-bitmaps.qcow2 'write -P 0xc2 4k 1k'
-# Left in use by a killed writer; and two directories qemu refuses: an entry with extra
-# data (the directory rewritten 8 bytes longer), an entry with an unknown flag.
+# Left in use by a killed writer; and two directories qemu refuses (hostile-*: they need not
+# open): an entry with extra data (the directory rewritten 8 bytes longer), an entry with an
+# unknown flag.
 cp v3-c512-bitmaps.qcow2 v3-c512-bitmap-inuse.qcow2
 io v3-c512-bitmap-inuse.qcow2 'write -P 0xc3 2k 1k' 'sigraise 9' 2>/dev/null || true
-cp v3-c512-bitmaps.qcow2 v3-c512-bitmap-extra.qcow2
-cp v3-c512-bitmaps.qcow2 v3-c512-bitmap-flags.qcow2
-python3 - v3-c512-bitmap-extra.qcow2 v3-c512-bitmap-flags.qcow2 <<'PY'
+cp v3-c512-bitmaps.qcow2 hostile-bitmap-extra-data.qcow2
+cp v3-c512-bitmaps.qcow2 hostile-bitmap-unknown-flag.qcow2
+python3 - hostile-bitmap-extra-data.qcow2 hostile-bitmap-unknown-flag.qcow2 <<'PY'
 import struct, sys
 for path, extra in ((sys.argv[1], True), (sys.argv[2], False)):
     d = bytearray(open(path, "rb").read())
@@ -118,6 +119,6 @@ img v3-c64k-1T.qcow2 cluster_size=65536 1T
 # (no writes: any would add a 64 KiB L2 table and a 64 KiB cluster)
 
 mkdir -p "$dir"
-for f in v*.qcow2; do
+for f in v*.qcow2 hostile-bitmap-*.qcow2; do
 	cp "$f" "$dir/${f%.qcow2}"
 done
