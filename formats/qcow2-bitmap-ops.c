@@ -327,9 +327,6 @@ int tblk__qcow2_bm_submit_fast(struct tblk_node *node, struct tblk_req *req, uin
 int tblk__qcow2_bm_truncate(struct tblk_node *node, uint64_t size, const char *prealloc,
 			    GError **errp)
 {
-	int ret = tblk__qcow2_truncate(node, size, prealloc, errp);
-
-	if (ret >= 0 && qcow2_bitmaps_resize(node->opaque) < 0)
-		return tblk_error_set(errp, ENOMEM, "Could not resize the bitmaps");
-	return ret;
+	/* qcow2_truncate_locked resizes the bitmaps (amend's resize goes there too). */
+	return tblk__qcow2_truncate(node, size, prealloc, errp);
 }

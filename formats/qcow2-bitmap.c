@@ -41,48 +41,147 @@ static const struct qcow2_ext *bitmaps_ext(struct qcow2_state *s)
 	return NULL;
 }
 
-/* Parses the directory @dir of @size bytes holding @n entries. */
+/* qemu's check_dir_entry: the fields of an entry it would load. */
+static bool entry_valid(const struct qcow2_state *s, const struct qcow2_bitmap *b)
+{
+	uint64_t phys = (uint64_t)b->table_size * s->cluster_size;
+
+	if (!b->table_size || !b->table_offset || (b->table_offset & (s->cluster_size - 1)) ||
+	    b->table_size > BITMAP_MAX_TABLE_ENTRIES ||
+	    b->granularity_bits > BITMAP_MAX_GRAN_BITS ||
+	    b->granularity_bits < BITMAP_MIN_GRAN_BITS ||
+	    (b->flags & ~(QCOW2_BITMAP_IN_USE | QCOW2_BITMAP_AUTO)) ||
+	    b->name_size > BITMAP_MAX_NAME || b->type != 1 || phys > BITMAP_MAX_PHYS_BYTES)
+		return false;
+	/* A bitmap to be loaded must have a table large enough for the image. */
+	return (b->flags & QCOW2_BITMAP_IN_USE) || s->size <= (phys * 8) << b->granularity_bits;
+}
+
+/*
+ * Parses the directory @dir of @size bytes, which must hold exactly @n entries, in qemu's
+ * order of checks and with its messages. Entries with extra data are refused as qemu 7.2
+ * refuses them (it knows no extra data field), as are the flags it does not know (bit 2,
+ * "extra data compatible", included).
+ */
 static int parse_directory(struct qcow2_state *s, const uint8_t *dir, uint64_t size, uint32_t n,
-			   uint64_t flen, GError **errp)
+			   GError **errp)
 {
 	uint64_t pos = 0;
+	uint32_t i = 0;
 
 	s->bitmaps = g_new0(struct qcow2_bitmap, n);
 	s->bitmap_info = g_new0(struct tblk_bitmap_info, n);
-	for (uint32_t i = 0; i < n; i++) {
-		struct qcow2_bitmap *b = &s->bitmaps[i];
-		struct tblk_bitmap_info *info = &s->bitmap_info[i];
+	while (pos < size) {
+		struct qcow2_bitmap *b;
 		const uint8_t *e = dir + pos;
-		uint32_t flags, extra;
-		uint16_t name_len;
+		uint32_t extra;
 		uint64_t len;
+		int32_t slen;
+		const char *name;
 
 		if (size - pos < BITMAP_ENTRY_HEADER)
-			return tblk_error_set(errp, EINVAL, "Bitmap directory is truncated");
+			goto broken;
+		if (i == n)
+			return tblk_error_set(errp, EINVAL, "More bitmaps found than specified in "
+					      "header extension");
+		b = &s->bitmaps[i];
 		b->table_offset = qcow2_get_be64(e);
 		b->table_size = qcow2_get_be32(e + 8);
-		flags = qcow2_get_be32(e + 12);
+		b->flags = qcow2_get_be32(e + 12);
 		b->type = e[16];
 		b->granularity_bits = e[17];
-		name_len = qcow2_get_be16(e + 18);
+		b->name_size = qcow2_get_be16(e + 18);
 		extra = qcow2_get_be32(e + 20);
-		len = TBLK_ALIGN_UP(BITMAP_ENTRY_HEADER + (uint64_t)extra + name_len, 8);
-		if (len > size - pos || name_len == 0 || name_len > 1023 || b->type != 1 ||
-		    b->granularity_bits < 9 || b->granularity_bits > 31 ||
-		    (flags & ~(QCOW2_BITMAP_IN_USE | QCOW2_BITMAP_AUTO | QCOW2_BITMAP_EXTRA_OK)) ||
-		    (b->table_offset & (s->cluster_size - 1)) || b->table_size == 0 ||
-		    b->table_size > BITMAP_MAX_TABLE_ENTRIES ||
-		    b->table_offset > flen || (uint64_t)b->table_size * 8 > flen - b->table_offset)
-			return tblk_error_set(errp, EINVAL, "Bitmap directory entry %u is invalid", i);
-		b->name_size = name_len;
-		b->flags = flags;
-		info->name = g_strndup((const char *)e + BITMAP_ENTRY_HEADER + extra, name_len);
-		info->granularity = 1ull << b->granularity_bits;
-		info->in_use = flags & QCOW2_BITMAP_IN_USE;
-		info->is_auto = flags & QCOW2_BITMAP_AUTO;
-		s->nb_bitmaps = i + 1;
+		/*
+		 * qemu sizes an entry in an int: a huge extra data size wraps, and only a
+		 * positive size can reach past the directory's end. Extra data is refused
+		 * anyway, so the size is only used while there is none.
+		 */
+		slen = (int32_t)(uint32_t)(BITMAP_ENTRY_HEADER + extra + b->name_size);
+		slen = (int32_t)((uint32_t)slen + 7) & ~7;
+		if (slen > 0 && (uint64_t)slen > size - pos)
+			goto broken;
+		len = TBLK_ALIGN_UP(BITMAP_ENTRY_HEADER + (uint64_t)b->name_size, 8);
+		if (extra)
+			return tblk_error_set(errp, ENOTSUP, "Bitmap extra data is not supported");
+		name = (const char *)e + BITMAP_ENTRY_HEADER;
+		if (!entry_valid(s, b))
+			return tblk_error_set(errp, EINVAL, "Bitmap '%.*s' doesn't satisfy the "
+					      "constraints", (int)strnlen(name, b->name_size), name);
+		s->bitmap_info[i] = (struct tblk_bitmap_info) {
+			.name = g_strndup(name, b->name_size),
+			.granularity = 1ull << b->granularity_bits,
+			.in_use = b->flags & QCOW2_BITMAP_IN_USE,
+			.is_auto = b->flags & QCOW2_BITMAP_AUTO,
+		};
+		s->nb_bitmaps = ++i;
 		pos += len;
 	}
+	if (i != n)
+		return tblk_error_set(errp, EINVAL, "Less bitmaps found than specified in header "
+				      "extension");
+	return 0;
+broken:
+	return tblk_error_set(errp, EINVAL, "Broken bitmap directory");
+}
+
+/* The checks of the bitmaps extension qemu makes while it reads the header. */
+static int check_extension(struct qcow2_state *s, const struct qcow2_ext *e, GError **errp)
+{
+	uint32_t n = qcow2_get_be32(e->data);
+
+	if (qcow2_get_be32(e->data + 4))
+		return tblk_error_set(errp, EINVAL, "bitmaps_ext: Reserved field is not zero");
+	if (n > BITMAP_MAX)
+		return tblk_error_set(errp, EINVAL, "bitmaps_ext: Image has %" PRIu32 " bitmaps, "
+				      "exceeding the QEMU supported maximum of %u", n, BITMAP_MAX);
+	if (!n)
+		return tblk_error_set(errp, EINVAL, "found bitmaps extension with zero bitmaps");
+	if (s->bitmap_dir_offset & (s->cluster_size - 1))
+		return tblk_error_set(errp, EINVAL, "bitmaps_ext: invalid bitmap directory offset");
+	if (s->bitmap_dir_size > BITMAP_MAX_DIR_BYTES)
+		return tblk_error_set(errp, EINVAL, "bitmaps_ext: bitmap directory size (%" PRIu64
+				      ") exceeds the maximum supported size (%u)",
+				      s->bitmap_dir_size, BITMAP_MAX_DIR_BYTES);
+	if (!s->bitmap_dir_size)
+		return tblk_error_set(errp, EINVAL, "Requested bitmap directory size is zero");
+	return 0;
+}
+
+/*
+ * qemu's load_bitmap before the data: the table of a bitmap that is not in use must hold
+ * valid entries, its name must be new, and its size must be what the image size needs.
+ */
+static int check_bitmap(struct qcow2_state *s, unsigned int i, GError **errp)
+{
+	const struct qcow2_bitmap *b = &s->bitmaps[i];
+	const char *name = s->bitmap_info[i].name;
+	g_autofree uint64_t *t = NULL;
+	uint64_t need;
+	int ret;
+
+	if (!(b->flags & QCOW2_BITMAP_IN_USE)) {
+		ret = qcow2_bitmap_table_read(s, b->table_offset, b->table_size, &t);
+		for (uint32_t k = 0; ret >= 0 && k < b->table_size; k++)
+			if (!qcow2_bitmap_entry_valid(s, t[k]))
+				ret = -EINVAL;
+		if (ret < 0)
+			return tblk_error_set_errno(errp, -ret, "Could not read bitmap_table table "
+						    "from image for bitmap '%s'", name);
+	}
+	/* A name seen before: qemu loads no second bitmap of it, and skips one in use. */
+	for (unsigned int k = 0; k < i; k++)
+		if (!strcmp(s->bitmap_info[k].name, name)) {
+			if (b->flags & QCOW2_BITMAP_IN_USE)
+				return 0;
+			return tblk_error_set(errp, EEXIST, "Bitmap already exists: %s", name);
+		}
+	if (b->flags & QCOW2_BITMAP_IN_USE)
+		return 0;
+	need = qcow2_dbm_bytes(qcow2_dbm_nbits(s->size, b->granularity_bits));
+	if (((need + s->cluster_size - 1) >> s->cluster_bits) != b->table_size)
+		return tblk_error_set_errno(errp, EINVAL, "Could not read bitmap '%s' from image",
+					    name);
 	return 0;
 }
 
@@ -90,26 +189,33 @@ int qcow2_bitmaps_read(struct qcow2_state *s, uint64_t flen, GError **errp)
 {
 	const struct qcow2_ext *e = bitmaps_ext(s);
 	g_autofree uint8_t *dir = NULL;
-	uint32_t n;
 	int ret;
 
-	if (!e || !(s->autoclear & QCOW2_AUTOCLEAR_BITMAPS))
+	if (!e)
 		return 0;
-	if (e->len < 24)
-		return tblk_error_set(errp, EINVAL, "Bitmaps extension is too short");
-	n = qcow2_get_be32(e->data);
+	if (e->len != 24)
+		return tblk_error_set(errp, EINVAL, "bitmaps_ext: Invalid extension length");
+	if (!(s->autoclear & QCOW2_AUTOCLEAR_BITMAPS))
+		return 0;
 	s->bitmap_dir_size = qcow2_get_be64(e->data + 8);
 	s->bitmap_dir_offset = qcow2_get_be64(e->data + 16);
-	if (n == 0 || n > BITMAP_MAX || qcow2_get_be32(e->data + 4) ||
-	    s->bitmap_dir_size < BITMAP_ENTRY_HEADER || s->bitmap_dir_size > BITMAP_MAX_DIR_BYTES ||
-	    (s->bitmap_dir_offset & (s->cluster_size - 1)) || s->bitmap_dir_offset > flen ||
-	    s->bitmap_dir_size > flen - s->bitmap_dir_offset)
-		return tblk_error_set(errp, EINVAL, "Bitmaps extension is invalid");
-	dir = g_malloc(s->bitmap_dir_size);
-	ret = tblk_node_pread(s->node->file, s->bitmap_dir_offset, dir, s->bitmap_dir_size);
+	ret = check_extension(s, e, errp);
 	if (ret < 0)
-		return tblk_error_set_errno(errp, -ret, "Could not read the bitmap directory");
-	ret = parse_directory(s, dir, s->bitmap_dir_size, n, flen, errp);
+		return ret;
+	dir = g_try_malloc0(s->bitmap_dir_size);
+	if (!dir)
+		return tblk_error_set(errp, ENOMEM, "Failed to allocate space for bitmap "
+				      "directory");
+	/* What lies past the end of the file reads as zeroes, as it does for qemu. */
+	if (s->bitmap_dir_offset < flen) {
+		ret = tblk_node_pread(s->node->file, s->bitmap_dir_offset, dir,
+				      TBLK_MIN(s->bitmap_dir_size, flen - s->bitmap_dir_offset));
+		if (ret < 0)
+			return tblk_error_set_errno(errp, -ret, "Failed to read bitmap directory");
+	}
+	ret = parse_directory(s, dir, s->bitmap_dir_size, qcow2_get_be32(e->data), errp);
+	for (unsigned int i = 0; ret >= 0 && i < s->nb_bitmaps; i++)
+		ret = check_bitmap(s, i, errp);
 	if (ret < 0)
 		qcow2_bitmaps_free(s);
 	return ret;
@@ -124,16 +230,19 @@ int qcow2_bitmaps_for_each_cluster(struct qcow2_state *s,
 	fn(opaque, s->bitmap_dir_offset, s->bitmap_dir_size);
 	for (unsigned int i = 0; i < s->nb_bitmaps; i++) {
 		const struct qcow2_bitmap *b = &s->bitmaps[i];
-		g_autofree uint64_t *t = g_new(uint64_t, b->table_size);
+		g_autofree uint64_t *t = NULL;
 		int ret;
 
 		fn(opaque, b->table_offset, (uint64_t)b->table_size * 8);
-		ret = tblk_node_pread(s->node->file, b->table_offset, t,
-				      (uint64_t)b->table_size * 8);
+		/* As qemu's check: a table with a bad entry fails the check (in use or not). */
+		ret = qcow2_bitmap_table_read(s, b->table_offset, b->table_size, &t);
+		for (uint32_t k = 0; ret >= 0 && k < b->table_size; k++)
+			if (!qcow2_bitmap_entry_valid(s, t[k]))
+				ret = -EINVAL;
 		if (ret < 0)
 			return ret;
 		for (uint32_t k = 0; k < b->table_size; k++) {
-			uint64_t off = be64toh(t[k]) & BITMAP_TABLE_OFFSET_MASK;
+			uint64_t off = t[k] & BITMAP_TABLE_OFFSET_MASK;
 
 			if (off)
 				fn(opaque, off, s->cluster_size);
@@ -195,6 +304,15 @@ int qcow2_bitmap_table_read(struct qcow2_state *s, uint64_t offset, uint32_t siz
 	return 0;
 }
 
+bool qcow2_bitmap_entry_valid(const struct qcow2_state *s, uint64_t entry)
+{
+	uint64_t off = entry & BITMAP_TABLE_OFFSET_MASK;
+
+	if (entry & BITMAP_TABLE_RESERVED)
+		return false;
+	return !off || (!(entry & BITMAP_TABLE_ALL_ONES) && !(off & (s->cluster_size - 1)));
+}
+
 /* Sets bits [first, last] of @words (no other writer: plain stores). */
 static void words_set_range(uint64_t *words, uint64_t first, uint64_t last)
 {
@@ -220,7 +338,7 @@ static int dbm_read_data(struct qcow2_state *s, struct qcow2_dbm *b, const struc
 	g_autofree uint8_t *buf = NULL;
 	int ret;
 
-	if (need > e->table_size)
+	if (need != e->table_size)
 		return -EINVAL;
 	ret = qcow2_bitmap_table_read(s, e->table_offset, e->table_size, &t);
 	if (ret < 0)
@@ -231,8 +349,7 @@ static int dbm_read_data(struct qcow2_state *s, struct qcow2_dbm *b, const struc
 		uint64_t first = i * bits_per_cluster;
 		uint64_t chunk = TBLK_MIN(bytes - i * s->cluster_size, (uint64_t)s->cluster_size);
 
-		if ((t[i] & BITMAP_TABLE_RESERVED) ||
-		    (off && ((t[i] & BITMAP_TABLE_ALL_ONES) || (off & (s->cluster_size - 1)))))
+		if (!qcow2_bitmap_entry_valid(s, t[i]))
 			return -EINVAL;
 		if (!off) {
 			if (t[i] & BITMAP_TABLE_ALL_ONES)
@@ -309,26 +426,71 @@ void qcow2_bitmaps_mark(struct qcow2_state *s, uint64_t offset, uint64_t bytes)
 	}
 }
 
-int qcow2_bitmaps_resize(struct qcow2_state *s)
+/*
+ * qemu's qcow2_truncate_bitmaps_check: every stored bitmap must be in memory and usable,
+ * checked in directory order. The new bit arrays for @size are allocated here, so that
+ * qcow2_bitmaps_resize_commit cannot fail once the image has its new size.
+ */
+int qcow2_bitmaps_resize_prepare(struct qcow2_state *s, uint64_t size, GPtrArray **prep,
+				 GError **errp)
 {
+	GPtrArray *words;
+
+	for (unsigned int i = 0; i < s->nb_bitmaps; i++) {
+		struct qcow2_dbm *b = qcow2_dbm_find(s, s->bitmap_info[i].name);
+
+		if (!b)
+			return tblk_error_set(errp, ENOTSUP, "Cannot resize qcow2 with persistent "
+					      "bitmaps that were not loaded");
+		if (s->read_only)
+			return tblk_error_set(errp, EPERM, "Bitmap '%s' is readonly and cannot be "
+					      "modified", b->name);
+		if (b->inconsistent)
+			return tblk_error_set(errp, ENOTSUP, "Bitmap '%s' is inconsistent and "
+					      "cannot be used\nTry block-dirty-bitmap-remove to "
+					      "delete this bitmap from disk", b->name);
+	}
+	words = g_ptr_array_new_with_free_func(g_free);
 	for (struct qcow2_dbm *b = s->dbms; b; b = b->next) {
+		uint64_t n = qcow2_dbm_bytes(qcow2_dbm_nbits(size, b->gran_bits)) / 8;
+		uint64_t *w = NULL;
+
+		if (b->words && !(w = g_try_new0(uint64_t, TBLK_MAX(n, 1ull)))) {
+			g_ptr_array_free(words, TRUE);
+			return tblk_error_set(errp, ENOMEM, "Could not resize bitmap '%s'",
+					      b->name);
+		}
+		g_ptr_array_add(words, w);
+	}
+	*prep = words;
+	return 0;
+}
+
+/*
+ * The image now has size s->size: the bitmaps follow, as qemu's hbitmap_truncate (bits past
+ * a smaller end dropped, a larger one adds clear bits). Takes ownership of @prep.
+ */
+void qcow2_bitmaps_resize_commit(struct qcow2_state *s, GPtrArray *prep)
+{
+	unsigned int i = 0;
+
+	for (struct qcow2_dbm *b = s->dbms; b; b = b->next, i++) {
 		uint64_t nbits = qcow2_dbm_nbits(s->size, b->gran_bits);
-		uint64_t old = qcow2_dbm_bytes(b->nbits) / 8, now = qcow2_dbm_bytes(nbits) / 8;
+		uint64_t *w = g_ptr_array_index(prep, i);
 
 		if (b->words) {
-			uint64_t *w = g_try_renew(uint64_t, b->words, TBLK_MAX(now, 1ull));
+			uint64_t keep = qcow2_dbm_bytes(TBLK_MIN(nbits, b->nbits));
 
-			if (!w)
-				return -ENOMEM;
-			if (now > old)
-				memset(w + old, 0, (now - old) * 8);
+			memcpy(w, b->words, keep);
 			if (nbits < b->nbits && (nbits & 63))
 				w[nbits / 64] &= (1ull << (nbits & 63)) - 1;
+			g_free(b->words);
 			b->words = w;
+			g_ptr_array_index(prep, i) = NULL;
 		}
 		b->nbits = nbits;
 	}
-	return 0;
+	g_ptr_array_free(prep, TRUE);
 }
 
 /* ------------------------------------------------ directory lists */
@@ -413,8 +575,12 @@ int qcow2_bitmaps_open(struct qcow2_state *s, GError **errp)
 
 	for (unsigned int i = 0; i < s->nb_bitmaps; i++) {
 		const struct qcow2_bitmap *e = &s->bitmaps[i];
-		struct qcow2_dbm *b = qcow2_dbm_new(s->bitmap_info[i].name, e->granularity_bits,
-						    s->size);
+		struct qcow2_dbm *b;
+
+		/* A second entry of that name, in use (else the open failed): qemu skips it. */
+		if (qcow2_dbm_find(s, s->bitmap_info[i].name))
+			continue;
+		b = qcow2_dbm_new(s->bitmap_info[i].name, e->granularity_bits, s->size);
 
 		/* qemu lists the most recently created first. */
 		b->inconsistent = e->flags & QCOW2_BITMAP_IN_USE;
@@ -447,7 +613,7 @@ int qcow2_bitmaps_close(struct qcow2_state *s)
 	ret = qcow2_bitmaps_store(s, &err);
 	qcow2_unlock(s);
 	if (ret < 0) {
-		tblk__warn("Lost persistent bitmaps during inactivation of node '%s': %s",
+		tblk__warn("error: Lost persistent bitmaps during inactivation of node '%s': %s\n",
 			   s->node->node_name ? s->node->node_name : "#block0", err->message);
 		g_error_free(err);
 	}

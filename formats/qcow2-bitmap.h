@@ -14,7 +14,7 @@
 #include "formats/qcow2-int.h"
 
 #define BITMAP_MAX			65535		/* qemu's limit on their number */
-#define BITMAP_MAX_DIR_BYTES		(64u << 20)
+#define BITMAP_MAX_DIR_BYTES		(1024u * BITMAP_MAX)	/* qemu's: 67107840 */
 #define BITMAP_MAX_TABLE_ENTRIES	0x8000000u
 #define BITMAP_MAX_PHYS_BYTES		0x20000000u	/* bitmap data, in clusters */
 #define BITMAP_MAX_NAME			1023
@@ -72,9 +72,16 @@ void qcow2_dirents_free(GArray *list);
 struct qcow2_dirent *qcow2_dirents_find(GArray *list, const char *name);
 /* Replaces s->bitmaps and s->bitmap_info with @list (the directory just written). */
 void qcow2_dirents_publish(struct qcow2_state *s, GArray *list);
+/* qemu's check_table_entry: reserved bits clear, a data offset aligned and not "all ones". */
+bool qcow2_bitmap_entry_valid(const struct qcow2_state *s, uint64_t entry);
 /* Reads a bitmap table of @size entries at @offset (host order). */
 int qcow2_bitmap_table_read(struct qcow2_state *s, uint64_t offset, uint32_t size,
 			    uint64_t **table);
+
+/* Resize (qcow2-resize.c, image lock held, drained): checks and new arrays, then the switch. */
+int qcow2_bitmaps_resize_prepare(struct qcow2_state *s, uint64_t size, GPtrArray **prep,
+				 GError **errp);
+void qcow2_bitmaps_resize_commit(struct qcow2_state *s, GPtrArray *prep);
 
 /* qcow2-bitmap-store.c, image lock held */
 /* Writes @list as the new directory, points the header at it, frees the old one. */

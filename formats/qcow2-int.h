@@ -283,8 +283,6 @@ int qcow2_bitmaps_open(struct qcow2_state *s, GError **errp);
 int qcow2_bitmaps_close(struct qcow2_state *s);
 /* Marks guest [offset, offset + bytes) dirty in the enabled bitmaps. Any thread, no lock. */
 void qcow2_bitmaps_mark(struct qcow2_state *s, uint64_t offset, uint64_t bytes);
-/* The image was resized to s->size (drained): the bitmaps in memory follow. */
-int qcow2_bitmaps_resize(struct qcow2_state *s);
 /* qemu-img bitmap's actions and the bitmaps list (qcow2-bitmap-ops.c). */
 int tblk__qcow2_bitmap_apply(struct tblk_node *node, const struct tblk_bitmap_request *rq,
 			     struct tblk_node *src, GError **errp);

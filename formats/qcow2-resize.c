@@ -6,13 +6,14 @@
  * end (L2 tables are allocated for that where missing, as qemu does), zeroes the L1 entries
  * past the end without making the table smaller, drops refcount blocks that count nothing,
  * and cuts the file after its last used cluster. Preallocation of the new area is in
- * qcow2-prealloc.c.
+ * qcow2-prealloc.c. Persistent bitmaps are resized with the image as qemu 7.2 resizes them
+ * (in memory, stored at close), unless one of them is inconsistent.
  *
  * Threading: the driver's truncate op runs drained (tblk_blk_truncate), under the image lock.
  */
 #include <string.h>
 
-#include "formats/qcow2-int.h"
+#include "formats/qcow2-bitmap.h"
 
 int qcow2_prealloc_mode(const char *prealloc, GError **errp)
 {
@@ -222,42 +223,57 @@ int qcow2_truncate_locked(struct qcow2_state *s, uint64_t size, int mode, GError
 {
 	uint64_t old = s->size;
 	uint64_t new_l1 = (size + qcow2_l1_span(s) - 1) / qcow2_l1_span(s);
+	GPtrArray *bitmaps = NULL;
 	int ret;
 
 	if (s->corrupt)
 		return tblk_error_set(errp, EIO, "Image is corrupt");
 	if (s->nb_snapshots && s->version < 3)
 		return tblk_error_set(errp, ENOTSUP, "Can't resize a v2 image which has snapshots");
-	if (s->has_bitmaps_ext)
-		return tblk_error_set(errp, ENOTSUP, "Cannot resize qcow2 with persistent bitmaps");
+	/* The bitmaps in memory follow the new size and are stored with it at close. */
+	ret = qcow2_bitmaps_resize_prepare(s, size, &bitmaps, errp);
+	if (ret < 0)
+		return ret;
 	if (size < old) {
-		if (mode != QCOW2_PREALLOC_OFF)
-			return tblk_error_set(errp, EINVAL, "Preallocation can't be used for "
-					      "shrinking an image");
+		if (mode != QCOW2_PREALLOC_OFF) {
+			ret = tblk_error_set(errp, EINVAL, "Preallocation can't be used for "
+					     "shrinking an image");
+			goto out_bitmaps;
+		}
 		ret = shrink(s, size, new_l1, errp);
 		if (ret < 0)
-			return ret;
+			goto out_bitmaps;
 	} else {
 		ret = qcow2_grow_l1(s, new_l1, true);
-		if (ret < 0)
-			return tblk_error_set_errno(errp, -ret, "Failed to grow the L1 table");
+		if (ret < 0) {
+			tblk_error_set_errno(errp, -ret, "Failed to grow the L1 table");
+			goto out_bitmaps;
+		}
 		if ((s->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW) && mode == QCOW2_PREALLOC_OFF)
 			mode = QCOW2_PREALLOC_METADATA;
 	}
 	ret = qcow2_prealloc(s, old, size, mode, errp);
 	if (ret < 0)
-		return ret;
+		goto out_bitmaps;
 	if (mode != QCOW2_PREALLOC_OFF) {
 		ret = qcow2_flush_metadata(s);
-		if (ret < 0)
-			return tblk_error_set_errno(errp, -ret, "Failed to flush the preallocated "
-						    "area to disk");
+		if (ret < 0) {
+			tblk_error_set_errno(errp, -ret, "Failed to flush the preallocated area to "
+					     "disk");
+			goto out_bitmaps;
+		}
 	}
 	ret = write_size(s, size);
-	if (ret < 0)
-		return tblk_error_set_errno(errp, -ret, "Failed to update the image size");
+	if (ret < 0) {
+		tblk_error_set_errno(errp, -ret, "Failed to update the image size");
+		goto out_bitmaps;
+	}
 	s->size = size;
+	qcow2_bitmaps_resize_commit(s, bitmaps);
 	return 0;
+out_bitmaps:
+	g_ptr_array_free(bitmaps, TRUE);
+	return ret;
 }
 
 int tblk__qcow2_truncate(struct tblk_node *node, uint64_t size, const char *prealloc,

@@ -278,9 +278,11 @@ static int drop_stale_bitmaps(struct qcow2_state *s, GError **errp)
 
 	if (!s->has_bitmaps_ext || (s->autoclear & QCOW2_AUTOCLEAR_BITMAPS))
 		return 0;
-	tblk__warn("a program lacking bitmap support modified this file, so all bitmaps are "
-		   "now considered inconsistent\nSome clusters may be leaked, run 'qemu-img "
-		   "check -r' on the image file to fix.");
+	tblk__warn("%s\nSome clusters may be leaked, run 'qemu-img check -r' on the image file "
+		   "to fix.", s->version < 3 ? "This qcow2 v2 image contains bitmaps, but they "
+		   "may have been modified by a program without persistent bitmap support; so "
+		   "now they must all be considered inconsistent" : "a program lacking bitmap "
+		   "support modified this file, so all bitmaps are now considered inconsistent");
 	if (s->read_only)
 		return 0;
 	while (*pe && (*pe)->type != QCOW2_EXT_BITMAPS)

@@ -954,8 +954,17 @@ int tblk_blk_snapshot_create(struct tblk_blk *blk, const struct tblk_snapshot_in
 
 int tblk_blk_snapshot_goto(struct tblk_blk *blk, const char *id_or_name, GError **errp)
 {
+	struct tblk_dirty_bitmap *bm = NULL;
+	int nbm = 0;
+
 	if (!blk->root->drv->snapshot_goto)
 		return tblk_error_set(errp, ENOTSUP, "Block driver does not support snapshots");
+	/* As qemu: the bitmaps would not describe the data of the snapshot. */
+	if (tblk_blk_bitmap_list(blk, &bm, &nbm) >= 0) {
+		tblk_dirty_bitmaps_free(bm, nbm);
+		if (nbm > 0)
+			return tblk_error_set(errp, EBUSY, "Device has active dirty bitmaps");
+	}
 	return snapshot_op(blk, op_goto, id_or_name, NULL, errp);
 }
 

@@ -180,7 +180,7 @@ static void apply_error(GError *err, const char *name)
 {
 	if (err && err->domain == tblk_error_quark() &&
 	    strncmp(err->message, "Failed to load snapshot", 23) &&
-	    strncmp(err->message, "Block driver", 12)) {
+	    strncmp(err->message, "Block driver", 12) && err->code != EBUSY) {
 		int code = err->code;
 
 		tool_error_gerror(err, NULL);

@@ -22,7 +22,10 @@ const char *tool_progname = "tblk";
 /* The library's warnings, worded as qemu's: "PROG: warning: TEXT" (TEXT ends as given). */
 static void print_warning(const char *msg, void *opaque)
 {
-	fprintf(stderr, "%s: warning: %s", tool_progname, msg);
+	if (!strncmp(msg, "error: ", 7))
+		fprintf(stderr, "%s: %s", tool_progname, msg + 7);
+	else
+		fprintf(stderr, "%s: warning: %s", tool_progname, msg);
 }
 
 void tool_set_progname(const char *argv0)

@@ -79,6 +79,33 @@ io v3-c512-bitmaps.qcow2 'write -P 0xc1 0 1k'
 qemu-img bitmap --add v3-c512-bitmaps.qcow2 b0
 qemu-img bitmap --add --disable -g 1024 v3-c512-bitmaps.qcow2 b1
 io v3-c512-bitmaps.qcow2 'write -P 0xc2 4k 1k'
+# Left in use by a killed writer; and two directories qemu refuses (hostile-*: they need not
+# open): an entry with extra data (the directory rewritten 8 bytes longer), an entry with an
+# unknown flag.
+cp v3-c512-bitmaps.qcow2 v3-c512-bitmap-inuse.qcow2
+io v3-c512-bitmap-inuse.qcow2 'write -P 0xc3 2k 1k' 'sigraise 9' 2>/dev/null || true
+cp v3-c512-bitmaps.qcow2 hostile-bitmap-extra-data.qcow2
+cp v3-c512-bitmaps.qcow2 hostile-bitmap-unknown-flag.qcow2
+python3 - hostile-bitmap-extra-data.qcow2 hostile-bitmap-unknown-flag.qcow2 <<'PY'
+import struct, sys
+for path, extra in ((sys.argv[1], True), (sys.argv[2], False)):
+    d = bytearray(open(path, "rb").read())
+    pos = struct.unpack(">I", d[100:104])[0]
+    while struct.unpack(">I", d[pos:pos + 4])[0] != 0x23852875:
+        pos += 8 + ((struct.unpack(">I", d[pos + 4:pos + 8])[0] + 7) & ~7)
+    size, off = struct.unpack(">QQ", d[pos + 16:pos + 32])
+    if extra:
+        nl = struct.unpack(">H", d[off + 18:off + 20])[0]
+        ent = d[off:off + 24] + bytes(8) + d[off + 24:off + 24 + nl]
+        ent[20:24] = struct.pack(">I", 8)
+        ent += bytes(-len(ent) % 8)
+        old = (24 + nl + 7) & ~7
+        d[off:off + size] = ent + d[off + old:off + size]
+        d[pos + 16:pos + 24] = struct.pack(">Q", size - old + len(ent))
+    else:
+        d[off + 15] |= 0x10
+    open(path, "wb").write(d)
+PY
 
 img v3-c512-corrupt.qcow2 cluster_size=512 8k
 io v3-c512-corrupt.qcow2 'write -P 0xd1 0 1k'
@@ -92,6 +119,6 @@ img v3-c64k-1T.qcow2 cluster_size=65536 1T
 # (no writes: any would add a 64 KiB L2 table and a 64 KiB cluster)
 
 mkdir -p "$dir"
-for f in v*.qcow2; do
+for f in v*.qcow2 hostile-bitmap-*.qcow2; do
 	cp "$f" "$dir/${f%.qcow2}"
 done
