@@ -27,13 +27,17 @@
 
 /* A bitmap in memory (qemu's BdrvDirtyBitmap, persistent). */
 struct qcow2_dbm {
-	char *name;
-	unsigned int gran_bits;
-	uint64_t nbits;			/* bits covering the image size */
-	uint64_t *words;		/* [atomic] bit i in words[i / 64]; NULL: not read yet */
-	bool enabled;			/* tracks writes */
-	bool inconsistent;		/* in use on disk when opened: never stored */
-	struct qcow2_dbm *next;
+	char *name;			/* [drained] */
+	unsigned int gran_bits;		/* [drained] */
+	uint64_t nbits;			/* [drained] bits covering the image size */
+	/*
+	 * The pointer: [drained], or [meta] where a read-only image reads the bits on demand;
+	 * the bits: [atomic] ORs by writers. Bit i in words[i / 64]; NULL: not read yet.
+	 */
+	uint64_t *words;
+	bool enabled;			/* [drained] tracks writes */
+	bool inconsistent;		/* [drained] in use on disk when opened: never stored */
+	struct qcow2_dbm *next;		/* [drained] on qcow2_state.dbms */
 };
 
 /* A directory entry while a new directory is made (qemu's Qcow2Bitmap). */
