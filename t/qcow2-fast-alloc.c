@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <tblk/tblk.h>
+#include "t/async-mix.h"
 #include "t/tap.h"
 
 #define CLUSTER		65536u
@@ -164,113 +165,29 @@ static void test_layout(void)
 
 /* ------------------------------------------------ integrity under a mix */
 
-enum op_kind { OP_READ, OP_WRITE, OP_ZERO, OP_DISCARD, OP_FLUSH };
-
-struct op {
-	bool busy;
-	enum op_kind kind;
-	uint64_t off, len;
-	uint8_t *mem;
-	struct iovec iov;
-	int *errors;
-	int *done;
-};
-
-static void op_cb(void *opaque, int ret)
-{
-	struct op *o = opaque;
-
-	if (ret < 0) {
-		tap_diag("op %d %" PRIu64 "+%" PRIu64 " failed: %d", o->kind, o->off, o->len, ret);
-		(*o->errors)++;
-	} else if (o->kind == OP_READ && memcmp(o->mem, shadow + o->off, o->len)) {
-		tap_diag("read %" PRIu64 "+%" PRIu64 " mismatch", o->off, o->len);
-		(*o->errors)++;
-	}
-	free(o->mem);
-	o->mem = NULL;
-	o->busy = false;
-	(*o->done)++;
-}
-
 /* Mostly whole-cluster writes (one to three clusters), the rest partial or other kinds. */
-static void pick(struct op *o)
+static void pick(struct mix_op *o)
 {
 	uint64_t k = tap_rand(&rng) % 100;
 
-	o->kind = k < 25 ? OP_READ : k < 85 ? OP_WRITE : k < 91 ? OP_ZERO : k < 98 ? OP_DISCARD :
-		  OP_FLUSH;
+	o->kind = k < 25 ? MIX_READ : k < 85 ? MIX_WRITE : k < 91 ? MIX_ZERO :
+		  k < 98 ? MIX_DISCARD : MIX_FLUSH;
 	o->off = (tap_rand(&rng) % (MIX_SIZE / CLUSTER - 3)) * CLUSTER;
 	o->len = CLUSTER * (1 + tap_rand(&rng) % 3);
-	if (o->kind == OP_FLUSH) {
+	if (o->kind == MIX_FLUSH) {
 		o->off = o->len = 0;
-	} else if (o->kind != OP_DISCARD && k % 5 == 0) {
+	} else if (o->kind != MIX_DISCARD && k % 5 == 0) {
 		o->off += 4096 * (tap_rand(&rng) % 16);
 		o->len = 4096 * (1 + tap_rand(&rng) % 8);
-	}
-}
-
-static bool overlaps_busy(struct op *ops, uint64_t off, uint64_t len)
-{
-	for (int i = 0; i < DEPTH; i++)
-		if (ops[i].busy && off < ops[i].off + ops[i].len && ops[i].off < off + len)
-			return true;
-	return false;
-}
-
-static void submit(struct tblk_blk *blk, struct op *o)
-{
-	if (posix_memalign((void **)&o->mem, 4096, o->len ? o->len : 4096))
-		tap_bail("posix_memalign");
-	o->iov = (struct iovec){ o->mem, o->len };
-	switch (o->kind) {
-	case OP_READ:
-		tblk_blk_preadv(blk, o->off, &o->iov, 1, 0, op_cb, o);
-		break;
-	case OP_WRITE:
-		for (uint64_t j = 0; j < o->len; j += 8)
-			*(uint64_t *)(o->mem + j) = tap_rand(&rng);
-		memcpy(shadow + o->off, o->mem, o->len);
-		tblk_blk_pwritev(blk, o->off, &o->iov, 1, 0, op_cb, o);
-		break;
-	case OP_ZERO:
-		memset(shadow + o->off, 0, o->len);
-		tblk_blk_aio_pwrite_zeroes(blk, o->off, o->len, TBLK_REQ_MAY_UNMAP, op_cb, o);
-		break;
-	case OP_DISCARD:
-		memset(shadow + o->off, 0, o->len);	/* no backing file: reads zeroes */
-		tblk_blk_aio_pdiscard(blk, o->off, o->len, op_cb, o);
-		break;
-	case OP_FLUSH:
-		tblk_blk_aio_flush(blk, op_cb, o);
-		break;
 	}
 }
 
 static void run_mix(struct tblk_blk *blk, struct tblk_loop *loop, int *errors,
 		    struct tblk_stats *st)
 {
-	static struct op ops[DEPTH];
-	int done = 0, submitted = 0;
+	static struct mix_op ops[DEPTH];
 
-	memset(ops, 0, sizeof(ops));
-	for (int i = 0; i < DEPTH; i++) {
-		ops[i].errors = errors;
-		ops[i].done = &done;
-	}
-	while (done < NR_OPS) {
-		for (int i = 0; i < DEPTH && submitted < NR_OPS; i++) {
-			if (ops[i].busy)
-				continue;
-			pick(&ops[i]);
-			if (overlaps_busy(ops, ops[i].off, ops[i].len))
-				continue;
-			ops[i].busy = true;
-			submitted++;
-			submit(blk, &ops[i]);
-		}
-		tblk_loop_iterate(loop, true);
-	}
+	*errors += mix_run(blk, loop, ops, DEPTH, NR_OPS, pick, shadow, &rng);
 	tblk_blk_get_stats(blk, st);
 }
 

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include <tblk/tblk.h>
+#include "t/async-mix.h"
 #include "t/tap.h"
 
 #define IMG_SIZE	(8u << 20)
@@ -22,50 +23,13 @@ static char path[256];
 static uint8_t *shadow;
 static uint64_t rng;
 
-enum op_kind { OP_READ, OP_WRITE, OP_ZERO, OP_DISCARD };
-
-struct op {
-	bool busy;
-	enum op_kind kind;
-	uint64_t off, len;
-	uint8_t *mem;
-	struct iovec iov;
-	int *errors;
-	int *done;
-};
-
-static void op_cb(void *opaque, int ret)
-{
-	struct op *o = opaque;
-
-	if (ret < 0) {
-		tap_diag("op %d %" PRIu64 "+%" PRIu64 " failed: %d", o->kind, o->off, o->len, ret);
-		(*o->errors)++;
-	} else if (o->kind == OP_READ && memcmp(o->mem, shadow + o->off, o->len)) {
-		tap_diag("read %" PRIu64 "+%" PRIu64 " mismatch", o->off, o->len);
-		(*o->errors)++;
-	}
-	free(o->mem);
-	o->mem = NULL;
-	o->busy = false;
-	(*o->done)++;
-}
-
-static bool overlaps_busy(struct op *ops, uint64_t off, uint64_t len)
-{
-	for (int i = 0; i < DEPTH; i++)
-		if (ops[i].busy && off < ops[i].off + ops[i].len && ops[i].off < off + len)
-			return true;
-	return false;
-}
-
 /* Mostly 4 KiB aligned reads and writes; some unaligned, some spanning clusters. */
-static void pick(struct op *o)
+static void pick(struct mix_op *o)
 {
 	uint64_t k = tap_rand(&rng) % 100;
 
-	o->kind = k < 55 ? OP_READ : k < 90 ? OP_WRITE : k < 95 ? OP_ZERO : OP_DISCARD;
-	if (o->kind == OP_DISCARD) {
+	o->kind = k < 55 ? MIX_READ : k < 90 ? MIX_WRITE : k < 95 ? MIX_ZERO : MIX_DISCARD;
+	if (o->kind == MIX_DISCARD) {
 		o->off = (tap_rand(&rng) % (IMG_SIZE / CLUSTER)) * CLUSTER;
 		o->len = CLUSTER;
 		return;
@@ -78,56 +42,12 @@ static void pick(struct op *o)
 		o->off = IMG_SIZE - o->len;
 }
 
-static void submit(struct tblk_blk *blk, struct op *o)
-{
-	if (posix_memalign((void **)&o->mem, 4096, o->len))
-		tap_bail("posix_memalign");
-	o->iov = (struct iovec){ o->mem, o->len };
-	switch (o->kind) {
-	case OP_READ:
-		tblk_blk_preadv(blk, o->off, &o->iov, 1, 0, op_cb, o);
-		break;
-	case OP_WRITE:
-		for (uint64_t j = 0; j < o->len; j++)
-			o->mem[j] = (uint8_t)tap_rand(&rng);
-		memcpy(shadow + o->off, o->mem, o->len);
-		tblk_blk_pwritev(blk, o->off, &o->iov, 1, 0, op_cb, o);
-		break;
-	case OP_ZERO:
-		memset(shadow + o->off, 0, o->len);
-		tblk_blk_aio_pwrite_zeroes(blk, o->off, o->len, TBLK_REQ_MAY_UNMAP, op_cb, o);
-		break;
-	case OP_DISCARD:
-		memset(shadow + o->off, 0, o->len);	/* no backing file: reads zeroes */
-		tblk_blk_aio_pdiscard(blk, o->off, o->len, op_cb, o);
-		break;
-	}
-}
-
 static void run(struct tblk_blk *blk, struct tblk_loop *loop, const char *mode)
 {
-	static struct op ops[DEPTH];
-	int errors = 0, done = 0, submitted = 0;
+	static struct mix_op ops[DEPTH];
+	int errors = mix_run(blk, loop, ops, DEPTH, NR_OPS, pick, shadow, &rng);
 	struct tblk_stats st;
 
-	memset(ops, 0, sizeof(ops));
-	for (int i = 0; i < DEPTH; i++) {
-		ops[i].errors = &errors;
-		ops[i].done = &done;
-	}
-	while (done < NR_OPS) {
-		for (int i = 0; i < DEPTH && submitted < NR_OPS; i++) {
-			if (ops[i].busy)
-				continue;
-			pick(&ops[i]);
-			if (overlaps_busy(ops, ops[i].off, ops[i].len))
-				continue;
-			ops[i].busy = true;
-			submitted++;
-			submit(blk, &ops[i]);
-		}
-		tblk_loop_iterate(loop, true);
-	}
 	is_int(errors, 0, "%s: %d async requests complete, reads match the shadow", mode, NR_OPS);
 	tblk_blk_get_stats(blk, &st);
 	ok(st.fast_ops[TBLK_STAT_READ] > st.ops[TBLK_STAT_READ] / 4,
