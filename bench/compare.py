@@ -14,7 +14,10 @@ programs run by run (A B C A B C ...), and reports for each case:
 
 each as median [min..max] over the repeats, and the ratios tblk-img/qemu-img
 and tblk-img/fio (median and range of the per-round paired ratios), with
-PASS/FAIL against the project targets.
+PASS/FAIL against the project targets.  The -i threads cases at depth > 1 also
+run "fio-psync": fio with one thread per request in flight, each looping on a
+blocking pread(), which is the floor of any thread pool (no hand-off at all);
+fio-psync/qemu-img shows how far below qemu-img a pool can get on the machine.
 
 Standard library only.  Run `bench/compare.py --help` and see bench/README.md.
 """
@@ -196,7 +199,7 @@ class Program:
     def __init__(self, label, path, kind, note=""):
         self.label = label      # "tblk-img", "qemu-img", "fio"
         self.path = path
-        self.kind = kind        # "img" or "fio"
+        self.kind = kind        # "img", "img-raw", "fio" or "fio-psync"
         self.note = note
 
 
@@ -250,6 +253,28 @@ def fio_args(case, count, image, size, extra):
             "--output-format=json"] + extra
 
 
+def fio_psync_args(case, count, image, size, extra):
+    """The floor of any thread pool: `depth` threads, each looping on a
+    blocking pread() of its own, with no hand-off between threads at all
+    (fio --ioengine=psync --numjobs=depth --thread, one group)."""
+    rw = "randread" if case["pattern"] == "rand" else "read"
+    jobs = case["depth"]
+    return ["--name=" + case["name"], "--filename=" + image,
+            "--rw=" + rw, "--bs=%d" % case["bs"], "--direct=1",
+            "--ioengine=psync", "--thread", "--numjobs=%d" % jobs,
+            "--group_reporting",
+            "--size=%d" % size,
+            "--number_ios=%d" % (count // jobs),
+            "--io_size=%d" % (count // jobs * case["bs"]),
+            "--output-format=json"] + extra
+
+
+def prog_args(prog, case, count, image, size, extra):
+    if prog.kind == "fio-psync":
+        return fio_psync_args(case, count, image, size, extra)
+    return fio_args(case, count, image, size, extra)
+
+
 def run_one(prog, case, count, image, size, fio_extra, verbose):
     """Run one program once; returns dict(iops, cpu_us, wall, secs) or
     raises RuntimeError."""
@@ -258,7 +283,10 @@ def run_one(prog, case, count, image, size, fio_extra, verbose):
     elif prog.kind == "img-raw":
         argv = [prog.path] + img_args(case, count, image, size, "raw")
     else:
-        argv = [prog.path] + fio_args(case, count, image, size, fio_extra)
+        argv = [prog.path] + prog_args(prog, case, count, image, size,
+                                       fio_extra)
+        if prog.kind == "fio-psync":
+            count = count // case["depth"] * case["depth"]
     if verbose:
         sys.stderr.write("  $ %s\n" % " ".join(argv))
     rc, out, err, cpu, wall = run_child(argv)
@@ -496,6 +524,9 @@ def main():
             progs = list(progs_img)
             if case["kind"] == "raw" and prog_fio:
                 progs.append(prog_fio)
+                if case.get("aio") == "threads" and case["depth"] > 1:
+                    progs.append(Program("fio-psync", prog_fio.path,
+                                         "fio-psync"))
             if case["kind"] == "qcow2":
                 progs.append(Program("tblk-raw", tblk, "img-raw"))
             res = dict(case=case, count=count,
@@ -512,8 +543,8 @@ def main():
                                                 "raw"))
                 else:
                     res["cmds"][p.label] = " ".join(
-                        ["fio"] + fio_args(case, count, "IMG", size,
-                                           a.fio_extra))
+                        ["fio"] + prog_args(p, case, count, "IMG", size,
+                                            a.fio_extra))
             sys.stderr.write("%s: %d I/Os x %d rounds (+%d warm-up)\n"
                              % (case["name"], count, repeat, warmup))
             try:
@@ -676,20 +707,26 @@ def summarise(res):
         s["progs"].append(dict(label=label, n=len(xs),
                                iops=(med(iops), min(iops), max(iops)),
                                cpu=(med(cpu), min(cpu), max(cpu))))
-    base = runs.get("tblk-img", [])
-    for ref in ("qemu-img", "fio", "tblk-raw"):
+    # tblk-img against each reference; and the thread-per-request floor
+    # (fio-psync) against qemu-img, to show what any thread pool can reach.
+    pairs = [("tblk-img", ref)
+             for ref in ("qemu-img", "fio", "fio-psync", "tblk-raw")]
+    pairs.append(("fio-psync", "qemu-img"))
+    for label, ref in pairs:
+        base = runs.get(label, [])
         other = runs.get(ref, [])
         n = min(len(base), len(other))
         if n == 0:
             continue
         ri = [base[i]["iops"] / other[i]["iops"] for i in range(n)]
         rc = [base[i]["cpu_us"] / other[i]["cpu_us"] for i in range(n)]
-        s["ratios"].append(dict(ref=ref, n=n,
+        s["ratios"].append(dict(base=label, ref=ref, n=n,
                                 iops=(med(ri), min(ri), max(ri)),
                                 cpu=(med(rc), min(rc), max(rc))))
     for t in case["targets"]:
         metric, ref, op, factor = t
-        r = next((x for x in s["ratios"] if x["ref"] == ref), None)
+        r = next((x for x in s["ratios"]
+                  if x["ref"] == ref and x["base"] == "tblk-img"), None)
         if r is None:
             verdict, value = "n/a", None
         else:
@@ -722,8 +759,9 @@ def render_text(summaries, env, elapsed):
             out.append("   %-9s IOPS %-26s CPU us/IO %s" % (
                 p["label"], rng(p["iops"], fmt_num), rng(p["cpu"], fmt_cpu)))
         for r in s["ratios"]:
-            out.append("   tblk-img/%-8s IOPS %-23s CPU/IO %s" % (
-                r["ref"], rng(r["iops"], fmt_ratio), rng(r["cpu"], fmt_ratio)))
+            out.append("   %-18s IOPS %-23s CPU/IO %s" % (
+                r["base"] + "/" + r["ref"], rng(r["iops"], fmt_ratio),
+                rng(r["cpu"], fmt_ratio)))
         for t in s["targets"]:
             out.append("   target %-28s %s%s" % (
                 t["text"], t["verdict"],
@@ -772,9 +810,10 @@ def render_markdown(summaries, env, elapsed):
     o.append("| --- | --- | --- | --- | --- | --- |")
     for s in summaries:
         for r in s["ratios"]:
-            tg = [t for t in s["targets"] if t["ref"] == r["ref"]]
-            o.append("| %s | tblk-img/%s | %s | %s | %s | %s |" % (
-                s["name"], r["ref"], rng(r["iops"], fmt_ratio),
+            tg = [t for t in s["targets"]
+                  if t["ref"] == r["ref"] and r["base"] == "tblk-img"]
+            o.append("| %s | %s/%s | %s | %s | %s | %s |" % (
+                s["name"], r["base"], r["ref"], rng(r["iops"], fmt_ratio),
                 rng(r["cpu"], fmt_ratio),
                 "; ".join(t["text"] for t in tg) or "–",
                 "; ".join(t["verdict"] for t in tg) or "–"))
