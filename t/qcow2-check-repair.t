@@ -54,6 +54,8 @@ class Img:
         self.rt_off = struct.unpack(">Q", h[48:56])[0]
         self.rt_clusters = struct.unpack(">I", h[56:60])[0]
         self.rc_order = struct.unpack(">I", h[96:100])[0] if h[7] >= 3 else 4
+        incompat = struct.unpack(">Q", h[72:80])[0] if h[7] >= 3 else 0
+        self.l2_entry = 16 if incompat & 16 else 8
 
     def close(self):
         self.f.close()
@@ -79,10 +81,10 @@ class Img:
         self.set_u64(self.l1_off + 8 * i, v)
 
     def l2(self, i, j):
-        return self.u64((self.l1(i) & OFF_MASK) + 8 * j)
+        return self.u64((self.l1(i) & OFF_MASK) + self.l2_entry * j)
 
     def set_l2(self, i, j, v):
-        self.set_u64((self.l1(i) & OFF_MASK) + 8 * j, v)
+        self.set_u64((self.l1(i) & OFF_MASK) + self.l2_entry * j, v)
 
     def rc_addr(self, cluster):
         """File offset and bit position of a cluster's refcount (16-bit refcounts only)."""
@@ -182,6 +184,34 @@ def reftable_past_eof(m):
     m.set_u64(m.rt_off + 8, 64 << 20)
 
 
+def prealloc_misaligned(m):
+    # a preallocated zero cluster (v3: zero flag and an offset) whose offset is misaligned
+    m.set_l2(0, 3, (m.l2(0, 3) + 512) | 1)
+
+
+def extl2_zero_misaligned(m):
+    # extended L2: an entry with an offset, no subcluster allocated, all zero, misaligned
+    e = m.l2(0, 3)
+    m.set_l2(0, 3, e + 512)
+    m.set_u64((m.l1(0) & OFF_MASK) + 16 * 3 + 8, 0xffffffff00000000)
+
+
+def l1_reserved(m):
+    m.set_l1(0, m.l1(0) | (1 << 56))
+
+
+def l2_reserved(m):
+    m.set_l2(0, 3, m.l2(0, 3) | 2)
+
+
+def compressed_copied(m):
+    m.set_l2(0, 0, m.l2(0, 0) | COPIED)
+
+
+def reftable_reserved(m):
+    m.set_u64(m.rt_off, m.u64(m.rt_off) | 1)
+
+
 def bitmap_dir(m):
     """The bitmaps extension's directory offset, as the header extension stores it."""
     off = 104 if m.read(7, 1)[0] < 3 else struct.unpack(">I", m.read(100, 4))[0]
@@ -225,10 +255,35 @@ CASES = [
     ("L1 entry past the end", {"cmds": W}, l1_past_eof),
     ("refcount block misaligned", {"cmds": W}, reftable_misaligned),
     ("refcount block past the end", {"cmds": W}, reftable_past_eof),
+    ("preallocated zero cluster misaligned", {"cmds": W}, prealloc_misaligned),
+    ("extended L2 zero cluster misaligned", {"cmds": W, "opts": ["-o", "extended_l2=on"]},
+     extl2_zero_misaligned),
+    ("L1 entry with reserved bits", {"cmds": W}, l1_reserved),
+    ("L2 entry with reserved bits", {"cmds": W}, l2_reserved),
+    ("compressed cluster with COPIED", {"cmds": ["write -c -P 1 0 64k"]}, compressed_copied),
+    ("refcount table entry with reserved bits", {"cmds": W}, reftable_reserved),
+    ("refcount overflow (refcount_bits=1)", {"cmds": W, "opts": ["-o", "refcount_bits=1"]},
+     data_twice),
+    ("leaks with 512-byte clusters", {"cmds": W, "opts": ["-o", "cluster_size=512"]},
+     leak_data),
+    ("v2 image: leaks", {"cmds": W, "opts": ["-o", "compat=0.10"]}, leak_data),
+    ("v2 image: COPIED flag missing", {"cmds": W, "opts": ["-o", "compat=0.10"]},
+     copied_missing),
     ("bitmap directory past the end", {"cmds": W, "bitmap": True}, bitmap_dir_past_eof),
     ("bitmap table past the end", {"cmds": W, "bitmap": True}, bitmap_table_past_eof),
 ]
 MODES = [[], ["-r", "leaks"], ["-r", "all"]]
+# Differences by design, reported as TODO: (case, repairing) -> reason.
+KNOWN = {
+    ("bitmap table past the end", True):
+        "storing the bitmaps when the repaired image closes frees the old bitmap table, which "
+        "lies past the end of the file where no refcount block covers it: qemu 7.2 allocates "
+        "a refcount block for it (in the cluster the repair just freed), hooks it into the "
+        "table, then fails with 'qcow2_free_clusters failed: Resource temporarily "
+        "unavailable'; tblk never allocates refcount blocks to free a cluster that has none "
+        "(a hostile offset would grow the file by gigabytes), so that block and message are "
+        "missing. The check and repair output themselves are equal",
+}
 
 
 def run(argv, cwd):
@@ -280,7 +335,8 @@ def main():
                     if not same_file:
                         diag += subprocess.run(["cmp", qf, tf], capture_output=True,
                                                text=True).stdout
-                    ok(not diag, what, diag)
+                    todo = KNOWN.get((name, bool(mode)))
+                    ok(not diag, what + (" # TODO " + todo if todo else ""), diag)
                     if not mode:
                         untouched = subprocess.run(["cmp", "-s", orig, tf]).returncode == 0
                         ok(untouched, "%s: check without -r leaves the file untouched" % what)
