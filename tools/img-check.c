@@ -133,6 +133,24 @@ static void print_json(const struct tblk_check_result *r, const char *file, cons
 	g_string_free(out, TRUE);
 }
 
+/*
+ * The check's findings, one a line; a line starting with byte 1 is an error qemu-img reports
+ * as its own (after the program name).
+ */
+static void print_messages(const char *m)
+{
+	while (*m) {
+		const char *nl = strchr(m, '\n');
+		int len = nl ? (int)(nl - m) : (int)strlen(m);
+
+		if (*m == '\001')
+			tool_error("%.*s", len - 1, m + 1);
+		else
+			fprintf(stderr, "%.*s\n", len, m);
+		m += len + (nl ? 1 : 0);
+	}
+}
+
 static int run_check(struct tblk_blk *blk, int fix, struct tblk_check_result *r)
 {
 	int ret;
@@ -140,7 +158,7 @@ static int run_check(struct tblk_blk *blk, int fix, struct tblk_check_result *r)
 	memset(r, 0, sizeof(*r));
 	r->messages = g_string_new(NULL);
 	ret = tblk_blk_check(blk, fix, r);
-	fputs(r->messages->str, stderr);
+	print_messages(r->messages->str);
 	g_string_free(r->messages, TRUE);
 	r->messages = NULL;
 	return ret;
@@ -164,11 +182,6 @@ int img_check(int argc, char **argv)
 		tblk_blk_close(blk);
 		return 63;
 	}
-	if (ret < 0) {
-		tool_error("Check failed: %s", strerror(-ret));
-		tblk_blk_close(blk);
-		return 1;
-	}
 	if (r.leaks_fixed || r.corruptions_fixed) {
 		if (!json && !a.quiet)
 			printf("The following inconsistencies were found and repaired:\n\n"
@@ -180,12 +193,21 @@ int img_check(int argc, char **argv)
 		again.corruptions_fixed = r.corruptions_fixed;
 		r = again;
 	}
-	if (json)
-		print_json(&r, a.open.filename, tblk_blk_format_name(blk));
-	else if (!a.quiet)
-		print_human(&r);
-	tblk_blk_close(blk);
-	if (ret < 0 || r.check_errors)
+	/* As qemu-img: the summary only for a check that completed, then its verdict. */
+	if (ret >= 0 && !a.quiet) {
+		if (json)
+			print_json(&r, a.open.filename, tblk_blk_format_name(blk));
+		else
+			print_human(&r);
+	}
+	if (ret < 0 || r.check_errors) {
+		if (ret < 0)
+			tool_error("Check failed: %s", strerror(-ret));
+		else
+			tool_error("Check failed");
+		tblk_blk_close(blk);
 		return 1;
+	}
+	tblk_blk_close(blk);
 	return r.corruptions ? 2 : r.leaks ? 3 : 0;
 }
