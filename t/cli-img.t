@@ -42,6 +42,9 @@
 #   Input/output error", exit 1, no "Run completed". The offset wraps modulo the image size.
 #   -w without -f warns that probing guessed raw. -U -w: "Could not open 'F':
 #   force-share=on can only be used with read-only images".
+# Known differences: "backing=null" in --image-opts is no backing file for tblk (its
+# --blockdev meaning), a reference to a node named "null" for qemu-img; qemu-img info does
+# not open an external data file, so it ignores data-file options that tblk-img rejects.
 # Not compared: help texts (tblk's own words), version strings (they say tblk), -d 0 with
 # requests to send (qemu hangs; tblk-img says "Invalid queue depth specified"), -s values
 # whose depth * size overflows an int (qemu aborts).
@@ -312,6 +315,39 @@ c "info of a json: file name without a driver" info \
 	'json:{"file":{"driver":"file","filename":"q.qcow2"}}'
 c "info --image-opts backing= (deprecated)" info --backing-chain --image-opts \
 	driver=qcow2,file.filename=o.qcow2,backing=
+
+# ---- children given as strings (references to existing nodes: qemu-img has none), backing.*
+# options where the backing file is not opened (info, rebase -u: qemu leaves them to the
+# unsupported-option check, which names the first key in its dictionary's hash order)
+O=driver=qcow2,file.filename=o.qcow2
+for a in "info --image-opts $O,backing.file.filename=q.qcow2" \
+	"info --backing-chain --image-opts $O,backing.driver=qcow2,backing.file.filename=q.qcow2" \
+	"info --output=json --image-opts $O,backing.driver=raw,backing.file.filename=small.img" \
+	"info --image-opts $O,backing=foo" "map --image-opts $O,backing=foo" \
+	"map --image-opts $O,backing=foo,backing.driver=qcow2" "map --image-opts $O,backing=" \
+	"map --image-opts $O,backing.file.filename=q.qcow2" \
+	"rebase -u -b x --image-opts $O,backing.file.filename=q.qcow2" \
+	"info --image-opts driver=qcow2,file=foo" "info --image-opts driver=qcow2,file=" \
+	"info --image-opts driver=raw,file=foo,file.filename=small.img" \
+	"info --image-opts $O,file=x" "map --image-opts $O,data-file.filename=x" \
+	"map --image-opts $O,data-file.filename=small.img" \
+	"map --image-opts $O,data-file.filename=small.img,data-file.bogus=1" \
+	"map --image-opts $O,data-file=foo" \
+	"info --image-opts driver=copy-on-read,file=foo" \
+	"info --image-opts driver=copy-on-read,file.filename=small.img" \
+	"info --image-opts driver=copy-on-read,file.filename=nofile" \
+	"info --image-opts driver=raw,file.filename=small.img,x=1,bogus=2" \
+	"info --image-opts driver=raw,file.filename=small.img,foo=1,bogus=2" \
+	"info --image-opts driver=file,filename=small.img,x=1,bogus=2,foo=3"; do
+	# shellcheck disable=SC2086
+	c "${a%% *} ${a##*,}" $a
+done
+c "map of a json: file name, backing null" map \
+	'json:{"driver":"qcow2","file":{"filename":"o.qcow2"},"backing":null}'
+c "map of a json: file name, backing a string" map \
+	'json:{"driver":"qcow2","file":{"filename":"o.qcow2"},"backing":"q.qcow2"}'
+c "info of a json: file name, file a string" info 'json:{"driver":"qcow2","file":"o.qcow2"}'
+c "info of a json: file name, file null" info 'json:{"driver":"qcow2","file":null}'
 
 # ---- amend -p: the steps qemu's qcow2 reports (upgrade: 2 units; refcount width: 3 walks
 # over the refcount table, one unit an entry; downgrade: one unit per L1 entry), the steps
