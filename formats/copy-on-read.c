@@ -22,12 +22,18 @@ static int cor_open(struct tblk_node *node, GHashTable *opts, unsigned int flags
 {
 	int ret;
 
-	if (node->read_only)
+	/* copy-on-read=on (TBLK_OPEN_COPY_ON_READ) is refused first; the driver after its child */
+	if (node->read_only && (flags & TBLK_OPEN_COPY_ON_READ))
 		return tblk_error_set(errp, EINVAL, "Can't use copy-on-read on read-only "
 				      "device");
 	ret = tblk__filter_open_child(node, opts, flags, errp);
 	if (ret < 0)
 		return ret;
+	if (node->read_only) {
+		tblk__node_close(node->file);
+		node->file = NULL;
+		return tblk_error_set(errp, EACCES, "Block node is read-only");
+	}
 	node->limits.mem_alignment = node->file->limits.mem_alignment;
 	return 0;
 }

@@ -12,11 +12,13 @@ int tblk__filter_open_child(struct tblk_node *node, GHashTable *opts, unsigned i
 	g_autofree char *ref = tblk__opts_take(opts, "file");
 	g_autofree char *fname = NULL;
 
+	if (ref)
+		return tblk__opts_child_reference(ref, copts, errp);
 	/* Without a driver the file name is the image to probe, not an option of its own. */
 	if (!g_hash_table_contains(copts, "driver"))
 		fname = tblk__opts_take(copts, "filename");
 	if (!fname)
-		fname = g_strdup(ref ?: node->filename);
+		fname = g_strdup(node->filename);
 	if (!fname && !g_hash_table_contains(copts, "driver"))
 		return tblk_error_set(errp, EINVAL, "A block device must be specified for "
 				      "\"file\"");

@@ -19,6 +19,46 @@ struct amend_opts {
 	uint64_t refcount_bits;
 };
 
+/*
+ * Progress as qemu-img amend -p shows it: the steps that run (upgrade, refcount width,
+ * downgrade) each report offset/work in their own units; a step's first report closes the
+ * one before (its last work adds to the offset done), and the steps still to come are
+ * projected to cost as much on average as those seen so far.
+ */
+struct qcow2_amend_progress {
+	void (*cb)(double fraction, void *opaque);
+	void *opaque;
+	unsigned int steps;		/* that will run */
+	unsigned int steps_done;
+	enum qcow2_amend_step step;	/* the last that reported */
+	uint64_t done;			/* work units of the steps done */
+	uint64_t last_work;		/* of the step that reported last */
+};
+
+void qcow2_amend_report(struct qcow2_state *s, enum qcow2_amend_step step, uint64_t offset,
+			uint64_t work)
+{
+	struct qcow2_amend_progress *p = s->amend_progress;
+	uint64_t cur, projected;
+
+	if (!p || !p->cb || !p->steps)
+		return;
+	if (step != p->step) {
+		if (p->step != QCOW2_AMEND_NONE) {
+			p->done += p->last_work;
+			p->steps_done++;
+		}
+		p->step = step;
+	}
+	if (p->steps_done >= p->steps)
+		return;
+	p->last_work = work;
+	cur = p->done + work;
+	projected = cur * (p->steps - p->steps_done - 1) / (p->steps_done + 1);
+	if (cur + projected)
+		p->cb((double)(p->done + offset) / (double)(cur + projected), p->opaque);
+}
+
 static bool opt_on(const char *v)
 {
 	return !strcmp(v, "on") || !strcmp(v, "true") || !strcmp(v, "yes");
@@ -229,22 +269,24 @@ static int expand_active_l2(struct qcow2_state *s, uint64_t l2off, uint64_t l2_r
 	return 0;
 }
 
-static int expand_l1(struct qcow2_state *s, const uint64_t *l1, uint32_t l1_size, bool active)
+/* Progress: one unit per L1 entry, *@visited of @total (all tables) after each. */
+static int expand_l1(struct qcow2_state *s, const uint64_t *l1, uint32_t l1_size, bool active,
+		     uint64_t *visited, uint64_t total)
 {
 	for (uint32_t i = 0; i < l1_size; i++) {
 		uint64_t l2off = l1[i] & QCOW2_OFFSET_MASK, l2_rc;
-		int ret;
+		int ret = 0;
 
-		if (!l2off)
-			continue;
 		if (l2off & (s->cluster_size - 1))
 			return qcow2_signal_corruption(s, "L2 table offset not aligned", l2off);
-		ret = qcow2_get_refcount(s, l2off >> s->cluster_bits, &l2_rc);
-		if (ret >= 0)
+		if (l2off)
+			ret = qcow2_get_refcount(s, l2off >> s->cluster_bits, &l2_rc);
+		if (l2off && ret >= 0)
 			ret = active ? expand_active_l2(s, l2off, l2_rc)
 				     : expand_inactive_l2(s, l2off, l2_rc);
 		if (ret < 0)
 			return ret;
+		qcow2_amend_report(s, QCOW2_AMEND_DOWNGRADE, ++*visited, total);
 	}
 	return 0;
 }
@@ -255,7 +297,12 @@ static int expand_l1(struct qcow2_state *s, const uint64_t *l1, uint32_t l1_size
  */
 static int expand_zero_clusters(struct qcow2_state *s, const struct snap_info *sn)
 {
-	int ret = expand_l1(s, s->l1, s->l1_size, true);
+	uint64_t visited = 0, total = s->l1_size;
+	int ret;
+
+	for (uint32_t i = 0; i < s->nb_snapshots; i++)
+		total += sn[i].l1_size;
+	ret = expand_l1(s, s->l1, s->l1_size, true, &visited, total);
 
 	/* Snapshot tables are edited on disk: the cache must hold nothing newer. */
 	if (ret >= 0)
@@ -270,7 +317,7 @@ static int expand_zero_clusters(struct qcow2_state *s, const struct snap_info *s
 			qcow2_cache_discard(s->l2_cache, l1[k] & QCOW2_OFFSET_MASK);
 		}
 		if (ret >= 0)
-			ret = expand_l1(s, l1, sn[i].l1_size, false);
+			ret = expand_l1(s, l1, sn[i].l1_size, false, &visited, total);
 	}
 	return ret < 0 ? ret : qcow2_flush_metadata(s);
 }
@@ -369,11 +416,18 @@ static int amend_locked(struct qcow2_state *s, GHashTable *opts, GError **errp)
 		return ret;
 	if (s->corrupt)
 		return tblk_error_set(errp, EIO, "Image is corrupt");
+	if (s->amend_progress)
+		s->amend_progress->steps = (o.version != s->version) +
+					   (o.refcount_bits != 1ull << s->refcount_order);
 	if (o.version > s->version) {
+		/* qemu's upgrade: two units, the snapshot table and the header */
+		qcow2_amend_report(s, QCOW2_AMEND_UPGRADE, 0, 2);
+		qcow2_amend_report(s, QCOW2_AMEND_UPGRADE, 1, 2);
 		ret = set_version(s, o.version);
 		if (ret < 0)
 			return tblk_error_set_errno(errp, -ret, "Failed to update the image "
 						    "header");
+		qcow2_amend_report(s, QCOW2_AMEND_UPGRADE, 2, 2);
 	}
 	if (o.refcount_bits != 1ull << s->refcount_order) {
 		if (o.version < 3 && o.refcount_bits != 16)
@@ -414,6 +468,7 @@ int tblk__qcow2_amend(struct tblk_node *node, GHashTable *opts, bool force,
 		      GError **errp)
 {
 	struct qcow2_state *s = node->opaque;
+	struct qcow2_amend_progress prog = { .cb = progress, .opaque = opaque };
 	uint64_t size = 0;
 	int ret;
 
@@ -428,11 +483,12 @@ int tblk__qcow2_amend(struct tblk_node *node, GHashTable *opts, bool force,
 					      512);
 	}
 	qcow2_lock(s);
+	/* @progress runs under the image lock (drained): it must not call into the image */
+	s->amend_progress = &prog;
 	ret = amend_locked(s, opts, errp);
+	s->amend_progress = NULL;
 	if (ret >= 0)
 		ret = qcow2_flush_metadata(s);
 	qcow2_unlock(s);
-	if (progress)
-		progress(1.0, opaque);
 	return ret;
 }

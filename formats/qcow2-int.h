@@ -198,6 +198,14 @@ struct qcow2_state {
 	struct tblk_list allocs;	/* struct qcow2_alloc in flight */
 	bool meta_dirty;		/* metadata written since the last file flush */
 	bool fast_alloc_off;		/* [mu] the data file refused a fast allocating write */
+	/*
+	 * Whether the image looks preallocated with metadata (more clusters in use than the
+	 * file has blocks), decided at the first block status as qemu does: then block status
+	 * asks the data file where a data cluster is a hole. [atomic], written under meta:
+	 * 0 not decided yet, 1 no, 2 yes.
+	 */
+	uint8_t meta_prealloc;
+	struct qcow2_amend_progress *amend_progress;	/* [meta] the amend running, or NULL */
 
 	bool pass_discard[QCOW2_DISCARD_NR];	/* [const] pass-discard-* options */
 	bool corrupt;			/* [meta] found corrupt: no more writes */
@@ -461,6 +469,19 @@ int tblk__qcow2_amend(struct tblk_node *node, GHashTable *opts, bool force,
 		      GError **errp);
 /* Under the image lock: rewrites the refcount structures with entries of 2^@order bits. */
 int qcow2_change_refcount_order(struct qcow2_state *s, unsigned int order, GError **errp);
+/* The steps of an amend that report progress. */
+enum qcow2_amend_step {
+	QCOW2_AMEND_NONE,
+	QCOW2_AMEND_UPGRADE,
+	QCOW2_AMEND_REFCOUNT_ORDER,
+	QCOW2_AMEND_DOWNGRADE,
+};
+/*
+ * Step @step of the amend running has done @offset of @work units (see qcow2-amend.c for how
+ * steps combine); nothing when no amend with a progress callback runs. Under the image lock.
+ */
+void qcow2_amend_report(struct qcow2_state *s, enum qcow2_amend_step step, uint64_t offset,
+			uint64_t work);
 
 /* ------------------------------------------------ measure (qcow2-measure.c) */
 int tblk__qcow2_measure(GHashTable *opts, uint64_t size, struct tblk_blk *src,

@@ -21,6 +21,7 @@ struct new_rc {
 	uint64_t index;			/* block being filled */
 	uint8_t *buf;			/* the block being filled (write pass), else NULL */
 	bool allocated;			/* the pass allocated something */
+	unsigned int walk, walks;	/* progress: this walk of how many expected */
 };
 
 static void set_rc(unsigned int order, uint8_t *b, uint64_t i, uint64_t v)
@@ -80,6 +81,8 @@ static int walk(struct qcow2_state *s, struct new_rc *n, GError **errp)
 
 	n->index = 0;
 	for (uint64_t ti = 0; ti < s->reftable_size; ti++) {
+		qcow2_amend_report(s, QCOW2_AMEND_REFCOUNT_ORDER, n->walk * s->reftable_size + ti,
+				   n->walks * s->reftable_size);
 		for (uint64_t bi = 0; bi < old_per_block; bi++) {
 			uint64_t rc = 0;
 
@@ -113,6 +116,8 @@ static int walk(struct qcow2_state *s, struct new_rc *n, GError **errp)
 			return ret;
 		n->index++;
 	}
+	qcow2_amend_report(s, QCOW2_AMEND_REFCOUNT_ORDER, (n->walk + 1) * s->reftable_size,
+			   n->walks * s->reftable_size);
 	return 0;
 }
 
@@ -167,7 +172,10 @@ int qcow2_change_refcount_order(struct qcow2_state *s, unsigned int order, GErro
 		return tblk_error_set_errno(errp, -ret, "Failed to flush metadata");
 	do {
 		n.allocated = false;
+		/* qemu expects an allocating walk, one finding nothing more, and the write */
+		n.walks = TBLK_MAX(n.walk + 2, 3);
 		ret = walk(s, &n, errp);
+		n.walk++;
 		if (ret < 0)
 			goto out;
 		if (n.allocated) {
@@ -188,6 +196,7 @@ int qcow2_change_refcount_order(struct qcow2_state *s, unsigned int order, GErro
 		}
 	} while (n.allocated);
 	n.buf = g_malloc0(s->cluster_size);
+	n.walks = n.walk + 1;
 	ret = walk(s, &n, errp);
 	if (ret < 0)
 		goto out;

@@ -1001,15 +1001,80 @@ int tblk__qcow2_flush(struct tblk_node *node)
 	return ret;
 }
 
+/*
+ * qemu's test for an image preallocated with metadata: the clusters with a non-zero refcount
+ * (counted up to the end of the file) reach max(10/9 of the clusters the file has blocks
+ * for, those + 2). Decided once, at the first block status; an error counts as "no". The
+ * file's sizes are taken before the image lock (they are not metadata I/O). [meta]
+ */
+static bool meta_prealloc_locked(struct qcow2_state *s, int64_t file_len, int64_t file_alloc)
+{
+	uint64_t real, threshold, end, count = 0;
+	uint8_t v = __atomic_load_n(&s->meta_prealloc, __ATOMIC_RELAXED);
+
+	if (v)
+		return v == 2;
+	__atomic_store_n(&s->meta_prealloc, 1, __ATOMIC_RELAXED);
+	if (file_len < 0 || file_alloc < 0)
+		return false;
+	real = (uint64_t)file_alloc >> s->cluster_bits;
+	threshold = TBLK_MAX(real * 10 / 9, real + 2);
+	end = qcow2_size_to_clusters(s, (uint64_t)file_len);
+	for (uint64_t i = 0; i < end && count < threshold; i++) {
+		uint64_t rc;
+
+		if (qcow2_get_refcount(s, i, &rc) < 0)
+			return false;
+		count += rc != 0;
+	}
+	if (count < threshold)
+		return false;
+	__atomic_store_n(&s->meta_prealloc, 2, __ATOMIC_RELAXED);
+	return true;
+}
+
+/*
+ * A data cluster of a metadata-preallocated image may be a hole in the data file: as qemu's
+ * generic block status does for such images, ask the data file about [host, host + *pnum)
+ * and add its zero bit, cutting *pnum to the extent the file reports, except where the file
+ * says "zeroes up to its end" or the range starts past that end (then the whole of *pnum
+ * reads as zeroes). Errors are ignored: this only adds information.
+ */
+static int data_file_zero(struct qcow2_state *s, uint64_t host, uint64_t *pnum)
+{
+	int64_t len = tblk_node_getlength(s->data);
+	uint64_t n = 0;
+	int ret;
+
+	if (len < 0)
+		return 0;
+	ret = tblk_node_block_status(s->data, host, *pnum, &n, NULL);
+	if (ret < 0)
+		return 0;
+	if (host >= (uint64_t)len || (host + n == (uint64_t)len && (ret & TBLK_BS_ZERO)))
+		return TBLK_BS_ZERO;
+	*pnum = n;
+	return ret & TBLK_BS_ZERO;
+}
+
 int tblk__qcow2_block_status(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 			     uint64_t *pnum, uint64_t *map)
 {
 	struct qcow2_state *s = node->opaque;
+	int64_t file_len = 0, file_alloc = 0;
 	struct qcow2_map m;
+	bool prealloc;
 	int ret;
 
+	if (!__atomic_load_n(&s->meta_prealloc, __ATOMIC_RELAXED)) {
+		/* A peek: at worst both sizes are read once more and not used. */
+		file_len = tblk_node_getlength(node->file);
+		file_alloc = node->file->drv->get_allocated_size ?
+			     node->file->drv->get_allocated_size(node->file) : -ENOTSUP;
+	}
 	qcow2_lock(s);
 	ret = qcow2_get_mapping(s, offset, bytes, &m);
+	prealloc = meta_prealloc_locked(s, file_len, file_alloc);
 	qcow2_unlock(s);
 	if (ret < 0)
 		return ret;
@@ -1018,7 +1083,8 @@ int tblk__qcow2_block_status(struct tblk_node *node, uint64_t offset, uint64_t b
 	case QCOW2_NORMAL:
 		if (map)
 			*map = m.host;
-		return TBLK_BS_DATA | TBLK_BS_OFFSET_VALID | TBLK_BS_ALLOCATED;
+		return TBLK_BS_DATA | TBLK_BS_OFFSET_VALID | TBLK_BS_ALLOCATED |
+		       (prealloc ? data_file_zero(s, m.host, pnum) : 0);
 	case QCOW2_ZERO_ALLOC:
 		if (map)
 			*map = m.host;

@@ -156,12 +156,30 @@ static int open_backing(struct tblk_node *node, struct qcow2_state *s, GHashTabl
 {
 	g_autoptr(GHashTable) bopts = tblk__opts_extract_prefix(opts, "backing");
 	g_autofree char *path = NULL;
-	g_autofree char *bnull = tblk__opts_take(opts, "backing");
+	g_autofree char *ref = tblk__opts_take(opts, "backing");
+	GHashTableIter it;
+	gpointer k, v;
 	int ret;
 
-	if (bnull && !strcmp(bnull, "null"))
+	/* backing=null (JSON null) or the deprecated "": no backing file */
+	if (ref && (!*ref || !strcmp(ref, "null")))
 		return 0;
-	if (!s->backing_file || (flags & TBLK_OPEN_NO_BACKING))
+	/* Not opening one, qemu leaves its options to the unsupported-option check. */
+	if (flags & TBLK_OPEN_NO_BACKING) {
+		if (ref)
+			g_hash_table_insert(opts, g_strdup("backing"), g_steal_pointer(&ref));
+		g_hash_table_iter_init(&it, bopts);
+		while (g_hash_table_iter_next(&it, &k, &v))
+			g_hash_table_insert(opts, g_strdup_printf("backing.%s", (char *)k),
+					    g_strdup(v));
+		return 0;
+	}
+	if (ref) {
+		ret = tblk__opts_child_reference(ref, bopts, errp);
+		tblk_error_prepend(errp, "Could not open backing file: ");
+		return ret;
+	}
+	if (!s->backing_file)
 		return 0;
 	/* A file the options name replaces the header's, as in qemu. */
 	if (g_hash_table_contains(bopts, "file.filename")) {
@@ -191,14 +209,26 @@ static int open_data_file(struct tblk_node *node, struct qcow2_state *s, GHashTa
 			  unsigned int flags, GError **errp)
 {
 	g_autoptr(GHashTable) dopts = tblk__opts_extract_prefix(opts, "data-file");
-	g_autofree char *path = NULL;
+	g_autofree char *path = NULL, *ref = tblk__opts_take(opts, "data-file");
+	struct tblk_node *child;
+	int ret;
 
+	if (ref)
+		return tblk__opts_child_reference(ref, dopts, errp);
 	if (!(s->incompat & QCOW2_INCOMPAT_DATA_FILE)) {
-		if (g_hash_table_size(dopts))
-			return tblk_error_set(errp, EINVAL, "'data-file' can only be set for "
-					      "images with an external data file");
 		s->data = node->file;
-		return 0;
+		if (!g_hash_table_size(dopts))
+			return 0;
+		/* qemu opens the child first: its own errors come before this one */
+		if (!g_hash_table_contains(dopts, "driver"))
+			g_hash_table_insert(dopts, g_strdup("driver"), g_strdup("file"));
+		ret = tblk__node_open(&child, NULL, dopts, (flags & ~TBLK_OPEN_RDWR) |
+				      TBLK_OPEN_PROTOCOL | TBLK_OPEN_SHARE_RW, errp);
+		if (ret < 0)
+			return ret;
+		tblk__node_close(child);
+		return tblk_error_set(errp, EINVAL, "'data-file' can only be set for images with "
+				      "an external data file");
 	}
 	path = g_strdup(g_hash_table_lookup(dopts, "filename"));
 	if (!path)

@@ -305,6 +305,17 @@ int tblk__opts_take_size(GHashTable *opts, const char *key, uint64_t *out, GErro
 GHashTable *tblk__opts_extract_prefix(GHashTable *opts, const char *prefix);
 /* Copies a string table. */
 GHashTable *tblk__opts_copy(GHashTable *opts);
+/*
+ * The key of @opts qemu would name first (its dictionaries iterate in hash bucket order), as
+ * in "does not support the option 'x'"; NULL if @opts is empty.
+ */
+const char *tblk__opts_first_key(GHashTable *opts);
+/*
+ * A child given as a string ("file=NAME", "backing=NAME"): qemu takes NAME for an existing
+ * node, and tblk has none to offer. Sets qemu's error (also for a reference given with
+ * options of the child, @copts) and returns -EINVAL.
+ */
+int tblk__opts_child_reference(const char *ref, GHashTable *copts, GError **errp);
 /* Parses a size with qemu's suffixes (k, M, G, T, P, E; powers of 1024). 0 or -EINVAL. */
 int tblk__parse_size(const char *s, uint64_t *out);
 

@@ -170,17 +170,15 @@ static int take_common_opts(GHashTable *opts, unsigned int *flags, GError **errp
 
 static int check_leftover(const struct tblk_driver *drv, GHashTable *opts, GError **errp)
 {
-	GHashTableIter it;
-	gpointer k, v;
+	const char *k = tblk__opts_first_key(opts);
 
-	g_hash_table_iter_init(&it, opts);
-	if (!g_hash_table_iter_next(&it, &k, &v))
+	if (!k)
 		return 0;
 	if (drv->is_protocol)
 		return tblk_error_set(errp, EINVAL, "Block protocol '%s' doesn't support the "
-				      "option '%s'", drv->name, (char *)k);
+				      "option '%s'", drv->name, k);
 	return tblk_error_set(errp, EINVAL, "Block format '%s' does not support the option "
-			      "'%s'", drv->name, (char *)k);
+			      "'%s'", drv->name, k);
 }
 
 /* Opens a node of @drv with @opts already stripped of "driver". */
@@ -366,17 +364,18 @@ int tblk__node_open_child(struct tblk_node *parent, const char *name, GHashTable
 {
 	g_autoptr(GHashTable) copts = tblk__opts_extract_prefix(opts, name);
 	g_autofree char *fname = g_strdup(g_hash_table_lookup(copts, "filename"));
+	g_autofree char *ref = tblk__opts_take(opts, name);
 	int ret;
 
+	/* "file=NAME" names an existing node (tblk-daemon resolves its own --blockdev names). */
+	if (ref)
+		return tblk__opts_child_reference(ref, copts, errp);
 	/* A file name for the image and one for its child: qemu will not choose. */
 	if (fname && parent->filename)
 		return tblk_error_set(errp, EINVAL, "Can't specify 'file' and 'filename' options at "
 				      "the same time");
-	/* Else the parent's file name, or a string value of the child's key ("file=x.img"). */
 	if (!fname)
 		fname = g_strdup(parent->filename);
-	if (!fname)
-		fname = tblk__opts_take(opts, name);
 	if (!fname && check_child_opts(name, copts, errp) < 0)
 		return -EINVAL;
 	if (!g_hash_table_contains(copts, "driver") && !protocol_from_filename(fname))

@@ -30,6 +30,49 @@ GHashTable *tblk__opts_copy(GHashTable *opts)
 	return copy;
 }
 
+/*
+ * qemu's dictionary hash (the one of Samba's TDB): the key's length seeds it, each byte is
+ * added shifted by 5 bits more than the last (mod 24), then a linear congruential step. 512
+ * buckets, iterated from the first.
+ */
+static unsigned int qdict_bucket(const char *key)
+{
+	uint32_t h = 0x238F13AFu * (uint32_t)strlen(key);
+
+	for (uint32_t i = 0; key[i]; i++)
+		h += (uint32_t)(unsigned char)key[i] << (i * 5 % 24);
+	return (1103515243u * h + 12345u) % 512;
+}
+
+const char *tblk__opts_first_key(GHashTable *opts)
+{
+	const char *best = NULL;
+	unsigned int best_b = 0;
+	GHashTableIter it;
+	gpointer k, v;
+
+	g_hash_table_iter_init(&it, opts);
+	while (g_hash_table_iter_next(&it, &k, &v)) {
+		unsigned int b = qdict_bucket(k);
+
+		/* Two keys in one bucket: qemu names the one added last; ours have no order. */
+		if (!best || b < best_b || (b == best_b && strcmp(k, best) < 0)) {
+			best = k;
+			best_b = b;
+		}
+	}
+	return best;
+}
+
+int tblk__opts_child_reference(const char *ref, GHashTable *copts, GError **errp)
+{
+	if (copts && g_hash_table_size(copts))
+		return tblk_error_set(errp, EINVAL, "Cannot reference an existing block device "
+				      "with additional options or a new filename");
+	return tblk_error_set(errp, EINVAL, "Cannot find device='%s' nor node-name='%s'", ref,
+			      ref);
+}
+
 /* Reads one element up to an unescaped @stop (or the end); ",," is a literal comma. */
 static char *read_elem(const char **p, char stop)
 {
@@ -221,7 +264,12 @@ static int json_value(struct json *j, const char *prefix)
 		if (j->p == start)
 			return -EINVAL;
 		val = g_strndup(start, j->p - start);
-		if (!strcmp(val, "null")) {
+		/*
+		 * null: the key is left out, but "backing": null means "no backing file", which
+		 * the driver reads as backing=null (as qemu-storage-daemon's --blockdev does).
+		 */
+		if (!strcmp(val, "null") && strcmp(prefix, "backing") &&
+		    !g_str_has_suffix(prefix, ".backing")) {
 			g_free(val);
 			return 0;
 		}

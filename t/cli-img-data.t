@@ -160,6 +160,24 @@ qcow2_files() {
 	qemu-img create -q -f qcow2 tq.qcow2 10M
 	$io -c "write -q -P 0x77 0 1M" tq.qcow2
 	qemu-img create -q -f qcow2 tz.qcow2 10M
+	# preallocated: data clusters that are holes in the file (metadata), or not
+	qemu-img create -q -f qcow2 -o preallocation=metadata pm.qcow2 4M
+	$io -c "write -q -P 1 1M 4k" -c "write -q -P 2 2M 128k" -c "write -q -z 3M 64k" pm.qcow2
+	qemu-img create -q -f qcow2 -o preallocation=metadata,cluster_size=16k,extended_l2=on \
+		pmx.qcow2 1M
+	$io -c "write -q -P 3 100k 1k" -c "write -q -P 4 512k 8k" pmx.qcow2
+	qemu-img create -q -f qcow2 -o preallocation=falloc pfa.qcow2 2M
+	$io -c "write -q -P 5 64k 4k" pfa.qcow2
+	qemu-img create -q -f qcow2 -o preallocation=full pfu.qcow2 2M
+	# written data with holes punched into it: how many decides qemu's metadata
+	# preallocation heuristic (clusters in use against the blocks the file has)
+	for k in 1 2 3 4; do
+		qemu-img create -q -f qcow2 ph$k.qcow2 4M
+		$io -c "write -q -P 6 0 2560k" ph$k.qcow2
+		for i in $(seq 1 $k); do
+			fallocate -p -o $((327680 + i * 65536)) -l 65536 ph$k.qcow2
+		done
+	done
 }
 
 mkdir "$tmp/src"
@@ -527,6 +545,19 @@ for a in cluster_size=abc refcount_bits=abc lazy_refcounts=maybe cluster_size=3k
 	c "convert: -O qcow2 -o $a" convert -O qcow2 -o $a d.img o.qcow2
 done
 c "convert: -O qcow2 -o compat=0.9" convert -O qcow2 -o compat=0.9 d.img o.qcow2
+# data clusters that are holes in the file: qemu asks the file where the image looks
+# preallocated with metadata
+for f in pm pmx pfa pfu ph1 ph2 ph3 ph4; do
+	c "map, preallocated $f" map $f.qcow2
+	c "map --output=json, preallocated $f" map --output=json $f.qcow2
+done
+c "map, preallocated, window" map --output=json --start-offset=1M --max-length=1100k pm.qcow2
+c "compare -s preallocated with raw" compare -s pm.qcow2 d.img
+c "compare -s preallocated layouts" compare -s pfa.qcow2 pfu.qcow2
+c "compare -s metadata-preallocated images" compare -s pm.qcow2 pmx.qcow2
+c "convert preallocated to raw" convert pm.qcow2 o.img
+c "convert preallocated to qcow2" convert -O qcow2 pm.qcow2 o.qcow2
+c "convert punched to qcow2" convert -O qcow2 ph4.qcow2 o.qcow2
 c "dd -O qcow2" dd -O qcow2 if=d.img of=o.qcow2 bs=64k
 c "dd from a chain" dd -f qcow2 if=ct.qcow2 of=o.img bs=1M skip=1
 

@@ -42,6 +42,9 @@
 #   Input/output error", exit 1, no "Run completed". The offset wraps modulo the image size.
 #   -w without -f warns that probing guessed raw. -U -w: "Could not open 'F':
 #   force-share=on can only be used with read-only images".
+# Known differences: "backing=null" in --image-opts is no backing file for tblk (its
+# --blockdev meaning), a reference to a node named "null" for qemu-img; qemu-img info does
+# not open an external data file, so it ignores data-file options that tblk-img rejects.
 # Not compared: help texts (tblk's own words), version strings (they say tblk), -d 0 with
 # requests to send (qemu hangs; tblk-img says "Invalid queue depth specified"), -s values
 # whose depth * size overflows an int (qemu aborts).
@@ -85,6 +88,14 @@ done
 qemu-img create -q -f qcow2 -b c-cluster_size=65536.qcow2 -F qcow2 "$tmp/co.qcow2"
 qemu-io -c "write -q -c -P 9 1M 64k" -c "write -q -c -P 9 3M 64k" "$tmp/co.qcow2" >/dev/null
 qemu-img create -q -f raw "$tmp/base.img" 8M
+# for amend -p: 512-byte clusters (a refcount table of 64 entries), 8-bit refcounts, v2, and
+# an 8 GiB image (16 L1 entries)
+for o in am:cluster_size=512:1M am8:cluster_size=512,refcount_bits=8:64M \
+	amv2:cluster_size=512,compat=0.10:1M am8g:cluster_size=65536:8G; do
+	IFS=: read -r f opts size <<<"$o"
+	qemu-img create -q -f qcow2 -o "$opts" "$tmp/$f.qcow2" "$size"
+	qemu-io -c "write -q -P 1 0 300k" -c "write -q -z 512k 64k" "$tmp/$f.qcow2" >/dev/null
+done
 
 setup_dir() {
 	rm -rf "$1"
@@ -92,7 +103,7 @@ setup_dir() {
 	cp --sparse=always "$tmp/base.img" "$1/img"
 	cp --sparse=always "$tmp/small.img" "$1/small.img"
 	cp "$tmp/odd.img" "$tmp/odd2.img" "$tmp/v2.qcow2" "$tmp/q.qcow2" "$tmp/o.qcow2" "$1/"
-	cp "$tmp"/c-*.qcow2 "$tmp/co.qcow2" "$1/"
+	cp "$tmp"/c-*.qcow2 "$tmp/co.qcow2" "$tmp"/am*.qcow2 "$1/"
 	cp "$tmp/small.img" "$1/a\"b"
 	cp "$tmp/small.img" "$1/$(printf 'x\351y')"
 	cp "$tmp/small.img" "$1/é€😀"
@@ -304,5 +315,53 @@ c "info of a json: file name without a driver" info \
 	'json:{"file":{"driver":"file","filename":"q.qcow2"}}'
 c "info --image-opts backing= (deprecated)" info --backing-chain --image-opts \
 	driver=qcow2,file.filename=o.qcow2,backing=
+
+# ---- children given as strings (references to existing nodes: qemu-img has none), backing.*
+# options where the backing file is not opened (info, rebase -u: qemu leaves them to the
+# unsupported-option check, which names the first key in its dictionary's hash order)
+O=driver=qcow2,file.filename=o.qcow2
+for a in "info --image-opts $O,backing.file.filename=q.qcow2" \
+	"info --backing-chain --image-opts $O,backing.driver=qcow2,backing.file.filename=q.qcow2" \
+	"info --output=json --image-opts $O,backing.driver=raw,backing.file.filename=small.img" \
+	"info --image-opts $O,backing=foo" "map --image-opts $O,backing=foo" \
+	"map --image-opts $O,backing=foo,backing.driver=qcow2" "map --image-opts $O,backing=" \
+	"map --image-opts $O,backing.file.filename=q.qcow2" \
+	"rebase -u -b x --image-opts $O,backing.file.filename=q.qcow2" \
+	"info --image-opts driver=qcow2,file=foo" "info --image-opts driver=qcow2,file=" \
+	"info --image-opts driver=raw,file=foo,file.filename=small.img" \
+	"info --image-opts $O,file=x" "map --image-opts $O,data-file.filename=x" \
+	"map --image-opts $O,data-file.filename=small.img" \
+	"map --image-opts $O,data-file.filename=small.img,data-file.bogus=1" \
+	"map --image-opts $O,data-file=foo" \
+	"info --image-opts driver=copy-on-read,file=foo" \
+	"info --image-opts driver=copy-on-read,file.filename=small.img" \
+	"info --image-opts driver=copy-on-read,file.filename=nofile" \
+	"info --image-opts driver=raw,file.filename=small.img,x=1,bogus=2" \
+	"info --image-opts driver=raw,file.filename=small.img,foo=1,bogus=2" \
+	"info --image-opts driver=file,filename=small.img,x=1,bogus=2,foo=3"; do
+	# shellcheck disable=SC2086
+	c "${a%% *} ${a##*,}" $a
+done
+c "map of a json: file name, backing null" map \
+	'json:{"driver":"qcow2","file":{"filename":"o.qcow2"},"backing":null}'
+c "map of a json: file name, backing a string" map \
+	'json:{"driver":"qcow2","file":{"filename":"o.qcow2"},"backing":"q.qcow2"}'
+c "info of a json: file name, file a string" info 'json:{"driver":"qcow2","file":"o.qcow2"}'
+c "info of a json: file name, file null" info 'json:{"driver":"qcow2","file":null}'
+
+# ---- amend -p: the steps qemu's qcow2 reports (upgrade: 2 units; refcount width: 3 walks
+# over the refcount table, one unit an entry; downgrade: one unit per L1 entry), the steps
+# combined with the ones still to come projected, and qemu-img's own 0 and 100
+for a in compat=0.10 refcount_bits=8 refcount_bits=1 refcount_bits=64 lazy_refcounts=on \
+	size=2M compat=1.1; do
+	c "amend -p -o $a" amend -p -o $a am.qcow2
+done
+c "amend -p, upgrade and refcount width" amend -p -o compat=1.1,refcount_bits=8 amv2.qcow2
+c "amend -p, upgrade" amend -p -o compat=1.1 amv2.qcow2
+c "amend -p, refcount width and downgrade" amend -p -o compat=0.10,refcount_bits=16 am8.qcow2
+c "amend -p, downgrade of 16 L1 entries" amend -p -o compat=0.10 am8g.qcow2
+c "amend -p, refcount width of a 64k-cluster image" amend -p -o refcount_bits=2 am8g.qcow2
+c "amend -p -q" amend -p -q -o refcount_bits=8 am.qcow2
+c "amend -p, an error" amend -p -o compat=0.10,refcount_bits=8 am.qcow2
 
 echo "1..$n"

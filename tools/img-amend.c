@@ -163,6 +163,13 @@ static int parse_list(const char *fmt, const char *list, GHashTable *opts)
 	return 0;
 }
 
+/* The format's steps: qemu-img's figure is 100.f * offset / total, in single precision. */
+static void amend_progress(double fraction, void *opaque)
+{
+	(void)opaque;
+	img_progress_print((float)(fraction * 100.0), 0);
+}
+
 static int amend_run(struct tblk_blk *blk, struct amend_args *a)
 {
 	const char *fmt = tblk_blk_format_name(blk);
@@ -177,9 +184,9 @@ static int amend_run(struct tblk_blk *blk, struct amend_args *a)
 	}
 	if (parse_list(fmt, a->options->str, opts) < 0)
 		return 1;
+	/* 0 and 100% whatever the format reports in between, as qemu-img prints them */
 	img_progress_print(0.f, 0);
-	/* qemu's qcow2 reports no steps for what tblk amends: only 0 and 100%. */
-	if (tblk_blk_amend(blk, opts, a->force, NULL, NULL, &err) < 0) {
+	if (tblk_blk_amend(blk, opts, a->force, amend_progress, NULL, &err) < 0) {
 		img_progress_print(100.f, 0);
 		tool_error_gerror(err, NULL);
 		return 1;

@@ -238,6 +238,9 @@ int img_info(int argc, char **argv)
 	int ret = 0;
 
 	info_parse(argc, argv, &a);
+	/* Each image of the chain is opened on its own, as qemu-img does: backing.* options
+	 * are not for it. */
+	a.open.flags |= TBLK_OPEN_NO_BACKING;
 	json = !strcmp(a.output, "json");
 	o = a.open;
 	if (img_open(&blk, &o, NULL) < 0)
