@@ -35,6 +35,8 @@ def norm(text, names=()):
     for a, b in names:
         text = text.replace(a, b)
     text = re.sub(r"#block\d+", "#blockN", text)
+    # Snapshot dates: the two runs may straddle a second.
+    text = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "DATE", text)
     # Timings of qemu-io's I/O lines.
     return re.sub(r"\d+(\.\d+)? [KMGT]?i?B, \d+ ops; .*", "TIMING", text)
 
