@@ -182,20 +182,54 @@ static void blk_fail_parked(struct tblk_blk *blk)
 	}
 }
 
-void tblk_blk_close(struct tblk_blk *blk)
+/*
+ * Close, first step, on the loop thread: no resumption may come later, so parked requests
+ * resume now (those of a drained section that ended, whose bottom half may not have run
+ * yet) or fail (those of one that did not end).
+ */
+static void blk_close_parked(void *opaque)
 {
-	if (!blk)
-		return;
-	tblk_blk_drain(blk);
+	struct tblk_blk *blk = opaque;
+
+	tblk_bh_free(blk->resume_bh);
+	blk->resume_bh = NULL;
+	blk_resume_parked(blk);
 	blk_fail_parked(blk);
+}
+
+/* Close, last step, on the loop thread: what the loop thread owns, once nothing is in flight. */
+static void blk_close_loop_state(void *opaque)
+{
+	struct tblk_blk *blk = opaque;
+
 	while (blk->free_reqs) {
 		struct tblk_req *req = blk->free_reqs;
 
 		blk->free_reqs = (struct tblk_req *)req->work.next;
 		g_free(req);
 	}
-	tblk_bh_free(blk->resume_bh);
 	tblk__thr_member_free(blk->throttle);
+}
+
+/*
+ * Any thread. The loop's own state (parked requests, the resume bottom half, the request
+ * cache, the throttle member) is let go on the loop thread: the drain sees the last request
+ * leave the in-flight count, but the loop thread may still be on its way out of that
+ * request's completion (the driver's completion loop, the request's own release). Running
+ * the last step there, after it, orders every access of the loop thread to @blk before the
+ * free, whichever thread closes.
+ */
+void tblk_blk_close(struct tblk_blk *blk)
+{
+	if (!blk)
+		return;
+	if (blk->loop)
+		tblk_loop_call_wait(blk->loop, blk_close_parked, blk);
+	tblk_blk_drain(blk);
+	if (blk->loop)
+		tblk_loop_call_wait(blk->loop, blk_close_loop_state, blk);
+	else
+		blk_close_loop_state(blk);
 	tblk__node_close(blk->root);
 	g_free(blk);
 }
@@ -238,22 +272,16 @@ static void req_put(struct tblk_blk *blk, struct tblk_req *req)
 static void areq_complete(struct tblk_req *req, int ret)
 {
 	struct tblk_blk *outer = cb_blk, *blk = req->blk;
-	bool keep;
 
 	cb_blk = blk;
 	req->cb(req->cb_opaque, ret);
 	cb_blk = outer;
 	/*
-	 * The request goes back to the cache before it stops counting as in flight: from then
-	 * on a close on another thread may free @blk (and the cache). Until then only this
-	 * thread takes requests from the cache.
+	 * Once the request leaves the in-flight count, a close on another thread may go on,
+	 * but it frees @blk's cache on this thread, after this function returned.
 	 */
-	keep = blk->nr_free_reqs < REQ_CACHE_MAX;
-	if (keep)
-		req_put(blk, req);
 	tblk__req_end_async(req, ret);
-	if (!keep)
-		g_free(req);
+	req_put(blk, req);
 }
 
 /* Pool worker: the request's body, nested so children do not wait for quiesce. */

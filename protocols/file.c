@@ -45,6 +45,7 @@ struct file_state {
 	struct tblk_mutex ext_lock;	/* a leaf: taken to grow the file ahead */
 	bool ext_failed;		/* [ext_lock] fallocate() refused: stop trying */
 	uint64_t data_end;		/* [atomic] the length without the extension */
+	uint64_t touched_end;		/* [atomic] past any write issued, done or not */
 	uint64_t phys_end;		/* [atomic] the file's length with it; ext_lock to grow */
 };
 
@@ -74,6 +75,7 @@ static const char *const perm_names[PERM_COUNT] = {
 struct file_fast {
 	struct tblk_aio_op op;
 	struct tblk_req *req;
+	struct file_state *s;		/* the file written, for data_end */
 };
 _Static_assert(sizeof(struct file_fast) <= sizeof(((struct tblk_req *)0)->drv_scratch),
 	       "drv_scratch too small for the file fast path");
@@ -87,12 +89,15 @@ _Static_assert(sizeof(struct file_fast) <= sizeof(((struct tblk_req *)0)->drv_sc
  * submits it (the loop thread on the fast path). So a file opened O_DIRECT for writing is
  * grown ahead of such writes by fallocate() in steps of EXTEND_STEP, and the writes land
  * inside it, in parallel. data_end is where the file would end without this (the furthest
- * write or zeroing so far, or the last truncate): getlength reports it, and close truncates
- * the file back to it, so the file ends exactly where it would have. After a crash the file
- * keeps its zeroed tail, which no format references. qemu's `preallocate` filter works
- * this way.
+ * write or zeroing that succeeded, or the last truncate): getlength reports it, and close
+ * gives the rest of the extension back (extend_undo() says how far), so the file ends where
+ * it would have. A write moves data_end only once it succeeded (extend_written()), so a
+ * failed one does not lengthen the image. After a crash the file keeps its zeroed tail,
+ * which no format references. qemu's `preallocate` filter works this way.
  */
 #define EXTEND_STEP	(64ull << 20)
+/* The smallest unit another open may have written in (a logical block). */
+#define EXTEND_SECTOR	512u
 
 static void extend_init(struct file_state *s, unsigned int flags, const struct stat *st)
 {
@@ -101,6 +106,7 @@ static void extend_init(struct file_state *s, unsigned int flags, const struct s
 	tblk_mutex_init(&s->ext_lock);
 	s->ext_failed = false;
 	s->data_end = (uint64_t)st->st_size;
+	s->touched_end = (uint64_t)st->st_size;
 	s->phys_end = (uint64_t)st->st_size;
 }
 
@@ -120,16 +126,25 @@ static void extend_locked(struct file_state *s, uint64_t end) TBLK_REQUIRES(s->e
 	__atomic_store_n(&s->phys_end, target, __ATOMIC_RELEASE);
 }
 
-/* Before a write or zeroing that makes the file at least @end long. Any thread. */
+/* Raises the [atomic] @end_field to at least @end. */
+static void extend_raise(uint64_t *end_field, uint64_t end)
+{
+	uint64_t cur = __atomic_load_n(end_field, __ATOMIC_RELAXED);
+
+	while (end > cur && !__atomic_compare_exchange_n(end_field, &cur, end, true,
+							 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		;
+}
+
+/*
+ * Before a write or zeroing that makes the file at least @end long: grows the file ahead.
+ * Any thread. data_end moves when it succeeded: extend_written().
+ */
 static void extend_for_write(struct file_state *s, uint64_t end)
 {
-	uint64_t de = __atomic_load_n(&s->data_end, __ATOMIC_RELAXED);
-
 	if (!s->extend_ahead)
 		return;
-	while (end > de && !__atomic_compare_exchange_n(&s->data_end, &de, end, true,
-							__ATOMIC_RELAXED, __ATOMIC_RELAXED))
-		;
+	extend_raise(&s->touched_end, end);
 	if (end <= __atomic_load_n(&s->phys_end, __ATOMIC_ACQUIRE))
 		return;
 	tblk_mutex_lock(&s->ext_lock);
@@ -137,21 +152,25 @@ static void extend_for_write(struct file_state *s, uint64_t end)
 	tblk_mutex_unlock(&s->ext_lock);
 }
 
+/* After a write or zeroing up to @end that extend_for_write() announced: @ret is its result. */
+static void extend_written(struct file_state *s, uint64_t end, int ret)
+{
+	if (s->extend_ahead && ret >= 0)
+		extend_raise(&s->data_end, end);
+}
+
 /*
- * Zeroing [offset, offset + bytes) where no write has reached yet but the extension covers
- * (it reads zeroes, allocated by our fallocate()): only data_end moves. True if done.
+ * Zeroing [offset, offset + bytes) where no write has gone yet (not even a failed one, which
+ * may have left data) but the extension covers (it reads zeroes, allocated by our
+ * fallocate()): only data_end moves. True if done.
  */
 static bool extend_zeroed(struct file_state *s, uint64_t offset, uint64_t bytes)
 {
-	uint64_t de = __atomic_load_n(&s->data_end, __ATOMIC_RELAXED);
-
-	if (!s->extend_ahead || offset < de ||
+	if (!s->extend_ahead || offset < __atomic_load_n(&s->touched_end, __ATOMIC_RELAXED) ||
 	    offset + bytes > __atomic_load_n(&s->phys_end, __ATOMIC_ACQUIRE))
 		return false;
-	while (offset + bytes > de &&
-	       !__atomic_compare_exchange_n(&s->data_end, &de, offset + bytes, true,
-					    __ATOMIC_RELAXED, __ATOMIC_RELAXED))
-		;
+	extend_raise(&s->touched_end, offset + bytes);
+	extend_raise(&s->data_end, offset + bytes);
 	return true;
 }
 
@@ -164,21 +183,99 @@ static void extend_reset(struct file_state *s, uint64_t size)
 		return;
 	tblk_mutex_lock(&s->ext_lock);
 	__atomic_store_n(&s->data_end, size, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->touched_end, size, __ATOMIC_RELAXED);
 	/* A preallocating truncate that did not shrink may leave the extension in place. */
 	__atomic_store_n(&s->phys_end, fstat(s->fd, &st) == 0 ? (uint64_t)st.st_size : size,
 			 __ATOMIC_RELAXED);
 	tblk_mutex_unlock(&s->ext_lock);
 }
 
-/* At close: gives back the part of the extension no write reached. */
+/*
+ * Where the data in the file system block of @s's file that holds @from ends: past the last
+ * non-zero byte at or after @from (rounded up to a sector), @from if there is none. Past the
+ * block if it cannot be read: keeping a few zeroes beats cutting data.
+ */
+static uint64_t extend_block_data_end(struct file_state *s, uint64_t from, uint64_t size,
+				      uint32_t blk)
+{
+	uint64_t base = TBLK_ALIGN_DOWN(from, blk);
+	uint64_t end = TBLK_MIN(base + blk, size);
+	uint8_t *buf;
+	ssize_t n;
+
+	if (posix_memalign((void **)&buf, blk, blk))
+		return end;
+	do {
+		n = pread(s->fd, buf, blk, (off_t)base);	/* O_DIRECT: the whole block */
+	} while (n < 0 && errno == EINTR);
+	if (n >= 0) {
+		end = from;
+		for (uint64_t i = from - base; i < (uint64_t)n; i++)
+			if (buf[i])
+				end = base + TBLK_ALIGN_UP(i + 1, EXTEND_SECTOR);
+		end = TBLK_MIN(end, size);
+	}
+	free(buf);
+	return end;
+}
+
+/* Where the data in @s's file past @from ends (see extend_undo()), @from if there is none. */
+static uint64_t extend_data_past(struct file_state *s, uint64_t from, uint64_t size,
+				 uint32_t blk)
+{
+	uint64_t end = from, pos = TBLK_ALIGN_UP(from, blk);
+
+	/* Whole blocks: our fallocate()d ones are holes until somebody writes them. */
+	while (pos < size) {
+		off_t d = lseek(s->fd, (off_t)pos, SEEK_DATA), h;
+
+		if (d < 0 && errno == ENXIO)
+			break;
+		h = d < 0 ? -1 : lseek(s->fd, d, SEEK_HOLE);
+		if (h <= d)
+			return size;	/* cannot tell: keep everything */
+		end = pos = (uint64_t)h;
+	}
+	if (end == from && from % blk)
+		end = extend_block_data_end(s, from, size, blk);
+	return TBLK_MIN(end, size);
+}
+
+/*
+ * At close: gives back the part of the extension nobody wrote.
+ *
+ * Another open may write the file too (share-rw, or locking off: another backend, another
+ * process), and may have written into our extension; its own data_end does not tell us
+ * (an open made after we extended counts our extension as its data), and it may close
+ * before or after us. So the rule is: the file is cut back to our data_end, but never
+ * below data that is in the file past it. Our fallocate()d blocks read as holes to
+ * SEEK_DATA until written, so that data is found with SEEK_DATA/SEEK_HOLE; in the file
+ * system block that holds data_end, where they cannot tell, by reading it (up to its last
+ * non-zero byte, rounded up to a sector). Nothing is cut if the file is now longer than our
+ * extension made it: that tail is another open's, which gives it back at its own close by
+ * the same rule. What this cannot see: zeroes another open "wrote" past its data_end by
+ * moving it alone (extend_zeroed()): the file may end before them, and reads there return
+ * zeroes all the same. What a failed write of ours left past data_end stays, as it would
+ * have without the extension.
+ */
 static void extend_undo(struct file_state *s)
 {
 	uint64_t de = __atomic_load_n(&s->data_end, __ATOMIC_RELAXED);
+	uint64_t phys = __atomic_load_n(&s->phys_end, __ATOMIC_RELAXED);
+	struct stat st;
 
 	if (!s->extend_ahead)
 		return;
-	if (__atomic_load_n(&s->phys_end, __ATOMIC_RELAXED) > de)
-		(void)!ftruncate(s->fd, (off_t)de);	/* nothing to do about a failure here */
+	if (phys > de && fstat(s->fd, &st) == 0 && (uint64_t)st.st_size <= phys &&
+	    (uint64_t)st.st_size > de) {
+		uint32_t blk = st.st_blksize >= EXTEND_SECTOR &&
+			       !(st.st_blksize & (st.st_blksize - 1)) ? (uint32_t)st.st_blksize :
+			       4096;
+		uint64_t end = extend_data_past(s, de, (uint64_t)st.st_size, blk);
+
+		if (end < (uint64_t)st.st_size)
+			(void)!ftruncate(s->fd, (off_t)end);	/* nothing to do about a failure */
+	}
 	tblk_mutex_destroy(&s->ext_lock);
 }
 
@@ -600,8 +697,12 @@ static int file_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 static int file_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 			const struct iovec *iov, int iovcnt, unsigned int flags)
 {
+	int ret;
+
 	extend_for_write(node->opaque, offset + bytes);
-	return file_rw(node, true, offset, bytes, iov, iovcnt, flags);
+	ret = file_rw(node, true, offset, bytes, iov, iovcnt, flags);
+	extend_written(node->opaque, offset + bytes, ret);
+	return ret;
 }
 
 static int file_flush(struct tblk_node *node)
@@ -683,6 +784,7 @@ static int file_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t 
 	} else {
 		extend_for_write(s, offset + bytes);
 		ret = zero_regular(s->fd, offset, bytes, flags & TBLK_REQ_MAY_UNMAP);
+		extend_written(s, offset + bytes, ret);
 	}
 	if (ret == 0 && (flags & TBLK_REQ_FUA))
 		ret = file_flush(node);
@@ -861,6 +963,8 @@ static void file_fast_complete(struct tblk_aio_op *op, long ret)
 		tblk_pool_submit(tblk_pool_default(), &req->work);
 		return;
 	}
+	if (ff->op.type == TBLK_AIO_WRITE)
+		extend_written(ff->s, ff->op.offset + req->bytes, ret < 0 ? (int)ret : 0);
 	tblk__req_fast_done(req, ret < 0 ? (int)ret : 0);
 }
 
@@ -893,6 +997,7 @@ static int file_submit_fast(struct tblk_node *node, struct tblk_req *req, uint64
 	if (!eng)
 		return -EAGAIN;
 	ff->req = req;
+	ff->s = s;
 	ff->op.fd = s->fd;
 	ff->op.offset = offset;
 	ff->op.iov = req->iov;

@@ -4,8 +4,8 @@
  * checked against a shadow copy of the image: reads must return what the shadow holds,
  * writes, zero writes and discards update it, no two overlapping requests are in flight
  * (so the shadow has an order). Each test picks the requests (offsets, lengths, kinds);
- * this file submits them and runs the loop. Shared by t/qcow2-fast.c and
- * t/qcow2-fast-alloc.c.
+ * this file submits them and runs the loop. Shared by t/qcow2-fast.c,
+ * t/qcow2-fast-alloc.c and t/qcow2-extl2-race.c.
  *
  * Threading: everything runs on the thread that runs the loop.
  */
@@ -20,7 +20,8 @@
 #include <tblk/tblk.h>
 #include "t/tap.h"
 
-enum mix_kind { MIX_READ, MIX_WRITE, MIX_ZERO, MIX_DISCARD, MIX_FLUSH };
+/* MIX_ZERO may unmap, MIX_ZERO_ALLOC may not. */
+enum mix_kind { MIX_READ, MIX_WRITE, MIX_ZERO, MIX_DISCARD, MIX_FLUSH, MIX_ZERO_ALLOC };
 
 struct mix_op {
 	bool busy;		/* submitted, not completed */
@@ -79,8 +80,10 @@ static void mix_submit(struct tblk_blk *blk, struct mix_op *o)
 		tblk_blk_pwritev(blk, o->off, &o->iov, 1, 0, mix_cb, o);
 		break;
 	case MIX_ZERO:
+	case MIX_ZERO_ALLOC:
 		memset(o->shadow + o->off, 0, o->len);
-		tblk_blk_aio_pwrite_zeroes(blk, o->off, o->len, TBLK_REQ_MAY_UNMAP, mix_cb, o);
+		tblk_blk_aio_pwrite_zeroes(blk, o->off, o->len,
+					   o->kind == MIX_ZERO ? TBLK_REQ_MAY_UNMAP : 0, mix_cb, o);
 		break;
 	case MIX_DISCARD:
 		memset(o->shadow + o->off, 0, o->len);	/* no backing file: reads zeroes */

@@ -8,49 +8,11 @@
 # bad --nbd-server/--export options. Skipped while the build has no tblk-daemon.
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 
-BUILD = os.environ.get("TBLK_BUILD", "build")
-DAEMON = os.path.join(BUILD, "tools", "tblk-daemon")
-tests = []
-
-
-def ok(cond, name, diag=""):
-    tests.append((bool(cond), name, diag))
-
-
-def run(argv, timeout=60):
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    return p.returncode, p.stdout, p.stderr
-
-
-def start(prog, args, sock):
-    p = subprocess.Popen([prog] + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True)
-    end = time.time() + 20
-    while not os.path.exists(sock) and p.poll() is None and time.time() < end:
-        time.sleep(0.02)
-    return p
-
-
-def stop(p):
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def uri(sock, name):
-    return "nbd+unix:///%s?socket=%s" % (name, sock)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lib_nbd import DAEMON, free_port, ok, run, start, stop, uri  # noqa: E402
+from lib_nbd import main as nbd_main  # noqa: E402
 
 
 def body(d):
@@ -66,7 +28,7 @@ def body(d):
     procs = {}
     for who, prog in [("ours", DAEMON), ("qemu", "qemu-storage-daemon")]:
         socks[who] = os.path.join(d, who + ".sock")
-        procs[who] = start(prog, ["--blockdev", bd, "--nbd-server",
+        procs[who] = start([prog] + ["--blockdev", bd, "--nbd-server",
                                   "addr.type=unix,addr.path=" + socks[who],
                                   "--export", "type=nbd,id=e0,node-name=disk,name=vol,"
                                   "description=a volume,allocation-depth=on,writable=off"],
@@ -103,7 +65,7 @@ def body(d):
     img = os.path.join(d, "w.raw")
     run(["qemu-img", "create", "-q", "-f", "raw", img, "8M"])
     s = os.path.join(d, "w.sock")
-    p = start(DAEMON, ["--blockdev", "driver=file,node-name=f,filename=" + img,
+    p = start([DAEMON] + ["--blockdev", "driver=file,node-name=f,filename=" + img,
                        "--nbd-server", "addr.type=unix,addr.path=" + s,
                        "--export", "type=nbd,id=e1,node-name=f,writable=on"], s)
     rc, out, err = run(["qemu-io", "-f", "raw", "-c", "write -P 0x42 1M 1M", "-c", "flush",
@@ -115,21 +77,13 @@ def body(d):
     ok(rc == 0 and "failed" not in out, "the data is in the image", out + err)
 
     # An export on an iothread, over TCP: connections move to the iothread's loop.
-    s2 = socket.socket()
-    s2.bind(("127.0.0.1", 0))
-    port = s2.getsockname()[1]
-    s2.close()
-    p = subprocess.Popen([DAEMON, "--object", "iothread,id=io0",
-                          "--blockdev", "driver=file,node-name=f,filename=" + img,
-                          "--nbd-server", "addr.type=inet,addr.host=127.0.0.1,addr.port=%d" % port,
-                          "--export", "type=nbd,id=e2,node-name=f,name=io,writable=on,"
-                          "iothread=io0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    port = free_port()
+    p = start([DAEMON, "--object", "iothread,id=io0",
+               "--blockdev", "driver=file,node-name=f,filename=" + img,
+               "--nbd-server", "addr.type=inet,addr.host=127.0.0.1,addr.port=%d" % port,
+               "--export", "type=nbd,id=e2,node-name=f,name=io,writable=on,iothread=io0"],
+              port=port)
     url = "nbd://127.0.0.1:%d/io" % port
-    end = time.time() + 20
-    while time.time() < end and p.poll() is None:
-        if run(["nbdinfo", "--size", url])[0] == 0:
-            break
-        time.sleep(0.05)
     rc, out, err = run(["nbdcopy", "--connections=2", img, url])
     ok(rc == 0, "nbdcopy into an export on an iothread over TCP", out + err)
     rc, out, err = run(["qemu-io", "-f", "raw", "-c", "read -P 0x42 1M 1M", "-c",
@@ -155,19 +109,7 @@ def main():
     if not os.path.exists(DAEMON):
         print("1..0 # SKIP no tblk-daemon in this build")
         return 0
-    d = tempfile.mkdtemp(prefix="tnbdd-")
-    try:
-        body(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-    print("1..%d" % len(tests))
-    bad = 0
-    for i, (c, name, diag) in enumerate(tests, 1):
-        print("%s %d - %s" % ("ok" if c else "not ok", i, name))
-        if not c:
-            bad += 1
-            print("# " + str(diag)[:2000].replace("\n", "\n# "))
-    return 1 if bad else 0
+    return nbd_main("tnbdd-", body)
 
 
 if __name__ == "__main__":

@@ -8,22 +8,18 @@
 # Each gets the protocol's error or a disconnect; meanwhile a client connected from the start
 # keeps being served, and the images change only where valid writes went. Ends with random
 # byte streams (seeded; TBLK_SEED=N reproduces).
-import hashlib
 import os
 import random
-import shutil
 import signal
 import socket
 import struct
-import subprocess
 import sys
-import tempfile
-import time
 
-BUILD = os.environ.get("TBLK_BUILD", "build")
-NBD = os.path.join(BUILD, "tools", "tblk-nbd")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lib_nbd import NBD, ok, serve, sha  # noqa: E402
+from lib_nbd import main as nbd_main  # noqa: E402
+
 SEED = int(os.environ.get("TBLK_SEED", random.randrange(1 << 30)))
-tests = []
 
 NBDMAGIC = 0x4e42444d41474943
 IHAVEOPT = 0x49484156454f5054
@@ -40,10 +36,6 @@ CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WZ, CMD_BS = 
 F_FUA, F_NO_HOLE, F_DF, F_REQ_ONE, F_FAST_ZERO = 1, 2, 4, 8, 16
 EPERM, EINVAL, ENOSPC = 1, 22, 28
 SIZE = 4 << 20
-
-
-def ok(cond, name, diag=""):
-    tests.append((bool(cond), name, diag))
 
 
 def is_(got, want, name):
@@ -168,19 +160,6 @@ class Client:
             if fl & 1:
                 return err, (bytes(buf) if not err else None)
             assert struct.unpack(">I", self.recv(4))[0] == STRUCT
-
-
-def sha(path):
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
-
-def serve(args, sock):
-    p = subprocess.Popen([NBD, "-t", "-e", "0", "-k", sock] + args,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    end = time.time() + 20
-    while not os.path.exists(sock) and p.poll() is None and time.time() < end:
-        time.sleep(0.02)
-    return p
 
 
 def handshake_cases(sock):
@@ -401,62 +380,46 @@ def random_streams(sock, rnd):
     return alive
 
 
-def main():
-    d = tempfile.mkdtemp(prefix="tnbdh-")
+def body(d):
     procs = []
-    try:
-        img = os.path.join(d, "w.raw")
-        ro = os.path.join(d, "ro.raw")
-        with open(img, "wb") as f:
-            f.write(b"\x11" * (1 << 20) + b"\0" * (1 << 20) + b"\x11" * (SIZE - (2 << 20)))
-        with open(ro, "wb") as f:
-            f.write(b"\x33" * SIZE)
-        ro_sum = sha(ro)
-        sock = os.path.join(d, "w.sock")
-        rsock = os.path.join(d, "ro.sock")
-        procs.append(serve(["-f", "raw", img], sock))
-        procs.append(serve(["-r", "-f", "raw", ro], rsock))
-        bystander = Client(sock)
-        bystander.greet()
-        bystander.go()
-        handshake_cases(sock)
-        request_cases(sock, img)
-        read_only_cases(rsock)
-        rnd = random.Random(SEED)
-        random_streams(sock, rnd)
-        random_streams(rsock, rnd)
-        err, data = bystander.read(0, 8192)
-        ok(err == 0 and data == b"\x11" * 4096 + b"\x5a" * 4096,
-           "a client connected throughout is still served (seed %d)" % SEED)
-        bystander.req(CMD_DISC, 0, 0)
-        for p in procs:
-            ok(p.poll() is None, "server survived everything")
-            p.send_signal(signal.SIGTERM)
-            p.wait(20)
-            is_(p.returncode, 0, "server exits cleanly")
-        ok(sha(ro) == ro_sum, "the read-only image is unchanged")
-        data = open(img, "rb").read()
-        # Only the FUA write at 4096 and the zero write at 8192 may have changed the image.
-        want = b"\x11" * 4096 + b"\x5a" * 4096
-        rest = b"\x11" * ((1 << 20) - 12288) + b"\0" * (1 << 20) + b"\x11" * (SIZE - (2 << 20))
-        ok(data[:8192] == want and data[12288:] == rest and
-           data[8192:12288] in (b"\0" * 4096,),
-           "the writable image changed only where valid writes went")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        shutil.rmtree(d, ignore_errors=True)
-    print("1..%d" % len(tests))
-    bad = 0
-    for i, (c, name, diag) in enumerate(tests, 1):
-        print("%s %d - %s" % ("ok" if c else "not ok", i, name))
-        if not c:
-            bad += 1
-            print("# " + str(diag)[:2000].replace("\n", "\n# "))
-    return 1 if bad else 0
+    img = os.path.join(d, "w.raw")
+    ro = os.path.join(d, "ro.raw")
+    with open(img, "wb") as f:
+        f.write(b"\x11" * (1 << 20) + b"\0" * (1 << 20) + b"\x11" * (SIZE - (2 << 20)))
+    with open(ro, "wb") as f:
+        f.write(b"\x33" * SIZE)
+    ro_sum = sha(ro)
+    sock = os.path.join(d, "w.sock")
+    rsock = os.path.join(d, "ro.sock")
+    procs.append(serve(NBD, ["-t", "-e", "0", "-f", "raw", img], sock=sock))
+    procs.append(serve(NBD, ["-t", "-e", "0", "-r", "-f", "raw", ro], sock=rsock))
+    bystander = Client(sock)
+    bystander.greet()
+    bystander.go()
+    handshake_cases(sock)
+    request_cases(sock, img)
+    read_only_cases(rsock)
+    rnd = random.Random(SEED)
+    random_streams(sock, rnd)
+    random_streams(rsock, rnd)
+    err, data = bystander.read(0, 8192)
+    ok(err == 0 and data == b"\x11" * 4096 + b"\x5a" * 4096,
+       "a client connected throughout is still served (seed %d)" % SEED)
+    bystander.req(CMD_DISC, 0, 0)
+    for p in procs:
+        ok(p.poll() is None, "server survived everything")
+        p.send_signal(signal.SIGTERM)
+        p.wait(20)
+        is_(p.returncode, 0, "server exits cleanly")
+    ok(sha(ro) == ro_sum, "the read-only image is unchanged")
+    data = open(img, "rb").read()
+    # Only the FUA write at 4096 and the zero write at 8192 may have changed the image.
+    want = b"\x11" * 4096 + b"\x5a" * 4096
+    rest = b"\x11" * ((1 << 20) - 12288) + b"\0" * (1 << 20) + b"\x11" * (SIZE - (2 << 20))
+    ok(data[:8192] == want and data[12288:] == rest and
+       data[8192:12288] in (b"\0" * 4096,),
+       "the writable image changed only where valid writes went")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(nbd_main("tnbdh-", body))

@@ -11,76 +11,19 @@
 # - -e: a second client is served while the first stays connected (-e 2), or once the first
 #   one leaves (-e 1); NBD_FLAG_CAN_MULTI_CONN as qemu-nbd's for each;
 # - -p/-b: a TCP listener on the given address and port.
-import hashlib
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 
-BUILD = os.environ.get("TBLK_BUILD", "build")
-NBD = os.path.join(BUILD, "tools", "tblk-nbd")
-tests = []
-procs = []
-
-
-def ok(cond, name, diag=""):
-    tests.append((bool(cond), name, diag))
-
-
-def run(argv, **kw):
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=120, **kw)
-    return p.returncode, p.stdout, p.stderr
-
-
-def sha(path):
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
-
-def wait_for(pred, timeout=20):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lib_nbd import NBD, free_port, ok, qio, run, sha, stop, uri  # noqa: E402
+from lib_nbd import main as nbd_main, serve as nbd_serve  # noqa: E402
 
 
 def serve(prog, args, sock):
     """Starts tblk-nbd or qemu-nbd on @sock; returns (process, started)."""
-    if os.path.exists(sock):
-        os.unlink(sock)
-    p = subprocess.Popen([prog, "-k", sock] + args, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
-    procs.append(p)
-    wait_for(lambda: os.path.exists(sock) or p.poll() is not None)
+    p = nbd_serve(prog, args, sock=sock)
     return p, p.poll() is None
-
-
-def stop(p):
-    """Stops a server; returns its stderr."""
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    return p.stderr.read() if p.stderr else ""
-
-
-def uri(sock):
-    return "nbd+unix:///?socket=" + sock
-
-
-def qio(target, *cmds, fmt="raw"):
-    argv = ["qemu-io", "-f", fmt]
-    for c in cmds:
-        argv += ["-c", c]
-    return run(argv + [target])
 
 
 def progs():
@@ -136,7 +79,8 @@ def cache_aio(d):
                 rc, out, err = qio(uri(sock), "write -P 0x5c 4k 1M", "read -P 0x5c 4k 1M")
                 data = (rc, "failed" in out + err)
                 up = p.poll() is None
-            err = stop(p).replace(img, "IMG").replace(prog, "PROG")
+            stop(p)
+            err = p.stderr.read().replace(img, "IMG").replace(prog, "PROG")
             err = err.replace("tblk-nbd", "PROG")
             res[who] = (up, data, err if not up else "")
         name = " ".join(combo)
@@ -190,49 +134,19 @@ def shared(d):
 def tcp(d):
     img = os.path.join(d, "p.raw")
     run(["qemu-img", "create", "-q", "-f", "raw", img, "1M"])
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    p = subprocess.Popen([NBD, "-t", "-p", str(port), "-b", "127.0.0.1", "-f", "raw", img],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    procs.append(p)
-
-    def up():
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-    wait_for(lambda: up() or p.poll() is not None)
+    port = free_port()
+    p = nbd_serve(NBD, ["-t", "-f", "raw", img], port=port)
     rc, out, err = qio("nbd://127.0.0.1:%d" % port, "write -P 7 0 4k", "read -P 7 0 4k")
     ok(rc == 0 and "failed" not in out, "-p PORT -b 127.0.0.1: served over TCP", out + err)
     stop(p)
 
 
-def main():
-    d = tempfile.mkdtemp(prefix="tnbdo-")
-    try:
-        zero_semantics(d)
-        cache_aio(d)
-        shared(d)
-        tcp(d)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        shutil.rmtree(d, ignore_errors=True)
-    print("1..%d" % len(tests))
-    bad = 0
-    for i, (c, name, diag) in enumerate(tests, 1):
-        print("%s %d - %s" % ("ok" if c else "not ok", i, name))
-        if not c:
-            bad += 1
-            for l in str(diag).splitlines()[:40]:
-                print("# " + l)
-    return 1 if bad else 0
+def body(d):
+    zero_semantics(d)
+    cache_aio(d)
+    shared(d)
+    tcp(d)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(nbd_main("tnbdo-", body))

@@ -12,120 +12,17 @@
 # - a read-only export refuses writes and the image stays unchanged;
 # - without -t the server exits after its client; --fork/--pid-file; qemu-nbd's messages for
 #   bad options.
-import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import time
 
-BUILD = os.environ.get("TBLK_BUILD", "build")
-NBD = os.path.join(BUILD, "tools", "tblk-nbd")
-tests = []
-procs = []
-
-
-def ok(cond, name, diag=""):
-    tests.append((bool(cond), name, diag))
-
-
-def run(argv, **kw):
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=120, **kw)
-    return p.returncode, p.stdout, p.stderr
-
-
-def sha(path):
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
-
-def wait_for(pred, what, timeout=20):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    ok(False, "waiting for " + what)
-    return False
-
-
-def serve(prog, args, sock=None, port=None):
-    """Starts an NBD server (tblk-nbd or qemu-nbd) and waits until it accepts."""
-    argv = [prog] + args
-    if sock:
-        if os.path.exists(sock):
-            os.unlink(sock)
-        argv[1:1] = ["-k", sock]
-    else:
-        argv[1:1] = ["-p", str(port), "-b", "127.0.0.1"]
-    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    procs.append(p)
-
-    def up():
-        if sock:
-            return os.path.exists(sock)
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-    # A TCP probe counts as a client: only probe persistent servers.
-    if sock or "-t" in args:
-        wait_for(lambda: up() or p.poll() is not None, "server on " + str(sock or port))
-    return p
-
-
-def stop(p):
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def uri(sock, name=""):
-    return "nbd+unix:///%s?socket=%s" % (name, sock)
-
-
-def qio(target, *cmds, fmt="raw", extra=()):
-    argv = ["qemu-io", "-f", fmt] + list(extra)
-    for c in cmds:
-        argv += ["-c", c]
-    return run(argv + [target])
-
-
-def main():
-    d = tempfile.mkdtemp(prefix="tnbds-")
-    try:
-        body(d)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        shutil.rmtree(d, ignore_errors=True)
-    print("1..%d" % len(tests))
-    bad = 0
-    for i, (c, name, diag) in enumerate(tests, 1):
-        print("%s %d - %s" % ("ok" if c else "not ok", i, name))
-        if not c:
-            bad += 1
-            for l in str(diag).splitlines()[:40]:
-                print("# " + l)
-    return 1 if bad else 0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lib_nbd import (NBD, free_port, ok, qio, run, serve, sha, stop, uri,  # noqa: E402
+                     wait_for)
+from lib_nbd import main as nbd_main  # noqa: E402
 
 
 def data_roundtrip(d, fmt, extra=()):
@@ -413,4 +310,4 @@ def body(d):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(nbd_main("tnbds-", body))

@@ -16,81 +16,18 @@
 # - convert --bitmaps (plain, compressed, other cluster size, -n into images with bitmaps,
 #   inconsistent source bitmaps with and without --skip-broken-bitmaps, raw/v2 ends).
 import os
-import re
 import shutil
 import subprocess
-import tempfile
+import sys
 
-BUILD = os.environ.get("TBLK_BUILD", ".")
-TIMG = os.path.join(BUILD, "tools", "tblk-img")
-TIO = os.path.join(BUILD, "tools", "tblk-io")
-n = 0
-
-
-def ok(cond, what, diag=""):
-    global n
-    n += 1
-    print("%sok %d - %s" % ("" if cond else "not ", n, what))
-    if not cond and diag:
-        for line in diag.splitlines():
-            print("#   " + line)
-    return cond
-
-
-def norm(text, names):
-    for name in ("qemu-img", "qemu-io", "tblk-img", "tblk-io"):
-        text = text.replace(name + ":", "PROG:")
-    for a, b in names:
-        text = text.replace(a, b)
-    return re.sub(r"#block\d+", "#blockN", text)
-
-
-def run(argv, names=()):
-    p = subprocess.run(argv, capture_output=True, text=True)
-    return p.returncode, norm(p.stdout, names), norm(p.stderr, names)
-
-
-def same(q, t, what):
-    return ok(q == t, what, "" if q == t else "qemu: %r\ntblk: %r" % (q, t))
-
-
-def cmpf(a, b):
-    return subprocess.run(["cmp", "-s", a, b]).returncode == 0
-
-
-def bitmaps_of(path):
-    """The bitmap directory of a qcow2 file with each bitmap's bytes, by name."""
-    import struct
-    d = open(path, "rb").read()
-    cs = 1 << struct.unpack(">I", d[20:24])[0]
-    pos, out = struct.unpack(">I", d[100:104])[0], {}
-    while pos + 8 <= cs:
-        typ, ln = struct.unpack(">II", d[pos:pos + 8])
-        if typ == 0:
-            break
-        if typ == 0x23852875:
-            nb, _, _, off = struct.unpack(">IIQQ", d[pos + 8:pos + 32])
-            for _ in range(nb):
-                toff, tsz, flags, _, gb, nl, ex = struct.unpack(">QIIBBHI", d[off:off + 24])
-                name = d[off + 24 + ex:off + 24 + ex + nl]
-                bits = b""
-                for k in range(tsz):
-                    e = struct.unpack(">Q", d[toff + 8 * k:toff + 8 * k + 8])[0]
-                    bits += d[e:e + cs] if e > 1 else bytes(cs)
-                out[name] = (flags, gb, tsz, bits)
-                off += (24 + ex + nl + 7) & ~7
-        pos += 8 + ((ln + 7) & ~7)
-    return out
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lib_bitmap import TIMG, TIO, bitmaps_of, cmpf, main, ok, run, same, sh  # noqa: E402
 
 
 def same_bitmaps(q, t):
     """Compressed data differs between zlib builds: compare the bitmaps and the data."""
     return bitmaps_of(q) == bitmaps_of(t) and bitmaps_of(t) and \
         subprocess.run(["qemu-img", "compare", "-q", q, t]).returncode == 0
-
-
-def sh(argv):
-    subprocess.run(argv, check=True, capture_output=True)
 
 
 def differential(tmp, base, steps, what, extra=(), compressed=False):
@@ -134,18 +71,6 @@ def IO(*cmds, opts=()):
     for c in cmds:
         argv += ["-c", c]
     return ("io", argv)
-
-
-def main():
-    if not shutil.which("qemu-img") or not os.access(TIMG, os.X_OK):
-        print("1..0 # SKIP qemu-img or tblk-img missing")
-        return
-    tmp = tempfile.mkdtemp(prefix="tblk-bitmap-cmd.", dir=os.environ.get("TMPDIR", "/tmp"))
-    try:
-        tests(tmp)
-        print("1..%d" % n)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def tests(tmp):
@@ -304,4 +229,4 @@ def tests(tmp):
         ok(cmpf(q, t), "convert --bitmaps -n, %s: files identical" % what)
 
 
-main()
+main("tblk-bitmap-cmd.", tests)

@@ -19,17 +19,13 @@
 #   same files where qemu's repair is the same.
 # Output is compared with the program name, file names and qemu's node names normalised.
 import os
-import re
 import shutil
 import struct
 import subprocess
-import tempfile
+import sys
 
-BUILD = os.environ.get("TBLK_BUILD", ".")
-TIMG = os.path.join(BUILD, "tools", "tblk-img")
-TIO = os.path.join(BUILD, "tools", "tblk-io")
-BITMAPS_EXT = 0x23852875
-n = 0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lib_bitmap import TIMG, TIO, cmpf, main, ok, read_dir, run, sh  # noqa: E402
 
 # Known differences, each with its reason; the rest of each comparison still runs.
 KNOWN = {
@@ -38,35 +34,6 @@ KNOWN = {
     # output, different bytes in the freed cluster.
     "repair-discards": "qemu punches out the clusters whose leaks it repairs",
 }
-
-
-def ok(cond, what, diag=""):
-    global n
-    n += 1
-    print("%sok %d - %s" % ("" if cond else "not ", n, what))
-    if not cond and diag:
-        for line in diag.splitlines():
-            print("#   " + line)
-    return cond
-
-
-def norm(text, names):
-    for name in ("qemu-img", "qemu-io", "tblk-img", "tblk-io"):
-        text = text.replace(name + ":", "PROG:")
-    for a, b in names:
-        text = text.replace(a, b)
-    text = re.sub(r"#block\d+", "#blockN", text)
-    # Timings of qemu-io's I/O lines.
-    return re.sub(r"\d+(\.\d+)? [KMGT]?i?B, \d+ ops; .*", "TIMING", text)
-
-
-def run(argv, names=(), cwd=None):
-    p = subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
-    return p.returncode, norm(p.stdout, names), norm(p.stderr, names)
-
-
-def sh(argv, cwd=None):
-    subprocess.run(argv, check=True, capture_output=True, cwd=cwd)
 
 
 def zero_dates(path):
@@ -84,33 +51,7 @@ def zero_dates(path):
 def same_file(a, b, dates=False):
     if dates:
         return zero_dates(a) == zero_dates(b)
-    return subprocess.run(["cmp", "-s", a, b]).returncode == 0
-
-
-def find_ext(d):
-    pos = struct.unpack(">I", d[100:104])[0]
-    while pos + 8 <= len(d):
-        typ, ln = struct.unpack(">II", d[pos:pos + 8])
-        if typ == 0:
-            return None
-        if typ == BITMAPS_EXT:
-            return pos
-        pos += 8 + ((ln + 7) & ~7)
-    return None
-
-
-def read_dir(d):
-    """The bitmaps extension's position and directory as a list of dicts."""
-    ext = find_ext(d)
-    nb, _, size, off = struct.unpack(">IIQQ", d[ext + 8:ext + 32])
-    entries, pos = [], off
-    for _ in range(nb):
-        toff, tsz, flags, typ, gb, nl, ex = struct.unpack(">QIIBBHI", d[pos:pos + 24])
-        entries.append(dict(toff=toff, tsz=tsz, flags=flags, type=typ, gb=gb, nl=nl, ex=ex,
-                            extra=d[pos + 24:pos + 24 + ex],
-                            name=d[pos + 24 + ex:pos + 24 + ex + nl]))
-        pos += (24 + ex + nl + 7) & ~7
-    return ext, off, entries
+    return cmpf(a, b)
 
 
 def write_dir(path, change, nb=None):
@@ -438,21 +379,13 @@ def hostile_tests(tmp, a, inuse):
                      "512-byte clusters, %s: open for writing" % what)
 
 
-def main():
-    if not shutil.which("qemu-img") or not os.access(TIMG, os.X_OK):
-        print("1..0 # SKIP qemu-img or tblk-img missing")
-        return
-    tmp = tempfile.mkdtemp(prefix="tblk-bitmap-inter.", dir=os.environ.get("TMPDIR", "/tmp"))
-    try:
-        a, inuse = make_images(tmp)
-        resize_tests(tmp, a, inuse)
-        snapshot_tests(tmp, a, inuse)
-        amend_tests(tmp, a, inuse)
-        chain_tests(tmp, a)
-        hostile_tests(tmp, a, inuse)
-        print("1..%d" % n)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def tests(tmp):
+    a, inuse = make_images(tmp)
+    resize_tests(tmp, a, inuse)
+    snapshot_tests(tmp, a, inuse)
+    amend_tests(tmp, a, inuse)
+    chain_tests(tmp, a)
+    hostile_tests(tmp, a, inuse)
 
 
-main()
+main("tblk-bitmap-inter.", tests)

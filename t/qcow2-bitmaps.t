@@ -16,41 +16,9 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
-BUILD = os.environ.get("TBLK_BUILD", ".")
-TIMG = os.path.join(BUILD, "tools", "tblk-img")
-TIO = os.path.join(BUILD, "tools", "tblk-io")
-n = 0
-
-
-def ok(cond, what, diag=""):
-    global n
-    n += 1
-    print("%sok %d - %s" % ("" if cond else "not ", n, what))
-    if not cond and diag:
-        for line in diag.splitlines():
-            print("#   " + line)
-    return cond
-
-
-def run(argv):
-    p = subprocess.run(argv, capture_output=True, text=True)
-    err = p.stderr
-    for name in ("qemu-img", "qemu-io", "tblk-img", "tblk-io"):
-        err = err.replace(name + ":", "PROG:")
-    return p.returncode, p.stdout, err
-
-
-def same(q, t, what):
-    diag = ""
-    if q != t:
-        diag = "qemu: %r\ntblk: %r" % (q, t)
-    return ok(q == t, what, diag)
-
-
-def filecmp(a, b):
-    return subprocess.run(["cmp", "-s", a, b]).returncode == 0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lib_bitmap import TIMG, TIO, cmpf, main, ok, run, same  # noqa: E402
 
 
 def clear_autoclear(path):
@@ -96,64 +64,56 @@ SETUPS = {
 }
 
 
-def main():
-    if not shutil.which("qemu-img") or not os.access(TIMG, os.X_OK):
-        print("1..0 # SKIP qemu-img or tblk-img missing")
-        return
-    tmp = tempfile.mkdtemp(prefix="tblk-bitmaps.", dir=os.environ.get("TMPDIR", "/tmp"))
-    try:
-        for name, setup in SETUPS.items():
-            img = make(tmp, "img.qcow2", setup)
-            for fmt in ("human", "json"):
-                same(run(["qemu-img", "info", "--output=" + fmt, img]),
-                     run([TIMG, "info", "--output=" + fmt, img]), "%s: info %s" % (name, fmt))
-            same(run(["qemu-img", "check", img]), run([TIMG, "check", img]),
-                 "%s: check" % name)
-            q = os.path.join(tmp, "q.qcow2")
-            t = os.path.join(tmp, "t.qcow2")
-            # A repair opens the image for writing: the bitmaps are stored again on close,
-            # to new clusters, as qemu stores them.
-            shutil.copy(img, q)
-            shutil.copy(img, t)
-            same(run(["qemu-img", "check", "-r", "all", q])[0],
-                 run([TIMG, "check", "-r", "all", t])[0], "%s: check -r all" % name)
-            rc, out, _ = run(["qemu-img", "info", "--output=json", t])
-            nb = len(json.loads(out)["format-specific"]["data"].get("bitmaps", [])) if rc == 0 \
-                else -1
-            ok(nb == len([b for b in setup["bitmaps"] if b[0] == "--add"]),
-               "%s: check -r all keeps the bitmaps (%d)" % (name, nb))
-            ok(filecmp(q, t), "%s: check -r all gives qemu-img's file" % name)
-            same(run(["qemu-img", "check", t])[0], 0, "%s: and qemu-img check finds it clean" % name)
-            # Writes through tblk-io and qemu-io mark the same bits, stored the same way.
-            shutil.copy(img, q)
-            shutil.copy(img, t)
-            cmds = ["-c", "write -P 5 8M 64k", "-c", "write -z 12M 192k", "-c", "discard 1M 4k"]
-            rq = run(["qemu-io"] + cmds + [q])
-            rt = run([TIO] + cmds + [t])
-            ok(rq[0] == 0 and rt[0] == 0, "%s: both write" % name, rq[2] + rt[2])
-            ok(filecmp(q, t), "%s: writes tracked as qemu tracks them (files identical)" % name)
-            same(run(["qemu-img", "info", t]), run([TIMG, "info", t]),
-                 "%s: info after the writes" % name)
-            # A program without bitmap support clears the autoclear bit: stale bitmaps.
-            shutil.copy(img, t)
-            clear_autoclear(t)
-            q_info = run(["qemu-img", "info", t])
-            ok("lacking bitmap support" in q_info[2] and "bitmaps:" not in q_info[1],
-               "%s: qemu-img then finds the bitmaps inconsistent" % name, q_info[2])
-            same(q_info, run([TIMG, "info", t]), "%s: info of the stale image" % name)
-            same(run(["qemu-img", "check", t]), run([TIMG, "check", t]),
-                 "%s: check of the stale image (their clusters leak)" % name)
-            # A read-write open of the stale image drops the extension as qemu-io does.
-            shutil.copy(t, q)
-            rq = run(["qemu-io", "-c", "write -P 6 9M 4k", q])
-            rt = run([TIO, "-c", "write -P 6 9M 4k", t])
-            same(rq[0], rt[0], "%s: write to the stale image" % name)
-            same(rq[2], rt[2], "%s: same warning on stderr" % name)
-            ok(filecmp(q, t), "%s: stale extension dropped as qemu drops it (files identical)"
-               % name)
-        print("1..%d" % n)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def tests(tmp):
+    for name, setup in SETUPS.items():
+        img = make(tmp, "img.qcow2", setup)
+        for fmt in ("human", "json"):
+            same(run(["qemu-img", "info", "--output=" + fmt, img]),
+                 run([TIMG, "info", "--output=" + fmt, img]), "%s: info %s" % (name, fmt))
+        same(run(["qemu-img", "check", img]), run([TIMG, "check", img]),
+             "%s: check" % name)
+        q = os.path.join(tmp, "q.qcow2")
+        t = os.path.join(tmp, "t.qcow2")
+        # A repair opens the image for writing: the bitmaps are stored again on close,
+        # to new clusters, as qemu stores them.
+        shutil.copy(img, q)
+        shutil.copy(img, t)
+        same(run(["qemu-img", "check", "-r", "all", q])[0],
+             run([TIMG, "check", "-r", "all", t])[0], "%s: check -r all" % name)
+        rc, out, _ = run(["qemu-img", "info", "--output=json", t])
+        nb = len(json.loads(out)["format-specific"]["data"].get("bitmaps", [])) if rc == 0 \
+            else -1
+        ok(nb == len([b for b in setup["bitmaps"] if b[0] == "--add"]),
+           "%s: check -r all keeps the bitmaps (%d)" % (name, nb))
+        ok(cmpf(q, t), "%s: check -r all gives qemu-img's file" % name)
+        same(run(["qemu-img", "check", t])[0], 0, "%s: and qemu-img check finds it clean" % name)
+        # Writes through tblk-io and qemu-io mark the same bits, stored the same way.
+        shutil.copy(img, q)
+        shutil.copy(img, t)
+        cmds = ["-c", "write -P 5 8M 64k", "-c", "write -z 12M 192k", "-c", "discard 1M 4k"]
+        rq = run(["qemu-io"] + cmds + [q])
+        rt = run([TIO] + cmds + [t])
+        ok(rq[0] == 0 and rt[0] == 0, "%s: both write" % name, rq[2] + rt[2])
+        ok(cmpf(q, t), "%s: writes tracked as qemu tracks them (files identical)" % name)
+        same(run(["qemu-img", "info", t]), run([TIMG, "info", t]),
+             "%s: info after the writes" % name)
+        # A program without bitmap support clears the autoclear bit: stale bitmaps.
+        shutil.copy(img, t)
+        clear_autoclear(t)
+        q_info = run(["qemu-img", "info", t])
+        ok("lacking bitmap support" in q_info[2] and "bitmaps:" not in q_info[1],
+           "%s: qemu-img then finds the bitmaps inconsistent" % name, q_info[2])
+        same(q_info, run([TIMG, "info", t]), "%s: info of the stale image" % name)
+        same(run(["qemu-img", "check", t]), run([TIMG, "check", t]),
+             "%s: check of the stale image (their clusters leak)" % name)
+        # A read-write open of the stale image drops the extension as qemu-io does.
+        shutil.copy(t, q)
+        rq = run(["qemu-io", "-c", "write -P 6 9M 4k", q])
+        rt = run([TIO, "-c", "write -P 6 9M 4k", t])
+        same(rq[0], rt[0], "%s: write to the stale image" % name)
+        same(rq[2], rt[2], "%s: same warning on stderr" % name)
+        ok(cmpf(q, t), "%s: stale extension dropped as qemu drops it (files identical)"
+           % name)
 
 
-main()
+main("tblk-bitmaps.", tests)

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <tblk/tblk.h>
+#include "t/async-mix.h"
 #include "t/tap.h"
 
 #define CLUSTER		65536u
@@ -384,77 +385,18 @@ static void test_held(void)
 #define DEPTH	16
 #define NR_OPS	1500
 
-struct aop {
-	bool busy;
-	int kind;	/* 0 read, 1 write, 2 zero */
-	uint64_t off, len;
-	uint8_t *mem;
-	struct iovec iov;
-	const uint8_t *shadow;
-	int *errors, *done;
-};
-
-static void aop_cb(void *opaque, int ret)
-{
-	struct aop *o = opaque;
-
-	if (ret < 0) {
-		tap_diag("op %d %" PRIu64 "+%" PRIu64 " failed: %d", o->kind, o->off, o->len, ret);
-		(*o->errors)++;
-	} else if (o->kind == 0 && memcmp(o->mem, o->shadow + o->off, o->len)) {
-		tap_diag("read %" PRIu64 "+%" PRIu64 " mismatch", o->off, o->len);
-		(*o->errors)++;
-	}
-	free(o->mem);
-	o->mem = NULL;
-	o->busy = false;
-	(*o->done)++;
-}
-
-static bool overlaps_busy(const struct aop *ops, uint64_t off, uint64_t len)
-{
-	for (int i = 0; i < DEPTH; i++)
-		if (ops[i].busy && off < ops[i].off + ops[i].len && ops[i].off < off + len)
-			return true;
-	return false;
-}
-
 /* Mostly reads and writes of a few subclusters in the first 1 MiB, so that requests meet. */
-static void aop_pick(struct aop *o)
+static void aop_pick(struct mix_op *o)
 {
 	uint64_t k = tap_rand(&seed) % 100;
 
-	o->kind = k < 55 ? 0 : k < 92 ? 1 : 2;
+	o->kind = k < 55 ? MIX_READ : k < 92 ? MIX_WRITE :
+		  tap_rand(&seed) & 1 ? MIX_ZERO : MIX_ZERO_ALLOC;
 	o->len = 512 * (1 + tap_rand(&seed) % (k % 5 ? 8 : 300));
 	o->off = 512 * (tap_rand(&seed) % ((1u << 20) / 512 - 300));
-	if (o->kind == 2) {
+	if (o->kind == MIX_ZERO || o->kind == MIX_ZERO_ALLOC) {
 		o->off = o->off / SUB * SUB;
 		o->len = (o->len + SUB - 1) / SUB * SUB;
-	}
-}
-
-static void aop_submit(struct tblk_blk *blk, struct aop *o, uint8_t *shadow)
-{
-	uint64_t k = tap_rand(&seed);
-
-	if (posix_memalign((void **)&o->mem, 4096, o->len))
-		tap_bail("posix_memalign");
-	o->iov = (struct iovec){ o->mem, o->len };
-	o->shadow = shadow;
-	switch (o->kind) {
-	case 0:
-		tblk_blk_preadv(blk, o->off, &o->iov, 1, 0, aop_cb, o);
-		break;
-	case 1:
-		for (uint64_t j = 0; j < o->len; j++)
-			o->mem[j] = (uint8_t)tap_rand(&seed);
-		memcpy(shadow + o->off, o->mem, o->len);
-		tblk_blk_pwritev(blk, o->off, &o->iov, 1, 0, aop_cb, o);
-		break;
-	default:
-		memset(shadow + o->off, 0, o->len);
-		tblk_blk_aio_pwrite_zeroes(blk, o->off, o->len, k & 1 ? TBLK_REQ_MAY_UNMAP : 0,
-					   aop_cb, o);
 	}
 }
 
@@ -462,11 +404,11 @@ static void test_async(void)
 {
 	g_autofree uint8_t *shadow = g_malloc(SIZE);
 	struct tblk_loop *loop = tblk_loop_new(NULL);
-	static struct aop ops[DEPTH];
-	int errors = 0, done = 0, submitted = 0;
+	static struct mix_op ops[DEPTH];
 	struct tblk_stats st;
 	struct tblk_blk *blk;
 	char spec[600];
+	int errors;
 
 	create_image(false, shadow);
 	snprintf(spec, sizeof(spec), "file.driver=file,file.filename=%s,file.aio=native,"
@@ -482,25 +424,8 @@ static void test_async(void)
 		if (tblk_blk_pwrite(blk, off, shadow + off, SUB, 0) < 0)
 			tap_bail("fill");
 	}
-	memset(ops, 0, sizeof(ops));
-	for (int i = 0; i < DEPTH; i++) {
-		ops[i].errors = &errors;
-		ops[i].done = &done;
-	}
-	while (done < NR_OPS) {
-		for (int i = 0; i < DEPTH && submitted < NR_OPS; i++) {
-			if (ops[i].busy)
-				continue;
-			/* Nothing overlapping in flight: the shadow needs an order. */
-			aop_pick(&ops[i]);
-			if (overlaps_busy(ops, ops[i].off, ops[i].len))
-				continue;
-			ops[i].busy = true;
-			submitted++;
-			aop_submit(blk, &ops[i], shadow);
-		}
-		tblk_loop_iterate(loop, true);
-	}
+	/* Nothing overlapping in flight: the shadow needs an order. */
+	errors = mix_run(blk, loop, ops, DEPTH, NR_OPS, aop_pick, shadow, &seed);
 	is_int(errors, 0, "aio=native: %d async requests on subclusters complete, reads match",
 	       NR_OPS);
 	tblk_blk_get_stats(blk, &st);

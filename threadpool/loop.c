@@ -504,6 +504,46 @@ void tblk_loop_call_soon(struct tblk_loop *loop, tblk_loop_fn *fn, void *opaque)
 	tblk_bh_schedule(bh);
 }
 
+/* A tblk_loop_call_wait() in progress, on the caller's stack. */
+struct call_wait {
+	tblk_loop_fn *fn;	/* [const] */
+	void *opaque;		/* [const] */
+	struct tblk_mutex lock;
+	struct tblk_cond cv;
+	bool done;		/* [lock] */
+};
+
+static void call_wait_cb(void *opaque)
+{
+	struct call_wait *cw = opaque;
+
+	cw->fn(cw->opaque);
+	/* Signalled under the lock: the caller destroys both as soon as it sees done. */
+	tblk_mutex_lock(&cw->lock);
+	cw->done = true;
+	tblk_cond_signal(&cw->cv);
+	tblk_mutex_unlock(&cw->lock);
+}
+
+void tblk_loop_call_wait(struct tblk_loop *loop, tblk_loop_fn *fn, void *opaque)
+{
+	struct call_wait cw = { .fn = fn, .opaque = opaque };
+
+	if (tblk_loop_in_thread(loop) || !tblk_loop_is_running(loop)) {
+		fn(opaque);
+		return;
+	}
+	tblk_mutex_init(&cw.lock);
+	tblk_cond_init(&cw.cv);
+	tblk_loop_call_soon(loop, call_wait_cb, &cw);
+	tblk_mutex_lock(&cw.lock);
+	while (!cw.done)
+		tblk_cond_wait(&cw.cv, &cw.lock);
+	tblk_mutex_unlock(&cw.lock);
+	tblk_cond_destroy(&cw.cv);
+	tblk_mutex_destroy(&cw.lock);
+}
+
 static bool run_bhs(struct tblk_loop *loop)
 {
 	struct tblk_bh *bh = __atomic_exchange_n(&loop->bh_head, NULL, __ATOMIC_ACQUIRE);

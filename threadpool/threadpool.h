@@ -118,6 +118,12 @@ void tblk_bh_cancel(struct tblk_bh *bh);
 void tblk_bh_free(struct tblk_bh *bh);
 /* Runs @fn(@opaque) once on @loop, soon. Allocates. Any thread. */
 void tblk_loop_call_soon(struct tblk_loop *loop, tblk_loop_fn *fn, void *opaque);
+/*
+ * Runs @fn(@opaque) on @loop's thread and returns once it has run: in the caller if that is
+ * the loop's thread or nobody runs @loop, else as a call_soon waited for. Everything the loop
+ * thread did before @fn happens before the return. Any thread the loop does not wait for.
+ */
+void tblk_loop_call_wait(struct tblk_loop *loop, tblk_loop_fn *fn, void *opaque);
 
 /* Timers on CLOCK_MONOTONIC (tblk_clock_ns()), storage owned by the caller. Loop thread. */
 struct tblk_timer {

@@ -183,40 +183,7 @@ void export_free(struct export *exp)
 	g_free(exp);
 }
 
-struct run_ctx {
-	void (*fn)(void *opaque);
-	void *opaque;
-	struct tblk_mutex lock;
-	struct tblk_cond cv;
-	bool done;		/* [lock] */
-};
-
-static void run_cb(void *opaque)
-{
-	struct run_ctx *rc = opaque;
-
-	rc->fn(rc->opaque);
-	tblk_mutex_lock(&rc->lock);
-	rc->done = true;
-	tblk_cond_broadcast(&rc->cv);
-	tblk_mutex_unlock(&rc->lock);
-}
-
 void export_run_on_loop(struct tblk_loop *loop, void (*fn)(void *opaque), void *opaque)
 {
-	struct run_ctx rc = { .fn = fn, .opaque = opaque };
-
-	if (tblk_loop_in_thread(loop) || !tblk_loop_is_running(loop)) {
-		fn(opaque);
-		return;
-	}
-	tblk_mutex_init(&rc.lock);
-	tblk_cond_init(&rc.cv);
-	tblk_loop_call_soon(loop, run_cb, &rc);
-	tblk_mutex_lock(&rc.lock);
-	while (!rc.done)
-		tblk_cond_wait(&rc.cv, &rc.lock);
-	tblk_mutex_unlock(&rc.lock);
-	tblk_cond_destroy(&rc.cv);
-	tblk_mutex_destroy(&rc.lock);
+	tblk_loop_call_wait(loop, fn, opaque);
 }

@@ -101,8 +101,8 @@ void export_shutdown(struct export *exp);
 void export_free(struct export *exp);
 
 /*
- * Runs @fn(@opaque) on @loop's thread and waits for it: directly when the caller is that
- * thread or no thread runs the loop, else through tblk_loop_call_soon() and a wait.
+ * Runs @fn(@opaque) on @loop's thread and waits for it: tblk_loop_call_wait(), kept
+ * for the exports that use it.
  */
 void export_run_on_loop(struct tblk_loop *loop, void (*fn)(void *opaque), void *opaque);
 
