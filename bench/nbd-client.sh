@@ -3,8 +3,10 @@
 # nbd-client.sh - `tblk-img bench` over our nbd client vs `qemu-img bench` over qemu's, both
 # against the same qemu-nbd export (a raw image in $BENCH_DIR, default /dev/shm, so the
 # server's disk is not what is measured). Runs alternate, tblk then qemu, ROUNDS times per
-# case; prints the median IOPS of each, their ratio, and the median CPU time (user + system,
-# all threads) of each client per request in microseconds. Not part of CI.
+# case; prints the median IOPS of each, their ratio, the median of the ratios of each round's
+# pair of runs (less sensitive to a load that changes during the case), and the median CPU
+# time (user + system, all threads) of each client per request in microseconds. Not part of
+# CI.
 #
 #   bench/nbd-client.sh [ROUNDS]        (TBLK_BUILD: build directory, default ./b)
 #   NBD_CLIENT_CASES="read-4k-d1 read-1M-d4" bench/nbd-client.sh 9    # a subset of the cases
@@ -36,7 +38,7 @@ median() {
 	sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 
-printf '%-16s %10s %10s %7s %14s\n' case tblk-IOPS qemu-IOPS ratio "cpu-us/IO t/q"
+printf '%-16s %10s %10s %7s %7s %14s\n' case tblk-IOPS qemu-IOPS ratio pairs "cpu-us/IO t/q"
 while read -r name args; do
 	case " ${NBD_CLIENT_CASES:-$name} " in *" $name "*) ;; *) continue ;; esac
 	: >"$dir/t"
@@ -51,8 +53,9 @@ while read -r name args; do
 	qm=$(cut -d' ' -f1 "$dir/q" | median)
 	tc=$(cut -d' ' -f2 "$dir/t" | median)
 	qc=$(cut -d' ' -f2 "$dir/q" | median)
-	printf '%-16s %10s %10s %7.2f %14s\n' "$name" "$tm" "$qm" \
-		"$(awk -v a="$tm" -v b="$qm" 'BEGIN { print a / b }')" "$tc / $qc"
+	pr=$(paste -d' ' "$dir/t" "$dir/q" | awk '{ print $1 / $3 }' | median)
+	printf '%-16s %10s %10s %7.2f %7.2f %14s\n' "$name" "$tm" "$qm" \
+		"$(awk -v a="$tm" -v b="$qm" 'BEGIN { print a / b }')" "$pr" "$tc / $qc"
 done <<'EOF'
 read-4k-d1      -c 20000 -d 1 -s 4k
 read-4k-d16     -c 100000 -d 16 -s 4k

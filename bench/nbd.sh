@@ -4,7 +4,8 @@
 # bench/nbd.sh - tblk-nbd against qemu-nbd exporting the same image: nbdcopy and
 # qemu-img convert from the export (to null: / a tmpfs file) and into it (from a tmpfs file),
 # runs interleaved ours/qemu, median wall time of each, throughput in MiB/s, the server's CPU
-# seconds (utime + stime from /proc) per run, and the ratio ours/qemu of throughput.
+# seconds (utime + stime from /proc) per run, the ratio ours/qemu of throughput, and the
+# median of the ratios of each round's pair of runs (less sensitive to a changing load).
 # Not part of `make check`.
 #
 #   bench/nbd.sh                       # 1 GiB raw and qcow2, 3 rounds
@@ -75,8 +76,8 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 echo "# bench/nbd.sh: $SIZE, $ROUNDS rounds, $(nproc) CPUs, $(uname -r)"
 echo "# tblk-nbd: $TBLK_NBD; $(qemu-nbd --version | head -1); nbdcopy $(nbdcopy --version | head -1 | awk '{print $2}')"
 head -c "$bytes" /dev/urandom > "$DIR/src.raw"
-printf "%-7s %-12s %12s %12s %9s %9s %7s\n" format case "ours MiB/s" "qemu MiB/s" \
-	"ours cpu" "qemu cpu" ratio
+printf "%-7s %-12s %12s %12s %9s %9s %7s %7s\n" format case "ours MiB/s" "qemu MiB/s" \
+	"ours cpu" "qemu cpu" ratio pairs
 for fmt in $FORMATS; do
 	img=$DIR/img.$fmt
 	qemu-img convert -f raw -O "$fmt" "$DIR/src.raw" "$img"
@@ -99,7 +100,8 @@ for fmt in $FORMATS; do
 		cq=$(cut -d' ' -f2 "$DIR/qemu" | median)
 		mo=$(echo "$bytes / 1048576 / $to" | bc -l)
 		mq=$(echo "$bytes / 1048576 / $tq" | bc -l)
-		printf "%-7s %-12s %12.0f %12.0f %8.2fs %8.2fs %6.2fx\n" "$fmt" "$c" "$mo" "$mq" \
-			"$co" "$cq" "$(echo "$mo / $mq" | bc -l)"
+		pr=$(paste -d' ' "$DIR/ours" "$DIR/qemu" | awk '{ print $3 / $1 }' | median)
+		printf "%-7s %-12s %12.0f %12.0f %8.2fs %8.2fs %6.2fx %6.2fx\n" "$fmt" "$c" "$mo" \
+			"$mq" "$co" "$cq" "$(echo "$mo / $mq" | bc -l)" "$pr"
 	done
 done

@@ -38,6 +38,14 @@
 #define NBD_MAX_IN_FLIGHT	64
 /* The reader's read-ahead buffer; payloads of half of it or more bypass it. */
 #define NBD_RBUF_SIZE		(64 * 1024)
+/*
+ * A batch of deferred requests (tblk__nbd_conn_submit() with defer) is written by one
+ * sendmsg: at most this many iovecs, and write payloads of at most NBD_BATCH_PAYLOAD bytes
+ * in all (bigger writes go out on their own, so that a batch never holds the loop in a
+ * long blocking write).
+ */
+#define NBD_BATCH_IOV		64
+#define NBD_BATCH_PAYLOAD	(64 * 1024)
 
 /* Where the reply parser is in the stream. */
 enum rx_state {
@@ -67,6 +75,19 @@ struct tblk_nbd_conn {
 	bool reader_started;		/* [const] */
 
 	struct tblk_mutex send_lock;	/* serialises writes of whole requests; before lock */
+
+	/*
+	 * Requests deferred by the one thread that batches (the loop that reads the replies),
+	 * written together by tblk__nbd_conn_flush(). They have cookies but are not on the
+	 * pending list (nor counted in nr_pending) until then: the parser cannot match a reply
+	 * to a request that has not gone out. [thread: batcher]
+	 */
+	unsigned int batch_nr;
+	unsigned int batch_nr_iov;
+	size_t batch_payload;
+	struct tblk_nbd_slot *batch_slot[NBD_MAX_IN_FLIGHT];
+	uint8_t batch_hdr[NBD_MAX_IN_FLIGHT][TBLK_NBD_REQUEST_SIZE];
+	struct iovec batch_iov[NBD_BATCH_IOV];
 
 	/* The parser: whoever reads replies (the reader thread or a loop) holds it; before lock. */
 	struct tblk_mutex rx_lock;
@@ -690,21 +711,16 @@ static void *reader_main(void *opaque)
 
 /* ---------------------------------------------------------------- requests */
 
-/* Writes a request header and its payload in one go (as few syscalls as the kernel lets). */
-static int send_request(struct tblk_nbd_conn *conn, const uint8_t *hdr,
-			const struct tblk_nbd_cmd *cmd)
+/*
+ * Writes @cnt iovecs in as few syscalls as the kernel lets; advances @iov over what went
+ * out. 0 or -errno. Caller holds send_lock.
+ */
+static int send_iov(struct tblk_nbd_conn *conn, struct iovec *iov, int cnt)
 {
-	bool payload = cmd->type == TBLK_NBD_CMD_WRITE;
-	int cnt = 1 + (payload ? cmd->iovcnt : 0);
-	struct iovec small[16];
-	g_autofree struct iovec *big = cnt > 16 ? g_new(struct iovec, cnt) : NULL;
-	struct iovec *iov = big ? big : small;
 	struct msghdr msg = { 0 };
 	int i = 0;
 
-	iov[0] = (struct iovec){ (void *)hdr, TBLK_NBD_REQUEST_SIZE };
-	if (payload)
-		memcpy(iov + 1, cmd->iov, sizeof(*iov) * (size_t)cmd->iovcnt);
+	tblk_mutex_assert_held(&conn->send_lock);
 	while (i < cnt) {
 		ssize_t r;
 
@@ -725,8 +741,28 @@ static int send_request(struct tblk_nbd_conn *conn, const uint8_t *hdr,
 	return 0;
 }
 
-/* Puts @slot on the pending list under a new cookie. Caller holds the lock, not broken. */
-static void slot_add_locked(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot)
+/* Writes a request header and its payload in one go. */
+static int send_request(struct tblk_nbd_conn *conn, const uint8_t *hdr,
+			const struct tblk_nbd_cmd *cmd)
+{
+	bool payload = cmd->type == TBLK_NBD_CMD_WRITE;
+	int cnt = 1 + (payload ? cmd->iovcnt : 0);
+	struct iovec small[16];
+	g_autofree struct iovec *big = cnt > 16 ? g_new(struct iovec, cnt) : NULL;
+	struct iovec *iov = big ? big : small;
+	int ret;
+
+	iov[0] = (struct iovec){ (void *)hdr, TBLK_NBD_REQUEST_SIZE };
+	if (payload)
+		memcpy(iov + 1, cmd->iov, sizeof(*iov) * (size_t)cmd->iovcnt);
+	tblk_mutex_lock(&conn->send_lock);
+	ret = send_iov(conn, iov, cnt);
+	tblk_mutex_unlock(&conn->send_lock);
+	return ret;
+}
+
+/* Puts @slot on the pending list (@link) under a new cookie. Caller holds the lock, not broken. */
+static void slot_add_locked(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot, bool link)
 {
 	tblk_mutex_assert_held(&conn->lock);
 	slot->cookie = ++conn->next_cookie;
@@ -735,18 +771,17 @@ static void slot_add_locked(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *sl
 	slot->covered = 0;
 	slot->got_extent = false;
 	slot->cmd->bs_len = slot->cmd->bs_flags = 0;
+	if (!link)
+		return;	/* deferred: tblk__nbd_conn_flush() links it */
 	tblk_list_add_tail(&conn->pending, &slot->link);
 	conn->nr_pending++;
 	if (slot->by_thread && !conn->nr_thread++)
 		tblk_cond_signal(&conn->reader_cv);
 }
 
-/* Writes @slot's request. A failure breaks the connection, which completes the slot. */
-static void slot_send(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot)
+static void slot_header(const struct tblk_nbd_slot *slot, uint8_t *hdr)
 {
 	const struct tblk_nbd_cmd *cmd = slot->cmd;
-	uint8_t hdr[TBLK_NBD_REQUEST_SIZE];
-	int ret;
 
 	tblk__nbd_put32(hdr, TBLK_NBD_REQUEST_MAGIC);
 	tblk__nbd_put16(hdr + 4, cmd->flags);
@@ -754,11 +789,95 @@ static void slot_send(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot)
 	tblk__nbd_put64(hdr + 8, slot->cookie);
 	tblk__nbd_put64(hdr + 16, cmd->offset);
 	tblk__nbd_put32(hdr + 24, cmd->len);
-	tblk_mutex_lock(&conn->send_lock);
-	ret = send_request(conn, hdr, cmd);
-	tblk_mutex_unlock(&conn->send_lock);
+}
+
+/* Writes @slot's request. A failure breaks the connection, which completes the slot. */
+static void slot_send(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot)
+{
+	uint8_t hdr[TBLK_NBD_REQUEST_SIZE];
+
+	slot_header(slot, hdr);
+	/* A request cut in the middle desynchronises the stream. */
+	if (send_request(conn, hdr, slot->cmd) < 0)
+		conn_poison(conn, "Failed to send a request to the server");
+}
+
+/*
+ * The batch goes on the pending list and out in one write; on a broken connection its
+ * requests fail instead (nothing was written for them, so no reply can have come).
+ */
+void tblk__nbd_conn_flush(struct tblk_nbd_conn *conn)
+{
+	unsigned int i, nr = conn->batch_nr;
+	int broken, ret = 0;
+
+	if (!nr)
+		return;
+	tblk_mutex_lock(&conn->lock);
+	broken = conn->broken;
+	for (i = 0; i < nr; i++) {
+		struct tblk_nbd_slot *slot = conn->batch_slot[i];
+
+		if (broken) {
+			slot->ret = broken;
+			slot->done = true;
+			slot->complete(slot);
+		} else {
+			tblk_list_add_tail(&conn->pending, &slot->link);
+		}
+	}
+	if (!broken)
+		conn->nr_pending += nr;
+	tblk_mutex_unlock(&conn->lock);
+	if (!broken) {
+		tblk_mutex_lock(&conn->send_lock);
+		ret = send_iov(conn, conn->batch_iov, (int)conn->batch_nr_iov);
+		tblk_mutex_unlock(&conn->send_lock);
+	}
+	conn->batch_nr = conn->batch_nr_iov = 0;
+	conn->batch_payload = 0;
 	if (ret < 0)	/* a request cut in the middle desynchronises the stream */
 		conn_poison(conn, "Failed to send a request to the server");
+}
+
+/* Whether @cmd can join a batch at all: small enough, and a slot that completes by callback. */
+static bool cmd_batchable(const struct tblk_nbd_slot *slot)
+{
+	const struct tblk_nbd_cmd *cmd = slot->cmd;
+	bool payload = cmd->type == TBLK_NBD_CMD_WRITE;
+
+	return slot->complete && !slot->by_thread &&
+	       (!payload || ((unsigned int)cmd->iovcnt < NBD_BATCH_IOV &&
+			     cmd->len <= NBD_BATCH_PAYLOAD));
+}
+
+/* Flushes the batch if @slot's request would not fit in it. */
+static void batch_make_room(struct tblk_nbd_conn *conn, const struct tblk_nbd_slot *slot)
+{
+	const struct tblk_nbd_cmd *cmd = slot->cmd;
+	bool payload = cmd->type == TBLK_NBD_CMD_WRITE;
+	unsigned int cnt = 1 + (payload ? (unsigned int)cmd->iovcnt : 0);
+
+	if (conn->batch_nr == NBD_MAX_IN_FLIGHT || conn->batch_nr_iov + cnt > NBD_BATCH_IOV ||
+	    conn->batch_payload + (payload ? cmd->len : 0) > NBD_BATCH_PAYLOAD)
+		tblk__nbd_conn_flush(conn);
+}
+
+/* Queues @slot's request (it fits: batch_make_room() ran) on the batch. */
+static void batch_add(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot)
+{
+	const struct tblk_nbd_cmd *cmd = slot->cmd;
+	uint8_t *hdr = conn->batch_hdr[conn->batch_nr];
+
+	slot_header(slot, hdr);
+	conn->batch_slot[conn->batch_nr++] = slot;
+	conn->batch_iov[conn->batch_nr_iov++] = (struct iovec){ hdr, TBLK_NBD_REQUEST_SIZE };
+	if (cmd->type == TBLK_NBD_CMD_WRITE) {
+		memcpy(conn->batch_iov + conn->batch_nr_iov, cmd->iov,
+		       sizeof(struct iovec) * (size_t)cmd->iovcnt);
+		conn->batch_nr_iov += (unsigned int)cmd->iovcnt;
+		conn->batch_payload += cmd->len;
+	}
 }
 
 int tblk__nbd_conn_run(struct tblk_nbd_conn *conn, struct tblk_nbd_cmd *cmd)
@@ -775,7 +894,7 @@ int tblk__nbd_conn_run(struct tblk_nbd_conn *conn, struct tblk_nbd_cmd *cmd)
 		tblk_mutex_unlock(&conn->lock);
 		goto out_destroy;
 	}
-	slot_add_locked(conn, &slot);
+	slot_add_locked(conn, &slot, true);
 	tblk_mutex_unlock(&conn->lock);
 
 	slot_send(conn, &slot);
@@ -790,16 +909,26 @@ out_destroy:
 	return ret;
 }
 
-int tblk__nbd_conn_submit(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot)
+int tblk__nbd_conn_submit(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot, bool defer)
 {
+	if (defer && !cmd_batchable(slot)) {
+		tblk__nbd_conn_flush(conn);	/* keeps the batcher's requests in order */
+		defer = false;
+	} else if (defer) {
+		batch_make_room(conn, slot);
+	}
 	tblk_mutex_lock(&conn->lock);
-	if (conn->broken || conn->nr_pending >= NBD_MAX_IN_FLIGHT) {
+	if (conn->broken ||
+	    conn->nr_pending + (defer ? conn->batch_nr : 0) >= NBD_MAX_IN_FLIGHT) {
 		tblk_mutex_unlock(&conn->lock);
 		return -EAGAIN;
 	}
-	slot_add_locked(conn, slot);
+	slot_add_locked(conn, slot, !defer);
 	tblk_mutex_unlock(&conn->lock);
-	slot_send(conn, slot);
+	if (defer)
+		batch_add(conn, slot);
+	else
+		slot_send(conn, slot);
 	return 0;
 }
 
@@ -855,6 +984,7 @@ void tblk__nbd_conn_free(struct tblk_nbd_conn *conn)
 
 	if (!conn)
 		return;
+	assert(!conn->batch_nr);	/* the node was drained */
 	tblk_mutex_lock(&conn->lock);
 	broken = conn->broken;
 	tblk_mutex_unlock(&conn->lock);

@@ -148,8 +148,14 @@ int tblk__nbd_handshake(int fd, const char *export, struct tblk_nbd_info *info,
  * Sends @slot's command without waiting: 0, then slot->complete runs once (any result), or
  * -EAGAIN if the connection is broken or has too many requests in flight (the caller then
  * uses tblk__nbd_conn_run() from a worker). Any thread; may block briefly while sending.
+ * @defer: only the one thread that batches (the loop that parses the replies of its
+ * by_thread-false slots) may say so: the request is queued, to go out with the others of
+ * the batch in one write at tblk__nbd_conn_flush() (or at once if it is a big write), which
+ * that thread must call before it waits for anything.
  */
-int tblk__nbd_conn_submit(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot);
+int tblk__nbd_conn_submit(struct tblk_nbd_conn *conn, struct tblk_nbd_slot *slot, bool defer);
+/* The batching thread: writes the queued requests (fails them if the connection broke). */
+void tblk__nbd_conn_flush(struct tblk_nbd_conn *conn);
 
 /*
  * Parses the replies that have come in, without waiting; the caller is a loop whose

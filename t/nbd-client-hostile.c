@@ -878,6 +878,153 @@ out:
 }
 
 /*
+ * Chains of reads, each completion submitting the chain's next read from the loop's
+ * callback: the requests the loop sends while it completes a batch of replies go out
+ * together, and the loop reads the socket again before it waits.
+ */
+#define NR_CHAINS	8
+#define CHAIN_LEN	64
+
+struct chain {
+	struct tblk_blk *blk;
+	const uint8_t *disk;
+	uint8_t buf[4096];
+	struct iovec iov;
+	uint64_t off;
+	int left, bad, ret;
+	bool done;
+};
+
+static void chain_next(struct chain *c);
+
+static void chain_cb(void *opaque, int ret)
+{
+	struct chain *c = opaque;
+
+	if (ret < 0 || memcmp(c->buf, c->disk + c->off, sizeof(c->buf)))
+		c->bad++;
+	c->ret = ret;
+	if (ret < 0 || !--c->left) {
+		c->done = true;
+		return;
+	}
+	c->off = (c->off + 7 * 4096) % DISK_SIZE;
+	chain_next(c);
+}
+
+static void chain_next(struct chain *c)
+{
+	c->iov = (struct iovec){ c->buf, sizeof(c->buf) };
+	tblk_blk_preadv(c->blk, c->off, &c->iov, 1, 0, chain_cb, c);
+}
+
+/* With @tx TX_HANG_UP every chain must end with -EIO at its first read, none hang. */
+static void test_chains(enum tx tx)
+{
+	static struct chain c[NR_CHAINS];
+	struct tblk_loop *loop = tblk_loop_new(NULL);
+	GHashTable *opts = tblk_opts_new();
+	struct tblk_blk *blk = NULL;
+	const char *name = tx == TX_GOOD ? "chains" : "chains, hang-up";
+	int bad = 0, eio = 0;
+	struct fake f;
+	char *s;
+
+	fake_start(&f, HS_OK, tx);
+	s = g_strdup_printf("driver=nbd,server.type=unix,server.path=%s", f.path);
+	tblk_opts_parse(opts, s, NULL, NULL);
+	if (tblk_blk_open(&blk, NULL, opts, 0, loop, NULL) < 0) {
+		ok(0, "%s: open", name);
+		goto out;
+	}
+	for (int i = 0; i < NR_CHAINS; i++) {
+		c[i] = (struct chain){ .blk = blk, .disk = f.disk, .left = CHAIN_LEN,
+				       .off = (uint64_t)i * 4096 };
+		chain_next(&c[i]);
+	}
+	for (int i = 0; i < NR_CHAINS; i++) {
+		while (!c[i].done)
+			tblk_loop_iterate(loop, true);
+		bad += c[i].bad != (tx == TX_GOOD ? 0 : 1) ||
+		       c[i].left != (tx == TX_GOOD ? 0 : CHAIN_LEN);
+		eio += c[i].ret == -EIO;
+	}
+	if (tx == TX_GOOD) {
+		is_int(bad, 0, "%s: %d chains of %d reads from completion callbacks return the "
+		       "disk's data", name, NR_CHAINS, CHAIN_LEN);
+	} else {
+		is_int(bad, 0, "%s: every chain stops at its first read", name);
+		is_int(eio, NR_CHAINS, "%s: with EIO", name);
+	}
+	tblk_blk_close(blk);
+out:
+	fake_stop(&f);
+	free(f.disk);
+	g_free(s);
+	g_hash_table_unref(opts);
+	tblk_loop_free(loop);
+}
+
+/*
+ * A completion callback that submits a read and waits for it by iterating the loop itself
+ * (as a drain does): the read it submitted must go out before that inner iteration waits.
+ */
+struct nested {
+	struct tblk_loop *loop;
+	struct tblk_blk *blk;
+	uint8_t a[4096], b[4096];
+	struct iovec ia, ib;
+	struct async_op opb;
+	int ret_a;
+	bool done;
+};
+
+static void nested_cb(void *opaque, int ret)
+{
+	struct nested *n = opaque;
+
+	n->ret_a = ret;
+	n->ib = (struct iovec){ n->b, sizeof(n->b) };
+	tblk_blk_preadv(n->blk, 8192, &n->ib, 1, 0, async_cb, &n->opb);
+	while (!n->opb.done)
+		tblk_loop_iterate(n->loop, true);
+	n->done = true;
+}
+
+static void test_nested(void)
+{
+	static struct nested n;
+	struct tblk_loop *loop = tblk_loop_new(NULL);
+	GHashTable *opts = tblk_opts_new();
+	struct fake f;
+	char *s;
+
+	fake_start(&f, HS_OK, TX_GOOD);
+	s = g_strdup_printf("driver=nbd,server.type=unix,server.path=%s", f.path);
+	tblk_opts_parse(opts, s, NULL, NULL);
+	memset(&n, 0, sizeof(n));
+	n.loop = loop;
+	if (tblk_blk_open(&n.blk, NULL, opts, 0, loop, NULL) < 0) {
+		ok(0, "nested: open");
+		goto out;
+	}
+	n.ia = (struct iovec){ n.a, sizeof(n.a) };
+	tblk_blk_preadv(n.blk, 0, &n.ia, 1, 0, nested_cb, &n);
+	while (!n.done)
+		tblk_loop_iterate(loop, true);
+	ok(n.ret_a == 0 && n.opb.ret == 0 && !memcmp(n.a, f.disk, 4096) &&
+	   !memcmp(n.b, f.disk + 8192, 4096),
+	   "nested: a callback's read completes in a loop iteration nested in the callback");
+	tblk_blk_close(n.blk);
+out:
+	fake_stop(&f);
+	free(f.disk);
+	g_free(s);
+	g_hash_table_unref(opts);
+	tblk_loop_free(loop);
+}
+
+/*
  * Both parsers on one socket: the loop reads the replies of its asynchronous reads while
  * threads wait for synchronous ones, which the reader thread reads.
  */
@@ -1071,6 +1218,9 @@ int main(void)
 	test_concurrency();
 	test_async();
 	test_async_hangup();
+	test_chains(TX_GOOD);
+	test_chains(TX_HANG_UP);
+	test_nested();
 	test_mixed();
 	test_iothread_close();
 	/* Again with replies cut at random places: the parser resumes wherever input stops. */
@@ -1079,6 +1229,7 @@ int main(void)
 	test_hole_and_data();
 	test_concurrency();
 	test_async();
+	test_chains(TX_GOOD);
 	test_mixed();
 	trickle = false;
 	rmdir(dir);

@@ -190,6 +190,28 @@ def raw_maps(d):
     stop(p2)
 
 
+def maps_after_trim(d):
+    """The map after a trim and a zero write through the server shows them, as qemu-nbd's
+    does: ours remembers a data extent between queries and must forget it then."""
+    maps = []
+    for name, prog in [("ours", NBD), ("qemu", "qemu-nbd")]:
+        img = os.path.join(d, "trim-%s.raw" % name)
+        sock = os.path.join(d, "trim-%s.sock" % name)
+        run(["qemu-img", "create", "-q", "-f", "raw", img, "16M"])
+        qio(img, "write -P 7 0 16M")
+        p = serve(prog, ["-t", "-f", "raw", "--discard=unmap", img], sock=sock)
+        before = run(["nbdinfo", "--map", uri(sock)])
+        qio(uri(sock), "discard 1M 1M", "write -z -u 4M 1M")
+        after = run(["nbdinfo", "--map", uri(sock)])
+        stop(p)
+        maps.append((before, after))
+    (b1, a1), (b2, a2) = maps
+    ok(b1[0] == 0 and a1[0] == 0 and b1[1] == b2[1] and a1[1] == a2[1],
+       "map before and after a trim and a zero write through the server equals qemu-nbd's",
+       "ours:\n%s%s\nqemu-nbd:\n%s%s" % (b1[1], a1[1], b2[1], a2[1]))
+    ok(a1[1] != b1[1], "the trim and the zero write show in the map", a1[1])
+
+
 def nbdcopy_in(d, local):
     img = os.path.join(d, "dst.qcow2")
     sock = os.path.join(d, "dst.sock")
@@ -304,6 +326,7 @@ def body(d):
     read_only(d)
     local = differential_maps(d)
     raw_maps(d)
+    maps_after_trim(d)
     nbdcopy_in(d, local)
     lifecycle(d)
     messages(d)

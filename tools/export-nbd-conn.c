@@ -49,6 +49,7 @@ struct nbds_req {
 
 static void conn_update(struct nbds_conn *conn);
 static void process_input(struct nbds_conn *conn);
+static void bs_cache_drop(struct nbds_bs_cache *c);
 
 /* ---------------------------------------------------------------- data buffers */
 
@@ -524,6 +525,15 @@ static void write_done(void *opaque, int ret)
 	req_done(opaque, ret);
 }
 
+/* A zero write: what was data may be a hole or zeroes now. */
+static void zero_done(void *opaque, int ret)
+{
+	struct nbds_req *req = opaque;
+
+	bs_cache_drop(&req->conn->exp->bs);	/* again: a query may have run meanwhile */
+	req_done(req, ret);
+}
+
 static void fua_flush_done(void *opaque, int ret)
 {
 	req_done(opaque, ret);
@@ -534,6 +544,7 @@ static void trim_done(void *opaque, int ret)
 {
 	struct nbds_req *req = opaque;
 
+	bs_cache_drop(&req->conn->exp->bs);	/* again: a query may have run meanwhile */
 	if (ret >= 0 && (req->r.flags & TBLK_NBD_CMD_FLAG_FUA)) {
 		tblk_blk_aio_flush(req->conn->blk, fua_flush_done, req);
 		return;
@@ -583,6 +594,94 @@ static void bs_finish(struct bs_ctx *c)
 	p[3] = len;
 }
 
+/* ---------------------------------------------------------------- the data extent cache */
+
+/* How far past a query the backend is asked, to learn a data extent later queries reuse. */
+#define NBDS_BS_LOOKAHEAD	(1ull << 30)
+
+void nbds__bs_cache_init(struct nbds_bs_cache *c)
+{
+	memset(c, 0, sizeof(*c));
+	tblk_mutex_init(&c->lock);
+	tblk_cond_init(&c->cv);
+}
+
+void nbds__bs_cache_destroy(struct nbds_bs_cache *c)
+{
+	tblk_cond_destroy(&c->cv);
+	tblk_mutex_destroy(&c->lock);
+}
+
+/*
+ * Pool worker: true and *pend if @off lies in the known data extent. Else false, and the
+ * caller asks the backend and must call bs_cache_put() with *pgen; while another worker
+ * does so, this one waits for its answer (the queries of a multi-conn client come together
+ * and would each pay for the same walk).
+ */
+static bool bs_cache_get(struct nbds_bs_cache *c, uint64_t off, uint64_t *pend, uint64_t *pgen)
+{
+	bool hit;
+
+	tblk_mutex_lock(&c->lock);
+	while (c->busy && !(off >= c->start && off < c->end))
+		tblk_pool_wait(&c->cv, &c->lock);
+	hit = off >= c->start && off < c->end;
+	if (hit) {
+		*pend = c->end;
+	} else {
+		c->busy = true;
+		*pgen = c->gen;
+	}
+	tblk_mutex_unlock(&c->lock);
+	return hit;
+}
+
+/* Ends a bs_cache_get() miss: [start, end) is data (if end > start) as of @gen. */
+static void bs_cache_put(struct nbds_bs_cache *c, uint64_t gen, uint64_t start, uint64_t end)
+{
+	tblk_mutex_lock(&c->lock);
+	if (end > start && gen == c->gen) {
+		c->start = start;
+		c->end = end;
+	}
+	c->busy = false;
+	tblk_cond_broadcast(&c->cv);
+	tblk_mutex_unlock(&c->lock);
+}
+
+/* Something may have unmapped or zeroed part of the export: forget, and refuse answers in flight. */
+static void bs_cache_drop(struct nbds_bs_cache *c)
+{
+	tblk_mutex_lock(&c->lock);
+	c->gen++;
+	c->start = c->end = 0;
+	tblk_mutex_unlock(&c->lock);
+}
+
+/*
+ * One base:allocation-only extent at @off (at most @bytes): from the cache, or from the
+ * backend asked up to NBDS_BS_LOOKAHEAD further, whose data answer goes in the cache.
+ */
+static int bs_base_status(struct nbds_conn *conn, uint64_t off, uint64_t bytes, uint64_t *pnum)
+{
+	struct nbds_export *e = conn->exp;
+	uint64_t size = e->p.size, end, gen, ahead;
+	int ret, depth = 0;
+
+	if (bs_cache_get(&e->bs, off, &end, &gen)) {
+		*pnum = TBLK_MIN(end - off, bytes);
+		return TBLK_BS_DATA;
+	}
+	ahead = off < size ? TBLK_MAX(bytes, TBLK_MIN(size - off, NBDS_BS_LOOKAHEAD)) : bytes;
+	ret = tblk_blk_block_status_depth(conn->blk, off, ahead, pnum, NULL, &depth);
+	bs_cache_put(&e->bs, gen, off,
+		     ret >= 0 && (ret & (TBLK_BS_DATA | TBLK_BS_ZERO)) == TBLK_BS_DATA ?
+		     off + *pnum : off);
+	if (ret >= 0)
+		*pnum = TBLK_MIN(*pnum, bytes);
+	return ret;
+}
+
 /* Runs on a pool worker: the chain's status over the request's range, both contexts. */
 static int block_status_work(void *opaque)
 {
@@ -607,8 +706,10 @@ static int block_status_work(void *opaque)
 	while (off < end && n < NBDS_MAX_EXTENTS) {
 		uint64_t pnum = 0;
 		int depth = 0;
-		int ret = tblk_blk_block_status_depth(conn->blk, off, end - off, &pnum, NULL,
-						      &depth);
+		/* The cache knows nothing of depths: only for base:allocation alone. */
+		int ret = want[1] ? tblk_blk_block_status_depth(conn->blk, off, end - off, &pnum,
+								 NULL, &depth) :
+				    bs_base_status(conn, off, end - off, &pnum);
 
 		if (ret < 0) {
 			if (n)
@@ -686,8 +787,9 @@ static void submit(struct nbds_conn *conn, struct nbds_req *req)
 			/* As qemu's detect-zeroes: the data is dropped, zeroes are written. */
 			if (e->detect_zeroes == NBDS_DETECT_ZEROES_UNMAP && e->discard)
 				fl |= TBLK_REQ_MAY_UNMAP;
+			bs_cache_drop(&e->bs);
 			tblk_blk_aio_pwrite_zeroes(conn->blk, req->r.offset, req->r.len, fl,
-						   write_done, req);
+						   zero_done, req);
 			break;
 		}
 		tblk_blk_pwritev(conn->blk, req->r.offset, &req->iov, 1, fl, write_done, req);
@@ -698,9 +800,11 @@ static void submit(struct nbds_conn *conn, struct nbds_req *req)
 	case TBLK_NBD_CMD_TRIM:
 		if (!e->discard)
 			req_finish(req, 0);	/* --discard=ignore: nothing to do */
-		else
+		else {
+			bs_cache_drop(&e->bs);
 			tblk_blk_aio_pdiscard(conn->blk, req->r.offset, req->r.len, trim_done,
 					      req);
+		}
 		break;
 	case TBLK_NBD_CMD_WRITE_ZEROES:
 		if (req->r.flags & TBLK_NBD_CMD_FLAG_FUA)
@@ -713,7 +817,8 @@ static void submit(struct nbds_conn *conn, struct nbds_req *req)
 			fl |= TBLK_REQ_MAY_UNMAP;
 		if (req->r.flags & TBLK_NBD_CMD_FLAG_FAST_ZERO)
 			fl |= TBLK_REQ_NO_FALLBACK;
-		tblk_blk_aio_pwrite_zeroes(conn->blk, req->r.offset, req->r.len, fl, write_done,
+		bs_cache_drop(&e->bs);
+		tblk_blk_aio_pwrite_zeroes(conn->blk, req->r.offset, req->r.len, fl, zero_done,
 					   req);
 		break;
 	case TBLK_NBD_CMD_BLOCK_STATUS:

@@ -302,6 +302,7 @@ int nbds_server_add_export(struct nbds_server *srv, struct tblk_blk *blk,
 	e->discard = o->discard;
 	e->detect_zeroes = o->detect_zeroes;
 	nbds__buf_cache_init(&e->bufs);
+	nbds__bs_cache_init(&e->bs);
 	e->p.name = e->name;
 	e->p.description = e->description;
 	e->p.size = (uint64_t)size;
@@ -376,6 +377,7 @@ static void shutdown_conns_locked(struct nbds_server *srv, struct nbds_export *e
 static void nbds_export_destroy(struct nbds_export *e)
 {
 	nbds__buf_cache_destroy(&e->bufs);
+	nbds__bs_cache_destroy(&e->bs);
 	g_free(e->id);
 	g_free(e->name);
 	g_free(e->description);
