@@ -3,17 +3,23 @@
  * vhost-user-load - drives any vhost-user-blk back-end at full speed without a guest: the
  * test front-end (t/vhost-user-frontend.h) with fixed descriptor chains per slot, one thread
  * per queue keeping --depth requests in flight for --time seconds. Prints one line:
- *   ios=N secs=S iops=I cpu_us_per_io=C
+ *   ios=N secs=S iops=I cpu_us_per_io=C ios_per_kick=K ios_per_wait=W features=0xF
  * where C is the back-end's user+system CPU time (from /proc/--pid/stat) over the run
- * divided by the I/Os. Built by bench/vhost-user.sh (cc -O2 -pthread -I<src> -I<build>).
+ * divided by the I/Os, K and W the requests per kick the driver sent and per wait for a call
+ * (how much each side batches), F the negotiated features. Built by bench/vhost-user.sh
+ * (cc -O2 -pthread -I<src> -I<build>).
  *
  * usage: vhost-user-load --socket PATH [--pid PID] [--queues N] [--depth D] [--bs BYTES]
- *        [--rw randread|randwrite|read|write] [--time SECS] [--size BYTES] [--event-idx]
+ *        [--rw randread|randwrite|read|write] [--time SECS] [--size BYTES]
+ *        [--event-idx | --no-event-idx]
  *
- * Without --event-idx the driver kicks after every batch it adds and wants a call after
- * every batch the device completes. With it, it negotiates VIRTIO_RING_F_EVENT_IDX like a
- * Linux guest: it kicks only when the device's avail event asks for it, and sets its used
- * event to the entry it waits for before it sleeps.
+ * By default the driver negotiates VIRTIO_RING_F_EVENT_IDX, as a Linux guest's virtio-blk
+ * driver does with any device that offers it (QEMU's vhost-user-blk-pci passes it on): it
+ * kicks only when the device's avail event asks for it, and sets its used event to the
+ * entry it waits for before it sleeps. With --no-event-idx it kicks after every batch it
+ * adds and wants a call after every batch the device completes. The driver refuses to run
+ * if the back-end does not offer every feature it asks for, so that two back-ends are
+ * always measured with the same negotiated features.
  */
 #include <getopt.h>
 #include <pthread.h>
@@ -26,13 +32,14 @@
 
 static unsigned int depth = 32, bs = 4096, secs = 5;
 static uint64_t disk = 1 << 30;
-static bool rnd = true, wr, event_idx;
+static bool rnd = true, wr, event_idx = true;
 static struct fe f;
 static volatile bool stop_flag;
 
 struct qstate {
 	unsigned int q;
 	uint64_t ios, seed, next_off;
+	uint64_t kicks, sleeps;		/* kick eventfd writes, waits for a call */
 	int err;
 };
 
@@ -76,18 +83,22 @@ static bool need_event(uint16_t event, uint16_t new_idx, uint16_t old)
 }
 
 /* Publishes what was added since @old and kicks if the device wants it. */
-static void kick(struct drv *d, unsigned int q, uint16_t old)
+static void kick(struct qstate *qs, struct drv *d, unsigned int q, uint16_t old)
 {
 	uint16_t ev;
 
 	if (!event_idx) {
+		qs->kicks++;
 		fe_kick(&f, q);
 		return;
 	}
 	/* Index store, then event load: both sequentially consistent (store-load order). */
 	__atomic_store_n(&d->avail->idx, d->avail_idx, __ATOMIC_SEQ_CST);
 	ev = __atomic_load_n((uint16_t *)&d->used->ring[d->num], __ATOMIC_SEQ_CST);
-	if (need_event(ev, d->avail_idx, old) && write(f.kick[q], &(uint64_t){ 1 }, 8) < 0)
+	if (!need_event(ev, d->avail_idx, old))
+		return;
+	qs->kicks++;
+	if (write(f.kick[q], &(uint64_t){ 1 }, 8) < 0)
 		abort();
 }
 
@@ -112,16 +123,18 @@ static void *queue_main(void *arg)
 		slot_setup(d, s, &hdr[s]);
 		slot_submit(qs, d, hdr[s], s);
 	}
-	kick(d, qs->q, old);
+	kick(qs, d, qs->q, old);
 	while (!stop_flag) {
 		struct pollfd pfd = { f.call[qs->q], POLLIN, 0 };
 		uint32_t id, len;
 		uint64_t cnt;
 		bool any = false;
 
-		if (want_call(d) && poll(&pfd, 1, 100) == 1 &&
-		    read(f.call[qs->q], &cnt, 8) < 0)
-			break;
+		if (want_call(d)) {
+			qs->sleeps++;
+			if (poll(&pfd, 1, 100) == 1 && read(f.call[qs->q], &cnt, 8) < 0)
+				break;
+		}
 		old = d->avail_idx;
 		while (drv_get_used(d, &id, &len)) {
 			unsigned int s = id / 3;
@@ -136,7 +149,7 @@ static void *queue_main(void *arg)
 			any = true;
 		}
 		if (any)
-			kick(d, qs->q, old);
+			kick(qs, d, qs->q, old);
 	}
 	free(hdr);
 	return NULL;
@@ -165,6 +178,20 @@ static double cpu_secs(long pid)
 	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
+/* The features the back-end offers, asked on a connection of its own; 0 on failure. */
+static uint64_t offered_features(const char *sock)
+{
+	struct fe probe = { .sock = fe_connect(sock) };
+	uint64_t v = 0;
+
+	if (probe.sock < 0)
+		return 0;
+	if (fe_get_u64(&probe, VHOST_USER_GET_FEATURES, &v) < 0)
+		v = 0;
+	close(probe.sock);
+	return v;
+}
+
 static double now(void)
 {
 	struct timespec ts;
@@ -179,13 +206,13 @@ int main(int argc, char **argv)
 		{ "socket", 1, NULL, 's' }, { "pid", 1, NULL, 'p' }, { "queues", 1, NULL, 'q' },
 		{ "depth", 1, NULL, 'd' }, { "bs", 1, NULL, 'b' }, { "rw", 1, NULL, 'r' },
 		{ "time", 1, NULL, 't' }, { "size", 1, NULL, 'S' }, { "event-idx", 0, NULL, 'e' },
-		{ NULL, 0, NULL, 0 },
+		{ "no-event-idx", 0, NULL, 'E' }, { NULL, 0, NULL, 0 },
 	};
 	const char *sock = NULL;
 	unsigned int nq = 1;
 	struct qstate qs[FE_MAXQ];
 	pthread_t th[FE_MAXQ];
-	uint64_t ios = 0;
+	uint64_t ios = 0, kicks = 0, sleeps = 0, want, offered;
 	double t0, t1, c0, c1;
 	long pid = 0;
 	int opt, err = 0;
@@ -200,6 +227,7 @@ int main(int argc, char **argv)
 		case 't': secs = (unsigned int)atoi(optarg); break;
 		case 'S': disk = strtoull(optarg, NULL, 0); break;
 		case 'e': event_idx = true; break;
+		case 'E': event_idx = false; break;
 		case 'r':
 			rnd = !strncmp(optarg, "rand", 4);
 			wr = strstr(optarg, "write") != NULL;
@@ -211,10 +239,15 @@ int main(int argc, char **argv)
 		fprintf(stderr, "vhost-user-load: bad arguments\n");
 		return 2;
 	}
-	if (fe_mem_init(&f, 256u << 20) < 0 ||
-	    fe_setup(&f, sock, nq, 1ull << VIRTIO_F_VERSION_1 | 1ull << VIRTIO_BLK_F_MQ |
-		     1ull << VIRTIO_BLK_F_FLUSH |
-		     (event_idx ? 1ull << VIRTIO_RING_F_EVENT_IDX : 0)) != 0) {
+	want = 1ull << VIRTIO_F_VERSION_1 | 1ull << VIRTIO_BLK_F_MQ | 1ull << VIRTIO_BLK_F_FLUSH |
+	       (event_idx ? 1ull << VIRTIO_RING_F_EVENT_IDX : 0);
+	offered = offered_features(sock);
+	if ((offered & want) != want) {
+		fprintf(stderr, "vhost-user-load: %s does not offer features 0x%llx\n", sock,
+			(unsigned long long)(want & ~offered));
+		return 1;
+	}
+	if (fe_mem_init(&f, 256u << 20) < 0 || fe_setup(&f, sock, nq, want) != 0) {
 		fprintf(stderr, "vhost-user-load: cannot set up %s\n", sock);
 		return 1;
 	}
@@ -230,12 +263,17 @@ int main(int argc, char **argv)
 	for (unsigned int q = 0; q < nq; q++) {
 		pthread_join(th[q], NULL);
 		ios += qs[q].ios;
+		kicks += qs[q].kicks;
+		sleeps += qs[q].sleeps;
 		err |= qs[q].err;
 	}
 	t1 = now();
 	c1 = pid ? cpu_secs(pid) : 0;
-	printf("ios=%llu secs=%.3f iops=%.0f cpu_us_per_io=%.2f\n", (unsigned long long)ios,
-	       t1 - t0, (double)ios / (t1 - t0), ios ? (c1 - c0) * 1e6 / (double)ios : 0.0);
+	printf("ios=%llu secs=%.3f iops=%.0f cpu_us_per_io=%.2f ios_per_kick=%.1f "
+	       "ios_per_wait=%.1f features=0x%llx\n", (unsigned long long)ios, t1 - t0,
+	       (double)ios / (t1 - t0), ios ? (c1 - c0) * 1e6 / (double)ios : 0.0,
+	       kicks ? (double)ios / kicks : 0.0, sleeps ? (double)ios / sleeps : 0.0,
+	       (unsigned long long)want);
 	fe_close(&f);
 	return err;
 }
