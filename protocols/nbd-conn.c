@@ -10,6 +10,10 @@
  * each request by cookie, reads the payload straight into the caller's buffers (the caller
  * is asleep until `done`, so they are stable), and wakes the caller.
  *
+ * The one loop that parses for its own requests may defer them instead (a batch): they get
+ * their cookies at once but go on the pending list only when tblk__nbd_conn_flush() writes
+ * them all with one sendmsg, so no reply can match a request that has not gone out.
+ *
  * Who runs the parser: the asynchronous requests of the fast path (tblk__nbd_conn_submit())
  * are sent from a loop thread, and that loop watches the socket and parses on its own thread
  * (tblk__nbd_conn_poll()), so a reply costs one wake-up: the loop's. The reader thread sleeps

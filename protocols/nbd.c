@@ -10,7 +10,10 @@
  * Asynchronous reads, writes and flushes take the fast path: the loop thread sends them and
  * the first loop to do so (rx_loop) watches the socket and parses the replies itself, so a
  * reply costs that loop one wake-up and no thread hand-off; completions are queued on the
- * loop's list and completed after the parse. The fast-path requests of any other loop are
+ * loop's list and completed after the parse. rx_loop's own requests are batched: written
+ * together after the completions of a parse (whose callbacks submit the next ones) or before
+ * the loop next polls or sleeps (a prepare hook), and after a batch the socket is read once
+ * more before the loop goes back to epoll. The fast-path requests of any other loop are
  * read by the connection's reader thread, which queues them and schedules the loop's bottom
  * half. Everything else (and whatever the fast path refuses) runs in the pool.
  */

@@ -649,7 +649,7 @@ static void bs_cache_put(struct nbds_bs_cache *c, uint64_t gen, uint64_t start, 
 	tblk_mutex_unlock(&c->lock);
 }
 
-/* Something may have unmapped or zeroed part of the export: forget, and refuse answers in flight. */
+/* Part of the export may be unmapped or zeroed now: forget, and refuse answers in flight. */
 static void bs_cache_drop(struct nbds_bs_cache *c)
 {
 	tblk_mutex_lock(&c->lock);

@@ -53,7 +53,7 @@ struct nbds_bs_cache {
 	struct tblk_mutex lock;
 	struct tblk_cond cv;		/* [lock] signalled when busy clears */
 	uint64_t start, end;		/* [lock] data; empty when equal */
-	uint64_t gen;			/* [lock] bumped by every change that may unmap or zero */
+	uint64_t gen;			/* [lock] bumped by each change that may unmap or zero */
 	bool busy;			/* [lock] a worker is asking the backend to fill it */
 };
 
