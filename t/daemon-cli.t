@@ -47,7 +47,7 @@ check() {	# check NAME ARGS...
 	fi
 }
 
-echo 1..26
+echo 1..31
 check "export without node-name" --export type=vhost-user-blk,id=e
 check "unknown export type" --export type=foo,id=e
 check "blockdev on a missing file" --blockdev driver=file,node-name=n,filename=$tmp/none.img
@@ -70,6 +70,11 @@ check "socket in a missing directory" $B --export type=vhost-user-blk,id=e,node-
 check "writable export of a read-only node" --blockdev driver=file,node-name=n,filename=$tmp/x.img,read-only=on --export type=vhost-user-blk,id=e,node-name=n,$S,writable=on
 check "duplicate iothread" --object iothread,id=i --object iothread,id=i
 check "unknown object type" --object foo,id=i
+check "poll-max-ns negative" --object iothread,id=i,poll-max-ns=-1
+check "poll-max-ns not a number" --object iothread,id=i,poll-max-ns=5k
+check "poll-max-ns beyond int64" --object iothread,id=i,poll-max-ns=9223372036854775808
+check "poll-grow negative" --object iothread,id=i,poll-grow=-1
+check "aio-max-batch empty" --object iothread,id=i,aio-max-batch=
 check "unrecognized option" --bogus
 check "missing option argument" --pidfile
 check "stray argument" extra

@@ -205,12 +205,65 @@ int daemon_add_blockdev(const char *arg, GError **errp)
 	return 0;
 }
 
+/* An iothread property that qemu types as a non-negative int64. Returns 0 or -EINVAL. */
+static int take_nonneg(GHashTable *opts, const char *key, int64_t *out, GError **errp)
+{
+	g_autofree char *v = take(opts, key);
+	long long n;
+	char *end;
+
+	*out = -1;
+	if (!v)
+		return 0;
+	errno = 0;
+	n = strtoll(v, &end, 0);
+	if (!*v || *end || errno || g_ascii_isspace(*v))
+		return tblk_error_set(errp, EINVAL, "Parameter '%s' expects integer", key);
+	if (n < 0)
+		return tblk_error_set(errp, EINVAL, "%s value must be in range [0, %lld]", key,
+				      (long long)INT64_MAX);
+	*out = n;
+	return 0;
+}
+
+/*
+ * qemu's polling and batching properties. poll-max-ns caps the loop's adaptive polling (0
+ * turns it off), as in qemu; the loop sizes its window itself (see loop.c), so poll-grow and
+ * poll-shrink are checked and have no further effect, and so is aio-max-batch (a loop
+ * submits what one iteration gathered).
+ */
+static int take_polling(GHashTable *opts, int64_t *poll_max_ns, GError **errp)
+{
+	static const char *const ignored[] = { "poll-grow", "poll-shrink", "aio-max-batch" };
+	int64_t unused;
+	int ret;
+
+	ret = take_nonneg(opts, "poll-max-ns", poll_max_ns, errp);
+	for (size_t i = 0; ret == 0 && i < G_N_ELEMENTS(ignored); i++)
+		ret = take_nonneg(opts, ignored[i], &unused, errp);
+	return ret;
+}
+
+struct poll_max {
+	struct tblk_loop *loop;
+	uint64_t ns;
+};
+
+/* On the iothread (or before it runs its loop): the setting is the loop thread's. */
+static void set_poll_max(void *opaque)
+{
+	struct poll_max *pm = opaque;
+
+	tblk_loop_set_poll_max_ns(pm->loop, pm->ns);
+}
+
 int daemon_add_object(const char *arg, GError **errp)
 {
 	g_autoptr(GHashTable) opts = tblk_opts_new();
 	g_autofree char *type = NULL;
 	struct iothread_obj *o;
 	struct tblk_loop *loop;
+	int64_t poll_max_ns;
 	GHashTableIter it;
 	gpointer k, v;
 	int ret;
@@ -230,11 +283,9 @@ int daemon_add_object(const char *arg, GError **errp)
 		return tblk_error_set(errp, EEXIST, "attempt to add duplicate property '%s' to "
 				      "object (type 'container')",
 				      (char *)g_hash_table_lookup(opts, "id"));
-	/* Polling and batching knobs are accepted; the loop tunes itself. */
-	g_free(take(opts, "poll-max-ns"));
-	g_free(take(opts, "poll-grow"));
-	g_free(take(opts, "poll-shrink"));
-	g_free(take(opts, "aio-max-batch"));
+	ret = take_polling(opts, &poll_max_ns, errp);
+	if (ret < 0)
+		return ret;
 	o = g_new0(struct iothread_obj, 1);
 	o->id = take(opts, "id");
 	g_hash_table_iter_init(&it, opts);
@@ -246,6 +297,11 @@ int daemon_add_object(const char *arg, GError **errp)
 	if (!o->iot) {
 		ret = -ENOMEM;
 		goto out_free;
+	}
+	if (poll_max_ns >= 0) {
+		struct poll_max pm = { tblk_iothread_get_loop(o->iot), (uint64_t)poll_max_ns };
+
+		tblk_loop_call_wait(pm.loop, set_poll_max, &pm);
 	}
 	g_ptr_array_add(d.iothreads, o);
 	return 0;
