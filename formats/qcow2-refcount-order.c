@@ -72,10 +72,69 @@ static int finish_block(struct qcow2_state *s, struct new_rc *n, bool empty, GEr
 	return 0;
 }
 
+/*
+ * The refcount block the old table names at index @ti, or *block = NULL if it has none
+ * (everything there counts 0). Valid until the next allocation.
+ */
+static int old_block(struct qcow2_state *s, uint64_t ti, const void **block)
+{
+	uint64_t rc;
+	void *b;
+	int ret;
+
+	*block = NULL;
+	if (ti >= s->reftable_size || !(s->reftable[ti] & ~QCOW2_REFT_RESERVED))
+		return 0;
+	/* Validates the table entry (a misaligned block is a corruption). */
+	ret = qcow2_get_refcount(s, ti << s->rc_block_bits, &rc);
+	if (ret < 0)
+		return ret;
+	ret = qcow2_cache_get(s->rc_cache, s->reftable[ti] & ~QCOW2_REFT_RESERVED, false, &b);
+	if (ret < 0)
+		return ret;
+	*block = b;
+	return 0;
+}
+
+/*
+ * Copies @count refcounts from entry @bi of old @block (NULL: zeroes) to new entries from
+ * @ni on, checking that they fit. Sets *empty to false if one is not zero.
+ */
+static int copy_run(struct qcow2_state *s, struct new_rc *n, const void *block, uint64_t ti,
+		    uint64_t bi, uint64_t ni, uint64_t count, bool *empty, GError **errp)
+{
+	unsigned int bits = 1u << n->order;
+
+	if (!block)
+		return 0;
+	for (uint64_t k = 0; k < count; k++) {
+		uint64_t rc = qcow2_rc_get(s, block, bi + k);
+
+		if (!rc)
+			continue;
+		if (bits < 64 && rc >> bits)
+			return tblk_error_set(errp, EINVAL, "Cannot decrease refcount entry width "
+					      "to %u bits: Cluster at offset %#" PRIx64 " has a "
+					      "refcount of %" PRIu64, bits,
+					      ((ti << s->rc_block_bits) + bi + k) << s->cluster_bits,
+					      rc);
+		if (n->buf)
+			set_rc(n->order, n->buf, ni + k, rc);
+		*empty = false;
+	}
+	return 0;
+}
+
+/*
+ * One pass over the old refcounts, new block by new block. Allocating a new block (in
+ * finish_block) can change the old structures, so the old block is looked up again after
+ * each new block boundary, and only there: between two boundaries nothing is allocated.
+ * Ranges without an old block are skipped whole (a 64 KiB-cluster table names 256 M
+ * clusters, nearly all without a block).
+ */
 static int walk(struct qcow2_state *s, struct new_rc *n, GError **errp)
 {
 	uint64_t old_per_block = 1ull << s->rc_block_bits, ni = 0;
-	unsigned int bits = 1u << n->order;
 	bool empty = true;
 	int ret;
 
@@ -83,8 +142,9 @@ static int walk(struct qcow2_state *s, struct new_rc *n, GError **errp)
 	for (uint64_t ti = 0; ti < s->reftable_size; ti++) {
 		qcow2_amend_report(s, QCOW2_AMEND_REFCOUNT_ORDER, n->walk * s->reftable_size + ti,
 				   n->walks * s->reftable_size);
-		for (uint64_t bi = 0; bi < old_per_block; bi++) {
-			uint64_t rc = 0;
+		for (uint64_t bi = 0; bi < old_per_block;) {
+			const void *block;
+			uint64_t count;
 
 			if (ni >= n->per_block) {
 				ret = finish_block(s, n, empty, errp);
@@ -94,20 +154,15 @@ static int walk(struct qcow2_state *s, struct new_rc *n, GError **errp)
 				ni = 0;
 				empty = true;
 			}
-			/* Allocations above may evict blocks: look the entry up each time. */
-			ret = qcow2_get_refcount(s, (ti << s->rc_block_bits) + bi, &rc);
+			ret = old_block(s, ti, &block);
 			if (ret < 0)
 				return tblk_error_set_errno(errp, -ret, "Failed to read refcounts");
-			if (bits < 64 && rc >> bits)
-				return tblk_error_set(errp, EINVAL, "Cannot decrease refcount entry "
-						      "width to %u bits: Cluster at offset %#" PRIx64
-						      " has a refcount of %" PRIu64, bits,
-						      ((ti << s->rc_block_bits) + bi) <<
-						      s->cluster_bits, rc);
-			if (n->buf && rc)
-				set_rc(n->order, n->buf, ni, rc);
-			ni++;
-			empty = empty && rc == 0;
+			count = TBLK_MIN(old_per_block - bi, n->per_block - ni);
+			ret = copy_run(s, n, block, ti, bi, ni, count, &empty, errp);
+			if (ret < 0)
+				return ret;
+			bi += count;
+			ni += count;
 		}
 	}
 	if (ni > 0) {

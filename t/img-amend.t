@@ -129,6 +129,26 @@ def main():
         for ch in ("compat=0.10", "data_file=other.data", "data_file_raw=off",
                    "lazy_refcounts=on", "refcount_bits=8", "size=8M"):
             diff_case(d, "data file", ext, ["-o", ch])
+        # refcount width changes walk old blocks new block by new block, skipping ranges
+        # without a block: 512-byte clusters with the new blocks spanning many old ones,
+        # a refcount of 2 (a snapshot) that 1 bit cannot hold, an image larger than 4M
+        def big(opts, snapshot=False):
+            def setup(sd):
+                sh([["qemu-img", "create", "-q", "-f", "qcow2", "-o", opts, "img.qcow2", "4G"]],
+                   sd)
+                for w in ("write -P 1 0 64k", "write -P 2 1G 96k", "write -P 3 3G 64k",
+                          "write -c -P 4 2G 64k"):
+                    sh([["qemu-io", "-f", "qcow2", "-c", w, "img.qcow2"]], sd)
+                if snapshot:
+                    sh([["qemu-img", "snapshot", "-c", "s1", "img.qcow2"]], sd)
+                    sh([["qemu-io", "-f", "qcow2", "-c", "write -P 5 1G 4k", "img.qcow2"]], sd)
+            return setup
+        for geo in ("cluster_size=512", "cluster_size=4096,refcount_bits=64"):
+            for ch in ("refcount_bits=1", "refcount_bits=4", "refcount_bits=64",
+                       "refcount_bits=16"):
+                diff_case(d, "4G %s" % geo, big(geo), ["-o", ch])
+            diff_case(d, "4G %s, snapshot" % geo, big(geo, True), ["-o", "refcount_bits=1"])
+            diff_case(d, "4G %s, snapshot" % geo, big(geo, True), ["-o", "refcount_bits=2"])
         plain = setup_fn("cluster_size=65536", data)
         bad = [[], ["img.qcow2"], ["-o", "cluster_size=4k", "img.qcow2"],
                ["-o", "foo=1", "img.qcow2"], ["-o", "refcount_bits=3", "img.qcow2"],
