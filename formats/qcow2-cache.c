@@ -25,6 +25,7 @@ struct qcow2_cache {
 	struct qcow2_state *s;		/* [const] */
 	unsigned int nr;		/* [const] */
 	struct cache_entry *e;		/* [meta] nr entries */
+	void *tables;			/* [const] nr tables of cluster_size bytes, e[i].table */
 	GHashTable *index;		/* [meta] offset -> entry index + 1 */
 	uint64_t clock;			/* [meta] */
 };
@@ -37,10 +38,17 @@ struct qcow2_cache *qcow2_cache_new(struct qcow2_state *s, unsigned int nr_entri
 	c->nr = TBLK_MAX(nr_entries, 2u);
 	c->e = g_new0(struct cache_entry, c->nr);
 	c->index = g_hash_table_new(g_int64_hash, g_int64_equal);
-	for (unsigned int i = 0; i < c->nr; i++) {
-		if (posix_memalign(&c->e[i].table, 4096, s->cluster_size))
-			abort();	/* out of memory: as g_malloc would */
-	}
+	/*
+	 * One region for all tables, not one allocation each: a large region is mapped and
+	 * left untouched until a table is loaded, while tens of thousands of small aligned
+	 * allocations (a large image with 512-byte clusters) touch a page each at open.
+	 * Tables are cluster_size apart: 4 KiB-aligned from 4 KiB clusters up, otherwise
+	 * as aligned as their size, and the I/O layer bounces what the file needs more of.
+	 */
+	if (posix_memalign(&c->tables, 4096, (size_t)c->nr * s->cluster_size))
+		abort();	/* out of memory: as g_malloc would */
+	for (unsigned int i = 0; i < c->nr; i++)
+		c->e[i].table = (char *)c->tables + (size_t)i * s->cluster_size;
 	return c;
 }
 
@@ -48,8 +56,7 @@ void qcow2_cache_free(struct qcow2_cache *c)
 {
 	if (!c)
 		return;
-	for (unsigned int i = 0; i < c->nr; i++)
-		free(c->e[i].table);
+	free(c->tables);
 	g_hash_table_destroy(c->index);
 	g_free(c->e);
 	g_free(c);
