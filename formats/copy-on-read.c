@@ -14,8 +14,11 @@
 
 #include "formats/filter.h"
 
-/* Copies are bounced through at most this much memory at a time (whole clusters). */
-#define COR_CHUNK	(1u << 20)
+/*
+ * Copies are bounced through at most this much memory at a time (whole clusters): qemu's
+ * bounce buffer, which also decides what is written as zeroes (a chunk that is all zero).
+ */
+#define COR_CHUNK	(16u << 20)
 
 static int cor_open(struct tblk_node *node, GHashTable *opts, unsigned int flags,
 		    GError **errp)

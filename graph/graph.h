@@ -303,6 +303,8 @@ int tblk__opts_take_uint64(GHashTable *opts, const char *key, uint64_t *out, GEr
 int tblk__opts_take_size(GHashTable *opts, const char *key, uint64_t *out, GError **errp);
 /* Moves every "@prefix.*" key of @opts into a new table without the prefix. */
 GHashTable *tblk__opts_extract_prefix(GHashTable *opts, const char *prefix);
+/* Flattens the text of a "json:" file name into @opts (options-json.c). 0 or -EINVAL. */
+int tblk__json_flatten(GHashTable *opts, const char *json, GError **errp);
 /* Copies a string table. */
 GHashTable *tblk__opts_copy(GHashTable *opts);
 /*

@@ -330,6 +330,13 @@ int tblk__node_open(struct tblk_node **pnode, const char *filename, GHashTable *
 
 	if (!filename)
 		filename = g_hash_table_lookup(opts, "filename");
+	/* qemu reads a "filename" option for protocols only; a format needs its file child */
+	if (filename && filename == g_hash_table_lookup(opts, "filename") &&
+	    !(flags & TBLK_OPEN_PROTOCOL) &&
+	    (!drv_name || !tblk__driver_find(drv_name) || !tblk__driver_find(drv_name)->is_protocol)) {
+		g_hash_table_remove(opts, "filename");
+		filename = NULL;
+	}
 	if (drv_name) {
 		drv = tblk__driver_find(drv_name);
 		if (!drv)
@@ -340,9 +347,15 @@ int tblk__node_open(struct tblk_node **pnode, const char *filename, GHashTable *
 		if (!drv)
 			return -EINVAL;
 		probed = true;
-	} else if (!filename) {
+	} else if (!filename && !(flags & TBLK_OPEN_PROTOCOL) && g_hash_table_contains(opts, "file")) {
+		/* "file=NAME" without a driver: the file child is a reference */
+		return tblk__opts_child_reference(g_hash_table_lookup(opts, "file"), NULL, errp);
+	} else if (!filename && (flags & TBLK_OPEN_PROTOCOL)) {
 		return tblk_error_set(errp, EINVAL, "The 'file' block driver requires a file "
 				      "name");
+	} else if (!filename) {
+		/* no driver, no file name, nothing for a file child: no format to probe */
+		return tblk_error_set(errp, EINVAL, "Must specify either driver or file");
 	} else if (flags & TBLK_OPEN_PROTOCOL) {
 		drv = protocol_from_filename(filename) ?: &tblk__drv_file;
 	} else if (flags & TBLK_OPEN_NO_PROBE) {
@@ -367,9 +380,17 @@ int tblk__node_open_child(struct tblk_node *parent, const char *name, GHashTable
 	g_autofree char *ref = tblk__opts_take(opts, name);
 	int ret;
 
+	const struct tblk_driver *cdrv = tblk__driver_find(g_hash_table_lookup(copts, "driver") ?:
+							   "");
+
 	/* "file=NAME" names an existing node (tblk-daemon resolves its own --blockdev names). */
 	if (ref)
 		return tblk__opts_child_reference(ref, copts, errp);
+	/* A format child reads no file name: it needs a file child of its own, as in qemu. */
+	if (cdrv && !cdrv->is_protocol && fname) {
+		g_hash_table_remove(copts, "filename");
+		g_clear_pointer(&fname, g_free);
+	}
 	/* A file name for the image and one for its child: qemu will not choose. */
 	if (fname && parent->filename)
 		return tblk_error_set(errp, EINVAL, "Can't specify 'file' and 'filename' options at "

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * options.c - qemu-style option strings ("driver=raw,file.filename=x,,y.img"), "json:{...}"
- * filenames flattened to dotted keys, typed option getters, sizes with suffixes, and the
+ * options.c - qemu-style option strings ("driver=raw,file.filename=x,,y.img"; "json:{...}"
+ * file names are read by options-json.c), typed option getters, sizes with suffixes, and the
  * cache and aio mode names. Control path only; no shared state.
  */
 #include <ctype.h>
@@ -93,8 +93,6 @@ static char *read_elem(const char **p, char stop)
 	return g_string_free(out, FALSE);
 }
 
-static int json_flatten(GHashTable *opts, const char *json, GError **errp);
-
 /*
  * key=value,... into @opts. A bare word is the value of @implied_key if it comes first;
  * elsewhere it is an error (@qemu false), or qemu's short form of a boolean (@qemu true:
@@ -108,7 +106,7 @@ static int parse_opts(GHashTable *opts, const char *str, const char *implied_key
 	bool first = true;
 
 	if (g_str_has_prefix(str, "json:"))
-		return json_flatten(opts, str + 5, errp);
+		return tblk__json_flatten(opts, str + 5, errp);
 	while (*p) {
 		char *key = read_elem(&p, '='), *val;
 
@@ -157,140 +155,6 @@ int tblk_opts_parse_qemu(GHashTable *opts, const char *str, const char *implied_
 			 GPtrArray *short_forms, GError **errp)
 {
 	return parse_opts(opts, str, implied_key, true, short_forms, errp);
-}
-
-/* ---------------------------------------------------------------- json: */
-
-struct json {
-	const char *p;
-	GHashTable *opts;
-	GError **errp;
-	int depth;
-};
-
-static void json_ws(struct json *j)
-{
-	while (isspace((unsigned char)*j->p))
-		j->p++;
-}
-
-static char *json_string(struct json *j)
-{
-	GString *s = g_string_new(NULL);
-
-	j->p++;	/* opening quote */
-	while (*j->p && *j->p != '"') {
-		if (*j->p == '\\' && j->p[1]) {
-			j->p++;
-			switch (*j->p) {
-			case 'n': g_string_append_c(s, '\n'); break;
-			case 't': g_string_append_c(s, '\t'); break;
-			default: g_string_append_c(s, *j->p); break;
-			}
-			j->p++;
-			continue;
-		}
-		g_string_append_c(s, *j->p++);
-	}
-	if (*j->p != '"') {
-		g_string_free(s, TRUE);
-		return NULL;
-	}
-	j->p++;
-	return g_string_free(s, FALSE);
-}
-
-static int json_value(struct json *j, const char *prefix);
-
-static int json_object(struct json *j, const char *prefix)
-{
-	if (++j->depth > 32)
-		return -EINVAL;
-	j->p++;
-	json_ws(j);
-	if (*j->p == '}') {
-		j->p++;
-		j->depth--;
-		return 0;
-	}
-	for (;;) {
-		char *key, *full;
-		int r;
-
-		json_ws(j);
-		if (*j->p != '"' || !(key = json_string(j)))
-			return -EINVAL;
-		json_ws(j);
-		if (*j->p != ':') {
-			g_free(key);
-			return -EINVAL;
-		}
-		j->p++;
-		full = *prefix ? g_strdup_printf("%s.%s", prefix, key) : g_strdup(key);
-		g_free(key);
-		r = json_value(j, full);
-		g_free(full);
-		if (r < 0)
-			return r;
-		json_ws(j);
-		if (*j->p == ',') {
-			j->p++;
-			continue;
-		}
-		if (*j->p != '}')
-			return -EINVAL;
-		j->p++;
-		j->depth--;
-		return 0;
-	}
-}
-
-static int json_value(struct json *j, const char *prefix)
-{
-	const char *start;
-	char *val;
-
-	json_ws(j);
-	if (*j->p == '{')
-		return json_object(j, prefix);
-	if (*j->p == '"') {
-		val = json_string(j);
-		if (!val)
-			return -EINVAL;
-	} else {
-		start = j->p;
-		while (*j->p && (isalnum((unsigned char)*j->p) || strchr("+-.", *j->p)))
-			j->p++;
-		if (j->p == start)
-			return -EINVAL;
-		val = g_strndup(start, j->p - start);
-		/*
-		 * null: the key is left out, but "backing": null means "no backing file", which
-		 * the driver reads as backing=null (as qemu-storage-daemon's --blockdev does).
-		 */
-		if (!strcmp(val, "null") && strcmp(prefix, "backing") &&
-		    !g_str_has_suffix(prefix, ".backing")) {
-			g_free(val);
-			return 0;
-		}
-	}
-	g_hash_table_insert(j->opts, g_strdup(prefix), val);
-	return 0;
-}
-
-static int json_flatten(GHashTable *opts, const char *json, GError **errp)
-{
-	struct json j = { .p = json, .opts = opts, .errp = errp };
-	int r;
-
-	json_ws(&j);
-	if (*j.p != '{')
-		return tblk_error_set(errp, EINVAL, "Could not parse JSON: expected an object");
-	r = json_object(&j, "");
-	json_ws(&j);
-	if (r < 0 || *j.p)
-		return tblk_error_set(errp, EINVAL, "Could not parse JSON near '%.20s'", j.p);
-	return 0;
 }
 
 /* ---------------------------------------------------------------- typed getters */

@@ -44,7 +44,9 @@
 #   force-share=on can only be used with read-only images".
 # Known differences: "backing=null" in --image-opts is no backing file for tblk (its
 # --blockdev meaning), a reference to a node named "null" for qemu-img; qemu-img info does
-# not open an external data file, so it ignores data-file options that tblk-img rejects.
+# not open an external data file, so it ignores data-file options that tblk-img rejects; a
+# number or boolean for "backing" in json: is no reference for qemu (it opens the backing file
+# the header names), one to a node of that name for tblk (options are strings).
 # Not compared: help texts (tblk's own words), version strings (they say tblk), -d 0 with
 # requests to send (qemu hangs; tblk-img says "Invalid queue depth specified"), -s values
 # whose depth * size overflows an int (qemu aborts).
@@ -348,6 +350,112 @@ c "map of a json: file name, backing a string" map \
 	'json:{"driver":"qcow2","file":{"filename":"o.qcow2"},"backing":"q.qcow2"}'
 c "info of a json: file name, file a string" info 'json:{"driver":"qcow2","file":"o.qcow2"}'
 c "info of a json: file name, file null" info 'json:{"driver":"qcow2","file":null}'
+
+# ---- json: file names: qemu's lexer ("stray" tokens), parser and top-level messages
+while IFS= read -r j; do
+	c "info json:$j" info "json:$j"
+done <<'EOF'
+{
+ 
+{"driver":
+{"driver":"raw"
+{"driver" "raw"}
+[1]
+"x"
+{"driver":"raw",}
+{"a":1} x
+{driver:1}
+{"file":{"filename":"small.img"}}x
+{'file':1}
+{"x":[1,2]}
+{"file.filename":"small.img","driver":"raw"}
+{"file":{"filename":"small.img"},"driver":"raw","driver":"qcow2"}
+{"driver":"raw","file":{"filename":"small.img"},"size":1.5}
+{"driver":"raw","file":{"filename":"small.img","x":"\u00e9"}}
+{"a":"\q"}
+{"a":tru}
+{"a":1 "b":2}
+{1:2}
+{"a":@}
+{"a":[1,}
+{"a":[1 2]}
+{"a":[}
+{"a":1,,}
+{,}
+{"a"}
+{"a":}
+{"a":-}
+{"a":01}
+{"a":1e}
+{"a":"x
+{"a":"\u12"}
+{"a":"\ud800"}
+{"a":true,"b":false,"c":null}
+{"a":1}}
+]
+}
+{"a":{"b":1,"b":2}}
+{"a":1.5e3}
+{"a":"x\x"}
+{'a':'b"'}
+{"a":nul}
+{"a":"	"}
+{"a":1}{"b":2}
+{"a":[[[[]]]]}
+x
+{"a":"\/"}
+{"a":18446744073709551616}
+{"a":-1}
+{"a" : 1 , }
+{"a":%d}
+{"a":TRUE}
+{"a":tr_ue}
+{"a":t1}
+{"a":1x}
+{"a":1.}
+{"a":.5}
+{"a":+1}
+{"a":1e+}
+{"a":-01}
+{"a":0.5e-3x}
+{"a":"\u0000"}
+{"a":"\uDC00"}
+{"a":"\ud800\u0041"}
+{"a":"\u00e9\u12G4"}
+{"a" "b" @}
+{"a":{}}
+1 2
+"x" @
+{"a":1} @
+{'a":1}
+[
+{"file":{"filename":"small.img"},"file":{"driver":"file"}}
+{"driver":"raw","file":{"driver":"file","filename":"small.img"}}
+{"driver":"raw","file":{"driver":"file","filename":"r\u002eimg"}}
+{"driver":"raw","file":{"driver":"file",'filename':'small.img'}}
+{"driver":"qcow2","file":{"filename":"o.qcow2"},"backing":null}
+{"driver":"qcow2","file":{"filename":"o.qcow2"},"backing":{"driver":"qcow2","file":{"filename":"q.qcow2"}}}
+{"driver":"qcow2","file":{"filename":"o.qcow2"},"backing":1}
+{"driver":"raw","file":{"driver":"raw","filename":"small.img"}}
+{"driver":"file"}
+{"file":{"driver":"file"}}
+{"driver":"qcow2","file":{}}
+{"file":"small.img"}
+{"filename":"small.img"}
+{"driver":"raw","filename":"small.img"}
+EOF
+j=$(printf '{"a":"\001"}')
+c "info json: with a control character" info "json:$j"
+j=$(printf '{"a":"\377"}')
+c "info json: with a byte 0xff" info "json:$j"
+j='{"a":'$(printf '%*s' 1023 '' | tr ' ' '[')$(printf '%*s' 1023 '' | tr ' ' ']')'}'
+c "info json: nested 1024 deep" info "json:$j"
+j='{"a":'$(printf '%*s' 1024 '' | tr ' ' '[')$(printf '%*s' 1024 '' | tr ' ' ']')'}'
+c "info json: nested 1025 deep" info "json:$j"
+for a in "filename=small.img" "driver=raw,filename=small.img" "file=small.img" \
+	"driver=qcow2,filename=o.qcow2" "driver=raw,file.driver=raw,file.filename=small.img"; do
+	c "map --image-opts $a" map --image-opts "$a"
+done
 
 # ---- amend -p: the steps qemu's qcow2 reports (upgrade: 2 units; refcount width: 3 walks
 # over the refcount table, one unit an entry; downgrade: one unit per L1 entry), the steps

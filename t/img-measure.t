@@ -5,7 +5,9 @@
 # name normalised) and exit status equal for sizes, target options (cluster sizes, refcount
 # widths, compat, extended L2, preallocation, backing file) and source images (qcow2 v2/v3
 # with and without persistent bitmaps, and raw, holding data, zeroes and holes, with a
-# backing file; -l internal snapshots), and for bad command lines
+# backing file; -l internal snapshots), for the formats qemu-img knows and tblk does not
+# measure (their -o options are not checked: tblk does not know them), and for bad command
+# lines
 # (not a bad option: qemu-img measure then prints its whole help text, which is not ours).
 import os
 import shutil
@@ -111,6 +113,18 @@ def main():
                ["-O", "qcow2", "-o", "help", "--size", "1G"], ["nonexistent.qcow2"]]
         for b in bad:
             case(d, b)
+        # every other -O format qemu-img 7.2 knows: creation or measurement unsupported,
+        # luks without its key; with --size and with a source image
+        others = ["blkdebug", "blklogwrites", "blkverify", "bochs", "cloop", "compress",
+                  "copy-before-write", "copy-on-read", "dmg", "file", "ftp", "gluster",
+                  "host_cdrom", "host_device", "http", "iscsi", "luks", "nbd", "nfs",
+                  "null-aio", "null-co", "nvme", "parallels", "preallocate", "qcow", "qed",
+                  "quorum", "rbd", "replication", "snapshot-access", "ssh", "throttle", "vdi",
+                  "vhdx", "vmdk", "vpc", "vvfat", "bogus"]
+        for f in others:
+            case(d, ["-O", f, "--size", "1M"])
+        for f in ["vmdk", "null-co", "luks", "bogus"]:
+            case(d, ["-O", f, "-f", "raw", "r.raw"])
     finally:
         shutil.rmtree(d, ignore_errors=True)
     print("1..%d" % len(tests))

@@ -114,12 +114,54 @@ static void print_measure(const struct tblk_measure *m, bool json)
 	       m->required, m->fully_allocated);
 }
 
+/* qemu 7.2's drivers (Debian) that tblk cannot create: some create images, none measure. */
+static const char *const qemu_create_only[] = {
+	"gluster", "host_cdrom", "iscsi", "iser", "nbd", "nfs", "nvme", "parallels", "qcow",
+	"qed", "rbd", "ssh", "vdi", "vhdx", "vmdk", "vpc", NULL,
+};
+static const char *const qemu_no_create[] = {
+	"blkdebug", "blklogwrites", "blkverify", "bochs", "cloop", "compress",
+	"copy-before-write", "copy-on-read", "dmg", "ftp", "ftps", "http", "https", "null-aio",
+	"null-co", "preallocate", "quorum", "replication", "snapshot-access", "throttle", "vvfat",
+	NULL,
+};
+
+static bool in_list(const char *const *list, const char *s)
+{
+	for (; *list; list++)
+		if (!strcmp(*list, s))
+			return true;
+	return false;
+}
+
+/* qemu's message for an -O format tblk does not measure; false if there is none. */
+static bool measure_unsupported(const struct measure_args *a)
+{
+	if (in_list(qemu_no_create, a->out_fmt)) {
+		tool_error("Format driver '%s' does not support image creation", a->out_fmt);
+		return true;
+	}
+	/* (their -o options are not checked: tblk does not know them) */
+	if (in_list(qemu_create_only, a->out_fmt)) {
+		tool_error("Block driver '%s' does not support size measurement", a->out_fmt);
+		return true;
+	}
+	/* luks measures once it has a key; without one qemu stops here */
+	if (!strcmp(a->out_fmt, "luks") && !strstr(a->options->str, "key-secret=")) {
+		tool_error("Parameter 'key-secret' is required for cipher");
+		return true;
+	}
+	return false;
+}
+
 static int measure_run(struct measure_args *a, struct tblk_blk *src)
 {
 	g_autoptr(GHashTable) opts = tblk_opts_new();
 	struct tblk_measure m;
 	GError *err = NULL;
 
+	if (measure_unsupported(a))
+		return 1;
 	if (!img_fmt_known(a->out_fmt)) {
 		tool_error("Unknown file format '%s'", a->out_fmt);
 		return 1;

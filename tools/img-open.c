@@ -40,7 +40,15 @@ static int build_opts(GHashTable *opts, const struct img_open_opts *o, const cha
 		g_hash_table_insert(opts, g_strdup("driver"), g_strdup(o->fmt));
 		*probe_name = NULL;
 	}
+	/*
+	 * -U on a writable open: qemu refuses it after looking the driver up by name, before
+	 * opening any file; the node does the same once it knows its driver.
+	 */
 	if ((o->flags & TBLK_OPEN_SHARE_RW) && (o->flags & TBLK_OPEN_RDWR)) {
+		if (g_hash_table_contains(opts, "driver") || tool_json_names_driver(o->filename)) {
+			g_hash_table_replace(opts, g_strdup("force-share"), g_strdup("on"));
+			return 0;
+		}
 		g_set_error(errp, tblk_error_quark(), EINVAL,
 			    "force-share=on can only be used with read-only images");
 		return -EINVAL;

@@ -282,11 +282,19 @@ int io_open_image(struct io_ctx *io, const struct io_open_req *r)
 	ret = normalise_flag_opts(r->opts, &err);
 	if (ret < 0)
 		goto fail;
+	/*
+	 * -U on a writable open: qemu refuses it after looking the driver up by name, before
+	 * opening any file; the node does the same once it knows its driver.
+	 */
 	if ((r->flags & TBLK_OPEN_SHARE_RW) && (r->flags & TBLK_OPEN_RDWR)) {
-		ret = -EINVAL;
-		g_set_error(&err, tblk_error_quark(), EINVAL,
-			    "force-share=on can only be used with read-only images");
-		goto fail;
+		if (!g_hash_table_contains(r->opts, "driver") &&
+		    !tool_json_names_driver(r->filename)) {
+			ret = -EINVAL;
+			g_set_error(&err, tblk_error_quark(), EINVAL,
+				    "force-share=on can only be used with read-only images");
+			goto fail;
+		}
+		g_hash_table_replace(r->opts, g_strdup("force-share"), g_strdup("on"));
 	}
 	/* The image is opened read-only under the overlay: qemu does not warn then. */
 	if (r->snapshot) {

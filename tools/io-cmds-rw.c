@@ -22,6 +22,14 @@ static int do_rw(struct io_ctx *io, enum rw_kind kind, int64_t offset, void *buf
 	struct io_sync r = { false, 0 };
 	struct iovec iov = { buf, (size_t)bytes };
 
+	if (io_out_of_range(io, offset, (uint64_t)bytes))
+		return -EIO;
+	/*
+	 * nothing to do: qemu completes it without running the loop either (not a write: that
+	 * flushes in qemu-io's default writethrough mode)
+	 */
+	if (bytes == 0 && kind != RW_WRITE)
+		return 0;
 	if (kind == RW_READ)
 		tblk_blk_preadv(io->blk, (uint64_t)offset, &iov, 1, flags, io_sync_cb, &r);
 	else if (kind == RW_WRITE)

@@ -120,6 +120,12 @@ struct io_sync {
 	int ret;
 };
 tblk_cb io_sync_cb;
+/*
+ * Whether [offset, offset + bytes) leaves the image: qemu fails such a read or write at once,
+ * without running the event loop (AIO completions print after its error; not readv/writev,
+ * which wait for an AIO request).
+ */
+bool io_out_of_range(struct io_ctx *io, int64_t offset, uint64_t bytes);
 
 /* The commands, one file per family. */
 io_cmd_fn io_read_f, io_write_f, io_readv_f, io_writev_f;		/* io-cmds-rw.c, -vec.c */

@@ -122,6 +122,13 @@ void io_wait(struct io_ctx *io, const bool *done)
 		tblk_loop_iterate(io->loop, true);
 }
 
+bool io_out_of_range(struct io_ctx *io, int64_t offset, uint64_t bytes)
+{
+	int64_t len = tblk_blk_getlength(io->blk);
+
+	return len >= 0 && (offset > len || bytes > (uint64_t)(len - offset));
+}
+
 void io_sync_cb(void *opaque, int ret)
 {
 	struct io_sync *s = opaque;

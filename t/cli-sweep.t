@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+#
+# cli-sweep.t - a differential sweep of tblk-img and tblk-io against Debian's qemu-img and
+# qemu-io 7.2 over generated command lines: subcommands (info, map, check, compare, measure,
+# snapshot, convert, resize, amend, rebase, commit, dd) and qemu-io command sequences (read,
+# write with -P/-z/-c/-u, readv, writev, aio, discard, truncate, map, alloc, length, info),
+# with random options, offsets and sizes (bad ones too) over raw, qcow2 v2/v3, an overlay,
+# compressed and zero clusters, metadata preallocation, extended L2 with a snapshot, and a
+# missing file. A fixed seed makes the command lines the same on every run; each runs in a
+# fresh copy of the images once with each tool (ours through symlinks named qemu-img and
+# qemu-io), and stdout (timings filtered), stderr, the exit status and every image's size
+# and bytes must agree. Then lines that once differed, fixed since.
+#
+# Not compared (their reason printed as a TAP SKIP): "snapshot -c" leaves the creation time
+# in the image; qemu-io 7.2 aborts on some copy-on-read requests to extended-L2 images
+# ("bytes is negative" in bdrv_check_qiov_request), a qemu bug.
+# Known differences (TAP TODO, with the reason): the order AIO completions print in, around
+# a later command's lines, when only the order differs: qemu-io prints them when a later
+# command makes its event loop run, which depends on whether its thread pool has finished the
+# request by then (the same command line gives either order from run to run), and AIO requests
+# that fail at once complete newest first in qemu (bottom halves) and in order in tblk-io.
+# A compressed write that fails over an allocated cluster: qemu has up to 8 clusters in
+# flight and still writes those after the failing one, tblk-io stops at the failing cluster
+# (same output, other image bytes).
+import hashlib
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+BUILD = os.environ.get("TBLK_BUILD", "build")
+SEED = 7
+COUNT = 300
+
+
+def sh(base, *argv):
+    subprocess.run(argv, cwd=base, check=True, capture_output=True)
+
+
+def make_images(base):
+    os.makedirs(base)
+    sh(base, "qemu-img", "create", "-q", "-f", "raw", "r.img", "4M")
+    sh(base, "qemu-io", "-f", "raw", "-c", "write -P 1 0 64k", "-c", "write -P 2 1M 4k", "r.img")
+    sh(base, "qemu-img", "create", "-q", "-f", "qcow2", "q.qcow2", "4M")
+    sh(base, "qemu-io", "-c", "write -P 3 0 128k", "-c", "write -z 1M 64k",
+       "-c", "write -c -P 4 2M 64k", "q.qcow2")
+    sh(base, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10,cluster_size=4k",
+       "v2.qcow2", "2M")
+    sh(base, "qemu-io", "-c", "write -P 5 4k 12k", "v2.qcow2")
+    sh(base, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "q.qcow2", "-F", "qcow2",
+       "o.qcow2", "6M")
+    sh(base, "qemu-io", "-c", "write -P 6 64k 64k", "-c", "write -P 7 5M 4k", "o.qcow2")
+    sh(base, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "preallocation=metadata",
+       "pm.qcow2", "2M")
+    sh(base, "qemu-io", "-c", "write -P 8 512k 4k", "pm.qcow2")
+    sh(base, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "x.qcow2", "2M")
+    sh(base, "qemu-io", "-c", "write -P 9 3k 5k", "-c", "discard 64k 64k", "x.qcow2")
+    sh(base, "qemu-img", "snapshot", "-c", "s1", "x.qcow2")
+
+
+rnd = random.Random(SEED)
+imgs = ["r.img","q.qcow2","v2.qcow2","o.qcow2","pm.qcow2","x.qcow2","nofile","r.img"]
+sizes = ["0","1","512","4k","64k","1M","1.5M","3M","4M","5M","-1","abc","1G","0x1000"]
+offs = ["0","512","1000","4k","64k","1M","2M","4095k","4M","6M","-1","x"]
+def img(): return rnd.choice(imgs)
+def fmt(i): 
+    r = rnd.random()
+    if r < 0.6: return []
+    if r < 0.8: return ["-f", "raw" if i.endswith(".img") else "qcow2"]
+    return ["-f", rnd.choice(["raw","qcow2","bogus","file"])]
+def gen():
+    c = rnd.choice(["info","map","check","compare","measure","snapshot","convert","resize","amend","rebase","commit","dd","io","io","io","io"])
+    i = img()
+    if c == "info":
+        return ["qemu-img","info"] + fmt(i) + rnd.sample(["--output=json","-U","--backing-chain","--output=human"], rnd.randint(0,2)) + [i]
+    if c == "map":
+        a = fmt(i) + rnd.sample(["--output=json","--start-offset="+rnd.choice(offs),"--max-length="+rnd.choice(sizes),"-U"], rnd.randint(0,3))
+        return ["qemu-img","map"] + a + [i]
+    if c == "check":
+        return ["qemu-img","check"] + fmt(i) + rnd.sample(["--output=json","-r","leaks","-q","-U"], rnd.randint(0,2)) + [i]
+    if c == "compare":
+        return ["qemu-img","compare"] + rnd.sample(["-s","-q","-U","-p"], rnd.randint(0,2)) + [i, img()]
+    if c == "measure":
+        return ["qemu-img","measure","-O",rnd.choice(["raw","qcow2"])] + rnd.choice([["--size",rnd.choice(sizes)],[i],[i,"--output=json"],["-o","cluster_size="+rnd.choice(["4k","64k","2M","3k"]), i]])
+    if c == "snapshot":
+        return ["qemu-img","snapshot"] + rnd.choice([["-l"],["-l","-U"],["-c","n1"],["-d","s1"],["-d","nope"],["-a","s1"],["-a","nope"],[]]) + [i]
+    if c == "convert":
+        return ["qemu-img","convert"] + fmt(i) + ["-O",rnd.choice(["raw","qcow2","qcow2","bogus"])] + rnd.sample(["-c","-S","0","-o","cluster_size=4k","-q","-W","-n","-B","q.qcow2","-l","s1"], rnd.randint(0,2)) + [i,"out.img"]
+    if c == "resize":
+        return ["qemu-img","resize"] + fmt(i) + rnd.sample(["--shrink","-q","--preallocation=falloc"], rnd.randint(0,1)) + [i, rnd.choice(["+1M","-1M","8M","1M","0","abc","+0","2M"])]
+    if c == "amend":
+        return ["qemu-img","amend"] + fmt(i) + ["-o", rnd.choice(["compat=0.10","compat=1.1","lazy_refcounts=on","refcount_bits=8","size=8M","cluster_size=4k","bogus=1","backing_file=x"])] + [i]
+    if c == "rebase":
+        return ["qemu-img","rebase"] + rnd.choice([["-u"],[]]) + rnd.choice([["-b",""],["-b","q.qcow2","-F","qcow2"],["-b","r.img","-F","raw"],["-b","nofile","-F","raw"],["-b","q.qcow2"]]) + [i]
+    if c == "commit":
+        return ["qemu-img","commit"] + rnd.sample(["-d","-q","-b","q.qcow2"], rnd.randint(0,1)) + [i]
+    if c == "dd":
+        return ["qemu-img","dd"] + ["if="+i,"of=out.img"] + rnd.sample(["bs="+rnd.choice(["512","4k","1000","64k"]),"count="+rnd.choice(["1","3","0","100"]),"skip="+rnd.choice(["0","1","7"]),"-O","qcow2"], rnd.randint(0,3))
+    # io
+    cmds = []
+    for _ in range(rnd.randint(1,3)):
+        k = rnd.choice(["read","write","write -z","write -c","discard","map","alloc","length","info","read -v","write -P 0x33","read -P 0x33","readv","writev","truncate","aio_read","aio_write","flush","write -z -u"])
+        if k in ("map","length","info","flush"):
+            cmds.append(k)
+        elif k == "truncate":
+            cmds.append("truncate " + rnd.choice(sizes))
+        elif k in ("readv","writev"):
+            cmds.append("%s %s %s %s" % (k, rnd.choice(offs), rnd.choice(["512","4k","1k"]), rnd.choice(["512","4k"])))
+        elif k == "alloc":
+            cmds.append("alloc %s %s" % (rnd.choice(offs), rnd.choice(sizes)) if rnd.random()<0.7 else "alloc " + rnd.choice(offs))
+        else:
+            cmds.append("%s %s %s" % (k, rnd.choice(offs), rnd.choice(sizes)))
+    a = ["qemu-io"] + fmt(i) + rnd.sample(["-r","-U","-n","-C"], rnd.randint(0,1))
+    for cm in cmds: a += ["-c", cm]
+    return a + [i]
+
+
+# Lines that differed once (fixed): -U on a writable open is refused after the driver is
+# looked up by name and before any file is opened.
+FIXED = [
+    ["qemu-io", "-f", "bogus", "-U", "-c", "write 4M 0x1000", "r.img"],
+    ["qemu-io", "-U", "--image-opts", "-c", "read 0 1", "driver=bogus,file.filename=r.img"],
+    ["qemu-io", "-U", "-c", "read 0 1", 'json:{"driver":"bogus","file":{"filename":"r.img"}}'],
+    ["qemu-io", "-U", "-c", "read 0 1", "nofile"],
+    ["qemu-io", "-U", "-f", "raw", "-c", "read 0 1", "nofile"],
+    ["qemu-io", "-U", "-c", "open -U r.img"],
+    ["qemu-img", "bench", "-w", "-c", "1", "-f", "bogus", "-U", "r.img"],
+    ["qemu-img", "bench", "-w", "-c", "1", "-U", "nofile"],
+    ["qemu-img", "bench", "-w", "-c", "1", "-U", "r.img"],
+    # copy-on-read copies through qemu's 16 MiB bounce buffer: a chunk with any data in
+    # it is written as data, an all-zero one as zeroes
+    ["qemu-io", "-C", "-c", "read 0 4M", "o.qcow2"],
+    ["qemu-io", "-C", "-c", "read 1M 1M", "-c", "read 3M 3M", "o.qcow2"],
+    ["qemu-io", "-C", "-c", "read -P 0x33 512 -1", "-c", "read 0 4M", "-c",
+     "aio_read 6M 1.5M", "o.qcow2"],
+    # a read or write outside the image, or a read of no bytes, fails or ends before the
+    # event loop runs: earlier AIO completions print after it (readv and writev, which wait
+    # for an AIO request, and a write of no bytes, which flushes, run the loop)
+    ["qemu-io", "-n", "-c", "aio_read 512 1.5M", "-c", "write -P 0x33 4M 1G", "q.qcow2"],
+    ["qemu-io", "-c", "aio_read 0 64k", "-c", "readv 4M 512", "q.qcow2"],
+    ["qemu-io", "-c", "aio_read 0 64k", "-c", "write -z 4M 512", "q.qcow2"],
+    ["qemu-io", "-c", "aio_read 0 64k", "-c", "read 4194304 0", "q.qcow2"],
+    ["qemu-io", "-c", "aio_read 0 64k", "-c", "write -z 0 0", "q.qcow2"],
+    ["qemu-io", "-c", "aio_read 0 64k", "-c", "write 0 0", "q.qcow2"],
+]
+
+# Known differences (see the file comment): expected TODO.
+KNOWN = [
+    ["qemu-io", "-f", "raw", "-n", "-c", "aio_write 6M 64k", "-c", "aio_read 6M 0", "-c",
+     "read 4k 4k", "r.img"],
+    ["qemu-io", "-c", "aio_read 0 64k", "-c", "read 4194303 1", "q.qcow2"],
+    ["qemu-io", "-n", "-c", "write -c 64k 5M", "-c", "write -c 1000 4M", "-c",
+     "read 4095k 3M", "o.qcow2"],
+]
+
+
+def filt(s):
+    s = re.sub(r"\d+ ops; [0-9:.]+ sec \([^)]*\)", "X ops; TIME", s)
+    return re.sub(r"Run completed in [0-9.]+ seconds", "Run completed", s)
+
+
+def state(d):
+    out = []
+    for f in sorted(os.listdir(d)):
+        with open(os.path.join(d, f), "rb") as fh:
+            out.append("%s %s" % (f, hashlib.md5(fh.read()).hexdigest()))
+    return "\n".join(out)
+
+
+def known(argv, q, t):
+    """The reason of a known difference (see the file comment), or ""."""
+    if argv[0] != "qemu-io":
+        return ""
+    same_but_order = (q[0], q[2], q[3]) == (t[0], t[2], t[3]) and \
+        sorted(q[1].splitlines()) == sorted(t[1].splitlines())
+    if same_but_order and any(a.startswith("aio_") for a in argv):
+        return "TODO the order qemu-io prints AIO completions in"
+    if q[:3] == t[:3] and "write failed" in q[1] and any(a.startswith("write -c") for a in argv):
+        return "TODO qemu writes the compressed clusters in flight after a failing one"
+    return ""
+
+
+def run_side(tmp, base, side, argv, path):
+    d = os.path.join(tmp, side)
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(base, d)
+    env = dict(os.environ, PATH=path)
+    try:
+        p = subprocess.run(argv, cwd=d, env=env, capture_output=True, text=True, timeout=60,
+                           errors="replace")
+        return (p.returncode, filt(p.stdout), p.stderr, state(d))
+    except subprocess.TimeoutExpired:
+        return ("timeout", "", "", "")
+
+
+def main():
+    if not shutil.which("qemu-img") or not shutil.which("qemu-io"):
+        print("1..0 # SKIP qemu-img or qemu-io not installed")
+        return 0
+    tmp = tempfile.mkdtemp(prefix="tblk-cli-sweep-")
+    results = []
+    try:
+        base = os.path.join(tmp, "base")
+        make_images(base)
+        bindir = os.path.join(tmp, "bin")
+        os.makedirs(bindir)
+        for t, n in (("tblk-img", "qemu-img"), ("tblk-io", "qemu-io")):
+            os.symlink(os.path.abspath(os.path.join(BUILD, "tools", t)), os.path.join(bindir, n))
+        qpath = os.environ["PATH"]
+        tpath = bindir + ":" + qpath
+        lines = [gen() for _ in range(COUNT)] + FIXED + KNOWN
+        for argv in lines:
+            name = " ".join(repr(a) if (" " in a or not a) else a for a in argv)
+            if argv[1:3] == ["snapshot", "-c"]:
+                results.append((True, name, "", "the snapshot's creation time"))
+                continue
+            q = run_side(tmp, base, "q", argv, qpath)
+            t = run_side(tmp, base, "t", argv, tpath)
+            if q[0] == -6:
+                results.append((True, name, "", "qemu aborts (a qemu bug)"))
+                continue
+            diag = []
+            for k, what in enumerate(("exit status", "stdout", "stderr", "images")):
+                if q[k] != t[k]:
+                    diag.append("%s: qemu %r" % (what, q[k]))
+                    diag.append("%s: ours %r" % (what, t[k]))
+            results.append((not diag, name, "\n".join(diag), known(argv, q, t) if diag else ""))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("1..%d" % len(results))
+    for i, (good, name, diag, skip) in enumerate(results, 1):
+        if skip.startswith("TODO"):
+            print("not ok %d - %s # %s" % (i, name, skip))
+        else:
+            print("%s %d - %s%s" % ("ok" if good else "not ok", i, name,
+                                    " # SKIP " + skip if skip else ""))
+        for line in diag.splitlines():
+            print("#   " + line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
