@@ -596,6 +596,33 @@ static void test_iothread(void)
 	tblk_iothread_free(NULL);
 }
 
+static void where_cb(void *opaque)
+{
+	struct iot_ctx *c = opaque;
+
+	c->in_thread = tblk_loop_in_thread(c->loop);
+}
+
+/*
+ * tblk_loop_call_wait() right after tblk_iothread_new(), as tblk-daemon's --object iothread
+ * does: the new thread may not have entered its loop yet, but it owns the loop all the same,
+ * so the function must run there and not in the caller, concurrently with the loop thread.
+ */
+static void test_iothread_call_wait(void)
+{
+	unsigned int i, inline_runs = 0;
+
+	for (i = 0; i < 20; i++) {
+		struct tblk_iothread *iot = tblk_iothread_new("t-loop", NULL);
+		struct iot_ctx c = { .loop = tblk_iothread_get_loop(iot) };
+
+		tblk_loop_call_wait(c.loop, where_cb, &c);
+		inline_runs += !c.in_thread;
+		tblk_iothread_free(iot);
+	}
+	is_int(inline_runs, 0, "call_wait on a new iothread always runs on that iothread");
+}
+
 static void *stopper(void *opaque)
 {
 	usleep(2000);
@@ -673,7 +700,7 @@ static void test_data_slots(void)
 
 int main(void)
 {
-	tap_plan(71);
+	tap_plan(72);
 	test_fd_handlers();
 	test_bh_threads();
 	test_bh_cancel_free();
@@ -684,6 +711,7 @@ int main(void)
 	test_prepare_hooks();
 	test_polling();
 	test_iothread();
+	test_iothread_call_wait();
 	test_run_stop();
 	test_data_slots();
 	return tap_done();

@@ -26,6 +26,45 @@ static void *iothread_main(void *opaque)
 	return NULL;
 }
 
+/* tblk_iothread_new() waiting for its thread to be inside tblk_loop_run(). */
+struct iothread_start {
+	struct tblk_mutex lock;
+	struct tblk_cond cv;
+	bool running;		/* [lock] */
+};
+
+/* On the iothread, inside tblk_loop_run(): the loop is running from now until it stops. */
+static void iothread_started(void *opaque)
+{
+	struct iothread_start *st = opaque;
+
+	/* Signalled under the lock: the waiter destroys both as soon as it sees running. */
+	tblk_mutex_lock(&st->lock);
+	st->running = true;
+	tblk_cond_signal(&st->cv);
+	tblk_mutex_unlock(&st->lock);
+}
+
+/*
+ * Returns once the loop runs, so that from then on tblk_loop_is_running() is true and
+ * tblk_loop_call_wait() and friends hand their work to the iothread rather than run it in
+ * the caller, concurrently with the loop thread starting up.
+ */
+static void iothread_wait_running(struct tblk_iothread *iot)
+{
+	struct iothread_start st = { .running = false };
+
+	tblk_mutex_init(&st.lock);
+	tblk_cond_init(&st.cv);
+	tblk_loop_call_soon(iot->loop, iothread_started, &st);
+	tblk_mutex_lock(&st.lock);
+	while (!st.running)
+		tblk_cond_wait(&st.cv, &st.lock);
+	tblk_mutex_unlock(&st.lock);
+	tblk_cond_destroy(&st.cv);
+	tblk_mutex_destroy(&st.lock);
+}
+
 struct tblk_iothread *tblk_iothread_new(const char *name, GError **errp)
 {
 	struct tblk_iothread *iot;
@@ -50,6 +89,7 @@ struct tblk_iothread *tblk_iothread_new(const char *name, GError **errp)
 	/* The kernel keeps 15 characters; a name is a debugging aid, so truncate. */
 	g_strlcpy(comm, iot->name, sizeof(comm));
 	pthread_setname_np(iot->thread, comm);
+	iothread_wait_running(iot);
 	return iot;
 
 out_free_loop:

@@ -149,7 +149,10 @@ void tblk_notifier_destroy(struct tblk_notifier *n);
 void tblk_notifier_set(struct tblk_notifier *n);	/* any thread */
 bool tblk_notifier_test_and_clear(struct tblk_notifier *n);
 
-/* An iothread: a loop running in a thread of its own. */
+/*
+ * An iothread: a loop running in a thread of its own. tblk_iothread_new() returns once the
+ * loop runs, so tblk_loop_is_running() is true from then until tblk_iothread_free().
+ */
 struct tblk_iothread *tblk_iothread_new(const char *name, GError **errp);
 struct tblk_loop *tblk_iothread_get_loop(struct tblk_iothread *iot);
 /* Stops the loop, joins the thread, frees the loop. NULL ok. Not from the iothread. */
