@@ -238,7 +238,9 @@ def compare(name, ref, got, diag_args, todo=None):
 # ---------------------------------------------------------------- lock bytes
 
 def lock_bytes(path):
-    """The byte ranges locked on @path's inode (every holder: only one runs at a time)."""
+    """The byte ranges locked on @path's inode (every holder: only one runs at a time), each
+    once: qemu may hold a range through two descriptors for a moment (while it reopens the
+    image), which says nothing about which bytes it locks."""
     st = os.stat(path)
     dev = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
     found = []
@@ -248,7 +250,7 @@ def lock_bytes(path):
             if dev in fields:
                 i = fields.index(dev)
                 found.append("%s %s-%s" % (fields[1], fields[i + 1], fields[i + 2]))
-    return sorted(found)
+    return sorted(set(found))
 
 
 def probe_kind(tmp, tmpl, kind, h):
