@@ -112,6 +112,12 @@ int tblk_blk_open(struct tblk_blk **pblk, const char *filename, GHashTable *opti
 
 	const struct tblk_driver *drv;
 
+	/* An empty file name for the image: qemu hands it to the file driver, which says */
+	if (filename && !*filename && !g_hash_table_contains(opts, "filename") &&
+	    !g_hash_table_contains(opts, "file.filename") && !g_hash_table_contains(opts, "file")) {
+		g_hash_table_unref(opts);
+		return tblk_error_set(errp, EINVAL, "The 'file' block driver requires a file name");
+	}
 	if (filename && !*filename)
 		filename = NULL;
 	/* A "json:{...}" file name holds options; those given apart win, as in qemu. */

@@ -457,6 +457,14 @@ for a in "filename=small.img" "driver=raw,filename=small.img" "file=small.img" \
 	c "map --image-opts $a" map --image-opts "$a"
 done
 
+# ---- empty names: qemu hands an empty file name to the file driver; an empty backing file
+for a in "info ''" "info -f raw ''" "info -f qcow2 ''" "map ''" "info --image-opts ''" \
+	"info json:{}" "create -f qcow2 -b '' -F raw x.qcow2 1M" \
+	"create -f qcow2 -o backing_file= -F raw x.qcow2 1M" "create -f qcow2 -b '' x.qcow2 1M" \
+	"create -f qcow2 -o backing_file=,backing_fmt=raw x.qcow2"; do
+	eval "c \"\$a\" $a"
+done
+
 # ---- amend -p: the steps qemu's qcow2 reports (upgrade: 2 units; refcount width: 3 walks
 # over the refcount table, one unit an entry; downgrade: one unit per L1 entry), the steps
 # combined with the ones still to come projected, and qemu-img's own 0 and 100

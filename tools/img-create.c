@@ -330,6 +330,11 @@ static int create_check(struct create_args *a, struct create_opts *co, GError **
 		g_free(co->value[fi]);
 		co->value[fi] = g_strdup(a->backing_fmt);
 	}
+	if (bi >= 0 && co->value[bi] && !*co->value[bi]) {
+		g_set_error(errp, tblk_error_quark(), EINVAL,
+			    "Expected backing file name, got empty string");
+		return -EINVAL;
+	}
 	if (co->value[si]) {
 		a->size = co->num[si];
 		a->has_size = true;
