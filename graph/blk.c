@@ -29,7 +29,11 @@ struct tblk_blk {
 	bool writethrough;		/* [atomic] writes get TBLK_REQ_FUA */
 	uint64_t size;			/* [atomic] cached virtual size for range checks */
 	struct tblk_list parked;	/* [loop thread] requests waiting for a drain to end */
-	struct tblk_bh *resume_bh;	/* [const] resubmits parked requests */
+	/*
+	 * Resubmits parked requests. [const] from open until the close, which frees it on the
+	 * loop thread and sets it to NULL: no drained section may overlap a close.
+	 */
+	struct tblk_bh *resume_bh;
 	/*
 	 * [loop thread] Finished request objects kept for reuse (linked through work.next),
 	 * so the asynchronous hot path does not allocate; at most REQ_CACHE_MAX of them.
