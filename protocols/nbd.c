@@ -678,58 +678,28 @@ static bool nbd_rx_watch(struct nbd_state *s, struct tblk_loop *loop)
 	return true;
 }
 
-struct rx_stop {
-	struct nbd_state *s;
-	struct tblk_mutex lock;
-	struct tblk_cond cv;
-	bool done;			/* [lock] */
-};
-
 /* rx_loop (or no loop runs it): the socket's handler and the bottom half go. */
-static void nbd_rx_release(struct nbd_state *s)
+static void nbd_rx_release(void *opaque)
 {
+	struct nbd_state *s = opaque;
+
 	tblk__nbd_conn_flush(s->conn);	/* empty: the node is drained */
 	if (s->rx_hooked)
 		tblk_loop_remove_prepare_hook(s->rx_loop, &s->rx_hook);
 	s->rx_hooked = false;
 	nbd_rx_unwatch(s);
+	/* Freed on rx_loop's thread: tblk_bh_free() races with its loop elsewhere. */
 	tblk_bh_free(s->rx_bh);
 	s->rx_bh = NULL;
-}
-
-static void nbd_rx_stop_cb(void *opaque)
-{
-	struct rx_stop *st = opaque;
-
-	/* The bottom half is freed here: tblk_bh_free() races with its loop elsewhere. */
-	nbd_rx_release(st->s);
-	tblk_mutex_lock(&st->lock);
-	st->done = true;
-	tblk_cond_signal(&st->cv);
-	tblk_mutex_unlock(&st->lock);
 }
 
 /* Close (the node is drained): removes rx_loop's handler on that loop's thread. */
 static void nbd_rx_stop(struct nbd_state *s)
 {
 	struct tblk_loop *loop = __atomic_load_n(&s->rx_loop, __ATOMIC_ACQUIRE);
-	struct rx_stop st = { .s = s };
 
-	if (!loop)
-		return;
-	if (tblk_loop_in_thread(loop) || !tblk_loop_is_running(loop)) {
-		nbd_rx_release(s);
-	} else {
-		tblk_mutex_init(&st.lock);
-		tblk_cond_init(&st.cv);
-		tblk_loop_call_soon(loop, nbd_rx_stop_cb, &st);
-		tblk_mutex_lock(&st.lock);
-		while (!st.done)
-			tblk_cond_wait(&st.cv, &st.lock);
-		tblk_mutex_unlock(&st.lock);
-		tblk_cond_destroy(&st.cv);
-		tblk_mutex_destroy(&st.lock);
-	}
+	if (loop)
+		tblk_loop_call_wait(loop, nbd_rx_release, s);
 }
 
 /* Loop thread. Reads and writes that fit one command, and flushes; else -EAGAIN. */

@@ -23,6 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lib_guest import cpio, extract_vmlinux, find_kernel  # noqa: E402
+from lib_nbd import free_port  # noqa: E402
 
 BUILD = os.environ.get("TBLK_BUILD", ".")
 NBD = os.path.join(BUILD, "tools", "tblk-nbd")
@@ -101,14 +102,6 @@ echo "TBLK-SIZE $(/bin/busybox cat /sys/block/nbd0/size)"
 echo TBLK-DONE
 /bin/busybox poweroff -f
 """
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def main():
