@@ -6,6 +6,7 @@
  * Threading: the main thread runs its loops; helper threads only schedule bottom halves and
  * set notifiers, and report through atomics checked on the main thread.
  */
+#include <pthread.h>
 #include <unistd.h>
 
 #include "threadpool/threadpool.h"
@@ -623,6 +624,71 @@ static void test_iothread_call_wait(void)
 	is_int(inline_runs, 0, "call_wait on a new iothread always runs on that iothread");
 }
 
+/*
+ * A tool iterating its loop by hand leaves tblk_loop_iterate() after another thread's
+ * tblk_loop_call_wait() queued its function there, and does not iterate again until that
+ * thread is done: the waiter must notice the loop is idle and run the function itself.
+ */
+struct hand_ctx {
+	struct tblk_loop *loop;
+	int go;		/* [atomic] the waiter is about to call */
+	int runs;	/* [atomic] times fn ran */
+	int in_loop;	/* [atomic] times fn ran inside the loop's thread */
+	int returned;	/* [atomic] tblk_loop_call_wait() returned */
+};
+
+static void hand_fn(void *opaque)
+{
+	struct hand_ctx *h = opaque;
+
+	__atomic_fetch_add(&h->runs, 1, __ATOMIC_SEQ_CST);
+	if (tblk_loop_in_thread(h->loop))
+		__atomic_fetch_add(&h->in_loop, 1, __ATOMIC_SEQ_CST);
+}
+
+static void *hand_waiter(void *opaque)
+{
+	struct hand_ctx *h = opaque;
+
+	__atomic_store_n(&h->go, 1, __ATOMIC_SEQ_CST);
+	tblk_loop_call_wait(h->loop, hand_fn, h);
+	__atomic_store_n(&h->returned, 1, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+/* Holds the loop "running" until the waiter has (most likely) queued its call. */
+static void hand_hold_cb(void *opaque)
+{
+	struct hand_ctx *h = opaque;
+
+	while (!__atomic_load_n(&h->go, __ATOMIC_SEQ_CST))
+		usleep(100);
+	usleep(50000);
+}
+
+static void test_call_wait_idle_loop(void)
+{
+	struct hand_ctx h = { .loop = tblk_loop_new(NULL) };
+	pthread_t t;
+	int i;
+
+	tblk_loop_call_soon(h.loop, hand_hold_cb, &h);
+	pthread_create(&t, NULL, hand_waiter, &h);
+	tblk_loop_iterate(h.loop, false);	/* runs hand_hold_cb, then leaves */
+	/* Not iterating now: the waiter must finish on its own (a 10 s guard, not a timing). */
+	for (i = 0; i < 10000 && !__atomic_load_n(&h.returned, __ATOMIC_SEQ_CST); i++)
+		usleep(1000);
+	ok(__atomic_load_n(&h.returned, __ATOMIC_SEQ_CST),
+	   "call_wait returns when the loop stops being iterated after it queued");
+	if (!h.returned)
+		tblk_loop_iterate(h.loop, false);	/* unstick it rather than hang */
+	pthread_join(t, NULL);
+	tblk_loop_iterate(h.loop, false);	/* meets the taken-back bh: must not run it */
+	is_int(h.runs, 1, "the function ran exactly once");
+	is_int(h.in_loop, 0, "in the waiter, since nobody ran the loop");
+	tblk_loop_free(h.loop);
+}
+
 static void *stopper(void *opaque)
 {
 	usleep(2000);
@@ -700,7 +766,7 @@ static void test_data_slots(void)
 
 int main(void)
 {
-	tap_plan(72);
+	tap_plan(75);
 	test_fd_handlers();
 	test_bh_threads();
 	test_bh_cancel_free();
@@ -712,6 +778,7 @@ int main(void)
 	test_polling();
 	test_iothread();
 	test_iothread_call_wait();
+	test_call_wait_idle_loop();
 	test_run_stop();
 	test_data_slots();
 	return tap_done();

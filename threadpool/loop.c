@@ -57,7 +57,7 @@ struct tblk_bh {
 	struct tblk_loop *loop;	/* [const] */
 	tblk_loop_fn *fn;	/* [const] */
 	void *opaque;		/* [const] */
-	bool oneshot;		/* [const] tblk_loop_call_soon(): freed after it runs */
+	bool oneshot;		/* [const] call_soon()/call_wait(): freed after it runs or is taken back */
 	int state;		/* [atomic] BH_* */
 	bool freed;		/* [loop thread] freed while queued: free it when dequeued */
 	struct tblk_bh *next;	/* written by the one thread that moves state off BH_IDLE */
@@ -513,6 +513,9 @@ struct call_wait {
 	bool done;		/* [lock] */
 };
 
+/* How often a waiter looks whether the loop still runs (see tblk_loop_call_wait()). */
+#define CALL_WAIT_RECHECK_NS	10000000ull
+
 static void call_wait_cb(void *opaque)
 {
 	struct call_wait *cw = opaque;
@@ -525,9 +528,27 @@ static void call_wait_cb(void *opaque)
 	tblk_mutex_unlock(&cw->lock);
 }
 
+/* Takes a queued bh back before the loop runs it: true if this call won the race. */
+static bool bh_take_back(struct tblk_bh *bh)
+{
+	int queued = BH_QUEUED;
+
+	return __atomic_compare_exchange_n(&bh->state, &queued, BH_CANCELLED, false,
+					   __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+}
+
+/*
+ * The loop may stop being run after the request was queued (a tool iterating it by hand
+ * leaves its iterate; an iothread is stopped): then nobody would ever run the bh. The
+ * waiter looks every CALL_WAIT_RECHECK_NS, and if the loop is idle and the bh still queued,
+ * takes it back and runs fn itself, as it would have had the loop been idle from the start.
+ * The bh's state decides who runs fn: run_bhs() and bh_take_back() both swap it from
+ * BH_QUEUED, so exactly one of them does.
+ */
 void tblk_loop_call_wait(struct tblk_loop *loop, tblk_loop_fn *fn, void *opaque)
 {
 	struct call_wait cw = { .fn = fn, .opaque = opaque };
+	struct tblk_bh *bh;
 
 	if (tblk_loop_in_thread(loop) || !tblk_loop_is_running(loop)) {
 		fn(opaque);
@@ -535,10 +556,20 @@ void tblk_loop_call_wait(struct tblk_loop *loop, tblk_loop_fn *fn, void *opaque)
 	}
 	tblk_mutex_init(&cw.lock);
 	tblk_cond_init(&cw.cv);
-	tblk_loop_call_soon(loop, call_wait_cb, &cw);
+	bh = tblk_bh_new(loop, call_wait_cb, &cw);
+	bh->oneshot = true;
+	tblk_bh_schedule(bh);
 	tblk_mutex_lock(&cw.lock);
-	while (!cw.done)
-		tblk_cond_wait(&cw.cv, &cw.lock);
+	while (!cw.done) {
+		if (tblk_cond_timedwait(&cw.cv, &cw.lock, tblk_clock_ns() + CALL_WAIT_RECHECK_NS) ||
+		    tblk_loop_is_running(loop) || !bh_take_back(bh))
+			continue;
+		/* Taken back: the loop frees the oneshot bh when it next meets it. */
+		tblk_mutex_unlock(&cw.lock);
+		fn(opaque);
+		tblk_mutex_lock(&cw.lock);
+		cw.done = true;
+	}
 	tblk_mutex_unlock(&cw.lock);
 	tblk_cond_destroy(&cw.cv);
 	tblk_mutex_destroy(&cw.lock);
@@ -563,7 +594,8 @@ static bool run_bhs(struct tblk_loop *loop)
 		next = bh->next;
 		if (__atomic_exchange_n(&bh->state, BH_IDLE, __ATOMIC_ACQ_REL) != BH_QUEUED ||
 		    bh->freed) {
-			if (bh->freed)
+			/* A oneshot one was taken back by tblk_loop_call_wait(): ours to free. */
+			if (bh->freed || oneshot)
 				g_free(bh);
 			continue;
 		}
