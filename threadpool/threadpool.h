@@ -122,6 +122,8 @@ void tblk_loop_call_soon(struct tblk_loop *loop, tblk_loop_fn *fn, void *opaque)
  * Runs @fn(@opaque) on @loop's thread and returns once it has run: in the caller if that is
  * the loop's thread or nobody runs @loop, else as a call_soon waited for. Everything the loop
  * thread did before @fn happens before the return. Any thread the loop does not wait for.
+ * If nobody runs @loop any more while the call waits (a hand-iterated loop was left), the
+ * caller takes the call back and runs @fn itself, within about 10 ms.
  */
 void tblk_loop_call_wait(struct tblk_loop *loop, tblk_loop_fn *fn, void *opaque);
 
