@@ -264,7 +264,7 @@ int qcow2_create(const char *filename, uint64_t size, GHashTable *opts, GError *
 		goto out;
 	g_hash_table_insert(iopts, g_strdup("driver"), g_strdup("qcow2"));
 	/* The backing file need not exist yet: open without it. */
-	g_hash_table_insert(iopts, g_strdup("backing"), g_strdup("null"));
+	g_hash_table_insert(iopts, g_strdup("backing"), g_strdup(TBLK__OPTS_NULL));
 	ret = tblk__node_open(&node, filename, iopts, TBLK_OPEN_RDWR, errp);
 	if (ret < 0)
 		goto out;

@@ -161,9 +161,6 @@ static int open_backing(struct tblk_node *node, struct qcow2_state *s, GHashTabl
 	gpointer k, v;
 	int ret;
 
-	/* backing=null (JSON null) or the deprecated "": no backing file */
-	if (ref && (!*ref || !strcmp(ref, "null")))
-		return 0;
 	/* Not opening one, qemu leaves its options to the unsupported-option check. */
 	if (flags & TBLK_OPEN_NO_BACKING) {
 		if (ref)
@@ -174,6 +171,9 @@ static int open_backing(struct tblk_node *node, struct qcow2_state *s, GHashTabl
 					    g_strdup(v));
 		return 0;
 	}
+	/* "backing": 5 in JSON is no reference: qemu opens the header's backing file */
+	if (ref && !strcmp(ref, TBLK__OPTS_NOT_STRING))
+		g_clear_pointer(&ref, g_free);
 	if (ref) {
 		ret = tblk__opts_child_reference(ref, bopts, errp);
 		tblk_error_prepend(errp, "Could not open backing file: ");
@@ -213,6 +213,23 @@ static int open_data_file(struct tblk_node *node, struct qcow2_state *s, GHashTa
 	struct tblk_node *child;
 	int ret;
 
+	/*
+	 * Metadata only: qemu does not look at the data file or its options. A null node
+	 * stands in for an external one (it is never read) so that s->data says it is apart.
+	 */
+	if ((flags & TBLK_OPEN_NO_DATA_FILE) && !(flags & TBLK_OPEN_RDWR)) {
+		GHashTable *nopts;
+
+		if (!(s->incompat & QCOW2_INCOMPAT_DATA_FILE)) {
+			s->data = node->file;
+			return 0;
+		}
+		nopts = tblk_opts_new();
+		g_hash_table_insert(nopts, g_strdup("driver"), g_strdup("null-co"));
+		ret = tblk__node_open(&s->data, NULL, nopts, TBLK_OPEN_PROTOCOL, errp);
+		g_hash_table_unref(nopts);
+		return ret;
+	}
 	if (ref)
 		return tblk__opts_child_reference(ref, dopts, errp);
 	if (!(s->incompat & QCOW2_INCOMPAT_DATA_FILE)) {

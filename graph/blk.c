@@ -74,7 +74,10 @@ static void blk_resume_parked(void *opaque);
 static int blk_take_opts(GHashTable **popts, unsigned int *flags, struct tblk_loop *loop,
 			 struct tblk__thr_member **pthr, GError **errp)
 {
-	g_autoptr(GHashTable) topts = tblk__opts_extract_prefix(*popts, "throttling");
+	/* TBLK_OPEN_NODE_OPTS: none of them; they stay for the node, which refuses them */
+	bool node_only = *flags & TBLK_OPEN_NODE_OPTS;
+	g_autoptr(GHashTable) topts = node_only ? tblk_opts_new() :
+					  tblk__opts_extract_prefix(*popts, "throttling");
 	g_autofree char *group = tblk__opts_take(topts, "group");
 	bool cor = *flags & TBLK_OPEN_COPY_ON_READ;
 	struct tblk__thr_cfg cfg;
@@ -82,7 +85,7 @@ static int blk_take_opts(GHashTable **popts, unsigned int *flags, struct tblk_lo
 	gpointer k, v;
 
 	*pthr = NULL;
-	if (tblk__opts_take_bool(*popts, "copy-on-read", &cor, errp) < 0 ||
+	if ((!node_only && tblk__opts_take_bool(*popts, "copy-on-read", &cor, errp) < 0) ||
 	    tblk__thr_cfg_parse(&cfg, topts, "", errp) < 0)
 		return -EINVAL;
 	g_hash_table_iter_init(&it, topts);

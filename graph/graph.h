@@ -318,6 +318,18 @@ const char *tblk__opts_first_key(GHashTable *opts);
  * options of the child, @copts) and returns -EINVAL.
  */
 int tblk__opts_child_reference(const char *ref, GHashTable *copts, GError **errp);
+/*
+ * The value a child option holds when a "json:" file name gives it as null ("backing": null,
+ * no backing file). No option string spells it: "backing=null" names a node called "null",
+ * as in qemu. (The library's own spelling of "no backing file" is "backing=", which qemu
+ * still takes and tblk's tools warn about as qemu's do.)
+ */
+#define TBLK__OPTS_NULL "\x01null"
+/*
+ * The value of "backing" when a "json:" file name gives it a number, a boolean, {} or []:
+ * no reference to a node (qemu takes only a string for one), and no option of the driver.
+ */
+#define TBLK__OPTS_NOT_STRING "\x01value"
 /* Parses a size with qemu's suffixes (k, M, G, T, P, E; powers of 1024). 0 or -EINVAL. */
 int tblk__parse_size(const char *s, uint64_t *out);
 

@@ -59,6 +59,11 @@ const char *const *tblk_format_names(void)
 	return names;
 }
 
+bool tblk_driver_known(const char *name)
+{
+	return tblk__driver_find(name) != NULL;
+}
+
 const struct tblk_driver *tblk__driver_find(const char *name)
 {
 	for (size_t i = 0; formats[i]; i++)
@@ -187,10 +192,20 @@ static int node_open_drv(struct tblk_node **pnode, const struct tblk_driver *drv
 			 GError **errp)
 {
 	struct tblk_node *node;
+	const char *backing;
 	int ret;
 
 	if (take_common_opts(opts, &flags, errp) < 0)
 		return -EINVAL;
+	/*
+	 * "backing" null (or "", deprecated) on any node: no backing file, as in qemu, which then
+	 * leaves options given for the backing node ("backing.driver") unused.
+	 */
+	backing = g_hash_table_lookup(opts, "backing");
+	if (backing && (!*backing || !strcmp(backing, TBLK__OPTS_NULL))) {
+		g_hash_table_remove(opts, "backing");
+		flags |= TBLK_OPEN_NO_BACKING;
+	}
 	if (drv->is_protocol && filename && !g_hash_table_contains(opts, "filename"))
 		g_hash_table_insert(opts, g_strdup("filename"), g_strdup(filename));
 	node = node_alloc(drv, flags);

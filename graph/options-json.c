@@ -6,7 +6,7 @@
  * one), the tokens of one top-level value are collected until its brackets close, and only
  * then parsed; a second top-level value, even a broken one, is "Expecting at most one JSON
  * value". Strings may be single-quoted. Lists flatten to "key.0", "key.1"; null leaves the
- * key out, except "backing": null (no backing file), kept as backing=null.
+ * key out, except "backing": null (no backing file), kept as TBLK__OPTS_NULL.
  *
  * Control path only; no shared state.
  */
@@ -346,6 +346,20 @@ static bool is_child_key(const char *key)
 	return !strcmp(last, "file") || !strcmp(last, "data-file");
 }
 
+/* Whether @key names a backing child (its last component). */
+static bool is_backing_key(const char *key)
+{
+	const char *last = key ? strrchr(key, '.') : NULL;
+
+	return key && !strcmp(last ? last + 1 : key, "backing");
+}
+
+/* "backing" given a number, a boolean, {} or []: kept, but as no reference (see graph.h) */
+static void add_not_string(struct jparse *j, const char *key)
+{
+	g_hash_table_insert(j->out, g_strdup(key), g_strdup(TBLK__OPTS_NOT_STRING));
+}
+
 /* A value, its scalars stored under @key (NULL: only checked, as an object key is). */
 static int parse_value(struct jparse *j, const char *key, int depth)
 {
@@ -358,8 +372,12 @@ static int parse_value(struct jparse *j, const char *key, int depth)
 	case '{':
 		if (depth == 0)
 			j->is_object = true;
+		if (is_backing_key(key) && j->pos < j->n && j->toks[j->pos].type == '}')
+			add_not_string(j, key);
 		return parse_object(j, key ? key : "", depth + 1);
 	case '[':
+		if (is_backing_key(key) && j->pos < j->n && j->toks[j->pos].type == ']')
+			add_not_string(j, key);
 		return parse_array(j, key, depth + 1);
 	case J_STRING:
 		val = unquote(j, t->text);
@@ -369,7 +387,7 @@ static int parse_value(struct jparse *j, const char *key, int depth)
 	case J_NUMBER:
 		if (key && is_child_key(key))
 			return 0;	/* not a reference: qemu drops it */
-		val = g_strdup(t->text);
+		val = g_strdup(is_backing_key(key) ? TBLK__OPTS_NOT_STRING : t->text);
 		break;
 	case J_KEYWORD:
 		if (strcmp(t->text, "true") && strcmp(t->text, "false") && strcmp(t->text, "null"))
@@ -380,7 +398,10 @@ static int parse_value(struct jparse *j, const char *key, int depth)
 			return 0;
 		if (key && strcmp(t->text, "null") && is_child_key(key))
 			return 0;
-		val = g_strdup(t->text);
+		if (!strcmp(t->text, "null"))
+			val = g_strdup(TBLK__OPTS_NULL);
+		else
+			val = g_strdup(is_backing_key(key) ? TBLK__OPTS_NOT_STRING : t->text);
 		break;
 	default:
 		return perr(j, "JSON parse error, expecting value");

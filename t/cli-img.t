@@ -42,11 +42,8 @@
 #   Input/output error", exit 1, no "Run completed". The offset wraps modulo the image size.
 #   -w without -f warns that probing guessed raw. -U -w: "Could not open 'F':
 #   force-share=on can only be used with read-only images".
-# Known differences: "backing=null" in --image-opts is no backing file for tblk (its
-# --blockdev meaning), a reference to a node named "null" for qemu-img; qemu-img info does
-# not open an external data file, so it ignores data-file options that tblk-img rejects; a
-# number or boolean for "backing" in json: is no reference for qemu (it opens the backing file
-# the header names), one to a node of that name for tblk (options are strings).
+# ("backing=null", copy-on-read, data-file options in info and "backing": 5 in json: are
+# compared in t/cli-sweep.t.)
 # Not compared: help texts (tblk's own words), version strings (they say tblk), -d 0 with
 # requests to send (qemu hangs; tblk-img says "Invalid queue depth specified"), -s values
 # whose depth * size overflows an int (qemu aborts).

@@ -5,7 +5,7 @@
  * (info, snapshot list, reads at a few offsets, a block-status walk, a check without repair,
  * as `qemu-img check` does), then, on a private copy, read-write (writes, zero writes, a
  * discard, a compressed write, reverting to and deleting a snapshot, taking one, a flush,
- * `check -r all`). Backing files are not followed (backing=null) unless the
+ * `check -r all`). Backing files are not followed ("backing=", none) unless the
  * image names "base.qcow2", which is a small image of ours in the same directory; an external
  * data file is always ours too, so nothing outside the directory is ever opened.
  * Invariants: no crash, leak or undefined behaviour (the sanitizers watch), no hang or huge
@@ -169,7 +169,7 @@ static GHashTable *open_opts(const uint8_t *data, size_t size, const char *path,
 	g_hash_table_insert(o, g_strdup("file.filename"), g_strdup(path));
 	if (!(blen == 10 && boff < size && size - boff >= 10 &&
 	      !memcmp(data + boff, "base.qcow2", 10)))
-		g_hash_table_insert(o, g_strdup("backing"), g_strdup("null"));
+		g_hash_table_insert(o, g_strdup("backing"), g_strdup(""));
 	/* Incompatible feature bit 2 of a v3 header: an external data file. */
 	if (size >= 80 && be32(data + 4) == 3 && (data[79] & 4))
 		g_hash_table_insert(o, g_strdup("data-file.filename"), g_strdup(dpath));

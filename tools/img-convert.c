@@ -1066,7 +1066,8 @@ static int64_t backing_sectors(const char *backing, const char *backing_fmt, con
 
 	if (backing_fmt)
 		g_hash_table_insert(opts, g_strdup("driver"), g_strdup(backing_fmt));
-	if (tblk_blk_open(&blk, path, opts, TBLK_OPEN_SHARE_RW, NULL, &err) == 0) {
+	if (tblk_blk_open(&blk, path, opts, TBLK_OPEN_SHARE_RW | TBLK_OPEN_NODE_OPTS, NULL,
+			  &err) == 0) {
 		len = tblk_blk_getlength(blk);
 		tblk_blk_close(blk);
 	}
@@ -1178,8 +1179,8 @@ static int pad_compressed_file(const char *filename)
 	int64_t len;
 	int ret;
 
-	ret = tblk_blk_open(&blk, filename, opts, TBLK_OPEN_RDWR | TBLK_OPEN_PROTOCOL, NULL,
-			    &err);
+	ret = tblk_blk_open(&blk, filename, opts,
+			    TBLK_OPEN_RDWR | TBLK_OPEN_PROTOCOL | TBLK_OPEN_NODE_OPTS, NULL, &err);
 	g_hash_table_unref(opts);
 	if (ret < 0) {
 		tool_error_gerror(err, "Could not open '%s': ", filename);

@@ -279,7 +279,7 @@ static int backing_size(const char *image, const char *backing, const char *fmt,
 	else
 		path = g_build_filename(dir, backing, NULL);
 	g_hash_table_insert(opts, g_strdup("driver"), g_strdup(fmt));
-	if (tblk_blk_open(&blk, path, opts, 0, NULL, &err) < 0) {
+	if (tblk_blk_open(&blk, path, opts, TBLK_OPEN_NODE_OPTS, NULL, &err) < 0) {
 		g_set_error(errp, tblk_error_quark(), EINVAL, "%s\nCould not open backing image.",
 			    err->message);
 		g_error_free(err);

@@ -240,7 +240,7 @@ int img_info(int argc, char **argv)
 	info_parse(argc, argv, &a);
 	/* Each image of the chain is opened on its own, as qemu-img does: backing.* options
 	 * are not for it. */
-	a.open.flags |= TBLK_OPEN_NO_BACKING;
+	a.open.flags |= TBLK_OPEN_NO_BACKING | TBLK_OPEN_NO_DATA_FILE;
 	json = !strcmp(a.output, "json");
 	o = a.open;
 	if (img_open(&blk, &o, NULL) < 0)

@@ -109,7 +109,8 @@ static char *backing_name(struct tblk_blk *top, const char *name, int depth)
 	if (depth > 1) {
 		GHashTable *opts = tblk_opts_new();
 
-		if (tblk_blk_open(&blk, name, opts, TBLK_OPEN_SHARE_RW, NULL, &err) < 0)
+		if (tblk_blk_open(&blk, name, opts, TBLK_OPEN_SHARE_RW | TBLK_OPEN_NODE_OPTS,
+				  NULL, &err) < 0)
 			blk = NULL;
 		g_clear_error(&err);
 		g_hash_table_unref(opts);

@@ -71,10 +71,11 @@ int img_open(struct tblk_blk **pblk, const struct img_open_opts *o, struct tblk_
 	opts = tblk_opts_new();
 	ret = build_opts(opts, o, &probe_name, &open_name, &err);
 	/* qemu opens without a backing file then, and says so. */
-	if (ret == 0 && !g_strcmp0(g_hash_table_lookup(opts, "backing"), ""))
-		tool_warn("Use of \"backing\": \"\" is deprecated; use \"backing\": null instead");
 	if (ret == 0)
-		ret = tblk_blk_open(pblk, open_name, opts, o->flags, loop, &err);
+		tool_warn_empty_backing(opts, open_name);
+	if (ret == 0)
+		ret = tblk_blk_open(pblk, open_name, opts, o->flags | TBLK_OPEN_NODE_OPTS, loop,
+				    &err);
 	if (ret < 0) {
 		tool_error_gerror(err, "Could not open '%s': ", o->filename);
 	} else if (probe_name) {

@@ -99,7 +99,7 @@ int img_open_layer(struct tblk_blk **pblk, struct tblk_blk *chain, int depth,
 	 * second set of locks, which would conflict with our own.
 	 */
 	g_hash_table_insert(opts, g_strdup("file.locking"), g_strdup("off"));
-	ret = tblk_blk_open(pblk, l.filename, opts, flags, NULL, errp);
+	ret = tblk_blk_open(pblk, l.filename, opts, flags | TBLK_OPEN_NODE_OPTS, NULL, errp);
 	g_hash_table_unref(opts);
 	return ret;
 }
@@ -169,7 +169,7 @@ static int open_new_backing(struct rebase *rb)
 	opts = tblk_opts_new();
 	if (a->base_fmt)
 		g_hash_table_insert(opts, g_strdup("driver"), g_strdup(a->base_fmt));
-	ret = tblk_blk_open(&rb->new_b, path, opts, rb->src_flags |
+	ret = tblk_blk_open(&rb->new_b, path, opts, rb->src_flags | TBLK_OPEN_NODE_OPTS |
 			    (a->force_share ? TBLK_OPEN_SHARE_RW : 0), NULL, &err);
 	g_hash_table_unref(opts);
 	if (ret < 0)

@@ -244,7 +244,8 @@ static void warn_probed_raw_before_error(struct io_ctx *io, const struct io_open
 		if (!strncmp(k, "file.", 5) || !strncmp(k, "cache.", 6))
 			g_hash_table_insert(popts, g_strdup(k), g_strdup(v));
 	/* Opened as qemu opens the protocol it probes: read-write, as asked. */
-	if (tblk_blk_open(&blk, r->filename, popts, r->flags, io->loop, NULL) == 0) {
+	if (tblk_blk_open(&blk, r->filename, popts, r->flags | TBLK_OPEN_NODE_OPTS, io->loop,
+			  NULL) == 0) {
 		tool_warn_probed_raw(blk, probe_name);
 		tblk_blk_close(blk);
 	}
@@ -271,6 +272,8 @@ int io_open_image(struct io_ctx *io, const struct io_open_req *r)
 	GError *err = NULL;
 	int ret;
 
+	/* qemu warns before it looks at anything else */
+	tool_warn_empty_backing(r->opts, r->filename);
 	if (!g_hash_table_contains(r->opts, "driver") && !tool_json_names_driver(r->filename))
 		probe_name = r->filename ? r->filename : g_hash_table_lookup(r->opts,
 									    "file.filename");
@@ -303,7 +306,8 @@ int io_open_image(struct io_ctx *io, const struct io_open_req *r)
 			goto fail;
 		return 0;
 	}
-	ret = tblk_blk_open(&io->blk, r->filename, r->opts, r->flags, io->loop, &err);
+	ret = tblk_blk_open(&io->blk, r->filename, r->opts, r->flags | TBLK_OPEN_NODE_OPTS,
+			    io->loop, &err);
 	if (ret < 0) {
 		if (probe_name && (r->flags & TBLK_OPEN_RDWR))
 			warn_probed_raw_before_error(io, r, probe_name);
@@ -472,14 +476,15 @@ static int reopen_image(struct io_ctx *io, GHashTable *opts, unsigned int flags)
 
 	io->open.snapshot_fd = -1;
 	io_close_image(io);
-	ret = tblk_blk_open(&io->blk, filename, opts, flags, io->loop, &err);
+	ret = tblk_blk_open(&io->blk, filename, opts, flags | TBLK_OPEN_NODE_OPTS, io->loop, &err);
 	if (ret == 0) {
 		io_save_open_state(io, filename, opts, flags);
 		io->open.snapshot_fd = snapshot_fd;
 		goto out;
 	}
 	tool_error_gerror(err, NULL);
-	if (tblk_blk_open(&io->blk, filename, old_opts, old_flags, io->loop, &err2) == 0) {
+	if (tblk_blk_open(&io->blk, filename, old_opts, old_flags | TBLK_OPEN_NODE_OPTS,
+			  io->loop, &err2) == 0) {
 		io_save_open_state(io, filename, old_opts, old_flags);
 		io->open.snapshot_fd = snapshot_fd;
 	} else {

@@ -23,8 +23,8 @@ static int probe_base(struct io_ctx *io, const struct io_open_req *r, int64_t *s
 	struct tblk_blk *blk;
 	int ret;
 
-	ret = tblk_blk_open(&blk, r->filename, r->opts, r->flags & ~TBLK_OPEN_RDWR, io->loop,
-			    errp);
+	ret = tblk_blk_open(&blk, r->filename, r->opts,
+			    (r->flags & ~TBLK_OPEN_RDWR) | TBLK_OPEN_NODE_OPTS, io->loop, errp);
 	if (ret < 0)
 		return ret;
 	*size = tblk_blk_getlength(blk);
@@ -105,7 +105,7 @@ int io_open_snapshot(struct io_ctx *io, const struct io_open_req *r, GError **er
 		g_hash_table_insert(oopts, g_strdup("backing.driver"), g_strdup(fmt));
 	g_hash_table_insert(oopts, g_strdup("driver"), g_strdup("qcow2"));
 	ofile = g_strdup_printf("/proc/self/fd/%d", fd);
-	ret = tblk_blk_open(&io->blk, ofile, oopts, r->flags, io->loop, errp);
+	ret = tblk_blk_open(&io->blk, ofile, oopts, r->flags | TBLK_OPEN_NODE_OPTS, io->loop, errp);
 	if (ret < 0) {
 		close(fd);
 		goto out;

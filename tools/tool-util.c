@@ -132,6 +132,35 @@ bool tool_json_names_driver(const char *filename)
 	       g_hash_table_contains(opts, "driver");
 }
 
+static void warn_empty_backing(GHashTable *opts)
+{
+	const char *drv = g_hash_table_lookup(opts, "driver");
+	GHashTableIter it;
+	gpointer k, v;
+
+	/* qemu looks the driver up first */
+	if (drv && !tblk_driver_known(drv))
+		return;
+	g_hash_table_iter_init(&it, opts);
+	while (g_hash_table_iter_next(&it, &k, &v))
+		if ((!strcmp(k, "backing") || g_str_has_suffix(k, ".backing")) && v && !*(char *)v)
+			tool_warn("Use of \"backing\": \"\" is deprecated; use \"backing\": null "
+				  "instead");
+}
+
+void tool_warn_empty_backing(GHashTable *opts, const char *filename)
+{
+	g_autoptr(GHashTable) jopts = NULL;
+
+	if (opts)
+		warn_empty_backing(opts);
+	if (!filename || strncmp(filename, "json:", 5))
+		return;
+	jopts = tblk_opts_new();
+	if (tblk_opts_parse(jopts, filename, NULL, NULL) == 0)
+		warn_empty_backing(jopts);
+}
+
 void tool_warn_probed_raw(struct tblk_blk *blk, const char *name)
 {
 	const char *canonical = tblk_blk_filename(blk);

@@ -71,6 +71,11 @@ int tool_object_add(const char *def);
 
 /* Whether @filename is a "json:{...}" one that names its driver (nothing is probed then). */
 bool tool_json_names_driver(const char *filename);
+/*
+ * qemu's deprecation warning for each node given "backing": "" (no backing file) in @opts or
+ * in a "json:{...}" @filename (NULL: none), before the image is opened.
+ */
+void tool_warn_empty_backing(GHashTable *opts, const char *filename);
 /* qemu's warning about a writable image whose raw format was only probed (stderr). */
 void tool_warn_probed_raw(struct tblk_blk *blk, const char *name);
 

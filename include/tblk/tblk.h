@@ -65,6 +65,16 @@ void tblk_iothread_free(struct tblk_iothread *iot);
 #define TBLK_OPEN_COPY_ON_READ	0x0200u	/* copy-on-read filter on top (copy-on-read=on) */
 #define TBLK_OPEN_NO_BACKING	0x2000u	/* do not open the backing file the image names */
 /*
+ * The options are the image node's only, as qemu-img and qemu-io take them: the backend's
+ * own ("copy-on-read", "throttling.*") are unknown options of the node's driver.
+ */
+#define TBLK_OPEN_NODE_OPTS	0x0400u
+/*
+ * Metadata only (qemu-img info): an external data file is not opened, and options for it
+ * are dropped unread. Read-only opens only: the image's data is not there to read.
+ */
+#define TBLK_OPEN_NO_DATA_FILE	0x0800u
+/*
  * Image locking (qemu's, on the same bytes): an image is locked for reading, and for writing
  * if TBLK_OPEN_RDWR; opening fails while another process (tblk or qemu) holds a permission
  * we deny or denies one we take. Formats deny writes and resizes of their own file and of
@@ -469,6 +479,8 @@ void tblk_blk_get_stats(struct tblk_blk *blk, struct tblk_stats *st);
 
 /* Names of the format drivers this build has, NULL-terminated, for probing tools. */
 const char *const *tblk_format_names(void);
+/* Whether this build has a driver (format, protocol or filter) called @name. */
+bool tblk_driver_known(const char *name);
 
 /*
  * Fault injection: breakpoints of the first blkdebug node below @blk's root (qemu-io's
