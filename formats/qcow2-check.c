@@ -40,7 +40,8 @@ struct check {
 	uint8_t *refs;			/* counted references, in refcount block layout */
 	uint64_t nb_clusters;		/* entries of refs that are in use */
 	bool rebuild;			/* the refcount structure must be written anew */
-	bool signaled;			/* the refblock corruption message was given */
+	bool signaled;			/* the corruption message was given */
+	bool halted;			/* marked corrupt while repairing: nothing more is written */
 };
 
 static void finding(struct check *c, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
@@ -151,6 +152,8 @@ static enum qcow2_ctype ctype(const struct qcow2_state *s, uint64_t e)
 	return t;
 }
 
+static int overlap_check(struct check *c, unsigned int ignore, uint64_t off, uint64_t len);
+
 /* A misaligned zero cluster's entry becomes a plain zero entry on disk. */
 static int fix_prealloc_entry(struct check *c, uint64_t l2_off, uint32_t i)
 {
@@ -194,8 +197,18 @@ static int check_data_entry(struct check *c, uint64_t l2_off, uint32_t i, uint64
 				   "aligned; L2 entry corrupted.",
 				(fix & TBLK_CHECK_FIX_ERRORS) ? "Repairing" : "ERROR", off);
 			if (fix & TBLK_CHECK_FIX_ERRORS) {
-				int ret = fix_prealloc_entry(c, l2_off, i);
+				/* The entry inside other metadata: the check stops here. */
+				int ret = overlap_check(c, (flags & CHECK_FRAG_INFO) ?
+							QCOW2_OL_ACTIVE_L2 : QCOW2_OL_INACTIVE_L2,
+							l2_off + (uint64_t)i * s->l2_entry_size,
+							s->l2_entry_size);
 
+				if (ret < 0) {
+					finding(c, "ERROR: Overlap check failed");
+					c->res->check_errors++;
+					return ret;
+				}
+				ret = fix_prealloc_entry(c, l2_off, i);
 				if (ret >= 0) {
 					c->res->corruptions--;
 					c->res->corruptions_fixed++;
@@ -522,6 +535,14 @@ static void signal_corruption(struct check *c, const char *fmt, ...)
 	}
 	finding(c, "qcow2: Marking image as corrupt: %s; further corruption events will be "
 		   "suppressed", what);
+	/*
+	 * As qemu's image becomes unusable: what the repair left in the caches (refcounts
+	 * already repaired) is dropped, not written, now nor at close.
+	 */
+	c->halted = true;
+	(void)qcow2_signal_corruption(s, "check", 0);
+	qcow2_cache_clear(s->l2_cache);
+	qcow2_cache_clear(s->rc_cache);
 	s->incompat |= QCOW2_INCOMPAT_CORRUPT;
 	be = htobe64(s->incompat);
 	if (tblk_node_pwrite(s->node->file, 72, &be, 8, 0) >= 0)
@@ -545,23 +566,18 @@ static int stored(struct check *c, uint64_t i, uint64_t *rc)
 }
 
 /*
- * What qemu's overlap check refuses while rebuilding: writing over a block the old table
- * names (those not counted: misaligned, reserved bits set, past the end).
+ * A repair's write of @len bytes at @off, refused (-EIO, the image marked corrupt) if it
+ * would touch metadata other than the kinds in @ignore, as qemu's overlap check refuses it.
  */
-static int overlap_check(struct check *c, uint64_t off, uint64_t len)
+static int overlap_check(struct check *c, unsigned int ignore, uint64_t off, uint64_t len)
 {
-	struct qcow2_state *s = c->s;
+	unsigned int kind = qcow2_overlap_find(c->s, ignore, off, len);
 
-	for (uint64_t i = 0; i < s->reftable_size; i++) {
-		uint64_t b = s->reftable[i] & ~QCOW2_REFT_RESERVED;
-
-		if (b && b < off + len && off < b + s->cluster_size) {
-			signal_corruption(c, "Preventing invalid write on metadata (overlaps with "
-					  "refcount block)");
-			return -EIO;
-		}
-	}
-	return 0;
+	if (!kind)
+		return 0;
+	signal_corruption(c, "Preventing invalid write on metadata (overlaps with %s)",
+			  qcow2_overlap_name(kind));
+	return -EIO;
 }
 
 /* Moves cluster @i's refcount from @rc to @want, in steps an int64_t can hold. */
@@ -709,7 +725,7 @@ static int write_refblocks(struct check *c, uint64_t first, uint64_t end, uint64
 			}
 			(*table)[bi] = off;
 		}
-		ret = overlap_check(c, off, s->cluster_size);
+		ret = overlap_check(c, 0, off, s->cluster_size);
 		if (ret >= 0)
 			ret = tblk_node_pwrite(s->node->file, off, c->refs + bi * s->cluster_size,
 					       s->cluster_size, 0);
@@ -760,7 +776,7 @@ static int rebuild_refcounts(struct check *c)
 	}
 	for (uint64_t i = 0; i < entries; i++)
 		table[i] = htobe64(table[i]);
-	ret = overlap_check(c, (uint64_t)table_off, entries * 8);
+	ret = overlap_check(c, 0, (uint64_t)table_off, entries * 8);
 	if (ret >= 0)
 		ret = tblk_node_pwrite(s->node->file, (uint64_t)table_off, table, entries * 8, 0);
 	if (ret < 0) {
@@ -859,7 +875,9 @@ static int check_copied(struct check *c, int fix)
 				   " refcount=%" PRIu64, repair ? "Repairing" : "ERROR", i, e, rc);
 			if (repair) {
 				s->l1[i] = rc == 1 ? e | QCOW2_OFLAG_COPIED : e & ~QCOW2_OFLAG_COPIED;
-				ret = qcow2_write_l1_entry(s, i);
+				ret = overlap_check(c, QCOW2_OL_ACTIVE_L1, s->l1_offset + i * 8ull, 8);
+				if (ret >= 0)
+					ret = qcow2_write_l1_entry(s, i);
 				if (ret < 0) {
 					c->res->check_errors++;
 					return ret;
@@ -898,6 +916,13 @@ static int check_copied(struct check *c, int fix)
 		}
 		if (!dirty)
 			continue;
+		ret = overlap_check(c, QCOW2_OL_ACTIVE_L2, l2, s->cluster_size);
+		if (ret < 0) {
+			finding(c, "ERROR: Could not write L2 table; metadata overlap check failed: "
+				   "%s", strerror(-ret));
+			c->res->check_errors++;
+			return ret;
+		}
 		ret = tblk_node_pwrite(s->node->file, l2, t, s->cluster_size, 0);
 		if (!qcow2_offset_into_cluster(s, l2))
 			qcow2_cache_discard(s->l2_cache, l2);
@@ -983,7 +1008,7 @@ int qcow2_check(struct qcow2_state *s, struct tblk_check_result *res, int fix)
 		if (ret >= 0)
 			s->incompat &= ~QCOW2_INCOMPAT_CORRUPT;
 	}
-	if (fix) {
+	if (fix && !c.halted) {
 		int r = qcow2_flush_metadata(s);
 
 		ret = ret < 0 ? ret : r;
