@@ -42,6 +42,24 @@ struct check {
 	bool rebuild;			/* the refcount structure must be written anew */
 	bool signaled;			/* the corruption message was given */
 	bool halted;			/* marked corrupt while repairing: nothing more is written */
+	/*
+	 * The entries in use of the L2 tables walked so far, by table offset (struct l2_view):
+	 * hostile L1 tables name one table thousands of times, and a walk then costs what the
+	 * table holds, not its size. Forgotten when a repair writes into the file.
+	 */
+	GHashTable *views;
+	uint64_t view_entries;		/* held by views, bounded by VIEW_ENTRIES_MAX */
+};
+
+/* Entries all views may hold (20 bytes each) before they are dropped and read anew. */
+#define VIEW_ENTRIES_MAX	(1u << 22)
+
+/* The non-zero entries (or bitmaps) of an L2 table, in order; the rest read as zero. */
+struct l2_view {
+	uint32_t n;
+	uint32_t *index;
+	uint64_t *entry;
+	uint64_t *bitmap;		/* zero without extended L2 entries */
 };
 
 static void finding(struct check *c, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
@@ -152,6 +170,90 @@ static enum qcow2_ctype ctype(const struct qcow2_state *s, uint64_t e)
 	return t;
 }
 
+/*
+ * Entries of the L2 table at @l2_off that lie inside the file: those past its end read as
+ * zero, and a zero entry (and bitmap) is unallocated, nothing to count or repair.
+ */
+static uint32_t l2_entries_in_file(const struct check *c, uint64_t l2_off)
+{
+	const struct qcow2_state *s = c->s;
+	uint64_t n;
+
+	if (l2_off >= c->file_size)
+		return 0;
+	n = (c->file_size - l2_off + s->l2_entry_size - 1) / s->l2_entry_size;
+	return (uint32_t)TBLK_MIN(n, (uint64_t)s->l2_size);
+}
+
+static void view_free(gpointer p)
+{
+	struct l2_view *v = p;
+
+	g_free(v->index);
+	g_free(v->entry);
+	g_free(v->bitmap);
+	g_free(v);
+}
+
+/* A repair wrote into the file (or the views grew too big): tables are read again. */
+static void forget_views(struct check *c)
+{
+	if (c->views)
+		g_hash_table_remove_all(c->views);
+	c->view_entries = 0;
+}
+
+/*
+ * The entries in use of the L2 table at @l2_off, read once per check (until a repair
+ * writes); owned by c->views. Returns -errno if the table cannot be read.
+ */
+static int l2_view(struct check *c, uint64_t l2_off, const struct l2_view **out)
+{
+	struct qcow2_state *s = c->s;
+	uint32_t n = l2_entries_in_file(c, l2_off), used = 0;
+	g_autofree uint8_t *t = NULL;
+	struct l2_view *v;
+	uint64_t *key;
+	int ret;
+
+	if (!c->views)
+		c->views = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, view_free);
+	v = g_hash_table_lookup(c->views, &l2_off);
+	if (v) {
+		*out = v;
+		return 0;
+	}
+	t = g_malloc(TBLK_MAX((size_t)n * s->l2_entry_size, (size_t)1));
+	ret = read_padded(c, l2_off, t, (uint64_t)n * s->l2_entry_size);
+	if (ret < 0)
+		return ret;
+	for (uint32_t i = 0; i < n; i++)
+		used += qcow2_l2_get(s, t, i) || (s->ext_l2 && qcow2_l2_get_bitmap(s, t, i));
+	if (c->view_entries + used > VIEW_ENTRIES_MAX)
+		forget_views(c);
+	c->view_entries += used;
+	v = g_new0(struct l2_view, 1);
+	v->index = g_new(uint32_t, TBLK_MAX(used, 1u));
+	v->entry = g_new(uint64_t, TBLK_MAX(used, 1u));
+	v->bitmap = g_new0(uint64_t, TBLK_MAX(used, 1u));
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t e = qcow2_l2_get(s, t, i);
+		uint64_t bm = s->ext_l2 ? qcow2_l2_get_bitmap(s, t, i) : 0;
+
+		if (!e && !bm)
+			continue;
+		v->index[v->n] = i;
+		v->entry[v->n] = e;
+		v->bitmap[v->n++] = bm;
+	}
+	key = g_new(uint64_t, 1);
+	*key = l2_off;
+	g_hash_table_insert(c->views, key, v);
+	*out = v;
+	return 0;
+}
+
+
 static int overlap_check(struct check *c, unsigned int ignore, uint64_t off, uint64_t len);
 
 /* A misaligned zero cluster's entry becomes a plain zero entry on disk. */
@@ -209,6 +311,7 @@ static int check_data_entry(struct check *c, uint64_t l2_off, uint32_t i, uint64
 					return ret;
 				}
 				ret = fix_prealloc_entry(c, l2_off, i);
+				forget_views(c);
 				if (ret >= 0) {
 					c->res->corruptions--;
 					c->res->corruptions_fixed++;
@@ -233,17 +336,23 @@ static int check_l2(struct check *c, uint64_t l2_off, int flags, int fix)
 {
 	struct qcow2_state *s = c->s;
 	uint64_t next = 0;
-	g_autofree uint8_t *t = g_malloc((size_t)s->l2_size * s->l2_entry_size);
-	int ret = read_padded(c, l2_off, t, (uint64_t)s->l2_size * s->l2_entry_size);
+	const struct l2_view *v;
+	int ret = l2_view(c, l2_off, &v);
 
 	if (ret < 0) {
 		finding(c, "ERROR: I/O error in check_refcounts_l2");
 		c->res->check_errors++;
 		return ret;
 	}
-	for (uint32_t i = 0; i < s->l2_size; i++) {
-		uint64_t e = qcow2_l2_get(s, t, i);
-		uint64_t bitmap = s->ext_l2 ? qcow2_l2_get_bitmap(s, t, i) : 0;
+	/* A repair (of a misaligned entry) forgets the view: walk a copy of it. */
+	g_autofree uint32_t *index = g_memdup2(v->index, TBLK_MAX(v->n, 1u) * sizeof(uint32_t));
+	g_autofree uint64_t *entry = g_memdup2(v->entry, TBLK_MAX(v->n, 1u) * sizeof(uint64_t));
+	g_autofree uint64_t *bitmaps = g_memdup2(v->bitmap, TBLK_MAX(v->n, 1u) * sizeof(uint64_t));
+	uint32_t n = v->n;
+
+	for (uint32_t k = 0; k < n; k++) {
+		uint32_t i = index[k];
+		uint64_t e = entry[k], bitmap = bitmaps[k];
 		enum qcow2_ctype type = ctype(s, e);
 
 		if (type != QCOW2_COMPRESSED && (e & QCOW2_L2_RESERVED)) {
@@ -252,7 +361,7 @@ static int check_l2(struct check *c, uint64_t l2_off, int flags, int fix)
 		}
 		switch (type) {
 		case QCOW2_COMPRESSED: {
-			uint64_t coff, n;
+			uint64_t coff, sectors;
 
 			if (e & QCOW2_OFLAG_COPIED) {
 				finding(c, "ERROR: coffset=0x%" PRIx64 ": copied flag must never be "
@@ -273,8 +382,8 @@ static int check_l2(struct check *c, uint64_t l2_off, int flags, int fix)
 				break;
 			}
 			coff = e & s->coffset_mask;
-			n = ((e >> s->csize_shift) & s->csize_mask) + 1;
-			ret = ref_range(c, coff, n * 512 - (coff & 511));
+			sectors = ((e >> s->csize_shift) & s->csize_mask) + 1;
+			ret = ref_range(c, coff, sectors * 512 - (coff & 511));
 			if (ret < 0)
 				return ret;
 			if (flags & CHECK_FRAG_INFO) {
@@ -457,6 +566,7 @@ static int check_refblocks(struct check *c, int fix)
 			if (!(fix & TBLK_CHECK_FIX_ERRORS))
 				continue;
 			ret = grow_for_block(c, off);
+			forget_views(c);
 			if (ret == -ENOMEM) {
 				c->res->check_errors++;
 				return ret;
@@ -865,6 +975,7 @@ static int check_copied(struct check *c, int fix)
 		repair = false;
 	for (uint32_t i = 0; i < s->l1_size; i++) {
 		uint64_t e = s->l1[i], l2 = e & QCOW2_OFFSET_MASK, rc;
+		const struct l2_view *v;
 		unsigned int dirty = 0;
 
 		if (!l2 || stored(c, l2 >> s->cluster_bits, &rc) < 0)
@@ -886,14 +997,9 @@ static int check_copied(struct check *c, int fix)
 				c->res->corruptions_fixed++;
 			}
 		}
-		ret = read_padded(c, l2, t, l2_bytes);
-		if (ret < 0) {
-			finding(c, "ERROR: Could not read L2 table: %s", strerror(-ret));
-			c->res->check_errors++;
-			return ret;
-		}
-		for (uint32_t k = 0; k < s->l2_size; k++) {
-			uint64_t le = qcow2_l2_get(s, t, k), off = le & QCOW2_OFFSET_MASK;
+		ret = l2_view(c, l2, &v);
+		for (uint32_t k = 0; ret >= 0 && k < v->n; k++) {
+			uint64_t le = v->entry[k], off = le & QCOW2_OFFSET_MASK;
 			enum qcow2_ctype ty = ctype(s, le);
 
 			if (ty != QCOW2_NORMAL && ty != QCOW2_ZERO_ALLOC)
@@ -907,12 +1013,18 @@ static int check_copied(struct check *c, int fix)
 			c->res->corruptions++;
 			finding(c, "%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64 " refcount=%"
 				   PRIu64, repair ? "Repairing" : "ERROR", le, rc);
-			if (repair) {
-				qcow2_l2_set(s, t, k, rc == 1 ? le | QCOW2_OFLAG_COPIED :
-					     le & ~QCOW2_OFLAG_COPIED,
-					     s->ext_l2 ? qcow2_l2_get_bitmap(s, t, k) : 0);
-				dirty++;
-			}
+			if (!repair)
+				continue;
+			/* The whole table is written back: read it at the first repair. */
+			if (!dirty++)
+				ret = read_padded(c, l2, t, l2_bytes);
+			qcow2_l2_set(s, t, v->index[k], rc == 1 ? le | QCOW2_OFLAG_COPIED :
+				     le & ~QCOW2_OFLAG_COPIED, v->bitmap[k]);
+		}
+		if (ret < 0) {
+			finding(c, "ERROR: Could not read L2 table: %s", strerror(-ret));
+			c->res->check_errors++;
+			return ret;
 		}
 		if (!dirty)
 			continue;
@@ -924,6 +1036,7 @@ static int check_copied(struct check *c, int fix)
 			return ret;
 		}
 		ret = tblk_node_pwrite(s->node->file, l2, t, s->cluster_size, 0);
+		forget_views(c);
 		if (!qcow2_offset_into_cluster(s, l2))
 			qcow2_cache_discard(s->l2_cache, l2);
 		if (ret < 0) {
@@ -952,6 +1065,7 @@ static int check_refcounts(struct check *c, int fix)
 	if (c->rebuild && (fix & TBLK_CHECK_FIX_ERRORS)) {
 		finding(c, "Rebuilding refcount structure");
 		ret = rebuild_refcounts(c);
+		forget_views(c);
 		if (ret >= 0)
 			ret = after_rebuild(c, fix, &highest);
 		if (ret < 0)
@@ -1014,5 +1128,7 @@ int qcow2_check(struct qcow2_state *s, struct tblk_check_result *res, int fix)
 		ret = ret < 0 ? ret : r;
 	}
 	g_free(c.refs);
+	if (c.views)
+		g_hash_table_destroy(c.views);
 	return ret;
 }
