@@ -42,6 +42,7 @@ struct check {
 	bool rebuild;			/* the refcount structure must be written anew */
 	bool signaled;			/* the corruption message was given */
 	bool halted;			/* marked corrupt while repairing: nothing more is written */
+	bool findings_cut;		/* FINDINGS_MAX reached */
 	/*
 	 * The entries in use of the L2 tables walked so far, by table offset (struct l2_view):
 	 * hostile L1 tables name one table thousands of times, and a walk then costs what the
@@ -62,11 +63,24 @@ struct l2_view {
 	uint64_t *bitmap;		/* zero without extended L2 entries */
 };
 
+/*
+ * Bytes of findings kept. qemu-img streams its findings to stderr; we keep them in memory,
+ * and a hostile image (thousands of L1 entries naming one table of entries past the end of
+ * the file) makes gigabytes of them: past this, one line says they were cut.
+ */
+#define FINDINGS_MAX	(16u << 20)
+
 static void finding(struct check *c, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 static void finding(struct check *c, const char *fmt, ...)
 {
 	va_list ap;
 
+	if (c->res->messages->len >= FINDINGS_MAX) {
+		if (!c->findings_cut)
+			g_string_append(c->res->messages, "(more findings not shown)\n");
+		c->findings_cut = true;
+		return;
+	}
 	va_start(ap, fmt);
 	g_string_append_vprintf(c->res->messages, fmt, ap);
 	va_end(ap);
