@@ -237,12 +237,29 @@ int qcow2_signal_corruption(struct qcow2_state *s, const char *what, uint64_t of
 #define QCOW2_OL_BITMAP_DIR	(1u << 8)
 /* qemu's default overlap-check=cached: all but the snapshots' L2 tables (never read). */
 #define QCOW2_OL_CACHED		(0x1ffu & ~QCOW2_OL_INACTIVE_L2)
+struct qcow2_range {
+	uint64_t start;
+	uint64_t end;			/* exclusive */
+};
+/* Where the active L2 tables, refcount blocks and snapshot L1 tables lie, sorted, merged. */
+struct qcow2_overlap_index {
+	bool built;
+	struct qcow2_range *l2, *rb, *snap;
+	size_t nr_l2, nr_rb, nr_snap;
+};
+/*
+ * Builds @ix (caller's storage) from the tables in memory; valid until they change (an L1
+ * entry's offset, the refcount table, the snapshots). -ENOMEM. Under meta.
+ */
+int qcow2_overlap_index_build(const struct qcow2_state *s, struct qcow2_overlap_index *ix);
+void qcow2_overlap_index_destroy(struct qcow2_overlap_index *ix);
 /*
  * The first kind of metadata (QCOW2_OL_*, not in @ignore) that a write of @len bytes at
- * file offset @off would touch, as the tables in memory place it; 0 if none. Under meta.
+ * file offset @off would touch, as the tables in memory place it; 0 if none. @ix, if not
+ * NULL and built, stands for the tables. Under meta.
  */
-unsigned int qcow2_overlap_find(const struct qcow2_state *s, unsigned int ignore, uint64_t off,
-				uint64_t len);
+unsigned int qcow2_overlap_find(const struct qcow2_state *s, const struct qcow2_overlap_index *ix,
+				unsigned int ignore, uint64_t off, uint64_t len);
 /* qemu's name of an overlap kind ("active L2 table"). */
 const char *qcow2_overlap_name(unsigned int kind);
 
