@@ -176,8 +176,12 @@ static int read_snapshots(struct qcow2_state *s, struct snap_info **out)
 	return 0;
 }
 
-/* The new entry for zero cluster @e of an L2 table referenced @l2_rc times, or -errno. */
-static int expand_entry(struct qcow2_state *s, uint64_t e, uint64_t l2_rc, uint64_t *ne)
+/*
+ * The new entry for zero cluster @e of an L2 table referenced @l2_rc times, of the active
+ * L1 table if @active, or -errno.
+ */
+static int expand_entry(struct qcow2_state *s, uint64_t e, uint64_t l2_rc, bool active,
+			uint64_t *ne)
 {
 	uint64_t off = e & QCOW2_OFFSET_MASK;
 	int ret;
@@ -207,9 +211,13 @@ static int expand_entry(struct qcow2_state *s, uint64_t e, uint64_t l2_rc, uint6
 		return ret;
 	/*
 	 * qemu 7.2 sets COPIED from the L2 table's refcount alone, also on a kept cluster that
-	 * a snapshot shares, which `qemu-img check` then reports: we look at the cluster's.
+	 * a snapshot shares (its table was copied on write, the cluster was not). In the active
+	 * table that flag lets the next guest write go in place, into the snapshot's data, and
+	 * `qemu-img check` reports it: there we look at the cluster's refcount. In a snapshot's
+	 * table COPIED means nothing until the snapshot is applied, which sets it anew from the
+	 * refcounts (qemu's and ours): there we write what qemu writes.
 	 */
-	if (qcow2_entry_type(s, e) == QCOW2_ZERO_ALLOC) {
+	if (active && qcow2_entry_type(s, e) == QCOW2_ZERO_ALLOC) {
 		ret = qcow2_get_refcount(s, off >> s->cluster_bits, &l2_rc);
 		if (ret < 0)
 			return ret;
@@ -231,7 +239,7 @@ static int expand_inactive_l2(struct qcow2_state *s, uint64_t l2off, uint64_t l2
 
 		if (type != QCOW2_ZERO_PLAIN && type != QCOW2_ZERO_ALLOC)
 			continue;
-		ret = expand_entry(s, e, l2_rc, &ne);
+		ret = expand_entry(s, e, l2_rc, false, &ne);
 		if (ret >= 0) {
 			qcow2_l2_set(s, t, j, ne, 0);
 			dirty = true;
@@ -257,7 +265,7 @@ static int expand_active_l2(struct qcow2_state *s, uint64_t l2off, uint64_t l2_r
 		type = qcow2_entry_type(s, e);
 		if (type != QCOW2_ZERO_PLAIN && type != QCOW2_ZERO_ALLOC)
 			continue;
-		ret = expand_entry(s, e, l2_rc, &ne);
+		ret = expand_entry(s, e, l2_rc, true, &ne);
 		/* The allocation may have evicted the table: look it up again. */
 		if (ret >= 0)
 			ret = qcow2_cache_get(s->l2_cache, l2off, false, &t);

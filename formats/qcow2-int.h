@@ -224,6 +224,45 @@ void qcow2_wait_alloc(struct qcow2_state *s);
 /* Marks the image corrupt (once), logs where; returns -EUCLEAN. */
 int qcow2_signal_corruption(struct qcow2_state *s, const char *what, uint64_t offset);
 
+/* ------------------------------------------------ metadata overlap (qcow2-overlap.c) */
+/* Kinds of metadata, in qemu's bit order. */
+#define QCOW2_OL_HEADER		(1u << 0)
+#define QCOW2_OL_ACTIVE_L1	(1u << 1)
+#define QCOW2_OL_ACTIVE_L2	(1u << 2)
+#define QCOW2_OL_REFTABLE	(1u << 3)
+#define QCOW2_OL_REFBLOCK	(1u << 4)
+#define QCOW2_OL_SNAPSHOT_TABLE	(1u << 5)
+#define QCOW2_OL_INACTIVE_L1	(1u << 6)
+#define QCOW2_OL_INACTIVE_L2	(1u << 7)
+#define QCOW2_OL_BITMAP_DIR	(1u << 8)
+/* qemu's default overlap-check=cached: all but the snapshots' L2 tables (never read). */
+#define QCOW2_OL_CACHED		(0x1ffu & ~QCOW2_OL_INACTIVE_L2)
+struct qcow2_range {
+	uint64_t start;
+	uint64_t end;			/* exclusive */
+};
+/* Where the active L2 tables, refcount blocks and snapshot L1 tables lie, sorted, merged. */
+struct qcow2_overlap_index {
+	bool built;
+	struct qcow2_range *l2, *rb, *snap;
+	size_t nr_l2, nr_rb, nr_snap;
+};
+/*
+ * Builds @ix (caller's storage) from the tables in memory; valid until they change (an L1
+ * entry's offset, the refcount table, the snapshots). -ENOMEM. Under meta.
+ */
+int qcow2_overlap_index_build(const struct qcow2_state *s, struct qcow2_overlap_index *ix);
+void qcow2_overlap_index_destroy(struct qcow2_overlap_index *ix);
+/*
+ * The first kind of metadata (QCOW2_OL_*, not in @ignore) that a write of @len bytes at
+ * file offset @off would touch, as the tables in memory place it; 0 if none. @ix, if not
+ * NULL and built, stands for the tables. Under meta.
+ */
+unsigned int qcow2_overlap_find(const struct qcow2_state *s, const struct qcow2_overlap_index *ix,
+				unsigned int ignore, uint64_t off, uint64_t len);
+/* qemu's name of an overlap kind ("active L2 table"). */
+const char *qcow2_overlap_name(unsigned int kind);
+
 /* ------------------------------------------------ helpers */
 /* Big-endian fields of on-disk structures, at any alignment. */
 static inline uint16_t qcow2_get_be16(const uint8_t *p)

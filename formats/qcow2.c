@@ -536,6 +536,13 @@ static int qcow2_check_node(struct tblk_node *node, struct tblk_check_result *re
 	if (ret >= 0 && fix && !res->corruptions && !res->check_errors)
 		ret = mark_clean(s);
 	qcow2_unlock(s);
+	if (ret < 0) {
+		/* As qemu-img's: a check that failed has no counts (nothing was "repaired"). */
+		GString *messages = res->messages;
+
+		memset(res, 0, sizeof(*res));
+		res->messages = messages;
+	}
 	return ret;
 }
 

@@ -235,6 +235,32 @@ def bitmap_table_past_eof(m):
     m.set_u64(d, 1 << 40)
 
 
+def snap_l1(m):
+    """The first snapshot's L1 table offset."""
+    return m.u64(m.u64(64))
+
+
+def l2_over_l1(m):
+    # an L2 table in the active L1 table, whose entry 0 keeps a COPIED flag that the shared
+    # table no longer merits: its repair would write the L1 table where an L2 table lies
+    m.set_l1(1, COPIED | m.l1_off)
+
+
+def l2_over_snapshot_l1(m):
+    # an L2 table in a snapshot's L1 table whose entry 0 has COPIED: repairing that entry
+    # would write the L2 table over the snapshot's L1 table
+    sl1 = snap_l1(m)
+    m.set_u64(sl1, m.u64(sl1) | COPIED)
+    m.set_l1(1, sl1)
+
+
+def prealloc_over_snapshot_l1(m):
+    # the same, with a misaligned preallocated zero cluster in that entry instead
+    sl1 = snap_l1(m)
+    m.set_u64(sl1 + 8, (m.l2(0, 4) & OFF_MASK) + 512 | 1)
+    m.set_l1(1, sl1)
+
+
 # 64 KiB clusters: an L2 table covers 512 MiB, so the image has L1 entries 0 and 1 in use.
 W = ["write -P 1 0 64k", "write -P 2 64k 448k", "write -P 3 8M 256k", "write -P 4 600M 64k"]
 CASES = [
@@ -269,6 +295,10 @@ CASES = [
     ("v2 image: leaks", {"cmds": W, "opts": ["-o", "compat=0.10"]}, leak_data),
     ("v2 image: COPIED flag missing", {"cmds": W, "opts": ["-o", "compat=0.10"]},
      copied_missing),
+    ("L2 table over the active L1 table", {"cmds": W}, l2_over_l1),
+    ("L2 table over a snapshot's L1 table", {"cmds": W, "snap": True}, l2_over_snapshot_l1),
+    ("misaligned zero cluster in an L2 table over a snapshot's L1 table",
+     {"cmds": W, "snap": True}, prealloc_over_snapshot_l1),
     ("bitmap directory past the end", {"cmds": W, "bitmap": True}, bitmap_dir_past_eof),
     ("bitmap table past the end", {"cmds": W, "bitmap": True}, bitmap_table_past_eof),
 ]
