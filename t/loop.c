@@ -444,6 +444,9 @@ static void test_prepare_hooks(void)
 	for (i = 0; i < 5; i++)
 		tblk_loop_iterate(loop, false);
 	is_int(hook_a, 5, "a prepare hook runs once per iteration");
+	tblk_loop_prepare_now(loop);
+	is_int(hook_a, 6, "tblk_loop_prepare_now() runs the hooks once more");
+	hook_a = 5;
 	self_hook.fn = self_removing_hook;
 	self_hook.opaque = &self;
 	self_hook_loop = loop;
@@ -766,7 +769,7 @@ static void test_data_slots(void)
 
 int main(void)
 {
-	tap_plan(75);
+	tap_plan(76);
 	test_fd_handlers();
 	test_bh_threads();
 	test_bh_cancel_free();

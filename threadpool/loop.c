@@ -708,6 +708,13 @@ static bool run_timers(struct tblk_loop *loop)
 
 /* ---------------------------------------------------------------- hooks and data */
 
+static void run_prepare_hooks(struct tblk_loop *loop);
+
+void tblk_loop_prepare_now(struct tblk_loop *loop)
+{
+	run_prepare_hooks(loop);
+}
+
 void tblk_loop_add_prepare_hook(struct tblk_loop *loop, struct tblk_loop_hook *hook)
 {
 	tblk_list_add_tail(&loop->hooks, &hook->link);

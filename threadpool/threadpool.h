@@ -97,6 +97,11 @@ struct tblk_loop_hook {
 };
 void tblk_loop_add_prepare_hook(struct tblk_loop *loop, struct tblk_loop_hook *hook);
 void tblk_loop_remove_prepare_hook(struct tblk_loop *loop, struct tblk_loop_hook *hook);
+/*
+ * Runs the prepare hooks now, from a callback on the loop thread: a caller queueing a burst
+ * of requests lets the batching submitters (AIO engines) send what they hold so far.
+ */
+void tblk_loop_prepare_now(struct tblk_loop *loop);
 
 /*
  * Per-loop data slots for other layers (e.g. one Linux AIO context per loop), keyed by the
