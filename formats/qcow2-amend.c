@@ -246,7 +246,8 @@ static int expand_inactive_l2(struct qcow2_state *s, uint64_t l2off, uint64_t l2
 		}
 	}
 	if (ret >= 0 && dirty)
-		ret = qcow2_meta_pwrite(s, QCOW2_OL_INACTIVE_L2, l2off, t, s->cluster_size);
+		ret = qcow2_meta_pwrite(s, QCOW2_OL_INACTIVE_L2 | QCOW2_OL_ACTIVE_L2, l2off, t,
+					s->cluster_size);
 	return ret;
 }
 

@@ -417,22 +417,29 @@ const char *qcow2_overlap_name(unsigned int kind)
 	}
 }
 
+/*
+ * The index, built if it is not: 0, or the error of reading a snapshot's L1 table (which fails
+ * the write, as in qemu). Without memory for it the tables are searched entry by entry.
+ */
+static int ensure_index(struct qcow2_state *s)
+{
+	int ret = s->ol.built ? 0 : qcow2_overlap_index_build(s, &s->ol);
+
+	return ret == -ENOMEM ? 0 : ret;
+}
+
 int qcow2_overlap_check(struct qcow2_state *s, unsigned int ignore, uint64_t off, uint64_t len)
 {
 	unsigned int kind;
+	int ret;
 
 	if (qcow2_dead(s))
 		return -EIO;
 	if (!(s->overlap_check & ~ignore) || !len)
 		return 0;
-	if (!s->ol.built) {
-		int ret = qcow2_overlap_index_build(s, &s->ol);
-
-		/* Without memory the tables are searched entry by entry; a table of snapshot
-		 * L2 offsets that cannot be read fails the write, as in qemu. */
-		if (ret < 0 && ret != -ENOMEM)
-			return ret;
-	}
+	ret = ensure_index(s);
+	if (ret < 0)
+		return ret;
 	kind = qcow2_overlap_find(s, &s->ol, ignore, off, len);
 	if (!kind)
 		return 0;
@@ -451,7 +458,7 @@ int qcow2_overlap_data_check(struct qcow2_state *s, uint64_t off, uint64_t len)
 int qcow2_overlap_alloc_check(struct qcow2_state *s, uint64_t off, uint64_t len)
 {
 	if (s->data == s->node->file && !qcow2_dead(s) && s->l2_needs_rc &&
-	    qcow2_overlap_find(s, s->ol.built ? &s->ol : NULL, 0, off, len))
+	    ensure_index(s) >= 0 && qcow2_overlap_find(s, &s->ol, 0, off, len))
 		(void)qcow2_cache_write(s->rc_cache);
 	return qcow2_overlap_data_check(s, off, len);
 }
