@@ -100,19 +100,28 @@ class Img:
 
 def norm(s):
     s = re.sub(r"^.* ops; .*$", "TIMING", s, flags=re.M)
-    return s.replace("qemu-io:", "PROG:").replace("tblk-io:", "PROG:")
+    s = re.sub(r"Run completed in [0-9.]+ seconds", "Run completed in T seconds", s)
+    for prog in ("qemu-io:", "tblk-io:", "qemu-img:", "tblk-img:"):
+        s = s.replace(prog, "PROG:")
+    return s
 
 
-def differ(name, tmp, img, cmds, opts=None, extra=()):
-    """Runs @cmds on two copies of @img through qemu-io and tblk-io and compares."""
+def differ(name, tmp, img, cmds, opts=None, extra=(), img_args=None):
+    """Runs @cmds on two copies of @img through qemu-io and tblk-io and compares; with
+    @img_args, runs qemu-img and tblk-img with those arguments, the image for "IMG" or last."""
     res = {}
-    for tool, prog in (("q", "qemu-io"), ("t", TIO)):
+    progs = (("q", "qemu-io"), ("t", TIO)) if img_args is None else \
+        (("q", "qemu-img"), ("t", TIMG))
+    for tool, prog in progs:
         path = os.path.join(tmp, tool + ".qcow2")
         shutil.copyfile(img, path)
         argv = [prog] + list(extra)
         for c in cmds:
             argv += ["-c", c]
-        if opts is None:
+        if img_args is not None:
+            args = list(img_args) if "IMG" in img_args else list(img_args) + ["IMG"]
+            argv += [path if a == "IMG" else a for a in args]
+        elif opts is None:
             argv += ["-f", "qcow2", path]
         else:
             argv += ["--image-opts", "driver=qcow2,file.filename=%s%s" % (path, opts)]
@@ -282,6 +291,23 @@ def cases(tmp):
                  ",overlap-check=all,overlap-check.template=cached",
                  ",overlap-check.active-l1=maybe", ",overlap-check.nonsense=on"):
         differ("bad option %s" % opts[1:], tmp, base, ["read 0 4k"], opts=opts)
+
+    # tblk-img: bench writes, a snapshot's L1 copy and an L1 table's growth that land on
+    # metadata (its refcount at zero), as qemu-img refuses them.
+    damaged().set_l2(0, COPIED | b.l1_off)
+    for extra in ([], ["-t", "none", "-i", "native"]):
+        q = differ("img bench -w %s: into the active L1 table" % " ".join(extra), tmp, hostile,
+                   [], img_args=["bench", "-w", "-c", "64", "-d", "4", "-f", "qcow2"] + extra)
+        expect("bench", q, 1, marked % "active L1 table")
+    for kind, cluster, args in (
+            ("active L1 table", b.l1_off // b.cs, ["snapshot", "-c", "s1"]),
+            ("refcount table", b.rt_off // b.cs, ["snapshot", "-c", "s1"]),
+            ("active L1 table", b.l1_off // b.cs, ["resize", "-f", "qcow2", "IMG", "5G"]),
+            ("active L2 table", b.l2_off() // b.cs, ["resize", "-f", "qcow2", "IMG", "5G"])):
+        damaged().set_refcount(cluster, 0)
+        q = differ("img %s allocating on the %s" % (args[0], kind), tmp, hostile, [],
+                   img_args=args)
+        expect(args[0], q, 1, marked % kind)
 
     # v2 images have no corrupt bit: nothing is written.
     v2 = os.path.join(tmp, "v2.qcow2")
