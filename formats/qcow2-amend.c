@@ -246,7 +246,8 @@ static int expand_inactive_l2(struct qcow2_state *s, uint64_t l2off, uint64_t l2
 		}
 	}
 	if (ret >= 0 && dirty)
-		ret = tblk_node_pwrite(s->node->file, l2off, t, s->cluster_size, 0);
+		ret = qcow2_meta_pwrite(s, QCOW2_OL_INACTIVE_L2 | QCOW2_OL_ACTIVE_L2, l2off, t,
+					s->cluster_size);
 	return ret;
 }
 
@@ -495,6 +496,7 @@ int tblk__qcow2_amend(struct tblk_node *node, GHashTable *opts, bool force,
 	s->amend_progress = &prog;
 	ret = amend_locked(s, opts, errp);
 	s->amend_progress = NULL;
+	qcow2_overlap_invalidate(s);	/* tables may have moved anywhere */
 	if (ret >= 0)
 		ret = qcow2_flush_metadata(s);
 	qcow2_unlock(s);

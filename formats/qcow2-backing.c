@@ -84,6 +84,7 @@ static int reset_layout(struct qcow2_state *s, uint64_t l1_clusters)
 	g_free(s->reftable);
 	s->reftable = g_new0(uint64_t, s->reftable_size);
 	s->reftable[0] = 2 * cs;
+	qcow2_overlap_invalidate(s);
 	s->free_cluster_index = n;
 	s->free_byte_offset = 0;
 	s->nr_pending_free = 0;

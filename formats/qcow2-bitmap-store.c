@@ -103,7 +103,7 @@ static int dir_write(struct qcow2_state *s, GArray *list, uint64_t *offset, uint
 	off = in_place ? (int64_t)*offset : qcow2_alloc_clusters(s, len);
 	if (off < 0)
 		return (int)off;
-	ret = tblk_node_pwrite(s->node->file, (uint64_t)off, dir, len, 0);
+	ret = qcow2_meta_pwrite(s, 0, (uint64_t)off, dir, len);
 	if (ret < 0) {
 		if (!in_place)
 			(void)qcow2_free_clusters(s, (uint64_t)off, len, QCOW2_DISCARD_OTHER);
@@ -208,7 +208,7 @@ static int store_bitmap(struct qcow2_state *s, struct qcow2_dirent *e)
 
 			memcpy(buf + k * 8, &w, 8);
 		}
-		ret = tblk_node_pwrite(s->node->file, (uint64_t)off, buf, s->cluster_size, 0);
+		ret = qcow2_meta_pwrite(s, 0, (uint64_t)off, buf, s->cluster_size);
 		if (ret < 0)
 			return ret;
 	}
@@ -217,7 +217,7 @@ static int store_bitmap(struct qcow2_state *s, struct qcow2_dirent *e)
 		return (int)off;
 	for (uint64_t i = 0; i < tb_size; i++)
 		tb[i] = htobe64(tb[i]);
-	ret = tblk_node_pwrite(s->node->file, (uint64_t)off, tb, tb_size * 8, 0);
+	ret = qcow2_meta_pwrite(s, 0, (uint64_t)off, tb, tb_size * 8);
 	if (ret < 0)
 		return ret;
 	e->table_offset = (uint64_t)off;

@@ -70,6 +70,7 @@ static int write_dependencies(struct qcow2_cache *c)
 
 	if (c != s->l2_cache)	/* only L2 tables depend on the refcount cache */
 		return 0;
+	s->l2_needs_rc = false;
 	ret = qcow2_cache_write(s->rc_cache);
 	if (ret < 0)
 		return ret;
@@ -93,7 +94,9 @@ static int entry_write(struct qcow2_cache *c, struct cache_entry *e)
 		return ret;
 	tblk_node_debug_event(c->s->node->file, c == c->s->l2_cache ? TBLK_DBG_L2_UPDATE :
 			      TBLK_DBG_REFBLOCK_UPDATE_PART);
-	ret = tblk_node_pwrite(c->s->node->file, e->offset, e->table, c->s->cluster_size, 0);
+	/* A table may overwrite itself (the kind of its cache), nothing else. */
+	ret = qcow2_meta_pwrite(c->s, c == c->s->l2_cache ? QCOW2_OL_ACTIVE_L2 : QCOW2_OL_REFBLOCK,
+				e->offset, e->table, c->s->cluster_size);
 	if (ret < 0)
 		return ret;
 	e->dirty = false;

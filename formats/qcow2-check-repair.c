@@ -195,6 +195,7 @@ int qcow2_chk_rebuild(struct check *c)
 	s->reftable_size = entries;
 	s->reftable_clusters = (uint32_t)clusters;
 	s->free_cluster_index = 0;
+	qcow2_overlap_invalidate(s);
 	return 0;
 
 out_free:

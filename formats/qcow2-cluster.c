@@ -182,7 +182,7 @@ int qcow2_write_l1_entry(struct qcow2_state *s, uint32_t index)
 	int ret;
 
 	tblk_node_debug_event(s->node->file, TBLK_DBG_L1_UPDATE);
-	ret = tblk_node_pwrite(s->node->file, s->l1_offset + (uint64_t)index * 8, &be, 8, 0);
+	ret = qcow2_meta_pwrite(s, QCOW2_OL_ACTIVE_L1, s->l1_offset + (uint64_t)index * 8, &be, 8);
 
 	if (ret >= 0)
 		ret = tblk_node_flush(s->node->file);
@@ -214,6 +214,10 @@ int qcow2_get_l2_for_write(struct qcow2_state *s, uint64_t offset, void **table,
 	new = qcow2_alloc_clusters(s, s->cluster_size);
 	if (new < 0)
 		return (int)new;
+	if (new == 0) {
+		qcow2_signal_fatal(s, "Preventing invalid allocation of L2 table at offset 0");
+		return -EIO;
+	}
 	if (old_off) {
 		void *src;
 
@@ -249,6 +253,7 @@ int qcow2_get_l2_for_write(struct qcow2_state *s, uint64_t offset, void **table,
 		s->l1[l1i] = old;
 		return ret;
 	}
+	qcow2_overlap_l2_moved(s, old, s->l1[l1i]);
 	if (old_off) {
 		ret = qcow2_free_clusters(s, old_off, s->cluster_size, QCOW2_DISCARD_OTHER);
 		if (ret < 0)
@@ -282,7 +287,7 @@ int qcow2_grow_l1(struct qcow2_state *s, uint64_t min_size, bool exact)
 	tblk_node_debug_event(s->node->file, TBLK_DBG_L1_GROW_WRITE_TABLE);
 	ret = qcow2_cache_write(s->rc_cache);
 	if (ret >= 0)
-		ret = tblk_node_pwrite(s->node->file, (uint64_t)off, table, new_size * 8, 0);
+		ret = qcow2_meta_pwrite(s, 0, (uint64_t)off, table, new_size * 8);
 	if (ret >= 0)
 		ret = tblk_node_flush(s->node->file);
 	if (ret < 0)

@@ -164,7 +164,10 @@ struct fast_alloc *qcow2_fast_alloc_plan_locked(struct qcow2_state *s, struct tb
 	if (claimed_locked(s, offset, offset + req->bytes))
 		return NULL;
 	first = search_locked(s, n, &next);
-	if (first <= 0)		/* cluster 0 is the header: let the pool report it */
+	/* Cluster 0 is the header, free clusters may hold metadata (refcounts are hostile
+	 * input): the pool allocates the same clusters, refuses the write and reports it. */
+	if (first <= 0 ||
+	    qcow2_overlap_hit_fast(s, (uint64_t)first << s->cluster_bits, req->bytes))
 		return NULL;
 	take_clusters_locked(s, (uint64_t)first, n);
 	s->free_cluster_index = next;
@@ -189,6 +192,7 @@ static void set_entries(struct qcow2_state *s, struct fast_alloc *fa, void *tabl
 	qcow2_cache_mark_dirty(s->l2_cache, table);
 	/* The data must be on disk before the table that points at it. */
 	s->meta_dirty = true;
+	s->l2_needs_rc = true;
 }
 
 /* Pool worker: finishes what the loop thread could not (see the file comment). */
@@ -207,6 +211,8 @@ static int fast_alloc_work(void *opaque)
 		ret = tblk_node_pwritev(s->data, fa->host, req->bytes, req->iov, req->iovcnt, 0);
 	}
 	qcow2_lock(s);
+	if (ret >= 0 && qcow2_dead(s))
+		ret = -EIO;	/* the image became unusable meanwhile: nothing is linked */
 	if (ret >= 0)
 		ret = qcow2_get_l2_for_write(s, fa->a.start, &table, &l2i);
 	if (ret >= 0)

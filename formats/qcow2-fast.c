@@ -91,9 +91,12 @@ int tblk__qcow2_submit_fast(struct tblk_node *node, struct tblk_req *req, uint64
 	    !data->drv->submit_fast || (write && (s->read_only || req->flags)))
 		return -EAGAIN;
 	tblk_mutex_lock(&s->mu);
-	if (!s->meta_held && !(write && s->corrupt)) {
+	if (!s->meta_held && !qcow2_dead(s) && !(write && s->corrupt)) {
 		ret = translate_locked(s, offset, req->bytes, write, &host);
-		if (ret < 0 && write)
+		/* A write into metadata goes to the pool, which refuses it and says why. */
+		if (ret >= 0 && write && qcow2_overlap_hit_fast(s, host, req->bytes))
+			ret = -EAGAIN;
+		else if (ret < 0 && write)
 			fa = qcow2_fast_alloc_plan_locked(s, req, offset);
 	}
 	tblk_mutex_unlock(&s->mu);

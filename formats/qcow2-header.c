@@ -350,5 +350,5 @@ int qcow2_header_write(struct qcow2_state *s)
 	if (ret < 0)
 		return ret;
 	s->meta_dirty = true;
-	return tblk_node_pwrite(s->node->file, 0, buf, s->cluster_size, 0);
+	return qcow2_meta_pwrite(s, QCOW2_OL_UNCHECKED, 0, buf, s->cluster_size);
 }

@@ -125,6 +125,45 @@ struct qcow2_alloc {
 	struct tblk_list link;	/* [meta] on qcow2_state.allocs */
 };
 
+/* Metadata overlap (qcow2-overlap.c). */
+/* Kinds of metadata, in qemu's bit order (the overlap-check.* options). */
+#define QCOW2_OL_HEADER		(1u << 0)
+#define QCOW2_OL_ACTIVE_L1	(1u << 1)
+#define QCOW2_OL_ACTIVE_L2	(1u << 2)
+#define QCOW2_OL_REFTABLE	(1u << 3)
+#define QCOW2_OL_REFBLOCK	(1u << 4)
+#define QCOW2_OL_SNAPSHOT_TABLE	(1u << 5)
+#define QCOW2_OL_INACTIVE_L1	(1u << 6)
+#define QCOW2_OL_INACTIVE_L2	(1u << 7)
+#define QCOW2_OL_BITMAP_DIR	(1u << 8)
+#define QCOW2_OL_NR		9
+/* The modes of overlap-check: "constant" needs no table walk, "cached" (the default) adds
+ * what is in memory, "all" the snapshots' L2 tables. */
+#define QCOW2_OL_CONSTANT	(QCOW2_OL_HEADER | QCOW2_OL_ACTIVE_L1 | QCOW2_OL_REFTABLE | \
+				 QCOW2_OL_SNAPSHOT_TABLE | QCOW2_OL_BITMAP_DIR)
+#define QCOW2_OL_CACHED		(QCOW2_OL_CONSTANT | QCOW2_OL_ACTIVE_L2 | QCOW2_OL_REFBLOCK | \
+				 QCOW2_OL_INACTIVE_L1)
+#define QCOW2_OL_ALL		(QCOW2_OL_CACHED | QCOW2_OL_INACTIVE_L2)
+/* As an ignore mask: a write qemu does not check (only an unusable image refuses it). */
+#define QCOW2_OL_UNCHECKED	0x1ffu
+struct qcow2_range {
+	uint64_t start;
+	uint64_t end;			/* exclusive */
+};
+/* A sorted multiset of the offsets of one-cluster tables. */
+struct qcow2_offsets {
+	uint64_t *v;
+	size_t n, cap;
+};
+/* Where the active and inactive L2 tables, refcount blocks and snapshot L1 tables lie. */
+struct qcow2_overlap_index {
+	bool built;
+	struct qcow2_offsets l2, rb;
+	struct qcow2_offsets il2;	/* only with QCOW2_OL_INACTIVE_L2 checked */
+	struct qcow2_range *snap;	/* sorted, merged */
+	size_t nr_snap;
+};
+
 struct qcow2_state {
 	/* The image lock (see the file comment). Lock order: meta before node locks; mu is a leaf. */
 	struct tblk_mutex mu;
@@ -197,6 +236,8 @@ struct qcow2_state {
 	size_t pending_free_cap;
 	struct tblk_list allocs;	/* struct qcow2_alloc in flight */
 	bool meta_dirty;		/* metadata written since the last file flush */
+	bool l2_needs_rc;		/* L2 entries linked to new clusters since the last L2
+					 * write-back: qemu's L2 cache "depends" on the refcounts */
 	bool fast_alloc_off;		/* [mu] the data file refused a fast allocating write */
 	/*
 	 * Whether the image looks preallocated with metadata (more clusters in use than the
@@ -209,6 +250,10 @@ struct qcow2_state {
 
 	bool pass_discard[QCOW2_DISCARD_NR];	/* [const] pass-discard-* options */
 	bool corrupt;			/* [meta] found corrupt: no more writes */
+	bool dead;			/* [atomic] set under meta: a fatal corruption was
+					 * signalled, nothing reads or writes any more */
+	unsigned int overlap_check;	/* [const] QCOW2_OL_* kinds checked before writes */
+	struct qcow2_overlap_index ol;	/* [meta] for those checks; see qcow2-overlap.c */
 	const char *corrupt_what;	/* [meta] the first corruption found, and where */
 	uint64_t corrupt_offset;	/* [meta] */
 	bool read_only;			/* [const] */
@@ -223,45 +268,63 @@ void qcow2_unlock(struct qcow2_state *s);
 void qcow2_wait_alloc(struct qcow2_state *s);
 /* Marks the image corrupt (once), logs where; returns -EUCLEAN. */
 int qcow2_signal_corruption(struct qcow2_state *s, const char *what, uint64_t offset);
+/*
+ * A fatal corruption, as qemu signals it: the message is printed once (through the warning
+ * handler, as qemu prints it), the corrupt bit set on disk (v3), the caches dropped unwritten
+ * and the image made unusable (s->dead). Under meta.
+ */
+void qcow2_signal_fatal(struct qcow2_state *s, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+/* True once a fatal corruption made the image unusable: requests fail with -ENOMEDIUM. */
+static inline bool qcow2_dead(const struct qcow2_state *s)
+{
+	return __atomic_load_n(&s->dead, __ATOMIC_ACQUIRE);
+}
 
 /* ------------------------------------------------ metadata overlap (qcow2-overlap.c) */
-/* Kinds of metadata, in qemu's bit order. */
-#define QCOW2_OL_HEADER		(1u << 0)
-#define QCOW2_OL_ACTIVE_L1	(1u << 1)
-#define QCOW2_OL_ACTIVE_L2	(1u << 2)
-#define QCOW2_OL_REFTABLE	(1u << 3)
-#define QCOW2_OL_REFBLOCK	(1u << 4)
-#define QCOW2_OL_SNAPSHOT_TABLE	(1u << 5)
-#define QCOW2_OL_INACTIVE_L1	(1u << 6)
-#define QCOW2_OL_INACTIVE_L2	(1u << 7)
-#define QCOW2_OL_BITMAP_DIR	(1u << 8)
-/* qemu's default overlap-check=cached: all but the snapshots' L2 tables (never read). */
-#define QCOW2_OL_CACHED		(0x1ffu & ~QCOW2_OL_INACTIVE_L2)
-struct qcow2_range {
-	uint64_t start;
-	uint64_t end;			/* exclusive */
-};
-/* Where the active L2 tables, refcount blocks and snapshot L1 tables lie, sorted, merged. */
-struct qcow2_overlap_index {
-	bool built;
-	struct qcow2_range *l2, *rb, *snap;
-	size_t nr_l2, nr_rb, nr_snap;
-};
+/* Takes the overlap-check options from @opts into s->overlap_check (at open). */
+int qcow2_overlap_options(struct qcow2_state *s, GHashTable *opts, GError **errp);
 /*
- * Builds @ix (caller's storage) from the tables in memory; valid until they change (an L1
- * entry's offset, the refcount table, the snapshots). -ENOMEM. Under meta.
+ * Builds @ix (caller's storage) from the tables in memory (and, if inactive L2 tables are
+ * checked, the snapshot L1 tables on disk). -ENOMEM, or the read error. Under meta.
  */
-int qcow2_overlap_index_build(const struct qcow2_state *s, struct qcow2_overlap_index *ix);
+int qcow2_overlap_index_build(struct qcow2_state *s, struct qcow2_overlap_index *ix);
 void qcow2_overlap_index_destroy(struct qcow2_overlap_index *ix);
+/* Keeping s->ol current, under meta: an L1 entry (a refcount table entry) changed from @old
+ * to @new (raw entries, 0 for none); bulk changes rebuild it at the next check. */
+void qcow2_overlap_l2_moved(struct qcow2_state *s, uint64_t old, uint64_t new);
+void qcow2_overlap_rb_moved(struct qcow2_state *s, uint64_t old, uint64_t new);
+void qcow2_overlap_snapshots_changed(struct qcow2_state *s);
+void qcow2_overlap_invalidate(struct qcow2_state *s);
 /*
- * The first kind of metadata (QCOW2_OL_*, not in @ignore) that a write of @len bytes at
- * file offset @off would touch, as the tables in memory place it; 0 if none. @ix, if not
- * NULL and built, stands for the tables. Under meta.
+ * The first kind of metadata (QCOW2_OL_*, checked by the options and not in @ignore) that a
+ * write of @len bytes at file offset @off would touch, as the tables in memory place it; 0
+ * if none. @ix, if not NULL and built, stands for the tables. Under meta.
  */
 unsigned int qcow2_overlap_find(const struct qcow2_state *s, const struct qcow2_overlap_index *ix,
 				unsigned int ignore, uint64_t off, uint64_t len);
 /* qemu's name of an overlap kind ("active L2 table"). */
 const char *qcow2_overlap_name(unsigned int kind);
+/*
+ * Before a write of metadata into the image file, under meta: 0 if it may go ahead; -EIO if
+ * it would overwrite metadata other than @ignore (the image is then marked corrupt and
+ * unusable) or the image is unusable already.
+ */
+int qcow2_overlap_check(struct qcow2_state *s, unsigned int ignore, uint64_t off, uint64_t len);
+/* The same for guest data at host offset @off of the data file (never metadata if apart). */
+int qcow2_overlap_data_check(struct qcow2_state *s, uint64_t off, uint64_t len);
+/*
+ * The same for the clusters just allocated for guest data: refused, qemu gives them back,
+ * which first writes the refcount blocks if linked L2 entries wait for them; so do we.
+ */
+int qcow2_overlap_alloc_check(struct qcow2_state *s, uint64_t off, uint64_t len);
+/*
+ * The fast path's question, under mu with the image lock free: true if a data write at @off
+ * may touch metadata, or the index is not built (the pool path then decides and reports).
+ */
+bool qcow2_overlap_hit_fast(const struct qcow2_state *s, uint64_t off, uint64_t len);
+/* qcow2_overlap_check(), then the write into the image file. */
+int qcow2_meta_pwrite(struct qcow2_state *s, unsigned int ignore, uint64_t off, const void *buf,
+		      uint64_t len);
 
 /* ------------------------------------------------ helpers */
 /* Big-endian fields of on-disk structures, at any alignment. */

@@ -165,6 +165,7 @@ int64_t qcow2_refcount_area(struct qcow2_state *s, uint64_t start, uint64_t addi
 	s->reftable_size = table_size;
 	s->reftable_offset = table_off;
 	s->reftable_clusters = (uint32_t)table_clusters;
+	qcow2_overlap_invalidate(s);
 	/*
 	 * Nothing on disk points at the old table any more: free it now, as qemu does (a
 	 * deferred free would let the caller's next allocation land there, qemu's does not).

@@ -43,8 +43,8 @@ static int finish_block(struct qcow2_state *s, struct new_rc *n, bool empty, GEr
 		int ret = 0;
 
 		if (n->index < n->size && n->table[n->index])
-			ret = tblk_node_pwrite(s->node->file, n->table[n->index], n->buf,
-					       s->cluster_size, 0);
+			ret = qcow2_meta_pwrite(s, 0, n->table[n->index], n->buf,
+						s->cluster_size);
 		memset(n->buf, 0, s->cluster_size);
 		return ret < 0 ? tblk_error_set_errno(errp, -ret, "Failed to write refblock") : 0;
 	}
@@ -202,6 +202,7 @@ static int switch_to(struct qcow2_state *s, struct new_rc *n, uint64_t table_off
 	s->reftable = g_steal_pointer(&n->table);
 	s->reftable_size = n->size;
 	qcow2_set_geometry(s);
+	qcow2_overlap_invalidate(s);
 	for (uint64_t i = 0; i < old_size && ret >= 0; i++)
 		if (old[i] & ~QCOW2_REFT_RESERVED)
 			ret = qcow2_update_refcount(s, old[i] & ~QCOW2_REFT_RESERVED,
@@ -257,7 +258,7 @@ int qcow2_change_refcount_order(struct qcow2_state *s, unsigned int order, GErro
 		goto out;
 	for (uint64_t i = 0; i < n.size; i++)
 		n.table[i] = htobe64(n.table[i]);
-	ret = tblk_node_pwrite(s->node->file, table_off, n.table, n.size * 8, 0);
+	ret = qcow2_meta_pwrite(s, 0, table_off, n.table, n.size * 8);
 	for (uint64_t i = 0; i < n.size; i++)
 		n.table[i] = be64toh(n.table[i]);
 	if (ret < 0) {

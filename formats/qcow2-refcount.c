@@ -181,7 +181,7 @@ static int write_reftable_entry(struct qcow2_state *s, uint64_t index)
 	int ret;
 
 	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_ALLOC_HOOKUP);
-	ret = tblk_node_pwrite(s->node->file, s->reftable_offset + index * 8, &be, 8, 0);
+	ret = qcow2_meta_pwrite(s, QCOW2_OL_UNCHECKED, s->reftable_offset + index * 8, &be, 8);
 
 	if (ret >= 0)
 		ret = tblk_node_flush(s->node->file);
@@ -209,9 +209,10 @@ static int alloc_refcount_block(struct qcow2_state *s, uint64_t cluster_index)
 	nb = alloc_noref(s, 1);
 	if (nb < 0)
 		return (int)nb;
-	if (nb == 0)
-		return qcow2_signal_corruption(s, "Preventing invalid allocation of refcount "
-					       "block at offset", 0);
+	if (nb == 0) {
+		qcow2_signal_fatal(s, "Preventing invalid allocation of refcount block at offset 0");
+		return -EIO;
+	}
 	if (((uint64_t)nb >> s->cluster_bits >> s->rc_block_bits) == ti) {
 		/* The new block covers itself. */
 		ret = qcow2_cache_get(s->rc_cache, (uint64_t)nb, true, &block);
@@ -238,6 +239,8 @@ static int alloc_refcount_block(struct qcow2_state *s, uint64_t cluster_index)
 		ret = write_reftable_entry(s, ti);
 		if (ret < 0)
 			s->reftable[ti] = 0;	/* as the disk may say; the block leaks */
+		else
+			qcow2_overlap_rb_moved(s, 0, (uint64_t)nb);
 		return ret < 0 ? ret : -EAGAIN;
 	}
 	ret = grow_reftable(s, cluster_index, (uint64_t)nb);
@@ -349,13 +352,12 @@ int64_t qcow2_alloc_clusters(struct qcow2_state *s, uint64_t len)
 		if (off < 0)
 			return off;
 		/*
-		 * Cluster 0 holds the header: free there means the refcounts are corrupt. (An
-		 * empty allocation, for an empty snapshot table, returns the search position
-		 * untouched, as qemu's, which records it in the header.)
+		 * Cluster 0 holds the header: free there means the refcounts are corrupt. As in
+		 * qemu, the overlap check refuses the write that would follow (an L2 table's
+		 * allocation is refused by its caller). An empty allocation, for an empty
+		 * snapshot table, returns the search position untouched, as qemu's, which records
+		 * it in the header.
 		 */
-		if (off == 0 && n)
-			return qcow2_signal_corruption(s, "Preventing invalid allocation of cluster "
-						       "at offset", 0);
 		ret = qcow2_update_refcount(s, (uint64_t)off, n << s->cluster_bits, 1);
 	} while (ret == -EAGAIN);
 	return ret < 0 ? ret : off;
@@ -417,9 +419,11 @@ int64_t qcow2_alloc_bytes(struct qcow2_state *s, uint64_t len)
 
 			if (new < 0)
 				return new;
-			if (new == 0)
-				return qcow2_signal_corruption(s, "Preventing invalid allocation of "
-							       "compressed cluster at offset", 0);
+			if (new == 0) {
+				qcow2_signal_fatal(s, "Preventing invalid allocation of compressed "
+						   "cluster at offset 0");
+				return -EIO;
+			}
 			if (!off || TBLK_ALIGN_UP(off, s->cluster_size) != (uint64_t)new) {
 				off = (uint64_t)new;
 				free_in = s->cluster_size;

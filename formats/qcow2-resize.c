@@ -70,7 +70,7 @@ static int shrink_l1(struct qcow2_state *s, uint64_t new_size)
 		return 0;
 	len = ((uint64_t)s->l1_size - new_size) * 8;
 	zero = g_malloc0(len);
-	ret = tblk_node_pwrite(s->node->file, s->l1_offset + new_size * 8, zero, len, 0);
+	ret = qcow2_meta_pwrite(s, QCOW2_OL_ACTIVE_L1, s->l1_offset + new_size * 8, zero, len);
 	if (ret >= 0)
 		ret = tblk_node_flush(s->node->file);
 	if (ret < 0) {
@@ -80,6 +80,7 @@ static int shrink_l1(struct qcow2_state *s, uint64_t new_size)
 	for (uint64_t i = s->l1_size; i-- > new_size;) {
 		uint64_t off = s->l1[i] & QCOW2_OFFSET_MASK;
 
+		qcow2_overlap_l2_moved(s, s->l1[i], 0);
 		s->l1[i] = 0;
 		if (!off)
 			continue;
@@ -141,7 +142,7 @@ static int shrink_reftable(struct qcow2_state *s)
 		if (!refblock_unused(s, block, self))
 			tmp[i] = htobe64(s->reftable[i]);
 	}
-	ret = tblk_node_pwrite(s->node->file, s->reftable_offset, tmp, bytes, 0);
+	ret = qcow2_meta_pwrite(s, QCOW2_OL_REFTABLE, s->reftable_offset, tmp, bytes);
 	if (ret >= 0)
 		ret = tblk_node_flush(s->node->file);
 	for (uint64_t i = 0; i < s->reftable_size; i++) {
@@ -149,6 +150,7 @@ static int shrink_reftable(struct qcow2_state *s)
 
 		if (!off || tmp[i])
 			continue;
+		qcow2_overlap_rb_moved(s, s->reftable[i], 0);
 		s->reftable[i] = 0;
 		qcow2_cache_discard(s->rc_cache, off);
 		if (ret >= 0)

@@ -96,6 +96,8 @@ int tblk__qcow2_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 	struct qcow2_state *s = node->opaque;
 	size_t done = 0;
 
+	if (qcow2_dead(s))
+		return -ENOMEDIUM;
 	while (done < bytes) {
 		struct qcow2_map m;
 		int ret;
@@ -454,6 +456,7 @@ static int link_alloc(struct qcow2_state *s, struct alloc_job *job)
 	qcow2_cache_mark_dirty(s->l2_cache, table);
 	/* The data must be on disk before the table that points at it. */
 	s->meta_dirty = true;
+	s->l2_needs_rc = true;
 	return 0;
 }
 
@@ -482,8 +485,11 @@ static int write_chunk(struct qcow2_state *s, uint64_t offset, uint64_t *pbytes,
 	if (ret < 0)
 		goto out_unlock;
 	if (m.type == QCOW2_NORMAL && (m.l2_entry & QCOW2_OFLAG_COPIED)) {
-		qcow2_unlock(s);
 		n = m.bytes;
+		ret = qcow2_overlap_data_check(s, m.host, n);
+		qcow2_unlock(s);
+		if (ret < 0)
+			return ret;
 		slice = g_new(struct iovec, iovcnt);
 		ret = tblk_iov_slice(slice, iovcnt, iov, iovcnt, iov_off, n);
 		tblk_node_debug_event(s->node->file, TBLK_DBG_WRITE_AIO);
@@ -496,10 +502,20 @@ static int write_chunk(struct qcow2_state *s, uint64_t offset, uint64_t *pbytes,
 	ret = plan_alloc(s, offset, offset + *pbytes, *hint, &job);
 	if (ret < 0)
 		goto out_unlock;
+	/* Data and copy-on-write edges (or their zeroing) land in [wfrom, wto). */
+	ret = qcow2_overlap_alloc_check(s, job.host + job.wfrom, job.wto - job.wfrom);
+	if (ret < 0) {
+		tblk_list_del(&job.a.link);
+		g_free(job.old);
+		g_free(job.old_bitmap);
+		goto out_unlock;
+	}
 	qcow2_unlock(s);
 	n = TBLK_MIN(*pbytes, job.a.end - offset);
 	ret = write_alloc(s, &job, offset, n, iov, iovcnt, iov_off, flags);
 	qcow2_lock(s);
+	if (ret >= 0 && qcow2_dead(s))
+		ret = -EIO;
 	if (ret >= 0)
 		ret = link_alloc(s, &job);
 	tblk_list_del(&job.a.link);
@@ -522,6 +538,8 @@ int tblk__qcow2_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 	uint64_t done = 0, hint = 0;
 	int ret = 0;
 
+	if (qcow2_dead(s))
+		return -ENOMEDIUM;
 	tblk_node_debug_event(node->file, TBLK_DBG_PWRITEV);
 	if (flags & TBLK_REQ_COMPRESSED)
 		ret = write_compressed(s, offset, bytes, iov, iovcnt);
@@ -590,11 +608,16 @@ static int write_compressed_cluster(struct qcow2_state *s, uint64_t offset, uint
 		ret = (int)host;
 		goto out_unlock;
 	}
+	ret = qcow2_overlap_data_check(s, (uint64_t)host, (uint64_t)clen);
+	if (ret < 0)
+		goto out_unlock;
 	tblk_node_debug_event(s->node->file, TBLK_DBG_L2_UPDATE_COMPRESSED);
 	qcow2_unlock(s);
 	tblk_node_debug_event(s->node->file, TBLK_DBG_WRITE_COMPRESSED);
 	ret = tblk_node_pwrite(s->node->file, (uint64_t)host, dst, (uint64_t)clen, 0);
 	qcow2_lock(s);
+	if (ret >= 0 && qcow2_dead(s))
+		ret = -EIO;
 	if (ret < 0)
 		goto out_unlock;
 	nsect = (((uint64_t)host + (uint64_t)clen - 1) >> 9) - ((uint64_t)host >> 9);
@@ -733,6 +756,8 @@ int tblk__qcow2_pdiscard(struct tblk_node *node, uint64_t offset, uint64_t bytes
 	uint64_t end = TBLK_MIN(offset + bytes, s->size);
 	int ret;
 
+	if (qcow2_dead(s))
+		return -ENOMEDIUM;
 	if (qcow2_offset_into_cluster(s, offset))
 		return -ENOTSUP;
 	if (s->version < 3 && node->backing)
@@ -963,6 +988,8 @@ int tblk__qcow2_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t 
 	 * No pwritev_zero on the file here: as in qemu, that event belongs to zero writes that
 	 * reach the file (copy-on-write zeroing), not to zero (sub)clusters in the metadata.
 	 */
+	if (qcow2_dead(s))
+		return -ENOMEDIUM;
 	if (s->version < 3 && node->backing)
 		return -ENOTSUP;	/* written as zero data */
 	while (ret >= 0 && pos < end) {
@@ -989,7 +1016,8 @@ int tblk__qcow2_flush(struct tblk_node *node)
 	struct qcow2_state *s = node->opaque;
 	int ret;
 
-	if (node->read_only)
+	/* A flush of an unusable image does nothing, as qemu's. */
+	if (node->read_only || qcow2_dead(s))
 		return 0;
 	tblk_node_debug_event(node->file, TBLK_DBG_FLUSH_TO_OS);
 	qcow2_lock(s);
@@ -1066,6 +1094,8 @@ int tblk__qcow2_block_status(struct tblk_node *node, uint64_t offset, uint64_t b
 	bool prealloc;
 	int ret;
 
+	if (qcow2_dead(s))
+		return -ENOMEDIUM;
 	if (!__atomic_load_n(&s->meta_prealloc, __ATOMIC_RELAXED)) {
 		/* A peek: at worst both sizes are read once more and not used. */
 		file_len = tblk_node_getlength(node->file);

@@ -324,7 +324,8 @@ static int update_refcounts(struct qcow2_state *s, uint64_t l1_offset, uint32_t 
 
 		for (uint32_t i = 0; i < l1_size; i++)
 			be[i] = htobe64(l1[i]);
-		ret = tblk_node_pwrite(s->node->file, l1_offset, be, (uint64_t)l1_size * 8, 0);
+		ret = qcow2_meta_pwrite(s, QCOW2_OL_UNCHECKED, l1_offset, be,
+					(uint64_t)l1_size * 8);
 		if (ret >= 0)
 			ret = tblk_node_flush(s->node->file);
 	}
@@ -377,6 +378,8 @@ static int write_table(struct qcow2_state *s)
 	int64_t off;
 	int ret;
 
+	/* The list in memory changed (a snapshot added or removed): so did the L1 tables. */
+	qcow2_overlap_snapshots_changed(s);
 	for (uint32_t i = 0; i < s->nb_snapshots; i++) {
 		size = TBLK_ALIGN_UP(size, 8) + entry_len(&s->snapshots[i]);
 		if (size > SN_MAX_TABLE_BYTES)
@@ -388,6 +391,8 @@ static int write_table(struct qcow2_state *s)
 	ret = qcow2_flush_metadata(s);
 	if (ret >= 0)
 		ret = tblk_node_flush(s->node->file);
+	if (ret >= 0)
+		ret = qcow2_overlap_check(s, 0, (uint64_t)off, size);
 	pos = (uint64_t)off;
 	for (uint32_t i = 0; i < s->nb_snapshots && ret >= 0; i++) {
 		size_t len;
@@ -404,7 +409,7 @@ static int write_table(struct qcow2_state *s)
 	/* Only the two header fields change. */
 	put32(hdr, s->nb_snapshots);
 	put64(hdr + 4, (uint64_t)off);
-	ret = tblk_node_pwrite(s->node->file, 60, hdr, sizeof(hdr), 0);
+	ret = qcow2_meta_pwrite(s, QCOW2_OL_UNCHECKED, 60, hdr, sizeof(hdr));
 	if (ret >= 0)
 		ret = tblk_node_flush(s->node->file);
 	if (ret < 0)
@@ -523,8 +528,7 @@ static int create_locked(struct qcow2_state *s, const struct tblk_snapshot_info 
 		be = g_new(uint64_t, s->l1_size);
 		for (uint32_t i = 0; i < s->l1_size; i++)
 			be[i] = htobe64(s->l1[i]);
-		ret = tblk_node_pwrite(s->node->file, sn.l1_offset, be, (uint64_t)s->l1_size * 8,
-				       0);
+		ret = qcow2_meta_pwrite(s, 0, sn.l1_offset, be, (uint64_t)s->l1_size * 8);
 		if (ret < 0)
 			return ret;
 	}
@@ -539,6 +543,7 @@ static int create_locked(struct qcow2_state *s, const struct tblk_snapshot_info 
 	ret = write_table(s);
 	if (ret < 0) {
 		snapshot_clear(&s->snapshots[--s->nb_snapshots]);
+		qcow2_overlap_snapshots_changed(s);
 		return ret;
 	}
 	return 0;
@@ -578,7 +583,7 @@ static int goto_locked(struct qcow2_state *s, const struct qcow2_snapshot *sn)
 	ret = update_refcounts(s, sn->l1_offset, sn->l1_size, 1);
 	if (ret < 0)
 		return ret;
-	ret = tblk_node_pwrite(s->node->file, s->l1_offset, sn_l1, cur_bytes, 0);
+	ret = qcow2_meta_pwrite(s, QCOW2_OL_ACTIVE_L1, s->l1_offset, sn_l1, cur_bytes);
 	if (ret >= 0)
 		ret = tblk_node_flush(s->node->file);
 	if (ret < 0)
@@ -586,6 +591,7 @@ static int goto_locked(struct qcow2_state *s, const struct qcow2_snapshot *sn)
 	ret = update_refcounts(s, s->l1_offset, s->l1_size, -1);
 	for (uint32_t i = 0; i < s->l1_size; i++)
 		s->l1[i] = be64toh(sn_l1[i]);
+	qcow2_overlap_invalidate(s);
 	if (ret < 0)
 		return ret;
 	return update_refcounts(s, s->l1_offset, s->l1_size, 0);
@@ -649,6 +655,7 @@ static int delete_locked(struct qcow2_state *s, int idx, GError **errp)
 			(s->nb_snapshots - (uint32_t)idx) * sizeof(sn));
 		s->snapshots[idx] = sn;
 		s->nb_snapshots++;
+		qcow2_overlap_snapshots_changed(s);
 		return tblk_error_set_errno(errp, -ret, "Failed to remove snapshot from snapshot "
 					    "list");
 	}
@@ -721,6 +728,7 @@ int tblk__qcow2_snapshot_load_tmp(struct tblk_node *node, const char *id, const 
 	s->l1 = g_steal_pointer(&l1);
 	s->l1_size = sn.l1_size;
 	s->l1_offset = sn.l1_offset;
+	qcow2_overlap_invalidate(s);
 out_unlock:
 	qcow2_unlock(s);
 	return ret;

@@ -76,6 +76,35 @@ int qcow2_signal_corruption(struct qcow2_state *s, const char *what, uint64_t of
 	return -EUCLEAN;
 }
 
+void qcow2_signal_fatal(struct qcow2_state *s, const char *fmt, ...)
+{
+	g_autofree char *what = NULL;
+	va_list ap;
+
+	if (qcow2_dead(s))
+		return;
+	va_start(ap, fmt);
+	what = g_strdup_vprintf(fmt, ap);
+	va_end(ap);
+	/* qemu prints this itself, without the program's name. */
+	tblk__warn("verbatim: qcow2: Marking image as corrupt: %s; further corruption events "
+		   "will be suppressed\n", what);
+	(void)qcow2_signal_corruption(s, "Preventing invalid write on metadata", 0);
+	__atomic_store_n(&s->dead, true, __ATOMIC_RELEASE);
+	/* Nothing more reaches the file: what the caches hold is dropped, now and at close. */
+	qcow2_cache_clear(s->l2_cache);
+	qcow2_cache_clear(s->rc_cache);
+	/* The corrupt bit: only the feature field is written; v2 has none. */
+	if (s->version >= 3 && !(s->incompat & QCOW2_INCOMPAT_CORRUPT)) {
+		uint64_t be;
+
+		s->incompat |= QCOW2_INCOMPAT_CORRUPT;
+		be = htobe64(s->incompat);
+		if (tblk_node_pwrite(s->node->file, 72, &be, 8, 0) >= 0)
+			(void)tblk_node_flush(s->node->file);
+	}
+}
+
 static int qcow2_probe(const uint8_t *buf, size_t len, const char *filename)
 {
 	if (len >= 8 && buf[0] == 0x51 && buf[1] == 0x46 && buf[2] == 0x49 && buf[3] == 0xfb) {
@@ -303,6 +332,7 @@ static void state_free(struct qcow2_state *s)
 {
 	qcow2_cache_free(s->l2_cache);
 	qcow2_cache_free(s->rc_cache);
+	qcow2_overlap_index_destroy(&s->ol);
 	g_free(s->l1);
 	g_free(s->reftable);
 	g_free(s->pending_free);
@@ -413,7 +443,9 @@ static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int fla
 		ret = -EINVAL;
 		goto out_file;
 	}
-	g_free(tblk__opts_take(opts, "overlap-check"));
+	ret = qcow2_overlap_options(s, opts, errp);
+	if (ret < 0)
+		goto out_file;
 	ret = load_l1(s, errp);
 	if (ret < 0)
 		goto out_file;
@@ -458,6 +490,12 @@ static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int fla
 	ret = qcow2_bitmaps_open(s, errp);
 	if (ret < 0)
 		goto out_backing;
+	/* The index of the overlap checks, ready for the first write (the fast path needs it). */
+	if (!node->read_only && s->overlap_check) {
+		qcow2_lock(s);
+		(void)qcow2_overlap_index_build(s, &s->ol);
+		qcow2_unlock(s);
+	}
 	return 0;
 
 out_backing:
@@ -478,7 +516,7 @@ static void qcow2_close(struct tblk_node *node)
 {
 	struct qcow2_state *s = node->opaque;
 
-	if (!node->read_only && !s->corrupt) {
+	if (!node->read_only && !s->corrupt && !qcow2_dead(s)) {
 		(void)qcow2_bitmaps_close(s);
 		qcow2_lock(s);
 		(void)qcow2_flush_metadata(s);
@@ -493,7 +531,7 @@ static int64_t qcow2_getlength(struct tblk_node *node)
 {
 	struct qcow2_state *s = node->opaque;
 
-	return (int64_t)s->size;
+	return qcow2_dead(s) ? -ENOMEDIUM : (int64_t)s->size;
 }
 
 static uint32_t qcow2_cluster_size(struct tblk_node *node)

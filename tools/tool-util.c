@@ -24,6 +24,8 @@ static void print_warning(const char *msg, void *opaque)
 {
 	if (!strncmp(msg, "error: ", 7))
 		fprintf(stderr, "%s: %s", tool_progname, msg + 7);
+	else if (!strncmp(msg, "verbatim: ", 10))
+		fputs(msg + 10, stderr);
 	else
 		fprintf(stderr, "%s: warning: %s", tool_progname, msg);
 }

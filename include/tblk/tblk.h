@@ -155,8 +155,10 @@ void tblk_blk_close(struct tblk_blk *blk);
  * Where the library warns where qemu would print a warning (an image whose persistent
  * bitmaps another program left inconsistent, ...): @fn gets the text, which may hold a
  * newline and need not end with one. A text starting with "error: " is one qemu reports as
- * an error, not a warning (persistent bitmaps lost at close). Without a handler, warnings
- * are dropped. Process-wide; set it before opening images. Any thread.
+ * an error, not a warning (persistent bitmaps lost at close); one starting with "verbatim: "
+ * is one qemu prints as it stands, without the program's name (qcow2's "qcow2: Marking image
+ * as corrupt: ..."). Without a handler, warnings are dropped. Process-wide; set it before
+ * opening images. Any thread.
  */
 typedef void tblk_warn_fn(const char *msg, void *opaque);
 void tblk_set_warning_handler(tblk_warn_fn *fn, void *opaque);
