@@ -69,6 +69,8 @@ static int raw_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 {
 	struct raw_state *s = node->opaque;
 
+	/* qemu's raw format raises these too (blkdebug breakpoints, injected errors) */
+	tblk_node_debug_event(node->file, TBLK_DBG_READ_AIO);
 	return tblk_node_preadv(node->file, s->offset + offset, bytes, iov, iovcnt, flags);
 }
 
@@ -77,6 +79,7 @@ static int raw_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 {
 	struct raw_state *s = node->opaque;
 
+	tblk_node_debug_event(node->file, TBLK_DBG_WRITE_AIO);
 	return tblk_node_pwritev(node->file, s->offset + offset, bytes, iov, iovcnt, flags);
 }
 

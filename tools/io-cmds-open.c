@@ -287,9 +287,12 @@ int io_open_image(struct io_ctx *io, const struct io_open_req *r)
 		goto fail;
 	/*
 	 * -U on a writable open: qemu refuses it after looking the driver up by name, before
-	 * opening any file; the node does the same once it knows its driver.
+	 * opening any file; the node does the same once it knows its driver. With -s the image
+	 * is opened read-only under the overlay, and -U is for it.
 	 */
-	if ((r->flags & TBLK_OPEN_SHARE_RW) && (r->flags & TBLK_OPEN_RDWR)) {
+	if (r->snapshot && (r->flags & TBLK_OPEN_SHARE_RW)) {
+		g_hash_table_replace(r->opts, g_strdup("force-share"), g_strdup("on"));
+	} else if ((r->flags & TBLK_OPEN_SHARE_RW) && (r->flags & TBLK_OPEN_RDWR)) {
 		if (!g_hash_table_contains(r->opts, "driver") &&
 		    !tool_json_names_driver(r->filename)) {
 			ret = -EINVAL;
