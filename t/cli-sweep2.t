@@ -337,8 +337,17 @@ FIXED = [
      "9223372036854775807"],
     ["qemu-io", "-c", "truncate 8M", "-c", "length", "--image-opts",
      "driver=raw,file.filename=r.img,offset=4k"],
-    # a commit's progress (repeated figures collapsed, see filt())
+    # a commit's progress (the first and the last figure, see filt())
     ["qemu-img", "commit", "-p", "t.qcow2"],
+    # qemu-img's --image-opts take a first element without '=' for "file=" (a node name)
+    ["qemu-img", "info", "--image-opts", "t.qcow2"],
+    ["qemu-img", "info", "--image-opts", "t.qcow2,driver=qcow2"],
+    ["qemu-img", "info", "--image-opts", "driver=qcow2,t.qcow2"],
+    ["qemu-img", "info", "--image-opts", "nofile,nofile"],
+    ["qemu-img", "info", "--image-opts", ",driver=raw"],
+    ["qemu-img", "compare", "--image-opts", "driver=qcow2,file.filename=t.qcow2", "t.qcow2"],
+    ["qemu-img", "dd", "--image-opts", "if=t.qcow2", "of=o.img"],
+    ["qemu-io", "-c", "read 0 1", "--image-opts", "t.qcow2"],
 ]
 
 # Known differences: (argv, reason).

@@ -27,7 +27,8 @@ static int build_opts(GHashTable *opts, const struct img_open_opts *o, const cha
 	*probe_name = tool_json_names_driver(o->filename) ? NULL : o->filename;
 	*open_name = o->image_opts ? NULL : g_strdup(o->filename);
 	if (o->image_opts) {
-		if (tool_opts_parse(opts, o->filename, errp) < 0)
+		/* qemu-img takes a first element without '=' for "file=" (qemu-io does not) */
+		if (tool_opts_parse_implied(opts, o->filename, "file", errp) < 0)
 			return -EINVAL;
 		*probe_name = g_hash_table_lookup(opts, "driver") ? NULL :
 			      g_hash_table_lookup(opts, "file.filename");
