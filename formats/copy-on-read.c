@@ -60,9 +60,9 @@ static int cor_copy(struct tblk_node *node, uint64_t pos, uint64_t n, uint64_t o
 	if (ret < 0)
 		return ret;
 	if (buf_is_zero(buf, n))
-		ret = tblk_node_pwrite_zeroes(child, pos, n, 0);
+		ret = tblk_node_pwrite_zeroes(child, pos, n, TBLK_REQ_WRITE_UNCHANGED);
 	else
-		ret = tblk_node_pwritev(child, pos, n, &biov, 1, 0);
+		ret = tblk_node_pwritev(child, pos, n, &biov, 1, TBLK_REQ_WRITE_UNCHANGED);
 	if (ret < 0)
 		return ret;
 	if (hi > lo)

@@ -301,14 +301,17 @@ int tblk__qcow2_bitmap_list(struct tblk_node *node, struct tblk_dirty_bitmap **p
 int tblk__qcow2_bm_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 			   const struct iovec *iov, int iovcnt, unsigned int flags)
 {
-	qcow2_bitmaps_mark(node->opaque, offset, bytes);
+	/* as qemu's, a copy-on-read write changes no data a bitmap would track */
+	if (!(flags & TBLK_REQ_WRITE_UNCHANGED))
+		qcow2_bitmaps_mark(node->opaque, offset, bytes);
 	return tblk__qcow2_pwritev(node, offset, bytes, iov, iovcnt, flags);
 }
 
 int tblk__qcow2_bm_pwrite_zeroes(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 				 unsigned int flags)
 {
-	qcow2_bitmaps_mark(node->opaque, offset, bytes);
+	if (!(flags & TBLK_REQ_WRITE_UNCHANGED))
+		qcow2_bitmaps_mark(node->opaque, offset, bytes);
 	return tblk__qcow2_pwrite_zeroes(node, offset, bytes, flags);
 }
 

@@ -69,6 +69,8 @@ static int raw_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 {
 	struct raw_state *s = node->opaque;
 
+	/* qemu's raw format raises these too (blkdebug breakpoints, injected errors) */
+	tblk_node_debug_event(node->file, TBLK_DBG_READ_AIO);
 	return tblk_node_preadv(node->file, s->offset + offset, bytes, iov, iovcnt, flags);
 }
 
@@ -77,6 +79,7 @@ static int raw_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 {
 	struct raw_state *s = node->opaque;
 
+	tblk_node_debug_event(node->file, TBLK_DBG_WRITE_AIO);
 	return tblk_node_pwritev(node->file, s->offset + offset, bytes, iov, iovcnt, flags);
 }
 
@@ -123,13 +126,15 @@ static int raw_truncate(struct tblk_node *node, uint64_t size, const char *preal
 	struct raw_state *s = node->opaque;
 	struct tblk_node *f = node->file;
 
-	if (s->has_size || s->offset)
-		return tblk_error_set(errp, ENOTSUP, "Cannot resize a raw image with an offset "
-				      "or size option");
+	/* as qemu's: a window of fixed size stays so; one with only an offset grows the file */
+	if (s->has_size)
+		return tblk_error_set(errp, ENOTSUP, "Cannot resize fixed-size raw disks");
+	if (size > INT64_MAX - s->offset)
+		return tblk_error_set(errp, EINVAL, "Disk size too large for the chosen offset");
 	if (!f->drv->truncate)
 		return tblk_error_set(errp, ENOTSUP, "Protocol driver '%s' does not support "
 				      "image resize", f->drv->name);
-	return f->drv->truncate(f, size, prealloc, errp);
+	return f->drv->truncate(f, s->offset + size, prealloc, errp);
 }
 
 static int raw_create(const char *filename, uint64_t size, GHashTable *opts, GError **errp)

@@ -18,11 +18,20 @@
 
 #include "protocols/blkdebug-int.h"
 
-/* A request stopped at a breakpoint; lives on its thread's stack. */
+/*
+ * A request stopped at the breakpoints of one event (all of them at once, as qemu's): it goes
+ * on once each was resumed. Lives on the request thread's stack.
+ */
+struct bd_stop {
+	unsigned int pending;		/* [s->lock] breakpoints not resumed yet */
+	unsigned int resumers;		/* [s->lock] resumers still looking at this */
+	bool gone;			/* [s->lock] the request goes on */
+};
+
+/* One breakpoint a request stopped at; on s->stopped until resumed. */
 struct bd_stopped {
 	char *tag;			/* [const] */
-	bool resume;			/* [s->lock] set by resume or remove_break */
-	bool gone;			/* [s->lock] the request reported it goes on */
+	struct bd_stop *stop;		/* [const] */
 	struct tblk_list link;		/* [s->lock] on s->stopped */
 };
 
@@ -155,29 +164,35 @@ static void rule_remove_locked(struct bd_state *s, struct bd_rule *rule)
 	g_ptr_array_remove(s->rules, rule);
 }
 
-/* Stops the calling request at breakpoint @tag until it is resumed. */
-static void stop_here(struct bd_state *s, char *tag)
+/*
+ * Stops the calling request at the breakpoints @tags (the newest first, as qemu reports
+ * them) until each was resumed.
+ */
+static void stop_here(struct bd_state *s, GPtrArray *tags)
 {
-	struct bd_stopped st = { .tag = tag };
+	g_autofree struct bd_stopped *st = g_new0(struct bd_stopped, tags->len);
+	struct bd_stop stop = { .pending = tags->len };
 
-	/* Reported before it can be seen stopped, so a waiter prints after the report. */
-	tblk__debug_notify(tag, true);
+	/* Reported before they can be seen stopped, so a waiter prints after the reports. */
+	for (guint i = 0; i < tags->len; i++)
+		tblk__debug_notify(tags->pdata[i], true);
 	tblk_mutex_lock(&s->lock);
-	tblk_list_add_tail(&s->stopped, &st.link);
+	for (guint i = 0; i < tags->len; i++) {
+		st[i].tag = tags->pdata[i];
+		st[i].stop = &stop;
+		tblk_list_add_tail(&s->stopped, &st[i].link);
+	}
 	tblk_cond_broadcast(&s->cv);
-	while (!st.resume)
+	while (stop.pending)
 		tblk_pool_wait(&s->cv, &s->lock);
-	tblk_list_del(&st.link);
-	tblk_mutex_unlock(&s->lock);
-	tblk__debug_notify(tag, false);
-	tblk_mutex_lock(&s->lock);
-	st.gone = true;
+	stop.gone = true;
 	tblk_cond_broadcast(&s->cv);
-	/* The resumer still reads st until it saw gone: wait for it to let go. */
-	while (st.tag)
+	/* The last resumer still reads stop until it saw gone: wait for it to let go. */
+	while (stop.resumers)
 		tblk_pool_wait(&s->cv, &s->lock);
 	tblk_mutex_unlock(&s->lock);
-	g_free(tag);
+	for (guint i = 0; i < tags->len; i++)
+		g_free(tags->pdata[i]);
 }
 
 static void bd_debug_event(struct tblk_node *node, enum tblk_debug_event ev)
@@ -213,8 +228,16 @@ static void bd_debug_event(struct tblk_node *node, enum tblk_debug_event ev)
 		}
 	}
 	tblk_mutex_unlock(&s->lock);
-	for (guint i = 0; i < tags->len; i++)
-		stop_here(s, tags->pdata[i]);
+	if (tags->len) {
+		/* qemu keeps each event's rules newest first */
+		for (guint i = 0; i < tags->len / 2; i++) {
+			gpointer t = tags->pdata[i];
+
+			tags->pdata[i] = tags->pdata[tags->len - 1 - i];
+			tags->pdata[tags->len - 1 - i] = t;
+		}
+		stop_here(s, tags);
+	}
 	tblk_mutex_lock(&s->lock);
 	s->state = new_state;
 	tblk_mutex_unlock(&s->lock);
@@ -339,29 +362,37 @@ static int bd_breakpoint(struct tblk_node *node, const char *event, const char *
 }
 
 /*
- * Resumes the first request stopped at @tag (qemu's resume wakes one per call) and waits
- * until it reported that it goes on, as qemu's runs on at once. false if none is stopped.
+ * Resumes the first breakpoint a request stopped at @tag (qemu's resume wakes one per call):
+ * reports it, and if it was the request's last one waits until the request goes on, as
+ * qemu's runs on at once. false if none is stopped there. Drops s->lock meanwhile.
  */
 static bool resume_locked(struct bd_state *s, const char *tag)
 {
 	struct bd_stopped *st = NULL;
+	struct bd_stop *stop;
 	struct tblk_list *pos;
 
 	tblk_list_for_each(pos, &s->stopped) {
 		struct bd_stopped *c = tblk_list_entry(pos, struct bd_stopped, link);
 
-		if (!c->resume && !strcmp(c->tag, tag)) {
+		if (!strcmp(c->tag, tag)) {
 			st = c;
 			break;
 		}
 	}
 	if (!st)
 		return false;
-	st->resume = true;
+	stop = st->stop;
+	tblk_list_del(&st->link);
+	stop->resumers++;
+	tblk_mutex_unlock(&s->lock);
+	tblk__debug_notify(tag, false);
+	tblk_mutex_lock(&s->lock);
+	stop->pending--;
 	tblk_cond_broadcast(&s->cv);
-	while (!st->gone)
+	while (!stop->pending && !stop->gone)
 		tblk_cond_wait(&s->cv, &s->lock);
-	st->tag = NULL;
+	stop->resumers--;
 	tblk_cond_broadcast(&s->cv);
 	return true;
 }
@@ -408,7 +439,7 @@ static bool bd_is_suspended(struct tblk_node *node, const char *tag)
 	tblk_list_for_each(pos, &s->stopped) {
 		struct bd_stopped *st = tblk_list_entry(pos, struct bd_stopped, link);
 
-		if (!st->resume && !strcmp(st->tag, tag))
+		if (!strcmp(st->tag, tag))
 			found = true;
 	}
 	tblk_mutex_unlock(&s->lock);

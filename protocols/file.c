@@ -517,12 +517,15 @@ static int file_open(struct tblk_node *node, GHashTable *opts, unsigned int flag
 	if (ret < 0)
 		return ret;
 	s->direct = flags & TBLK_OPEN_NOCACHE;
-	if (s->aio == FILE_AIO_NATIVE && !s->direct)
-		return tblk_error_set(errp, EINVAL, "aio=native was specified, but it requires "
-				      "cache.direct=on, which was not specified.");
 	s->fd = file_open_fd(filename, flags, s->direct, errp);
 	if (s->fd < 0)
 		return s->fd;
+	/* qemu opens the file first: a missing file is the error then */
+	if (s->aio == FILE_AIO_NATIVE && !s->direct) {
+		close(s->fd);
+		return tblk_error_set(errp, EINVAL, "aio=native was specified, but it requires "
+				      "cache.direct=on, which was not specified.");
+	}
 	if (fstat(s->fd, &st) < 0) {
 		ret = tblk_error_set_errno(errp, errno, "Could not stat '%s'", filename);
 		close(s->fd);

@@ -17,6 +17,7 @@
 struct check_args {
 	struct img_open_opts open;
 	const char *output;
+	const char *cache;		/* -T, checked after the arguments */
 	bool quiet;
 	int fix;
 };
@@ -44,7 +45,7 @@ static void check_parse(int argc, char **argv, struct check_args *a)
 		case 'f': a->open.fmt = optarg; break;
 		case 'q': a->quiet = true; break;
 		case 'U': a->open.flags |= TBLK_OPEN_SHARE_RW; break;
-		case 'T': break;
+		case 'T': a->cache = optarg; break;
 		case 'r':
 			a->open.flags |= TBLK_OPEN_RDWR | TBLK_OPEN_CHECK;
 			if (!strcmp(optarg, "leaks"))
@@ -65,6 +66,10 @@ static void check_parse(int argc, char **argv, struct check_args *a)
 	a->open.filename = argv[optind];
 	if (strcmp(a->output, "human") && strcmp(a->output, "json")) {
 		tool_error("--output must be used with human or json as argument.");
+		exit(1);
+	}
+	if (a->cache && tblk_parse_cache_mode(a->cache, &a->open.flags, NULL) < 0) {
+		tool_error("Invalid source cache option: %s", a->cache);
 		exit(1);
 	}
 }

@@ -230,12 +230,7 @@ static void check_args(struct convert_args *a)
 			tool_error("Option help requires a format be specified");
 			exit(1);
 		}
-		if (!img_fmt_known(a->out_fmt)) {
-			tool_error("Unknown file format '%s'", a->out_fmt);
-			exit(1);
-		}
-		img_create_opts_help(a->out_fmt);
-		exit(0);
+		exit(img_create_opts_help(a->out_fmt, a->out));
 	}
 	if (a->nr_srcs < 1) {
 		tool_error("Must specify image file name");

@@ -33,6 +33,14 @@ static const struct co_desc raw_opts[] = {
 
 static const struct co_desc qcow2_opts[] = {
 	{ "encryption", CO_BOOL, NULL },
+	{ "encrypt.format", CO_STR, NULL },
+	{ "encrypt.key-secret", CO_STR, NULL },
+	{ "encrypt.cipher-alg", CO_STR, NULL },
+	{ "encrypt.cipher-mode", CO_STR, NULL },
+	{ "encrypt.ivgen-alg", CO_STR, NULL },
+	{ "encrypt.ivgen-hash-alg", CO_STR, NULL },
+	{ "encrypt.hash-alg", CO_STR, NULL },
+	{ "encrypt.iter-time", CO_NUM, NULL },
 	{ "cluster_size", CO_SIZE_T, "65536" },
 	{ "extended_l2", CO_BOOL, "off" },
 	{ "preallocation", CO_STR, NULL },
@@ -43,7 +51,6 @@ static const struct co_desc qcow2_opts[] = {
 	{ "backing_fmt", CO_STR, NULL },
 	{ "data_file", CO_STR, NULL },
 	{ "data_file_raw", CO_BOOL, NULL },
-	{ "encrypt.format", CO_STR, NULL },
 	{ "lazy_refcounts", CO_BOOL, "off" },
 	{ "refcount_bits", CO_NUM, "16" },
 	{ "nocow", CO_BOOL, NULL },
@@ -51,7 +58,7 @@ static const struct co_desc qcow2_opts[] = {
 	{ NULL, 0, NULL },
 };
 
-#define CO_MAX 16
+#define CO_MAX 32
 
 struct create_args {
 	const char *fmt;
@@ -78,49 +85,6 @@ static int co_index(const struct create_opts *co, const char *name)
 	return -1;
 }
 
-static void create_help_options(const char *fmt)
-{
-	if (fmt && !strcmp(fmt, "qcow2")) {
-		printf("Supported qcow2 options:\n"
-		       "  backing_file=<str>     - File name of a base image\n"
-		       "  backing_fmt=<str>      - Image format of the base image\n"
-		       "  cluster_size=<size>    - qcow2 cluster size\n"
-		       "  compat=<str>           - Compatibility level (v2 [0.10] or v3 [1.1])\n"
-		       "  compression_type=<str> - Compression method used for image cluster "
-		       "compression\n"
-		       "  data_file=<str>        - File name of an external data file\n"
-		       "  data_file_raw=<bool (on/off)> - The external data file must stay valid as "
-		       "a raw image\n"
-		       "  encrypt.cipher-alg=<str> - Name of encryption cipher algorithm\n"
-		       "  encrypt.cipher-mode=<str> - Name of encryption cipher mode\n"
-		       "  encrypt.format=<str>   - Encrypt the image, format choices: 'aes', "
-		       "'luks'\n"
-		       "  encrypt.hash-alg=<str> - Name of encryption hash algorithm\n"
-		       "  encrypt.iter-time=<num> - Time to spend in PBKDF in milliseconds\n"
-		       "  encrypt.ivgen-alg=<str> - Name of IV generator algorithm\n"
-		       "  encrypt.ivgen-hash-alg=<str> - Name of IV generator hash algorithm\n"
-		       "  encrypt.key-secret=<str> - ID of secret providing qcow AES key or LUKS "
-		       "passphrase\n"
-		       "  encryption=<bool (on/off)> - Encrypt the image with format 'aes'. "
-		       "(Deprecated in favor of encrypt.format=aes)\n"
-		       "  extended_l2=<bool (on/off)> - Extended L2 tables\n"
-		       "  lazy_refcounts=<bool (on/off)> - Postpone refcount updates\n"
-		       "  preallocation=<str>    - Preallocation mode (allowed values: off, "
-		       "metadata, falloc, full)\n"
-		       "  refcount_bits=<num>    - Width of a reference count entry in bits\n"
-		       "  size=<size>            - Virtual disk size\n\n"
-		       "The protocol level may support further options.\n"
-		       "Specify the target filename to include those options.\n");
-		exit(0);
-	}
-	printf("Creation options of raw images:\n"
-	       "  size=<size>              virtual disk size\n"
-	       "  preallocation=<str>      off, falloc or full\n"
-	       "  nocow=<bool (on/off)>    turn copy-on-write off (btrfs)\n"
-	       "  extent_size_hint=<size>  extent size hint of the file, 0 for none\n");
-	exit(0);
-}
-
 static void create_parse(int argc, char **argv, struct create_args *a)
 {
 	static const struct option long_opts[] = {
@@ -142,8 +106,6 @@ static void create_parse(int argc, char **argv, struct create_args *a)
 		case 'u': a->unsafe = true; break;
 		case 'O': break;
 		case 'o':
-			if (!strcmp(optarg, "help") || !strcmp(optarg, "?"))
-				create_help_options(a->fmt);
 			if (!img_opt_list_valid(optarg)) {
 				tool_error("Invalid option list: %s", optarg);
 				exit(1);
@@ -154,6 +116,10 @@ static void create_parse(int argc, char **argv, struct create_args *a)
 			break;
 		}
 	}
+	/* qemu answers -o help before it looks for a file name, and names the protocol then */
+	if (a->options->len && img_opt_list_has_help(a->options->str))
+		exit(img_create_opts_help(a->fmt ? a->fmt : "raw",
+					  optind < argc ? argv[optind] : NULL));
 	if (optind >= argc)
 		img_error_exit("Expecting image file name");
 	a->filename = argv[optind++];

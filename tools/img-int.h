@@ -127,8 +127,11 @@ bool img_fmt_has_create_opt(const char *fmt, const char *key);
 bool img_fmt_can_compress(const char *fmt);
 /* True if @fmt names a format or protocol driver of this build. */
 bool img_fmt_known(const char *fmt);
-/* qemu's "-o help" text for @fmt on stdout (tblk's own words). */
-void img_create_opts_help(const char *fmt);
+/*
+ * qemu's "-o help" for @fmt: the format's creation options, with those of the protocol
+ * @filename names when it is not NULL, on stdout. The exit status: 0, or 1 after an error.
+ */
+int img_create_opts_help(const char *fmt, const char *filename);
 
 /*
  * The progress display of -p: "    (P/100%)\r" on stdout each time the figure moved by more

@@ -13,6 +13,7 @@
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "tools/img-int.h"
 
@@ -26,7 +27,8 @@ static int build_opts(GHashTable *opts, const struct img_open_opts *o, const cha
 	*probe_name = tool_json_names_driver(o->filename) ? NULL : o->filename;
 	*open_name = o->image_opts ? NULL : g_strdup(o->filename);
 	if (o->image_opts) {
-		if (tool_opts_parse(opts, o->filename, errp) < 0)
+		/* qemu-img takes a first element without '=' for "file=" (qemu-io does not) */
+		if (tool_opts_parse_implied(opts, o->filename, "file", errp) < 0)
 			return -EINVAL;
 		*probe_name = g_hash_table_lookup(opts, "driver") ? NULL :
 			      g_hash_table_lookup(opts, "file.filename");
@@ -187,45 +189,66 @@ void img_object_check(const char *def)
 
 enum opt_type { OPT_STR, OPT_SIZE, OPT_BOOL, OPT_NUM };
 
+/* OPT_OWN: the format's own option, listed by -o help; others are its protocol's. */
+#define OPT_OWN	1
+
 struct fmt_opt {
 	const char *name;
 	enum opt_type type;
-	const char *help;
+	const char *help;	/* as qemu's -o help prints it */
+	unsigned int flags;
 };
 
-#define PROTO_OPTS								\
-	{ "extent_size_hint", OPT_SIZE, "extent size hint of the file, 0 for none" },	\
-	{ "nocow", OPT_BOOL, "turn copy-on-write off (btrfs)" },		\
-	{ "size", OPT_SIZE, "virtual disk size" }
+#define SIZE_OPT(fl)	{ "size", OPT_SIZE, "Virtual disk size", fl }
+#define FILE_PROTO_OPTS(fl)							\
+	{ "extent_size_hint", OPT_SIZE, "Extent size hint for the image file, 0 to disable",	\
+	  fl },									\
+	{ "nocow", OPT_BOOL, "Turn off copy-on-write (valid only on btrfs)", fl },		\
+	{ "preallocation", OPT_STR, "Preallocation mode (allowed values: off, falloc, full)",	\
+	  fl },									\
+	SIZE_OPT(fl)
 
 static const struct fmt_opt raw_opts[] = {
-	{ "preallocation", OPT_STR, "off, falloc or full" },
-	PROTO_OPTS,
+	SIZE_OPT(OPT_OWN),
+	FILE_PROTO_OPTS(0),
+	{ NULL },
+};
+
+/* the formats "file" and "host_device" (qemu's protocols, created directly) */
+static const struct fmt_opt file_opts[] = {
+	FILE_PROTO_OPTS(OPT_OWN),
 	{ NULL },
 };
 
 static const struct fmt_opt qcow2_opts[] = {
-	{ "backing_file", OPT_STR, "file name of the backing image" },
-	{ "backing_fmt", OPT_STR, "format of the backing image" },
-	{ "cluster_size", OPT_SIZE, "cluster size in bytes" },
-	{ "compat", OPT_STR, "version: v2 (0.10) or v3 (1.1)" },
-	{ "compression_type", OPT_STR, "compression of compressed clusters" },
-	{ "data_file", OPT_STR, "external data file" },
-	{ "data_file_raw", OPT_BOOL, "keep the external data file a valid raw image" },
-	{ "encrypt.cipher-alg", OPT_STR, "encryption cipher" },
-	{ "encrypt.cipher-mode", OPT_STR, "encryption cipher mode" },
-	{ "encrypt.format", OPT_STR, "encryption format (aes, luks)" },
-	{ "encrypt.hash-alg", OPT_STR, "encryption hash" },
-	{ "encrypt.iter-time", OPT_NUM, "PBKDF time in milliseconds" },
-	{ "encrypt.ivgen-alg", OPT_STR, "IV generator" },
-	{ "encrypt.ivgen-hash-alg", OPT_STR, "IV generator hash" },
-	{ "encrypt.key-secret", OPT_STR, "secret holding the key" },
-	{ "encryption", OPT_BOOL, "encrypt with aes (deprecated)" },
-	{ "extended_l2", OPT_BOOL, "extended L2 entries (subclusters)" },
-	{ "lazy_refcounts", OPT_BOOL, "postpone refcount updates" },
-	{ "preallocation", OPT_STR, "off, metadata, falloc or full" },
-	{ "refcount_bits", OPT_NUM, "width of a refcount in bits" },
-	PROTO_OPTS,
+	{ "backing_file", OPT_STR, "File name of a base image", OPT_OWN },
+	{ "backing_fmt", OPT_STR, "Image format of the base image", OPT_OWN },
+	{ "cluster_size", OPT_SIZE, "qcow2 cluster size", OPT_OWN },
+	{ "compat", OPT_STR, "Compatibility level (v2 [0.10] or v3 [1.1])", OPT_OWN },
+	{ "compression_type", OPT_STR, "Compression method used for image cluster compression",
+	  OPT_OWN },
+	{ "data_file", OPT_STR, "File name of an external data file", OPT_OWN },
+	{ "data_file_raw", OPT_BOOL, "The external data file must stay valid as a raw image",
+	  OPT_OWN },
+	{ "encrypt.cipher-alg", OPT_STR, "Name of encryption cipher algorithm", OPT_OWN },
+	{ "encrypt.cipher-mode", OPT_STR, "Name of encryption cipher mode", OPT_OWN },
+	{ "encrypt.format", OPT_STR, "Encrypt the image, format choices: 'aes', 'luks'",
+	  OPT_OWN },
+	{ "encrypt.hash-alg", OPT_STR, "Name of encryption hash algorithm", OPT_OWN },
+	{ "encrypt.iter-time", OPT_NUM, "Time to spend in PBKDF in milliseconds", OPT_OWN },
+	{ "encrypt.ivgen-alg", OPT_STR, "Name of IV generator algorithm", OPT_OWN },
+	{ "encrypt.ivgen-hash-alg", OPT_STR, "Name of IV generator hash algorithm", OPT_OWN },
+	{ "encrypt.key-secret", OPT_STR, "ID of secret providing qcow AES key or LUKS passphrase",
+	  OPT_OWN },
+	{ "encryption", OPT_BOOL, "Encrypt the image with format 'aes'. (Deprecated in favor of "
+	  "encrypt.format=aes)", OPT_OWN },
+	{ "extended_l2", OPT_BOOL, "Extended L2 tables", OPT_OWN },
+	{ "lazy_refcounts", OPT_BOOL, "Postpone refcount updates", OPT_OWN },
+	{ "preallocation", OPT_STR, "Preallocation mode (allowed values: off, metadata, falloc, "
+	  "full)", OPT_OWN },
+	{ "refcount_bits", OPT_NUM, "Width of a reference count entry in bits", OPT_OWN },
+	SIZE_OPT(OPT_OWN),
+	FILE_PROTO_OPTS(0),
 	{ NULL },
 };
 
@@ -236,8 +259,8 @@ static const struct fmt_info {
 	bool can_compress;
 } fmt_infos[] = {
 	{ "raw", raw_opts, false },
-	{ "file", raw_opts, false },
-	{ "host_device", raw_opts, false },
+	{ "file", file_opts, false },
+	{ "host_device", file_opts, false },
 	{ "qcow2", qcow2_opts, true },
 };
 
@@ -282,13 +305,111 @@ bool img_fmt_known(const char *fmt)
 	return !strcmp(fmt, "file") || !strcmp(fmt, "host_device");
 }
 
-void img_create_opts_help(const char *fmt)
+/* The creation options of the protocols qemu-img -o help names ("simple": size only). */
+static const struct fmt_opt simple_proto_opts[] = {
+	{ "preallocation", OPT_STR, "Preallocation mode (allowed values: off)", 0 },
+	SIZE_OPT(0),
+	{ NULL },
+};
+static const struct fmt_opt ssh_proto_opts[] = { SIZE_OPT(0), { NULL } };
+static const struct fmt_opt file_proto_opts[] = { FILE_PROTO_OPTS(0), { NULL } };
+
+/* qemu 7.2's protocols that create no images */
+static const char *const no_create_protos[] = {
+	"blkdebug", "blkverify", "ftp", "ftps", "http", "https", "null-aio", "null-co", "vvfat",
+	NULL,
+};
+
+/*
+ * The creation options of the protocol @filename names, as qemu finds it: a "proto:" prefix
+ * (before any '/'), else a host device under /dev, else a file. NULL after an error.
+ */
+static const struct fmt_opt *proto_opts(const char *filename)
+{
+	size_t n = strcspn(filename, ":/");
+	g_autofree char *proto = NULL;
+	struct stat st;
+
+	if (filename[n] != ':') {
+		if (!strncmp(filename, "/dev/", 5) && stat(filename, &st) == 0 &&
+		    (S_ISBLK(st.st_mode) || S_ISCHR(st.st_mode)))
+			return simple_proto_opts;
+		return file_proto_opts;
+	}
+	proto = g_strndup(filename, n);
+	if (!strcmp(proto, "file"))
+		return file_proto_opts;
+	if (!strcmp(proto, "host_device") || !strcmp(proto, "nbd") ||
+	    !strcmp(proto, "nbd+tcp") || !strcmp(proto, "nbd+unix"))
+		return simple_proto_opts;
+	if (!strcmp(proto, "ssh"))
+		return ssh_proto_opts;
+	for (const char *const *p = no_create_protos; *p; p++) {
+		if (!strcmp(*p, proto)) {
+			tool_error("Protocol driver '%s' does not support image creation", proto);
+			return NULL;
+		}
+	}
+	tool_error("Unknown protocol '%s'", proto);
+	return NULL;
+}
+
+static const char *const opt_type_names[] = {
+	[OPT_STR] = "str", [OPT_SIZE] = "size", [OPT_BOOL] = "bool (on/off)", [OPT_NUM] = "num",
+};
+
+static void add_help_lines(GPtrArray *lines, GHashTable *seen, const struct fmt_opt *o,
+			   unsigned int need)
+{
+	for (; o->name; o++) {
+		g_autofree char *head = NULL;
+
+		if ((o->flags & need) != need || !g_hash_table_add(seen, (char *)o->name))
+			continue;
+		head = g_strdup_printf("%s=<%s>", o->name, opt_type_names[o->type]);
+		g_ptr_array_add(lines, g_strdup_printf("  %-22s - %s", head, o->help));
+	}
+}
+
+static int cmp_lines(gconstpointer a, gconstpointer b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int img_create_opts_help(const char *fmt, const char *filename)
 {
 	const struct fmt_info *fi = fmt_info(fmt);
+	g_autoptr(GHashTable) seen = g_hash_table_new(g_str_hash, g_str_equal);
+	g_autoptr(GPtrArray) lines = g_ptr_array_new_with_free_func(g_free);
+	const struct fmt_opt *po = NULL;
 
-	printf("Creation options of %s images:\n", fmt);
-	for (const struct fmt_opt *o = fi ? fi->opts : raw_opts; o->name; o++)
-		printf("  %-24s %s\n", o->name, o->help);
+	if (!img_fmt_known(fmt)) {
+		tool_error("Unknown file format '%s'", fmt);
+		return 1;
+	}
+	if (!fi) {
+		tool_error("Format driver '%s' does not support image creation", fmt);
+		return 1;
+	}
+	if (filename) {
+		po = proto_opts(filename);
+		if (!po)
+			return 1;
+	}
+	add_help_lines(lines, seen, fi->opts, OPT_OWN);
+	if (po)
+		add_help_lines(lines, seen, po, 0);
+	g_ptr_array_sort(lines, cmp_lines);
+	if (filename)
+		printf("Supported options:\n");
+	else
+		printf("Supported %s options:\n", fmt);
+	for (guint i = 0; i < lines->len; i++)
+		printf("%s\n", (char *)g_ptr_array_index(lines, i));
+	if (!filename)
+		printf("\nThe protocol level may support further options.\n"
+		       "Specify the target filename to include those options.\n");
+	return 0;
 }
 
 /* Set while img_create_opts_valid() parses: the checks below print nothing then. */

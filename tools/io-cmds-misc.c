@@ -157,8 +157,9 @@ int io_truncate_f(struct io_ctx *io, int argc, char **argv)
 	if (optind >= argc)
 		return io_usage_of("truncate");
 	size = io_cvtnum(argv[optind]);
+	/* qemu-io names its first argument, whatever it was ("-m" in "truncate -m full x") */
 	if (size < 0) {
-		io_print_cvtnum_err(size, argv[optind]);
+		io_print_cvtnum_err(size, argv[1]);
 		return -EINVAL;
 	}
 	if (size > IO_MAX_LENGTH) {

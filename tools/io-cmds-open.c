@@ -287,9 +287,12 @@ int io_open_image(struct io_ctx *io, const struct io_open_req *r)
 		goto fail;
 	/*
 	 * -U on a writable open: qemu refuses it after looking the driver up by name, before
-	 * opening any file; the node does the same once it knows its driver.
+	 * opening any file; the node does the same once it knows its driver. With -s the image
+	 * is opened read-only under the overlay, and -U is for it.
 	 */
-	if ((r->flags & TBLK_OPEN_SHARE_RW) && (r->flags & TBLK_OPEN_RDWR)) {
+	if (r->snapshot && (r->flags & TBLK_OPEN_SHARE_RW)) {
+		g_hash_table_replace(r->opts, g_strdup("force-share"), g_strdup("on"));
+	} else if ((r->flags & TBLK_OPEN_SHARE_RW) && (r->flags & TBLK_OPEN_RDWR)) {
 		if (!g_hash_table_contains(r->opts, "driver") &&
 		    !tool_json_names_driver(r->filename)) {
 			ret = -EINVAL;
@@ -444,6 +447,38 @@ static const char *opt_display_name(const char *key)
 	return !strncmp(key, "file.", 5) ? key + 5 : key;
 }
 
+/*
+ * An option of a backing file ("backing.driver" for depth 1, "backing.backing.x" for 2):
+ * qemu reopens that node with it and compares it with that node's; its flag options may
+ * change. *shown is the key as qemu names it, without the prefixes.
+ */
+static bool backing_opt_unchanged(struct io_ctx *io, const char *key, const char *val,
+				  const char **shown)
+{
+	struct tblk_chain_layer l;
+	const char *cur = NULL;
+	int depth = 0;
+
+	/* (past the end of the chain, the last image has the rest as an option of its own) */
+	while (!strncmp(key, "backing.", 8) && tblk_blk_chain_layer(io->blk, depth + 1, &l) == 0) {
+		key += 8;
+		depth++;
+	}
+	*shown = opt_display_name(key);
+	if (!strncmp(key, "backing.", 8) || tblk_blk_chain_layer(io->blk, depth, &l) < 0)
+		return false;
+	if (!strcmp(key, "driver"))
+		cur = l.format;
+	else if (!strcmp(key, "file.filename"))
+		cur = l.filename;
+	else if (!strcmp(key, "file.driver"))
+		cur = "file";
+	if (cur)
+		return !strcmp(cur, val);
+	return reopen_can_change(l.format, key) || !strcmp(key, "cache.direct") ||
+	       !strcmp(key, "cache.no-flush") || !strcmp(key, "read-only");
+}
+
 /* Refuses what a reopen cannot change; 0 or -EINVAL after printing. */
 static int reopen_check_opts(struct io_ctx *io, GHashTable *opts)
 {
@@ -453,8 +488,19 @@ static int reopen_check_opts(struct io_ctx *io, GHashTable *opts)
 
 	g_hash_table_iter_init(&it, opts);
 	while (g_hash_table_iter_next(&it, &k, &v)) {
-		const char *cur = current_opt(io, k);
+		const char *cur = current_opt(io, k), *shown;
 
+		/* a new backing file is a node of that name, which there is none of */
+		if (!strcmp(k, "backing")) {
+			tool_error("Cannot find device='' nor node-name='%s'", (char *)v);
+			return -EINVAL;
+		}
+		if (!strncmp(k, "backing.", 8)) {
+			if (backing_opt_unchanged(io, k, v, &shown))
+				continue;
+			tool_error("Cannot change the option '%s'", shown);
+			return -EINVAL;
+		}
 		if (reopen_can_change(fmt, k) || (cur && !strcmp(cur, v)))
 			continue;
 		tool_error("Cannot change the option '%s'", opt_display_name(k));

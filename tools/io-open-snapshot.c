@@ -23,8 +23,10 @@ static int probe_base(struct io_ctx *io, const struct io_open_req *r, int64_t *s
 	struct tblk_blk *blk;
 	int ret;
 
+	/* (copy-on-read is the overlay's: it copies into the overlay) */
 	ret = tblk_blk_open(&blk, r->filename, r->opts,
-			    (r->flags & ~TBLK_OPEN_RDWR) | TBLK_OPEN_NODE_OPTS, io->loop, errp);
+			    (r->flags & ~(TBLK_OPEN_RDWR | TBLK_OPEN_COPY_ON_READ)) |
+			    TBLK_OPEN_NODE_OPTS, io->loop, errp);
 	if (ret < 0)
 		return ret;
 	*size = tblk_blk_getlength(blk);

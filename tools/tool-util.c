@@ -66,8 +66,14 @@ void tool_warn(const char *fmt, ...)
 
 int tool_opts_parse(GHashTable *opts, const char *str, GError **errp)
 {
+	return tool_opts_parse_implied(opts, str, NULL, errp);
+}
+
+int tool_opts_parse_implied(GHashTable *opts, const char *str, const char *implied_key,
+			    GError **errp)
+{
 	g_autoptr(GPtrArray) shorts = g_ptr_array_new_with_free_func(g_free);
-	int ret = tblk_opts_parse_qemu(opts, str, NULL, shorts, errp);
+	int ret = tblk_opts_parse_qemu(opts, str, implied_key, shorts, errp);
 
 	for (guint i = 0; i < shorts->len; i++) {
 		const char *elem = shorts->pdata[i];

@@ -36,6 +36,10 @@ void tool_error_gerror(GError *err, const char *prefix_fmt, ...) TOOL_PRINTF(2, 
  * boolean ("key" for "key=on") as qemu does. 0 or -EINVAL with *errp.
  */
 int tool_opts_parse(GHashTable *opts, const char *str, GError **errp);
+/* The same, a first element without '=' being the value of @implied_key (qemu-img's
+ * --image-opts: "file"). */
+int tool_opts_parse_implied(GHashTable *opts, const char *str, const char *implied_key,
+			    GError **errp);
 /*
  * qemu's checks of an --object definition (tool-object.c), printing qemu's message: 0, 1
  * when it asked for help (the list of types is printed), or -EINVAL.

@@ -249,6 +249,8 @@ void tblk_dirty_bitmaps_free(struct tblk_dirty_bitmap *list, int n);
 #define TBLK_REQ_MAY_UNMAP	0x2u	/* write zeroes may deallocate */
 #define TBLK_REQ_NO_FALLBACK	0x4u	/* write zeroes fails with -ENOTSUP rather than writing */
 #define TBLK_REQ_COMPRESSED	0x8u	/* write compressed: whole clusters (qcow2), else -ENOTSUP */
+/* the write leaves the data as it reads (copy-on-read): dirty bitmaps do not count it */
+#define TBLK_REQ_WRITE_UNCHANGED 0x10u
 
 /* Runs on the backend's loop with the request's result: 0 or -errno. */
 typedef void tblk_cb(void *opaque, int ret);
