@@ -692,16 +692,30 @@ static void test_call_wait_idle_loop(void)
 	tblk_loop_free(h.loop);
 }
 
+struct run_stop {
+	struct tblk_loop *loop;
+	int nested_ran;	/* [atomic] nested_cb() is done */
+};
+
+/*
+ * Stops the loop from another thread, once nested_cb() ran: stopping earlier (a slow start
+ * under a sanitizer) would end run before its first iteration and skip nested_cb's checks.
+ */
 static void *stopper(void *opaque)
 {
+	struct run_stop *rs = opaque;
+
+	while (!__atomic_load_n(&rs->nested_ran, __ATOMIC_ACQUIRE))
+		usleep(100);
 	usleep(2000);
-	tblk_loop_stop(opaque);
+	tblk_loop_stop(rs->loop);
 	return NULL;
 }
 
 static void nested_cb(void *opaque)
 {
-	struct tblk_loop *loop = opaque;
+	struct run_stop *rs = opaque;
+	struct tblk_loop *loop = rs->loop;
 	int n = 0;
 
 	/* A callback running its own loop again, as drain does. */
@@ -709,19 +723,21 @@ static void nested_cb(void *opaque)
 	tblk_loop_iterate(loop, false);
 	ok(n == 1, "nested iteration inside a callback runs new work");
 	ok(tblk_loop_is_running(loop), "the loop is running inside its callbacks");
+	__atomic_store_n(&rs->nested_ran, 1, __ATOMIC_RELEASE);
 }
 
 static void test_run_stop(void)
 {
 	struct tblk_loop *loop = tblk_loop_new(NULL);
+	struct run_stop rs = { .loop = loop };
 	pthread_t th;
 
 	ok(!tblk_loop_is_running(loop), "a new loop is not running");
 	tblk_loop_stop(loop);
 	tblk_loop_run(loop);
 	ok(1, "a stop before run makes run return");
-	pthread_create(&th, NULL, stopper, loop);
-	tblk_loop_call_soon(loop, nested_cb, loop);
+	pthread_create(&th, NULL, stopper, &rs);
+	tblk_loop_call_soon(loop, nested_cb, &rs);
 	tblk_loop_run(loop);
 	pthread_join(th, NULL);
 	ok(tblk_loop_current() == NULL && !tblk_loop_is_running(loop),
