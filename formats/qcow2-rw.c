@@ -103,7 +103,8 @@ int tblk__qcow2_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 		int ret;
 
 		qcow2_lock(s);
-		ret = qcow2_get_mapping(s, offset + done, bytes - done, &m);
+		/* Made unusable while this read waited: failed as qemu's reads in flight. */
+		ret = qcow2_dead(s) ? -EIO : qcow2_get_mapping(s, offset + done, bytes - done, &m);
 		qcow2_unlock(s);
 		if (ret < 0)
 			return ret;
@@ -481,12 +482,14 @@ static int write_chunk(struct qcow2_state *s, uint64_t offset, uint64_t *pbytes,
 		return -EIO;
 	}
 	wait_dependencies(s, offset, pbytes);
-	ret = qcow2_get_mapping(s, offset, *pbytes, &m);
+	ret = qcow2_get_mapping_for_write(s, offset, *pbytes, &m);
 	if (ret < 0)
 		goto out_unlock;
 	if (m.type == QCOW2_NORMAL && (m.l2_entry & QCOW2_OFLAG_COPIED)) {
 		n = m.bytes;
-		ret = qcow2_overlap_data_check(s, m.host, n);
+		ret = n < *pbytes ? qcow2_write_lookahead(s, offset + n) : 0;
+		if (ret >= 0)
+			ret = qcow2_overlap_data_check(s, m.host, n);
 		qcow2_unlock(s);
 		if (ret < 0)
 			return ret;
@@ -502,8 +505,10 @@ static int write_chunk(struct qcow2_state *s, uint64_t offset, uint64_t *pbytes,
 	ret = plan_alloc(s, offset, offset + *pbytes, *hint, &job);
 	if (ret < 0)
 		goto out_unlock;
+	ret = job.a.end < offset + *pbytes ? qcow2_write_lookahead(s, job.a.end) : 0;
 	/* Data and copy-on-write edges (or their zeroing) land in [wfrom, wto). */
-	ret = qcow2_overlap_alloc_check(s, job.host + job.wfrom, job.wto - job.wfrom);
+	if (ret >= 0)
+		ret = qcow2_overlap_alloc_check(s, job.host + job.wfrom, job.wto - job.wfrom);
 	if (ret < 0) {
 		tblk_list_del(&job.a.link);
 		g_free(job.old);
@@ -518,6 +523,10 @@ static int write_chunk(struct qcow2_state *s, uint64_t offset, uint64_t *pbytes,
 		ret = -EIO;
 	if (ret >= 0)
 		ret = link_alloc(s, &job);
+	else if (!job.keep_old && s->data == s->node->file && !qcow2_dead(s))
+		/* As qemu's failed allocating write, the new clusters are given back. */
+		(void)qcow2_free_clusters(s, job.host, job.n << s->cluster_bits,
+					  QCOW2_DISCARD_OTHER);
 	tblk_list_del(&job.a.link);
 	*hint = job.host + (job.a.end - job.a.start);
 	g_free(job.old);
@@ -939,11 +948,15 @@ static int zero_partial(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
 	bool zero = false;
 	int ret;
 
+	/*
+	 * As qemu's: what cannot be told to read as zeroes (an error, a corruption signalled
+	 * on the way) does not, and zero data is written instead.
+	 */
 	ret = range_reads_zero(s, start, offset - start, &zero);
 	if (ret >= 0 && zero)
 		ret = range_reads_zero(s, offset + bytes, start + unit - (offset + bytes), &zero);
 	if (ret < 0)
-		return ret;
+		zero = false;
 	if (zero) {
 		qcow2_lock(s);
 		/* An allocation in flight in this cluster decides what it holds: wait for it. */
