@@ -206,8 +206,17 @@ static int get_mapping(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
 		}
 		if (pos != offset && (ret < 0 || entry_unaligned(s, entry)))
 			break;
-		if (ret < 0 || entry_unaligned(s, entry))
+		/*
+		 * A cluster a write replaces is not looked at here: the copy-on-write read
+		 * finds it unaligned, if there is one, as qemu's does.
+		 */
+		if (ret < 0 || (entry_unaligned(s, entry) && !(write && !(entry & QCOW2_OFLAG_COPIED))))
 			return bad_entry(s, offset, entry, ret < 0, write);
+		if (type == QCOW2_COMPRESSED && s->data != s->node->file)
+			return qcow2_signal_event(s, true, "Compressed cluster entry found in image "
+						  "with external data file (L2 offset: %#" PRIx64
+						  ", L2 index: %#x)", (uint64_t)(s->l1[l1i] & QCOW2_OFFSET_MASK),
+						  i);
 		/* An unallocated subcluster of a host cluster has the host offset (see above). */
 		if (!has_host_offset(s, entry, type))
 			host = 0;

@@ -504,6 +504,10 @@ int qcow2_free_l2_entry(struct qcow2_state *s, uint64_t entry, enum qcow2_discar
 		uint64_t sectors = ((entry >> s->csize_shift) & s->csize_mask) + 1;
 		uint64_t end = (off & ~511ull) + sectors * 512;
 
+		/* Not valid with an external data file: qemu frees nothing for it. */
+		if (s->data != s->node->file)
+			return 0;
+
 		return qcow2_free_clusters(s, off, end - off, t);
 	}
 	case QCOW2_NORMAL:

@@ -90,14 +90,12 @@ static int read_run(struct qcow2_state *s, const struct qcow2_map *m, uint64_t o
 	return -EIO;
 }
 
-int tblk__qcow2_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
-		       const struct iovec *iov, int iovcnt, unsigned int flags)
+/* Guest reads, from a request or from copy-on-write (the image may be dead: -EIO). */
+static int read_guest(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
+		      const struct iovec *iov, int iovcnt)
 {
-	struct qcow2_state *s = node->opaque;
 	size_t done = 0;
 
-	if (qcow2_dead(s))
-		return -ENOMEDIUM;
 	while (done < bytes) {
 		struct qcow2_map m;
 		int ret;
@@ -116,7 +114,27 @@ int tblk__qcow2_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 	return 0;
 }
 
+int tblk__qcow2_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+		       const struct iovec *iov, int iovcnt, unsigned int flags)
+{
+	struct qcow2_state *s = node->opaque;
+
+	(void)flags;
+	if (qcow2_dead(s))
+		return -ENOMEDIUM;
+	return read_guest(s, offset, bytes, iov, iovcnt);
+}
+
 /* ------------------------------------------------ allocating writes */
+
+/* A data or preallocated zero cluster whose host offset is unaligned (corrupt). */
+static bool host_unaligned(const struct qcow2_state *s, uint64_t entry)
+{
+	enum qcow2_ctype t = qcow2_entry_type(s, entry);
+
+	return (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC) &&
+	       (entry & QCOW2_OFFSET_MASK & (s->cluster_size - 1));
+}
 
 static bool needs_new_cluster(const struct qcow2_state *s, uint64_t entry)
 {
@@ -139,9 +157,12 @@ static int read_old(struct qcow2_state *s, uint64_t entry, uint64_t guest, uint6
 
 	if (n == 0)
 		return 0;
-	/* Extended L2: subclusters differ; read what the guest sees (the old entry). */
-	if (s->ext_l2)
-		return tblk__qcow2_preadv(s->node, guest, n, &iov, 1, 0);
+	/*
+	 * Extended L2: subclusters differ; read what the guest sees (the old entry). So is an
+	 * unaligned host cluster read, which the read reports as qemu's copy-on-write does.
+	 */
+	if (s->ext_l2 || host_unaligned(s, entry))
+		return read_guest(s, guest, n, &iov, 1);
 	switch (qcow2_entry_type(s, entry)) {
 	case QCOW2_UNALLOCATED:
 		return read_backing(s->node, guest, n, &iov, 1, 0);
@@ -335,7 +356,7 @@ static bool edge_reads_zero(struct qcow2_state *s, uint64_t entry, uint64_t offs
 	if (!s->ext_l2) {
 		enum qcow2_ctype t = qcow2_entry_type(s, entry);
 
-		if (t == QCOW2_ZERO_PLAIN || t == QCOW2_ZERO_ALLOC ||
+		if (t == QCOW2_ZERO_PLAIN || (t == QCOW2_ZERO_ALLOC && !host_unaligned(s, entry)) ||
 		    (t == QCOW2_UNALLOCATED && !s->node->backing))
 			return true;
 	}
