@@ -164,7 +164,7 @@ static int check_refcounts(struct check *c, int fix)
 	return 0;
 }
 
-int qcow2_check(struct qcow2_state *s, struct tblk_check_result *res, int fix)
+static int run_check(struct qcow2_state *s, struct tblk_check_result *res, int fix)
 {
 	int64_t flen = tblk_node_getlength(s->node->file);
 	struct check c = {.s = s, .res = res};
@@ -206,5 +206,16 @@ int qcow2_check(struct qcow2_state *s, struct tblk_check_result *res, int fix)
 	if (c.views)
 		g_hash_table_destroy(c.views);
 	qcow2_overlap_index_destroy(&c.overlaps);
+	return ret;
+}
+
+int qcow2_check(struct qcow2_state *s, struct tblk_check_result *res, int fix)
+{
+	int ret;
+
+	/* What the check meets it reports in its findings, not as data path events. */
+	s->checking = true;
+	ret = run_check(s, res, fix);
+	s->checking = false;
 	return ret;
 }

@@ -41,7 +41,10 @@ enum qcow2_ctype qcow2_entry_type(const struct qcow2_state *s, uint64_t entry)
 	return (entry & QCOW2_OFFSET_MASK) ? QCOW2_NORMAL : QCOW2_UNALLOCATED;
 }
 
-/* The type of subcluster @sc of an extended entry. */
+/*
+ * The type of subcluster @sc of an extended entry; -EINVAL if the entry is invalid there (both
+ * bits set, or allocated without a host cluster): the caller reports it.
+ */
 static int subcluster_type(struct qcow2_state *s, uint64_t entry, uint64_t bitmap,
 			   unsigned int sc, enum qcow2_ctype *type)
 {
@@ -53,19 +56,18 @@ static int subcluster_type(struct qcow2_state *s, uint64_t entry, uint64_t bitma
 		return 0;
 	}
 	if (alloc && zero)
-		return qcow2_signal_corruption(s, "Subcluster both allocated and zero at L2 entry",
-					       entry);
+		return -EINVAL;
 	if (t == QCOW2_NORMAL)
 		*type = alloc ? QCOW2_NORMAL : zero ? QCOW2_ZERO_ALLOC : QCOW2_UNALLOCATED;
 	else
 		*type = zero ? QCOW2_ZERO_PLAIN : alloc ? QCOW2_NORMAL : QCOW2_UNALLOCATED;
-	if (*type == QCOW2_NORMAL && t != QCOW2_NORMAL)
-		return qcow2_signal_corruption(s, "Subcluster allocated without a host cluster",
-					       entry);
-	return 0;
+	return *type == QCOW2_NORMAL && t != QCOW2_NORMAL ? -EINVAL : 0;
 }
 
-/* The L2 table of L1 entry @l1i for reading: *table NULL if none. */
+/*
+ * The L2 table of L1 entry @l1i for reading: *table NULL if none. The reserved bits of the
+ * entry are ignored, as qemu ignores them outside `check`.
+ */
 static int l2_for_read(struct qcow2_state *s, uint64_t l1i, void **table)
 {
 	uint64_t l2off;
@@ -73,25 +75,22 @@ static int l2_for_read(struct qcow2_state *s, uint64_t l1i, void **table)
 	*table = NULL;
 	if (l1i >= s->l1_size)
 		return 0;
-	if (s->l1[l1i] & QCOW2_L1_RESERVED & ~QCOW2_OFLAG_COPIED)
-		return qcow2_signal_corruption(s, "L1 entry has reserved bits set, index",
-					       l1i);
 	l2off = s->l1[l1i] & QCOW2_OFFSET_MASK;
 	if (!l2off)
 		return 0;
 	if (l2off & (s->cluster_size - 1))
-		return qcow2_signal_corruption(s, "L2 table offset not aligned", l2off);
+		return qcow2_signal_event(s, true, "L2 table offset %#" PRIx64 " unaligned "
+					  "(L1 index: %#" PRIx64 ")", l2off, l1i);
 	return qcow2_cache_get(s->l2_cache, l2off, false, table);
 }
 
-static int check_entry(struct qcow2_state *s, uint64_t entry, enum qcow2_ctype type)
+/* Whether the entry has a host cluster and it is misaligned (whatever its subclusters are). */
+static bool entry_unaligned(const struct qcow2_state *s, uint64_t entry)
 {
-	if (type == QCOW2_COMPRESSED)
-		return 0;
-	if ((type == QCOW2_NORMAL || type == QCOW2_ZERO_ALLOC) &&
-	    (entry & QCOW2_OFFSET_MASK & (s->cluster_size - 1)))
-		return qcow2_signal_corruption(s, "Cluster allocation offset unaligned", entry);
-	return 0;
+	enum qcow2_ctype type = qcow2_entry_type(s, entry);
+
+	return (type == QCOW2_NORMAL || type == QCOW2_ZERO_ALLOC) &&
+	       (entry & QCOW2_OFFSET_MASK & (s->cluster_size - 1));
 }
 
 int qcow2_get_l2_entry(struct qcow2_state *s, uint64_t offset, uint64_t *entry,
@@ -122,8 +121,57 @@ static bool has_host_offset(const struct qcow2_state *s, uint64_t entry, enum qc
 	       (entry & QCOW2_OFFSET_MASK);
 }
 
-int qcow2_get_mapping(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
-		      struct qcow2_map *map)
+/* A write in place into an unaligned host cluster: qemu's handle_copied() signals it. */
+static int bad_in_place(struct qcow2_state *s, uint64_t offset, uint64_t entry)
+{
+	/* The raw zero flag decides the wording, with extended L2 entries too. */
+	return qcow2_signal_event(s, true, "%s offset %#" PRIx64 " unaligned (guest offset: %#"
+				  PRIx64 ")", (entry & QCOW2_OFLAG_ZERO) ?
+				  "Preallocated zero cluster" : "Data cluster",
+				  (uint64_t)(entry & QCOW2_OFFSET_MASK), offset);
+}
+
+static bool in_place_unaligned(const struct qcow2_state *s, uint64_t entry)
+{
+	return (entry & QCOW2_OFLAG_COPIED) && entry_unaligned(s, entry);
+}
+
+/* Reports the bad first entry of a mapping (see get_mapping()). */
+static int bad_entry(struct qcow2_state *s, uint64_t offset, uint64_t entry, bool invalid,
+		     bool write)
+{
+	uint64_t l1i = offset >> (s->l2_bits + s->cluster_bits);
+	uint64_t l2off = s->l1[l1i] & QCOW2_OFFSET_MASK;
+	uint32_t l2i = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
+
+	/* A write in place looks at the cluster before its bitmap. */
+	if (write && in_place_unaligned(s, entry))
+		return bad_in_place(s, offset, entry);
+	/* qemu's read path says it with two spaces, its write path with one. */
+	if (invalid)
+		return qcow2_signal_event(s, true, "Invalid cluster entry found %s(L2 offset: %#"
+					  PRIx64 ", L2 index: %#x)", write ? "" : " ", l2off, l2i);
+	return qcow2_signal_event(s, true, "Cluster allocation offset %#" PRIx64 " unaligned "
+				  "(L2 offset: %#" PRIx64 ", L2 index: %#x)",
+				  (uint64_t)(entry & QCOW2_OFFSET_MASK), l2off, l2i);
+}
+
+int qcow2_write_lookahead(struct qcow2_state *s, uint64_t offset)
+{
+	uint64_t entry, bitmap;
+	int ret = qcow2_get_l2_entry(s, offset, &entry, &bitmap);
+
+	if (ret < 0)
+		return ret;
+	return in_place_unaligned(s, entry) ? bad_in_place(s, offset, entry) : 0;
+}
+
+/*
+ * Only the first (sub)cluster of the run is checked, and reported as qemu reports it on the
+ * path the caller is on; a bad entry further on ends the run, to be reported when reached.
+ */
+static int get_mapping(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
+		       struct qcow2_map *map, bool write)
 {
 	uint64_t l1i = offset >> (s->l2_bits + s->cluster_bits);
 	uint32_t l2i = (uint32_t)((offset >> s->cluster_bits) & (s->l2_size - 1));
@@ -156,8 +204,19 @@ int qcow2_get_mapping(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
 			ret = subcluster_type(s, entry, bitmap, (unsigned int)(into / unit), &type);
 			next = TBLK_MIN(pos - (into % unit) + unit, end);
 		}
-		if (ret < 0 || (ret = check_entry(s, entry, type)) < 0)
-			return ret;
+		if (pos != offset && (ret < 0 || entry_unaligned(s, entry)))
+			break;
+		/*
+		 * A cluster a write replaces is not looked at here: the copy-on-write read
+		 * finds it unaligned, if there is one, as qemu's does.
+		 */
+		if (ret < 0 || (entry_unaligned(s, entry) && !(write && !(entry & QCOW2_OFLAG_COPIED))))
+			return bad_entry(s, offset, entry, ret < 0, write);
+		if (type == QCOW2_COMPRESSED && s->data != s->node->file)
+			return qcow2_signal_event(s, true, "Compressed cluster entry found in image "
+						  "with external data file (L2 offset: %#" PRIx64
+						  ", L2 index: %#x)", (uint64_t)(s->l1[l1i] & QCOW2_OFFSET_MASK),
+						  i);
 		/* An unallocated subcluster of a host cluster has the host offset (see above). */
 		if (!has_host_offset(s, entry, type))
 			host = 0;
@@ -174,6 +233,18 @@ int qcow2_get_mapping(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
 	}
 	map->bytes = pos - offset;
 	return 0;
+}
+
+int qcow2_get_mapping(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
+		      struct qcow2_map *map)
+{
+	return get_mapping(s, offset, bytes, map, false);
+}
+
+int qcow2_get_mapping_for_write(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
+				struct qcow2_map *map)
+{
+	return get_mapping(s, offset, bytes, map, true);
 }
 
 int qcow2_write_l1_entry(struct qcow2_state *s, uint32_t index)

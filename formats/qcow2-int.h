@@ -254,6 +254,8 @@ struct qcow2_state {
 					 * signalled, nothing reads or writes any more */
 	unsigned int overlap_check;	/* [const] QCOW2_OL_* kinds checked before writes */
 	struct qcow2_overlap_index ol;	/* [meta] for those checks; see qcow2-overlap.c */
+	bool signaled;			/* [meta] a corruption event was reported */
+	bool checking;			/* [meta] qcow2_check() runs: it reports what it finds */
 	const char *corrupt_what;	/* [meta] the first corruption found, and where */
 	uint64_t corrupt_offset;	/* [meta] */
 	bool read_only;			/* [const] */
@@ -274,6 +276,14 @@ int qcow2_signal_corruption(struct qcow2_state *s, const char *what, uint64_t of
  * and the image made unusable (s->dead). Under meta.
  */
 void qcow2_signal_fatal(struct qcow2_state *s, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+/*
+ * A corruption found on the data path, reported as qemu reports it (its rules on which event
+ * is printed, see qcow2.c): a fatal one on a writable image as by qcow2_signal_fatal(), else
+ * "Image is corrupt: ..." and nothing changes. Returns -EIO, what qemu's callers return.
+ * Under meta.
+ */
+int qcow2_signal_event(struct qcow2_state *s, bool fatal, const char *fmt, ...)
+	G_GNUC_PRINTF(3, 4);
 /* True once a fatal corruption made the image unusable: requests fail with -ENOMEDIUM. */
 static inline bool qcow2_dead(const struct qcow2_state *s)
 {
@@ -469,9 +479,21 @@ struct qcow2_map {
 	uint64_t l2_entry;	/* raw entry of the first cluster (compressed descriptor) */
 	uint64_t bytes;		/* guest bytes from the offset with the same type and contiguity */
 };
-/* What [offset, offset + bytes) maps to, for the leading run of one type. */
+/*
+ * What [offset, offset + bytes) maps to, for the leading run of one type. A bad entry is a
+ * fatal corruption event (-EIO), worded as qemu's read and block status paths word it.
+ */
 int qcow2_get_mapping(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
 		      struct qcow2_map *map);
+/* The same, the corruption worded as qemu's write path words it. */
+int qcow2_get_mapping_for_write(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
+				struct qcow2_map *map);
+/*
+ * Before a write writes a part that ends at cluster @offset while the request goes on: qemu
+ * looks at the next cluster first, and an unaligned cluster to be written in place there
+ * fails the whole part (a fatal event, -EIO). 0 otherwise.
+ */
+int qcow2_write_lookahead(struct qcow2_state *s, uint64_t offset);
 /* Reads the raw L2 entry (and bitmap) of the cluster at guest @offset; 0 if no L2 table. */
 int qcow2_get_l2_entry(struct qcow2_state *s, uint64_t offset, uint64_t *entry,
 		       uint64_t *bitmap);

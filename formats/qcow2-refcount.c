@@ -100,8 +100,12 @@ static int get_block(struct qcow2_state *s, uint64_t cluster_index, void **block
 	off = s->reftable[ti] & ~QCOW2_REFT_RESERVED;
 	if (!off)
 		return 0;
-	if (off & (s->cluster_size - 1))
+	/* `check` reports this one itself, in its findings. */
+	if ((off & (s->cluster_size - 1)) && s->checking)
 		return qcow2_signal_corruption(s, "Refblock offset not aligned", off);
+	if (off & (s->cluster_size - 1))
+		return qcow2_signal_event(s, true, "Refblock offset %#" PRIx64 " unaligned "
+					  "(reftable index: %#" PRIx64 ")", off, ti);
 	tblk_node_debug_event(s->node->file, TBLK_DBG_REFBLOCK_LOAD);
 	return qcow2_cache_get(s->rc_cache, off, false, block);
 }
@@ -287,8 +291,7 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, 
 		 */
 		ret = delta < 0 ? get_block(s, done, &block) : 0;
 		if (ret >= 0 && delta < 0 && !block) {
-			ret = qcow2_signal_corruption(s, "Refcount underflow at",
-						      done << s->cluster_bits);
+			ret = -EINVAL;	/* what qemu's underflow is, after allocating the block */
 			break;
 		}
 		if (ret >= 0)
@@ -303,9 +306,8 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, 
 		rc = rc_get(s, block, done & mask);
 		if ((delta < 0 && rc < -(uint64_t)delta) ||
 		    (delta > 0 && rc > s->refcount_max - (uint64_t)delta)) {
-			ret = delta < 0 ? qcow2_signal_corruption(s, "Refcount underflow at",
-								  done << s->cluster_bits)
-					: -ERANGE;
+			/* Not a corruption event in qemu either: the callers decide. */
+			ret = delta < 0 ? -EINVAL : -ERANGE;
 			break;
 		}
 		/*
@@ -441,6 +443,23 @@ int64_t qcow2_alloc_bytes(struct qcow2_state *s, uint64_t len)
 	return (int64_t)off;
 }
 
+/*
+ * qemu's free of clusters [first, c) was undone when cluster c failed, but in a guest
+ * discard (or zeroing) those whose refcount had reached 0 on the way are still discarded
+ * in the file, while their refcount stays: so are ours, for the same file bytes.
+ */
+static void discard_undone(struct qcow2_state *s, uint64_t first, uint64_t c,
+			   enum qcow2_discard_type t)
+{
+	for (; c > first && t == QCOW2_DISCARD_REQUEST && s->pass_discard[t]; first++) {
+		uint64_t rc;
+
+		if (qcow2_get_refcount(s, first, &rc) >= 0 && rc == 1)
+			(void)tblk_node_pdiscard(s->node->file, first << s->cluster_bits,
+						 s->cluster_size);
+	}
+}
+
 int qcow2_free_clusters(struct qcow2_state *s, uint64_t offset, uint64_t len,
 			enum qcow2_discard_type t)
 {
@@ -448,6 +467,24 @@ int qcow2_free_clusters(struct qcow2_state *s, uint64_t offset, uint64_t len,
 	uint64_t last = (offset + len - 1) >> s->cluster_bits;
 
 	tblk_node_debug_event(s->node->file, TBLK_DBG_CLUSTER_FREE);
+	/*
+	 * qemu drops the references at once, we when nothing on disk uses the clusters any
+	 * more; what qemu finds then is found now: a bad refcount block (a corruption event),
+	 * a refcount already 0. The failure is told and nothing is freed, as in qemu, whose
+	 * callers go on. A cluster freed twice in one batch is found when the batch is applied.
+	 */
+	for (uint64_t c = first; c <= last && !s->checking; c++) {
+		void *block;
+		int ret = get_block(s, c, &block);
+
+		if (ret >= 0 && (!block || !rc_get(s, block, c & ((1ull << s->rc_block_bits) - 1))))
+			ret = -EINVAL;
+		if (ret < 0) {
+			tblk__warn("verbatim: qcow2_free_clusters failed: %s\n", g_strerror(-ret));
+			discard_undone(s, first, c, t);
+			return 0;
+		}
+	}
 	for (uint64_t c = first; c <= last; c++) {
 		if (s->nr_pending_free == s->pending_free_cap) {
 			s->pending_free_cap = TBLK_MAX(s->pending_free_cap * 2, (size_t)64);
@@ -467,12 +504,22 @@ int qcow2_free_l2_entry(struct qcow2_state *s, uint64_t entry, enum qcow2_discar
 		uint64_t sectors = ((entry >> s->csize_shift) & s->csize_mask) + 1;
 		uint64_t end = (off & ~511ull) + sectors * 512;
 
+		/* Not valid with an external data file: qemu frees nothing for it. */
+		if (s->data != s->node->file)
+			return 0;
+
 		return qcow2_free_clusters(s, off, end - off, t);
 	}
 	case QCOW2_NORMAL:
 	case QCOW2_ZERO_ALLOC:
 		if (s->data != s->node->file)
 			return 0;	/* external data file: no refcounts for data */
+		/* Not fatal in qemu: the entry goes, the cluster it named stays as it was. */
+		if (entry & QCOW2_OFFSET_MASK & (s->cluster_size - 1)) {
+			(void)qcow2_signal_event(s, false, "Cannot free unaligned cluster %#" PRIx64,
+						 (uint64_t)(entry & QCOW2_OFFSET_MASK));
+			return 0;
+		}
 		return qcow2_free_clusters(s, entry & QCOW2_OFFSET_MASK, s->cluster_size, t);
 	default:
 		return 0;
@@ -483,16 +530,28 @@ int qcow2_apply_pending_frees(struct qcow2_state *s)
 {
 	int ret = 0;
 
-	for (size_t i = 0; i < s->nr_pending_free && ret >= 0; i++) {
+	for (size_t i = 0; i < s->nr_pending_free && !qcow2_dead(s); i++) {
 		uint64_t off = s->pending_free[i] & ~1ull, rc;
 
 		ret = qcow2_update_refcount(s, off, 1, -1);
+		/*
+		 * As qemu's frees, which are not undone when they fail: the failure is told
+		 * (qemu prints it itself) and the next cluster is freed. `check` frees only
+		 * what its repair of the refcounts allows.
+		 */
+		if (ret < 0 && !s->checking) {
+			tblk__warn("verbatim: qcow2_free_clusters failed: %s\n", g_strerror(-ret));
+			ret = 0;
+			continue;
+		}
 		if (ret >= 0 && (s->pending_free[i] & 1))
 			ret = qcow2_get_refcount(s, off >> s->cluster_bits, &rc);
 		/* Discarding in the file is advisory: its failure is not an error. */
 		if (ret >= 0 && (s->pending_free[i] & 1) && rc == 0)
 			(void)tblk_node_pdiscard(s->node->file, off, s->cluster_size);
+		if (ret < 0)
+			break;
 	}
 	s->nr_pending_free = 0;
-	return ret;
+	return qcow2_dead(s) ? -EIO : ret;
 }

@@ -90,20 +90,19 @@ static int read_run(struct qcow2_state *s, const struct qcow2_map *m, uint64_t o
 	return -EIO;
 }
 
-int tblk__qcow2_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
-		       const struct iovec *iov, int iovcnt, unsigned int flags)
+/* Guest reads, from a request or from copy-on-write (the image may be dead: -EIO). */
+static int read_guest(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
+		      const struct iovec *iov, int iovcnt)
 {
-	struct qcow2_state *s = node->opaque;
 	size_t done = 0;
 
-	if (qcow2_dead(s))
-		return -ENOMEDIUM;
 	while (done < bytes) {
 		struct qcow2_map m;
 		int ret;
 
 		qcow2_lock(s);
-		ret = qcow2_get_mapping(s, offset + done, bytes - done, &m);
+		/* Made unusable while this read waited: failed as qemu's reads in flight. */
+		ret = qcow2_dead(s) ? -EIO : qcow2_get_mapping(s, offset + done, bytes - done, &m);
 		qcow2_unlock(s);
 		if (ret < 0)
 			return ret;
@@ -115,7 +114,27 @@ int tblk__qcow2_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 	return 0;
 }
 
+int tblk__qcow2_preadv(struct tblk_node *node, uint64_t offset, uint64_t bytes,
+		       const struct iovec *iov, int iovcnt, unsigned int flags)
+{
+	struct qcow2_state *s = node->opaque;
+
+	(void)flags;
+	if (qcow2_dead(s))
+		return -ENOMEDIUM;
+	return read_guest(s, offset, bytes, iov, iovcnt);
+}
+
 /* ------------------------------------------------ allocating writes */
+
+/* A data or preallocated zero cluster whose host offset is unaligned (corrupt). */
+static bool host_unaligned(const struct qcow2_state *s, uint64_t entry)
+{
+	enum qcow2_ctype t = qcow2_entry_type(s, entry);
+
+	return (t == QCOW2_NORMAL || t == QCOW2_ZERO_ALLOC) &&
+	       (entry & QCOW2_OFFSET_MASK & (s->cluster_size - 1));
+}
 
 static bool needs_new_cluster(const struct qcow2_state *s, uint64_t entry)
 {
@@ -138,9 +157,12 @@ static int read_old(struct qcow2_state *s, uint64_t entry, uint64_t guest, uint6
 
 	if (n == 0)
 		return 0;
-	/* Extended L2: subclusters differ; read what the guest sees (the old entry). */
-	if (s->ext_l2)
-		return tblk__qcow2_preadv(s->node, guest, n, &iov, 1, 0);
+	/*
+	 * Extended L2: subclusters differ; read what the guest sees (the old entry). So is an
+	 * unaligned host cluster read, which the read reports as qemu's copy-on-write does.
+	 */
+	if (s->ext_l2 || host_unaligned(s, entry))
+		return read_guest(s, guest, n, &iov, 1);
 	switch (qcow2_entry_type(s, entry)) {
 	case QCOW2_UNALLOCATED:
 		return read_backing(s->node, guest, n, &iov, 1, 0);
@@ -334,7 +356,7 @@ static bool edge_reads_zero(struct qcow2_state *s, uint64_t entry, uint64_t offs
 	if (!s->ext_l2) {
 		enum qcow2_ctype t = qcow2_entry_type(s, entry);
 
-		if (t == QCOW2_ZERO_PLAIN || t == QCOW2_ZERO_ALLOC ||
+		if (t == QCOW2_ZERO_PLAIN || (t == QCOW2_ZERO_ALLOC && !host_unaligned(s, entry)) ||
 		    (t == QCOW2_UNALLOCATED && !s->node->backing))
 			return true;
 	}
@@ -481,12 +503,14 @@ static int write_chunk(struct qcow2_state *s, uint64_t offset, uint64_t *pbytes,
 		return -EIO;
 	}
 	wait_dependencies(s, offset, pbytes);
-	ret = qcow2_get_mapping(s, offset, *pbytes, &m);
+	ret = qcow2_get_mapping_for_write(s, offset, *pbytes, &m);
 	if (ret < 0)
 		goto out_unlock;
 	if (m.type == QCOW2_NORMAL && (m.l2_entry & QCOW2_OFLAG_COPIED)) {
 		n = m.bytes;
-		ret = qcow2_overlap_data_check(s, m.host, n);
+		ret = n < *pbytes ? qcow2_write_lookahead(s, offset + n) : 0;
+		if (ret >= 0)
+			ret = qcow2_overlap_data_check(s, m.host, n);
 		qcow2_unlock(s);
 		if (ret < 0)
 			return ret;
@@ -502,8 +526,10 @@ static int write_chunk(struct qcow2_state *s, uint64_t offset, uint64_t *pbytes,
 	ret = plan_alloc(s, offset, offset + *pbytes, *hint, &job);
 	if (ret < 0)
 		goto out_unlock;
+	ret = job.a.end < offset + *pbytes ? qcow2_write_lookahead(s, job.a.end) : 0;
 	/* Data and copy-on-write edges (or their zeroing) land in [wfrom, wto). */
-	ret = qcow2_overlap_alloc_check(s, job.host + job.wfrom, job.wto - job.wfrom);
+	if (ret >= 0)
+		ret = qcow2_overlap_alloc_check(s, job.host + job.wfrom, job.wto - job.wfrom);
 	if (ret < 0) {
 		tblk_list_del(&job.a.link);
 		g_free(job.old);
@@ -518,6 +544,10 @@ static int write_chunk(struct qcow2_state *s, uint64_t offset, uint64_t *pbytes,
 		ret = -EIO;
 	if (ret >= 0)
 		ret = link_alloc(s, &job);
+	else if (!job.keep_old && s->data == s->node->file && !qcow2_dead(s))
+		/* As qemu's failed allocating write, the new clusters are given back. */
+		(void)qcow2_free_clusters(s, job.host, job.n << s->cluster_bits,
+					  QCOW2_DISCARD_OTHER);
 	tblk_list_del(&job.a.link);
 	*hint = job.host + (job.a.end - job.a.start);
 	g_free(job.old);
@@ -939,11 +969,15 @@ static int zero_partial(struct qcow2_state *s, uint64_t offset, uint64_t bytes,
 	bool zero = false;
 	int ret;
 
+	/*
+	 * As qemu's: what cannot be told to read as zeroes (an error, a corruption signalled
+	 * on the way) does not, and zero data is written instead.
+	 */
 	ret = range_reads_zero(s, start, offset - start, &zero);
 	if (ret >= 0 && zero)
 		ret = range_reads_zero(s, offset + bytes, start + unit - (offset + bytes), &zero);
 	if (ret < 0)
-		return ret;
+		zero = false;
 	if (zero) {
 		qcow2_lock(s);
 		/* An allocation in flight in this cluster decides what it holds: wait for it. */

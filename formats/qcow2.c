@@ -76,21 +76,30 @@ int qcow2_signal_corruption(struct qcow2_state *s, const char *what, uint64_t of
 	return -EUCLEAN;
 }
 
-void qcow2_signal_fatal(struct qcow2_state *s, const char *fmt, ...)
+/*
+ * On a read-only image no event is fatal. Once an event was reported, further ones are not,
+ * except a fatal one while the corrupt bit is not set yet: qemu's rule.
+ */
+static int signal_event(struct qcow2_state *s, bool fatal, const char *fmt, va_list ap)
 {
 	g_autofree char *what = NULL;
-	va_list ap;
 
+	fatal = fatal && !s->read_only;
 	if (qcow2_dead(s))
-		return;
-	va_start(ap, fmt);
+		return -EIO;
+	if (s->signaled && (!fatal || (s->incompat & QCOW2_INCOMPAT_CORRUPT)))
+		return -EIO;
 	what = g_strdup_vprintf(fmt, ap);
-	va_end(ap);
-	/* qemu prints this itself, without the program's name. */
+	s->signaled = true;
+	/* qemu prints these itself, without the program's name. */
+	if (!fatal) {
+		tblk__warn("verbatim: qcow2: Image is corrupt: %s; further non-fatal corruption "
+			   "events will be suppressed\n", what);
+		return -EIO;
+	}
 	tblk__warn("verbatim: qcow2: Marking image as corrupt: %s; further corruption events "
 		   "will be suppressed\n", what);
-	(void)qcow2_signal_corruption(s, "Preventing invalid write on metadata", 0);
-	__atomic_store_n(&s->dead, true, __ATOMIC_RELEASE);
+	(void)qcow2_signal_corruption(s, "Marked corrupt", 0);
 	/* Nothing more reaches the file: what the caches hold is dropped, now and at close. */
 	qcow2_cache_clear(s->l2_cache);
 	qcow2_cache_clear(s->rc_cache);
@@ -103,6 +112,33 @@ void qcow2_signal_fatal(struct qcow2_state *s, const char *fmt, ...)
 		if (tblk_node_pwrite(s->node->file, 72, &be, 8, 0) >= 0)
 			(void)tblk_node_flush(s->node->file);
 	}
+	/*
+	 * Only now do new requests fail with -ENOMEDIUM; those arriving meanwhile wait for the
+	 * image lock and fail with -EIO (s->corrupt), as qemu's requests in flight do, and
+	 * not before the request that found the corruption.
+	 */
+	__atomic_store_n(&s->dead, true, __ATOMIC_RELEASE);
+	return -EIO;
+}
+
+int qcow2_signal_event(struct qcow2_state *s, bool fatal, const char *fmt, ...)
+{
+	va_list ap;
+	int ret;
+
+	va_start(ap, fmt);
+	ret = signal_event(s, fatal, fmt, ap);
+	va_end(ap);
+	return ret;
+}
+
+void qcow2_signal_fatal(struct qcow2_state *s, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	(void)signal_event(s, true, fmt, ap);
+	va_end(ap);
 }
 
 static int qcow2_probe(const uint8_t *buf, size_t len, const char *filename)

@@ -291,14 +291,15 @@ static void test_hostile(void)
 		ok(ret < 0, "%s: refused (%d)", b->what, ret);
 		ok(file_sum(bad) == before, "%s: file unchanged", b->what);
 	}
-	/* Tables pointing at bad places: L1 entry and L2 entry unaligned, refcount block. */
+	/* Tables pointing at bad places: L1 entry and L2 entry unaligned (beyond the reserved low
+	 * bits, which qemu ignores), refcount block. */
 	{
 		uint32_t l1 = 3 * 4096, l2;
 		g_autofree uint8_t *img = g_memdup2(good, glen);
 
 		l2 = (uint32_t)(((uint64_t)img[l1 + 6] << 8 | img[l1 + 7]) & ~511u);
 		l2 |= (uint32_t)img[l1 + 5] << 16;
-		put64(img + l1, 0x8000000000000000ull | (l2 + 8));
+		put64(img + l1, 0x8000000000000000ull | (l2 + 512));
 		g_file_set_contents(bad, (char *)img, (gssize)glen, NULL);
 		ok(try_image(bad) < 0, "unaligned L2 table offset: read fails");
 		memcpy(img, good, glen);

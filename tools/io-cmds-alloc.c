@@ -25,6 +25,9 @@ static int allocated_run(struct tblk_blk *blk, uint64_t offset, uint64_t bytes, 
 
 	while (done < bytes) {
 		ret = tblk_blk_block_status(blk, offset + done, bytes - done, &n, NULL);
+		/* As qemu-io's: an error past the first answer ends the run, told next time. */
+		if (ret < 0 && first >= 0)
+			break;
 		if (ret < 0)
 			return ret;
 		if (n == 0)
