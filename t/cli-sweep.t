@@ -236,7 +236,7 @@ KNOWN = [
 
 
 def filt(s):
-    s = re.sub(r"\d+ ops; [0-9:.]+ sec \([^)]*\)", "X ops; TIME", s)
+    s = re.sub(r"\d+ ops; [0-9:.]+( sec)? \([^)]*\)", "X ops; TIME", s)
     return re.sub(r"Run completed in [0-9.]+ seconds", "Run completed", s)
 
 

@@ -381,7 +381,7 @@ def filt(s):
     s = re.sub(r"#block\d+", "#blockN", s)
     s = re.sub(r"(    \([0-9.]+/100%\)\n)(    \([0-9.]+/100%\)\n)*(    \([0-9.]+/100%\)\n)",
                r"\1\3", s)
-    s = re.sub(r"\d+ ops; [0-9:.]+ sec \([^)]*\)", "X ops; TIME", s)
+    s = re.sub(r"\d+ ops; [0-9:.]+( sec)? \([^)]*\)", "X ops; TIME", s)
     s = re.sub(r"(?m)^(\d+),(\d+),[0-9:.]+,[0-9.inf]+,[0-9.inf]+$", r"\1,\2,TIME", s)
     return re.sub(r"Run completed in [0-9.]+ seconds", "Run completed", s)
 

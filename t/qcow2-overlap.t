@@ -325,8 +325,8 @@ def cases(tmp):
             "write -z 3M 64k", "discard 0 64k", "write -P 4 0 4k"],
            opts=",overlap-check=all")
     differ("sound image, fast path", tmp, fresh,
-           ["write -P 1 0 1M", "read 0 4k", "aio_write -P 2 4k 4k", "aio_write -P 3 1M 64k",
-            "aio_flush"], extra=["-t", "none", "-i", "native"])
+           ["write -P 1 0 1M", "read 0 4k", "write -P 2 4k 4k", "write -P 3 1M 64k",
+            "flush"], extra=["-t", "none", "-i", "native"])
 
 
 main()
