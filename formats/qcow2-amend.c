@@ -206,6 +206,10 @@ static int expand_entry(struct qcow2_state *s, uint64_t e, uint64_t l2_rc, bool 
 	}
 	if (off & (s->cluster_size - 1))
 		return qcow2_signal_corruption(s, "Cluster allocation offset unaligned", off);
+	/* A hostile entry may name metadata: refused, the image marked corrupt, as qemu does. */
+	ret = qcow2_overlap_data_check(s, off, s->cluster_size);
+	if (ret < 0)
+		return ret;
 	ret = tblk_node_pwrite_zeroes(s->data, off, s->cluster_size, 0);
 	if (ret < 0)
 		return ret;

@@ -233,6 +233,8 @@ static bool fast_alloc_done(struct tblk_req *req, int *ret)
 	void *table;
 
 	tblk_mutex_lock(&s->mu);
+	if (*ret >= 0 && qcow2_dead(s))
+		*ret = -EIO;	/* the image became unusable meanwhile: nothing is linked */
 	if (!s->meta_held) {
 		table = *ret >= 0 ? writable_l2_locked(s, fa->a.start) : NULL;
 		if (table)

@@ -148,7 +148,8 @@ static void offsets_remove(struct qcow2_offsets *o, uint64_t v)
 
 static void offsets_sort(struct qcow2_offsets *o)
 {
-	qsort(o->v, o->n, sizeof(*o->v), cmp_u64);
+	if (o->n)	/* v may be NULL when empty, which qsort() must not be given */
+		qsort(o->v, o->n, sizeof(*o->v), cmp_u64);
 }
 
 /*

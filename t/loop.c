@@ -683,7 +683,7 @@ static void test_call_wait_idle_loop(void)
 		usleep(1000);
 	ok(__atomic_load_n(&h.returned, __ATOMIC_SEQ_CST),
 	   "call_wait returns when the loop stops being iterated after it queued");
-	if (!h.returned)
+	if (!__atomic_load_n(&h.returned, __ATOMIC_SEQ_CST))
 		tblk_loop_iterate(h.loop, false);	/* unstick it rather than hang */
 	pthread_join(t, NULL);
 	tblk_loop_iterate(h.loop, false);	/* meets the taken-back bh: must not run it */

@@ -57,7 +57,7 @@ struct tblk_bh {
 	struct tblk_loop *loop;	/* [const] */
 	tblk_loop_fn *fn;	/* [const] */
 	void *opaque;		/* [const] */
-	bool oneshot;		/* [const] call_soon()/call_wait(): freed after it runs or is taken back */
+	bool oneshot;		/* [const] call_soon()/call_wait(): the loop frees it once met */
 	int state;		/* [atomic] BH_* */
 	bool freed;		/* [loop thread] freed while queued: free it when dequeued */
 	struct tblk_bh *next;	/* written by the one thread that moves state off BH_IDLE */
@@ -83,6 +83,7 @@ struct tblk_loop {
 	bool kicked;			/* [atomic] tblk_loop_kick() since the last epoll_wait */
 	bool stop;			/* [atomic] tblk_loop_stop() not yet seen by run */
 	bool running;			/* [atomic] run_depth > 0, for tblk_loop_is_running() */
+	unsigned int entries;		/* [atomic] times run_depth went from 0 to 1 */
 
 	struct tblk_list handlers;	/* [loop thread] struct fd_handler, deleted ones too */
 	unsigned int nr_pollers;	/* [loop thread] live handlers with a poll function */
@@ -295,8 +296,10 @@ static struct tblk_loop *loop_enter(struct tblk_loop *loop)
 	struct tblk_loop *prev = cur_loop;
 
 	cur_loop = loop;
-	if (loop->run_depth++ == 0)
+	if (loop->run_depth++ == 0) {
+		__atomic_fetch_add(&loop->entries, 1, __ATOMIC_RELAXED);
 		__atomic_store_n(&loop->running, true, __ATOMIC_RELEASE);
+	}
 	return prev;
 }
 
@@ -539,15 +542,19 @@ static bool bh_take_back(struct tblk_bh *bh)
 
 /*
  * The loop may stop being run after the request was queued (a tool iterating it by hand
- * leaves its iterate; an iothread is stopped): then nobody would ever run the bh. The
- * waiter looks every CALL_WAIT_RECHECK_NS, and if the loop is idle and the bh still queued,
- * takes it back and runs fn itself, as it would have had the loop been idle from the start.
- * The bh's state decides who runs fn: run_bhs() and bh_take_back() both swap it from
- * BH_QUEUED, so exactly one of them does.
+ * leaves its iterate and waits for something else): then nobody would ever run the bh.
+ * A hand-iterated loop also looks idle for a moment between two iterations, so one look
+ * does not tell: the waiter looks every CALL_WAIT_RECHECK_NS, and only when two looks in a
+ * row find the loop idle, with no entry into it between them, does it take the bh back and
+ * run fn itself, as it would have had the loop been idle from the start. The bh's state
+ * decides who runs fn: run_bhs() and bh_take_back() both swap it from BH_QUEUED, so exactly
+ * one of them does.
  */
 void tblk_loop_call_wait(struct tblk_loop *loop, tblk_loop_fn *fn, void *opaque)
 {
 	struct call_wait cw = { .fn = fn, .opaque = opaque };
+	unsigned int seen = 0;
+	bool was_idle = false;
 	struct tblk_bh *bh;
 
 	if (tblk_loop_in_thread(loop) || !tblk_loop_is_running(loop)) {
@@ -561,9 +568,18 @@ void tblk_loop_call_wait(struct tblk_loop *loop, tblk_loop_fn *fn, void *opaque)
 	tblk_bh_schedule(bh);
 	tblk_mutex_lock(&cw.lock);
 	while (!cw.done) {
-		if (tblk_cond_timedwait(&cw.cv, &cw.lock, tblk_clock_ns() + CALL_WAIT_RECHECK_NS) ||
-		    tblk_loop_is_running(loop) || !bh_take_back(bh))
+		unsigned int entries;
+		bool idle;
+
+		if (tblk_cond_timedwait(&cw.cv, &cw.lock, tblk_clock_ns() + CALL_WAIT_RECHECK_NS))
 			continue;
+		idle = !tblk_loop_is_running(loop);
+		entries = __atomic_load_n(&loop->entries, __ATOMIC_ACQUIRE);
+		if (!idle || !was_idle || entries != seen || !bh_take_back(bh)) {
+			was_idle = idle;
+			seen = entries;
+			continue;
+		}
 		/* Taken back: the loop frees the oneshot bh when it next meets it. */
 		tblk_mutex_unlock(&cw.lock);
 		fn(opaque);

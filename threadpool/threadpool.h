@@ -128,7 +128,8 @@ void tblk_loop_call_soon(struct tblk_loop *loop, tblk_loop_fn *fn, void *opaque)
  * the loop's thread or nobody runs @loop, else as a call_soon waited for. Everything the loop
  * thread did before @fn happens before the return. Any thread the loop does not wait for.
  * If nobody runs @loop any more while the call waits (a hand-iterated loop was left), the
- * caller takes the call back and runs @fn itself, within about 10 ms.
+ * caller takes the call back and runs @fn itself once it has seen the loop idle for 10-20 ms.
+ * @loop must not be freed meanwhile.
  */
 void tblk_loop_call_wait(struct tblk_loop *loop, tblk_loop_fn *fn, void *opaque);
 
