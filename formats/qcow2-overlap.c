@@ -148,7 +148,8 @@ static void offsets_remove(struct qcow2_offsets *o, uint64_t v)
 
 static void offsets_sort(struct qcow2_offsets *o)
 {
-	if (o->n)	/* v may be NULL when empty, which qsort() must not be given */
+	/* An empty set has no array: qsort() must not see its NULL. */
+	if (o->n > 1)
 		qsort(o->v, o->n, sizeof(*o->v), cmp_u64);
 }
 
@@ -176,7 +177,8 @@ static size_t merge_ranges(struct qcow2_range *r, size_t n)
 {
 	size_t out = 0;
 
-	qsort(r, n, sizeof(*r), cmp_range);
+	if (n > 1)
+		qsort(r, n, sizeof(*r), cmp_range);
 	for (size_t i = 0; i < n; i++) {
 		if (out && r[i].start <= r[out - 1].end) {
 			r[out - 1].end = TBLK_MAX(r[out - 1].end, r[i].end);

@@ -291,7 +291,12 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, 
 		 */
 		ret = delta < 0 ? get_block(s, done, &block) : 0;
 		if (ret >= 0 && delta < 0 && !block) {
-			ret = -EINVAL;	/* what qemu's underflow is, after allocating the block */
+			/*
+			 * TODO: qemu allocates the missing refcount block first (writing it
+			 * and maybe growing the table) and then fails the same way; we do
+			 * not, as noted above, so such a file differs from qemu's by them.
+			 */
+			ret = -EINVAL;
 			break;
 		}
 		if (ret >= 0)
@@ -471,7 +476,10 @@ int qcow2_free_clusters(struct qcow2_state *s, uint64_t offset, uint64_t len,
 	 * qemu drops the references at once, we when nothing on disk uses the clusters any
 	 * more; what qemu finds then is found now: a bad refcount block (a corruption event),
 	 * a refcount already 0. The failure is told and nothing is freed, as in qemu, whose
-	 * callers go on. A cluster freed twice in one batch is found when the batch is applied.
+	 * callers go on.
+	 * TODO: a cluster freed twice before the batch is applied (two L2 entries naming it) is
+	 * found only then, at the next metadata flush, where qemu tells it at the second free;
+	 * finding it here needs a lookup in the batch per cluster freed.
 	 */
 	for (uint64_t c = first; c <= last && !s->checking; c++) {
 		void *block;

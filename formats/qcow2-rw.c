@@ -545,7 +545,11 @@ static int write_chunk(struct qcow2_state *s, uint64_t offset, uint64_t *pbytes,
 	if (ret >= 0)
 		ret = link_alloc(s, &job);
 	else if (!job.keep_old && s->data == s->node->file && !qcow2_dead(s))
-		/* As qemu's failed allocating write, the new clusters are given back. */
+		/*
+		 * As qemu's failed allocating write, the new clusters are given back.
+		 * TODO: qemu never discards them in the file; with pass-discard-other=on
+		 * we do (there is no discard type "never" here yet).
+		 */
 		(void)qcow2_free_clusters(s, job.host, job.n << s->cluster_bits,
 					  QCOW2_DISCARD_OTHER);
 	tblk_list_del(&job.a.link);
