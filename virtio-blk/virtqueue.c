@@ -16,15 +16,30 @@ static void vq_bh(void *opaque);
 
 /*
  * A burst of requests taken from the avail ring is not held until the loop's next iteration
- * submits it in one batch: after the 1st, 2nd, 4th, 8th and 16th request and then every
- * VQ_SUBMIT_STEP more, the loop's prepare hooks send what is queued (one io_submit() for
- * Linux AIO). The disk starts on the first request while the rest are parsed, and a queue
- * whose requests all complete together, are all resubmitted together and all submitted in
- * one batch (a guest at depth 32 on a disk that completes in bursts) falls out of that
- * lockstep: 1.35x the IOPS of one batch per burst for random writes at depth 32 in
- * bench/vhost-user.sh, for 1.1x the CPU per request (more doorbells).
+ * submits it in one batch: while the device takes a burst, what it holds goes to the disk (the
+ * loop's prepare hooks: one io_submit() for Linux AIO) at once if none of the queue's other
+ * requests is in flight, else as soon as it holds as many as are in flight (at least
+ * VQ_BATCH_MIN, at most VQ_BATCH_MAX). A queue whose requests all complete together and
+ * come back together (a guest at depth 32 on a disk that completes in bursts) is submitted
+ * as 1, 3, 4, 8, 16: the disk starts on the first request while the rest are parsed, and the
+ * queue falls out of that lockstep. A few requests that arrive while the disk is busy go in
+ * one batch. Linux plugs an io_submit() of more than 2 iocbs; a smaller one rings the disk's
+ * doorbell once per request, hence the minimum of 3. Against submitting after the 1st, 2nd,
+ * 4th, 8th, 16th request and every 8 more: half the io_submit() calls per request,
+ * 0.91-0.95x the CPU per random write at depth 32 for the same IOPS, 0.98x the IOPS and
+ * the CPU of random reads (bench/vhost-user-ab.sh, docs/BENCHMARKS.md).
  */
-#define VQ_SUBMIT_STEP	8u
+#define VQ_BATCH_MIN	3u
+#define VQ_BATCH_MAX	16u
+
+/* Should the @held requests taken since the last submission go to the disk now? */
+static bool vq_submit_now(const struct tblk_vq *vq, unsigned int held)
+{
+	/* Some of the held ones may have completed already (a request error). */
+	unsigned int busy = vq->inflight > held ? vq->inflight - held : 0;
+
+	return !busy || held >= TBLK_MAX(VQ_BATCH_MIN, TBLK_MIN(busy, VQ_BATCH_MAX));
+}
 
 void tblk__vq_init(struct tblk_vblk *dev, struct tblk_vq *vq, unsigned int idx)
 {
@@ -360,6 +375,8 @@ static bool vq_mem_faulted(struct tblk_vq *vq)
 
 void tblk__vq_process(struct tblk_vq *vq)
 {
+	unsigned int held = 0;	/* taken from the avail ring since the last submission */
+
 	/* Requests a previous back-end took and never completed go first, in their order. */
 	while (vq->nr_resubmit && vq_runnable(vq)) {
 		if (vq->inflight >= vq->num) {
@@ -376,7 +393,6 @@ void tblk__vq_process(struct tblk_vq *vq)
 	}
 	while (vq_runnable(vq)) {
 		uint16_t avail_idx = __atomic_load_n(&vq->avail->idx, __ATOMIC_ACQUIRE);
-		unsigned int taken = 0, mark = 1;
 
 		if (vq_mem_faulted(vq))
 			return;
@@ -387,14 +403,13 @@ void tblk__vq_process(struct tblk_vq *vq)
 		while (vq->last_avail != avail_idx) {
 			uint16_t head;
 
-			/* See VQ_SUBMIT_STEP: what was taken so far goes to the disk now. */
-			if (taken == mark) {
+			/* See VQ_BATCH_MIN: what was taken so far goes to the disk now. */
+			if (held && vq_submit_now(vq, held)) {
 				tblk_loop_prepare_now(vq->dev->loop);
-				mark += TBLK_MIN(mark, VQ_SUBMIT_STEP);
+				held = 0;
 				if (!vq_runnable(vq))
 					return;
 			}
-			taken++;
 			if (vq->inflight >= vq->num) {
 				vq->stalled = true;
 				return;
@@ -402,6 +417,7 @@ void tblk__vq_process(struct tblk_vq *vq)
 			head = __atomic_load_n(&vq->avail->ring[vq->last_avail % vq->num],
 					       __ATOMIC_RELAXED);
 			vq->last_avail++;
+			held++;
 			if (vq_take(vq, head) < 0) {
 				tblk__vq_break(vq);
 				return;
