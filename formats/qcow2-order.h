@@ -19,6 +19,12 @@ void tblk__qcow2_order_ticket(struct tblk_node *node, struct tblk_req *req);
  * at once for a write without a turn. Call with no lock held.
  */
 void tblk__qcow2_order_wait(struct tblk_node *node);
+/*
+ * The compressed write whose body the thread runs has taken room in the file for its cluster
+ * at guest [@offset, @offset + @bytes): if that is its last, the next in turn may go on (the
+ * layout is settled; the data and the L2 entry follow meanwhile).
+ */
+void tblk__qcow2_order_placed(struct tblk_node *node, uint64_t offset, uint64_t bytes);
 /* The compressed write whose body the thread runs has placed its clusters (or failed). */
 void tblk__qcow2_order_release(struct tblk_node *node);
 

@@ -647,6 +647,7 @@ static int write_compressed_cluster(struct qcow2_state *s, uint64_t offset, uint
 	ret = qcow2_overlap_data_check(s, (uint64_t)host, (uint64_t)clen);
 	if (ret < 0)
 		goto out_unlock;
+	tblk__qcow2_order_placed(s->node, offset, bytes);	/* room taken: the next may */
 	tblk_node_debug_event(s->node->file, TBLK_DBG_L2_UPDATE_COMPRESSED);
 	qcow2_unlock(s);
 	tblk_node_debug_event(s->node->file, TBLK_DBG_WRITE_COMPRESSED);
