@@ -15,6 +15,7 @@
  * few table lookups; the loop thread never waits for the image lock itself.
  */
 #include "formats/qcow2-int.h"
+#include "formats/qcow2-order.h"
 
 /* Most clusters one fast request may span (a 64 KiB cluster image: 1 MiB). */
 #define FAST_MAX_CLUSTERS 16
@@ -87,6 +88,7 @@ int tblk__qcow2_submit_fast(struct tblk_node *node, struct tblk_req *req, uint64
 	uint64_t host = 0;
 	int ret = -EAGAIN;
 
+	tblk__qcow2_order_ticket(node, req);	/* compressed writes: their turn to place */
 	if ((req->kind != TBLK_REQ_READ && !write) || req->bytes == 0 ||
 	    !data->drv->submit_fast || (write && (s->read_only || req->flags)))
 		return -EAGAIN;

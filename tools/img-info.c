@@ -20,7 +20,7 @@ struct info_args {
 };
 
 struct image_info {
-	const char *filename;
+	char *filename;			/* qemu's name of the node (img_node_name()) */
 	const char *format;
 	int64_t virtual_size;
 	int64_t actual_size;		/* < 0: unknown, left out */
@@ -206,9 +206,11 @@ static void info_parse(int argc, char **argv, struct info_args *a)
 	}
 }
 
-static int collect(struct tblk_blk *blk, const char *name, struct image_info *ii)
+static int collect(struct tblk_blk *blk, const struct img_open_opts *o, struct image_info *ii)
 {
-	ii->filename = tblk_blk_filename(blk);
+	const char *name = o->filename;
+
+	ii->filename = img_node_name(o, blk);
 	ii->format = tblk_blk_format_name(blk);
 	ii->virtual_size = tblk_blk_getlength(blk);
 	ii->actual_size = tblk_blk_get_allocated_size(blk);
@@ -250,7 +252,8 @@ int img_info(int argc, char **argv)
 	for (;;) {
 		struct image_info ii = { 0 };
 
-		if (collect(blk, o.filename, &ii) < 0) {
+		if (collect(blk, &o, &ii) < 0) {
+			g_free(ii.filename);
 			ret = 1;
 			tblk_blk_close(blk);
 			break;
@@ -266,6 +269,7 @@ int img_info(int argc, char **argv)
 		}
 		first = false;
 		tblk_snapshot_list_free(ii.sn, ii.nsn);
+		g_free(ii.filename);
 		g_free(next);
 		g_free(next_fmt);
 		next = ii.full_backing;

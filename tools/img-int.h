@@ -76,6 +76,12 @@ struct img_open_opts {
 	unsigned int flags;		/* TBLK_OPEN_* */
 };
 int img_open(struct tblk_blk **pblk, const struct img_open_opts *o, struct tblk_loop *loop);
+/*
+ * The name qemu-img gives the image @blk opened from @o (img-name.c): a "json:{...}" one when
+ * options describe it that a plain file name cannot carry, else tblk_blk_filename(). Caller
+ * frees.
+ */
+char *img_node_name(const struct img_open_opts *o, struct tblk_blk *blk);
 
 /* --object OBJECTDEF: checked as qemu-img does at option time; exits 1 on a bad one. */
 void img_object_check(const char *def);
