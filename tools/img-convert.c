@@ -10,8 +10,9 @@
  * left out. Up to -m chunks are in flight at once through the asynchronous API, all on the
  * main thread's loop; writes happen in the order of the image unless -W. Compressed targets
  * (-c) get whole clusters with TBLK_REQ_COMPRESSED; into a new target those writes start in
- * order but run side by side, so the format compresses them on all the pool's threads (a
- * failing one does not stop those already started). Chunk boundaries and
+ * order but run side by side, so the format compresses them on all the pool's threads and
+ * places them in the order they started (qcow2: the same file as qemu-img's; a failing one
+ * does not stop those already started). Chunk boundaries and
  * the progress figures follow qemu-img's, so -p prints the same figures.
  *
  * Threading: the main thread runs the loop of the sources and the target; every callback
