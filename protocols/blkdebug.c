@@ -366,7 +366,7 @@ static int bd_breakpoint(struct tblk_node *node, const char *event, const char *
  * reports it, and if it was the request's last one waits until the request goes on, as
  * qemu's runs on at once. false if none is stopped there. Drops s->lock meanwhile.
  */
-static bool resume_locked(struct bd_state *s, const char *tag)
+static bool resume_locked(struct bd_state *s, const char *tag) TBLK_REQUIRES(s->lock)
 {
 	struct bd_stopped *st = NULL;
 	struct bd_stop *stop;
