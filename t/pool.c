@@ -347,6 +347,53 @@ static void test_free_queued(void)
 	g_free(work);
 }
 
+/* ---------------------------------------------------------------- batched wake-ups */
+
+#define BATCH_ITEMS	12
+
+static int batch_fn(void *opaque)
+{
+	usleep(2000);
+	return 0;
+}
+
+static void loop_count_done(void *opaque, int ret)
+{
+	(*(unsigned int *)opaque)++;
+}
+
+/*
+ * One worker, twelve slow items completing on a loop that sleeps: while four or more of the
+ * loop's items are still queued, a completion leaves the loop asleep, so it wakes for a
+ * batch instead of once per item (about 5 wake-ups rather than 12), and the last items,
+ * with fewer queued behind them, still wake it (none stranded).
+ */
+static void test_batched_wakeups(void)
+{
+	struct tblk_loop *loop = tblk_loop_new(NULL);
+	struct tblk_pool *pool = tblk_pool_new(0, 1, 1000, NULL);
+	struct tblk_work work[BATCH_ITEMS];
+	unsigned int done = 0, wakes = 0, i;
+	uint64_t start = tblk_clock_ns();
+
+	for (i = 0; i < BATCH_ITEMS; i++) {
+		work[i] = (struct tblk_work){ .fn = batch_fn, .done = loop_count_done,
+					      .opaque = &done, .loop = loop };
+		tblk_pool_submit(pool, &work[i]);
+	}
+	while (done < BATCH_ITEMS && !timed_out(start)) {
+		unsigned int before = done;
+
+		tblk_loop_iterate(loop, true);
+		wakes += done > before;
+	}
+	is_int(done, BATCH_ITEMS, "every completion reached the sleeping loop");
+	ok(wakes <= 7, "in batches: %u loop wake-ups ran completions for %d items", wakes,
+	   BATCH_ITEMS);
+	tblk_pool_free(pool);
+	tblk_loop_free(loop);
+}
+
 /* Freeing from a loop callback, with completions due on that very loop. */
 struct free_on_loop {
 	struct tblk_pool *pool;
@@ -514,7 +561,7 @@ static void test_cap(void)
 
 int main(void)
 {
-	tap_plan(47);
+	tap_plan(49);
 	test_cap();
 	test_zero_threads();
 	test_stress(STRESS_ITEMS, false);
@@ -522,6 +569,7 @@ int main(void)
 	test_starvation();
 	test_idle_exit();
 	test_free_queued();
+	test_batched_wakeups();
 	test_free_on_loop();
 	test_default_pool();
 	return tap_done();

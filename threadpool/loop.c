@@ -38,6 +38,11 @@
 #define LOOP_POLL_MIN_NS	1000u	/* a window shrunk below this becomes 0 */
 #define LOOP_MAX_EVENTS		64
 #define LOOP_MAX_EPOLL_SKIPS	16	/* busy iterations in a row that may skip epoll */
+/*
+ * A completion may leave the sleeping loop asleep while at least this many of its items
+ * wait in a pool queue: the start of one of them wakes it (see tblk__loop_item_started()).
+ */
+#define LOOP_LAZY_MIN_QUEUED	4
 
 struct fd_handler {
 	int fd;			/* [loop thread] */
@@ -78,6 +83,8 @@ struct tblk_loop {
 	struct tblk_bh *bh_head;	/* [atomic] stack of scheduled bottom halves, LIFO */
 	struct tblk_work *done_head;	/* [atomic] stack of finished pool items, LIFO */
 	unsigned int nr_pushers;	/* [atomic] producers inside push_*(); free waits */
+	unsigned int pool_queued;	/* [atomic] items to complete here still in a pool queue */
+	bool lazy;			/* [atomic] a completion is pushed and no wake-up made */
 	bool notify_me;			/* [atomic] loop may block: producers must write wake_fd */
 	bool notified;			/* [atomic] wake_fd written and not drained yet */
 	bool kicked;			/* [atomic] tblk_loop_kick() since the last epoll_wait */
@@ -163,6 +170,28 @@ static void push_bh(struct tblk_loop *loop, struct tblk_bh *bh)
 	__atomic_fetch_sub(&loop->nr_pushers, 1, __ATOMIC_RELEASE);
 }
 
+/*
+ * The first completion onto an empty stack would wake the sleeping loop. While enough of the
+ * loop's own items still wait in a pool queue, it need not: the workers are kept busy by
+ * those, and the loop, woken later, takes a batch of completions for one wake-up (a
+ * wake-up costs the loop two context switches and the waker a cross-CPU interrupt; on a
+ * virtual machine several microseconds). The start of the item that leaves fewer than
+ * LOOP_LAZY_MIN_QUEUED queued makes the wake-up; since each queued item is eventually
+ * started, the deferred completion is never stranded. Dekker-style: we store lazy and then
+ * load pool_queued, the starter decrements pool_queued and then loads lazy (all SEQ_CST),
+ * so one of the two sees the other. True if the wake-up is left to a starter.
+ */
+static bool defer_wake(struct tblk_loop *loop)
+{
+	if (__atomic_load_n(&loop->pool_queued, __ATOMIC_SEQ_CST) < LOOP_LAZY_MIN_QUEUED)
+		return false;
+	__atomic_store_n(&loop->lazy, true, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&loop->pool_queued, __ATOMIC_SEQ_CST) >= LOOP_LAZY_MIN_QUEUED)
+		return true;
+	/* A starter may have missed our flag: wake-up ours unless it took the flag. */
+	return !__atomic_exchange_n(&loop->lazy, false, __ATOMIC_SEQ_CST);
+}
+
 void tblk__loop_push_completion(struct tblk_loop *loop, struct tblk_work *work)
 {
 	struct tblk_work *old;
@@ -174,9 +203,24 @@ void tblk__loop_push_completion(struct tblk_loop *loop, struct tblk_work *work)
 	} while (!__atomic_compare_exchange_n(&loop->done_head, &old, work, true,
 					      __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
 	/* Not empty before: the loop has yet to take the stack and will find this too. */
-	if (!old)
+	if (!old && !defer_wake(loop))
 		loop_notify(loop);
 	__atomic_fetch_sub(&loop->nr_pushers, 1, __ATOMIC_RELEASE);
+}
+
+void tblk__loop_item_queued(struct tblk_loop *loop)
+{
+	__atomic_fetch_add(&loop->pool_queued, 1, __ATOMIC_SEQ_CST);
+}
+
+void tblk__loop_item_started(struct tblk_loop *loop)
+{
+	unsigned int left = __atomic_sub_fetch(&loop->pool_queued, 1, __ATOMIC_SEQ_CST);
+
+	/* The loop is alive: this item's completion is still due on it. */
+	if (left < LOOP_LAZY_MIN_QUEUED && __atomic_load_n(&loop->lazy, __ATOMIC_SEQ_CST) &&
+	    __atomic_exchange_n(&loop->lazy, false, __ATOMIC_SEQ_CST))
+		loop_notify(loop);
 }
 
 /* ---------------------------------------------------------------- create, free */
@@ -627,9 +671,14 @@ static bool run_bhs(struct tblk_loop *loop)
 
 static bool run_completions(struct tblk_loop *loop)
 {
-	struct tblk_work *w = __atomic_exchange_n(&loop->done_head, NULL, __ATOMIC_ACQUIRE);
-	struct tblk_work *fifo = NULL, *next;
+	struct tblk_work *w, *fifo = NULL, *next;
 
+	if (!__atomic_load_n(&loop->done_head, __ATOMIC_RELAXED))
+		return false;
+	/* Whatever a deferred wake-up was for is taken now (a late flag costs a spare wake). */
+	if (__atomic_load_n(&loop->lazy, __ATOMIC_RELAXED))
+		__atomic_store_n(&loop->lazy, false, __ATOMIC_SEQ_CST);
+	w = __atomic_exchange_n(&loop->done_head, NULL, __ATOMIC_ACQUIRE);
 	if (!w)
 		return false;
 	for (; w; w = next) {

@@ -123,6 +123,8 @@ static struct tblk_work *dequeue_locked(struct tblk_pool *pool)
 
 static void run_work(struct tblk_pool *pool, struct tblk_work *work)
 {
+	if (work->done)
+		tblk__loop_item_started(work->loop);
 	work->ret = work->fn(work->opaque);
 	if (work->done)
 		tblk__loop_push_completion(work->loop, work);
@@ -463,6 +465,8 @@ void tblk_pool_submit(struct tblk_pool *pool, struct tblk_work *work)
 	assert(work->fn && (work->loop || !work->done));
 	work->pool = pool;
 	__atomic_fetch_add(&pool->in_flight, 1, __ATOMIC_SEQ_CST);
+	if (work->done)
+		tblk__loop_item_queued(work->loop);
 	tblk_mutex_lock(&pool->lock);
 	enqueue_locked(pool, work);
 	spawn = want_worker_locked(pool, &woken);

@@ -30,6 +30,14 @@ static inline void tblk__cpu_relax(void)
  */
 void tblk__loop_push_completion(struct tblk_loop *loop, struct tblk_work *work);
 
+/*
+ * Counts an item whose completion is due on @loop into, and out of, a pool queue: queued
+ * before it is enqueued, started when a worker takes it (before its fn runs). Completions
+ * may then defer the loop's wake-up while enough items are queued. Any thread.
+ */
+void tblk__loop_item_queued(struct tblk_loop *loop);
+void tblk__loop_item_started(struct tblk_loop *loop);
+
 /* An item of @pool has completed (its done returned, or it had none). Any thread. */
 void tblk__pool_work_done(struct tblk_pool *pool);
 
