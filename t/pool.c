@@ -2,10 +2,13 @@
 /*
  * t/pool.c - the worker pool: a many-item stress from several submitting threads with
  * completions on the right loops, the wait service against starvation, idle exit down to
- * the minimum, freeing with queued work, the zero-thread test mode.
+ * the minimum, freeing with queued work, the zero-thread test mode, loop wake-ups batched
+ * while items are queued and the bound on their delay.
  *
  * Threading: items record what they saw in atomics; only the main thread asserts.
  */
+#include <pthread.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include "threadpool/pool-cap.h"
@@ -350,46 +353,132 @@ static void test_free_queued(void)
 /* ---------------------------------------------------------------- batched wake-ups */
 
 #define BATCH_ITEMS	12
+#define BATCH_WATCHDOG_NS	(5ull * 1000000000)
+
+struct batch_item {
+	struct tblk_work work;
+	unsigned int index;
+	unsigned int *done;	/* [loop thread] */
+};
+
+static unsigned int batch_gate;		/* [atomic] items with a lower index may finish */
 
 static int batch_fn(void *opaque)
 {
-	usleep(2000);
+	struct batch_item *it = opaque;
+
+	while (__atomic_load_n(&batch_gate, __ATOMIC_ACQUIRE) <= it->index)
+		usleep(100);
 	return 0;
 }
 
-static void loop_count_done(void *opaque, int ret)
+static void batch_done(void *opaque, int ret)
 {
-	(*(unsigned int *)opaque)++;
+	struct batch_item *it = opaque;
+
+	(*it->done)++;
+}
+
+/* One worker and BATCH_ITEMS gated items completing on a new loop, whose bound is @lazy_max. */
+static struct tblk_pool *batch_start(struct tblk_loop **loop, const char *lazy_max,
+				     struct batch_item *items, unsigned int *done)
+{
+	struct tblk_pool *pool = tblk_pool_new(0, 1, 1000, NULL);
+	unsigned int i;
+
+	setenv("TBLK_LOOP_LAZY_MAX_NS", lazy_max, 1);
+	*loop = tblk_loop_new(NULL);
+	unsetenv("TBLK_LOOP_LAZY_MAX_NS");
+	__atomic_store_n(&batch_gate, 0, __ATOMIC_RELEASE);
+	for (i = 0; i < BATCH_ITEMS; i++) {
+		items[i] = (struct batch_item){ .index = i, .done = done };
+		items[i].work = (struct tblk_work){ .fn = batch_fn, .done = batch_done,
+						    .opaque = &items[i], .loop = *loop };
+		tblk_pool_submit(pool, &items[i].work);
+	}
+	return pool;
+}
+
+/* Iterates @loop until *done reaches @want; returns the iterations that ran completions. */
+static unsigned int batch_wait(struct tblk_loop *loop, unsigned int *done, unsigned int want)
+{
+	uint64_t start = tblk_clock_ns();
+	unsigned int wakes = 0;
+
+	while (*done < want && !timed_out(start)) {
+		unsigned int before = *done;
+
+		tblk_loop_iterate(loop, true);
+		wakes += *done > before;
+	}
+	return wakes;
 }
 
 /*
- * One worker, twelve slow items completing on a loop that sleeps: while four or more of the
- * loop's items are still queued, a completion leaves the loop asleep, so it wakes for a
- * batch instead of once per item (about 5 wake-ups rather than 12), and the last items,
- * with fewer queued behind them, still wake it (none stranded).
+ * While four or more of a loop's items are still queued, a completion leaves the sleeping
+ * loop asleep, so it wakes for a batch instead of once per item, and the last items, with
+ * fewer queued behind them, still wake it (none stranded). The items are let through one
+ * by one, 1 ms apart, with no time bound on the deferral: about 5 wake-ups rather than 12.
  */
+static void *batch_release(void *opaque)
+{
+	unsigned int i;
+
+	for (i = 1; i <= BATCH_ITEMS; i++) {
+		usleep(1000);
+		__atomic_store_n(&batch_gate, i, __ATOMIC_RELEASE);
+	}
+	return NULL;
+}
+
 static void test_batched_wakeups(void)
 {
-	struct tblk_loop *loop = tblk_loop_new(NULL);
-	struct tblk_pool *pool = tblk_pool_new(0, 1, 1000, NULL);
-	struct tblk_work work[BATCH_ITEMS];
-	unsigned int done = 0, wakes = 0, i;
-	uint64_t start = tblk_clock_ns();
+	struct batch_item items[BATCH_ITEMS];
+	struct tblk_loop *loop;
+	unsigned int done = 0, wakes;
+	struct tblk_pool *pool = batch_start(&loop, "60000000000", items, &done);
+	pthread_t th;
 
-	for (i = 0; i < BATCH_ITEMS; i++) {
-		work[i] = (struct tblk_work){ .fn = batch_fn, .done = loop_count_done,
-					      .opaque = &done, .loop = loop };
-		tblk_pool_submit(pool, &work[i]);
-	}
-	while (done < BATCH_ITEMS && !timed_out(start)) {
-		unsigned int before = done;
-
-		tblk_loop_iterate(loop, true);
-		wakes += done > before;
-	}
+	pthread_create(&th, NULL, batch_release, NULL);
+	wakes = batch_wait(loop, &done, BATCH_ITEMS);
+	pthread_join(th, NULL);
 	is_int(done, BATCH_ITEMS, "every completion reached the sleeping loop");
 	ok(wakes <= 7, "in batches: %u loop wake-ups ran completions for %d items", wakes,
 	   BATCH_ITEMS);
+	tblk_pool_free(pool);
+	tblk_loop_free(loop);
+}
+
+static void batch_watchdog(void *opaque)
+{
+	*(bool *)opaque = true;
+}
+
+/*
+ * The bound on the delay: with 100 us, items 0 and 1 let through 2 ms apart, nine items
+ * still queued behind, the start of item 2 wakes the loop, well before a 5 s watchdog.
+ */
+static void test_lazy_bound(void)
+{
+	struct batch_item items[BATCH_ITEMS];
+	struct tblk_loop *loop;
+	unsigned int done = 0;
+	struct tblk_pool *pool = batch_start(&loop, "100000", items, &done);
+	struct tblk_timer watchdog;
+	bool fired = false;
+
+	tblk_timer_init(&watchdog, loop, batch_watchdog, &fired);
+	tblk_timer_mod(&watchdog, tblk_clock_ns() + BATCH_WATCHDOG_NS);
+	__atomic_store_n(&batch_gate, 1, __ATOMIC_RELEASE);
+	usleep(2000);
+	__atomic_store_n(&batch_gate, 2, __ATOMIC_RELEASE);
+	batch_wait(loop, &done, 2);
+	ok(done >= 2 && !fired, "a deferred completion is delivered once the bound has passed "
+	   "(%u done, watchdog %s)", done, fired ? "fired" : "idle");
+	tblk_timer_del(&watchdog);
+	__atomic_store_n(&batch_gate, BATCH_ITEMS, __ATOMIC_RELEASE);
+	batch_wait(loop, &done, BATCH_ITEMS);
+	is_int(done, BATCH_ITEMS, "and the rest");
 	tblk_pool_free(pool);
 	tblk_loop_free(loop);
 }
@@ -561,7 +650,7 @@ static void test_cap(void)
 
 int main(void)
 {
-	tap_plan(49);
+	tap_plan(51);
 	test_cap();
 	test_zero_threads();
 	test_stress(STRESS_ITEMS, false);
@@ -570,6 +659,7 @@ int main(void)
 	test_idle_exit();
 	test_free_queued();
 	test_batched_wakeups();
+	test_lazy_bound();
 	test_free_on_loop();
 	test_default_pool();
 	return tap_done();

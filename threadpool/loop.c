@@ -43,6 +43,8 @@
  * wait in a pool queue: the start of one of them wakes it (see tblk__loop_item_started()).
  */
 #define LOOP_LAZY_MIN_QUEUED	4
+/* ... and a start this long after the deferral wakes it anyway: a bound on the delay. */
+#define LOOP_LAZY_MAX_NS	500000ull
 
 struct fd_handler {
 	int fd;			/* [loop thread] */
@@ -85,6 +87,8 @@ struct tblk_loop {
 	unsigned int nr_pushers;	/* [atomic] producers inside push_*(); free waits */
 	unsigned int pool_queued;	/* [atomic] items to complete here still in a pool queue */
 	bool lazy;			/* [atomic] a completion is pushed and no wake-up made */
+	uint64_t lazy_since_ns;		/* [atomic] when lazy was last set */
+	uint64_t lazy_max_ns;		/* [const] the bound on a deferred wake-up's delay */
 	bool notify_me;			/* [atomic] loop may block: producers must write wake_fd */
 	bool notified;			/* [atomic] wake_fd written and not drained yet */
 	bool kicked;			/* [atomic] tblk_loop_kick() since the last epoll_wait */
@@ -177,14 +181,20 @@ static void push_bh(struct tblk_loop *loop, struct tblk_bh *bh)
  * wake-up costs the loop two context switches and the waker a cross-CPU interrupt; on a
  * virtual machine several microseconds). The start of the item that leaves fewer than
  * LOOP_LAZY_MIN_QUEUED queued makes the wake-up; since each queued item is eventually
- * started, the deferred completion is never stranded. Dekker-style: we store lazy and then
- * load pool_queued, the starter decrements pool_queued and then loads lazy (all SEQ_CST),
- * so one of the two sees the other. True if the wake-up is left to a starter.
+ * started, the deferred completion is never stranded. So that a long queue (one worker, a
+ * hundred slow items) does not hold a finished item back for the whole queue's time, any
+ * start lazy_max_ns (LOOP_LAZY_MAX_NS) after the deferral makes the wake-up too, and a loop
+ * sleeps no longer than lazy_max_ns while LOOP_LAZY_MIN_QUEUED of its items are queued
+ * (loop_wait()): so a worker stuck in a long item cannot hold a finished one back.
+ * Dekker-style: we store lazy and then load pool_queued, the starter decrements pool_queued
+ * and then loads lazy (all SEQ_CST), so one of the two sees the other. True if the wake-up
+ * is left to a starter.
  */
 static bool defer_wake(struct tblk_loop *loop)
 {
 	if (__atomic_load_n(&loop->pool_queued, __ATOMIC_SEQ_CST) < LOOP_LAZY_MIN_QUEUED)
 		return false;
+	__atomic_store_n(&loop->lazy_since_ns, tblk_clock_ns(), __ATOMIC_RELAXED);
 	__atomic_store_n(&loop->lazy, true, __ATOMIC_SEQ_CST);
 	if (__atomic_load_n(&loop->pool_queued, __ATOMIC_SEQ_CST) >= LOOP_LAZY_MIN_QUEUED)
 		return true;
@@ -210,7 +220,14 @@ void tblk__loop_push_completion(struct tblk_loop *loop, struct tblk_work *work)
 
 void tblk__loop_item_queued(struct tblk_loop *loop)
 {
-	__atomic_fetch_add(&loop->pool_queued, 1, __ATOMIC_SEQ_CST);
+	/*
+	 * Reaching the threshold allows deferrals: a loop that went to sleep before, with an
+	 * unbounded timeout, must look again (loop_wait() stores notify_me, then loads
+	 * pool_queued; we store pool_queued, then load notify_me). Rare: a loop's items are
+	 * mostly submitted by the loop itself, awake.
+	 */
+	if (__atomic_add_fetch(&loop->pool_queued, 1, __ATOMIC_SEQ_CST) == LOOP_LAZY_MIN_QUEUED)
+		loop_notify(loop);
 }
 
 void tblk__loop_item_started(struct tblk_loop *loop)
@@ -218,8 +235,13 @@ void tblk__loop_item_started(struct tblk_loop *loop)
 	unsigned int left = __atomic_sub_fetch(&loop->pool_queued, 1, __ATOMIC_SEQ_CST);
 
 	/* The loop is alive: this item's completion is still due on it. */
-	if (left < LOOP_LAZY_MIN_QUEUED && __atomic_load_n(&loop->lazy, __ATOMIC_SEQ_CST) &&
-	    __atomic_exchange_n(&loop->lazy, false, __ATOMIC_SEQ_CST))
+	if (!__atomic_load_n(&loop->lazy, __ATOMIC_SEQ_CST))
+		return;
+	if (left >= LOOP_LAZY_MIN_QUEUED &&
+	    tblk_clock_ns() - __atomic_load_n(&loop->lazy_since_ns, __ATOMIC_RELAXED) <
+	    loop->lazy_max_ns)
+		return;
+	if (__atomic_exchange_n(&loop->lazy, false, __ATOMIC_SEQ_CST))
 		loop_notify(loop);
 }
 
@@ -252,6 +274,7 @@ struct tblk_loop *tblk_loop_new(GError **errp)
 	tblk_list_init(&loop->timers);
 	tblk_list_init(&loop->hooks);
 	loop->poll_max_ns = tblk__env_ns("TBLK_LOOP_POLL_MAX_NS", LOOP_POLL_MAX_NS);
+	loop->lazy_max_ns = tblk__env_ns("TBLK_LOOP_LAZY_MAX_NS", LOOP_LAZY_MAX_NS);
 	loop->poll_break_even_ns = tblk__env_ns("TBLK_LOOP_POLL_BREAK_EVEN_NS",
 						LOOP_POLL_BREAK_EVEN_NS);
 	return loop;
@@ -990,6 +1013,11 @@ static int loop_wait(struct tblk_loop *loop, struct epoll_event *events, bool bl
 	__atomic_store_n(&loop->notify_me, true, __ATOMIC_SEQ_CST);
 	if (loop_has_pending(loop))
 		timeout = 0;
+	/* A completion may be left pending while we sleep: bound the sleep (see defer_wake()). */
+	if (timeout != 0 &&
+	    __atomic_load_n(&loop->pool_queued, __ATOMIC_SEQ_CST) >= LOOP_LAZY_MIN_QUEUED &&
+	    (timeout < 0 || (uint64_t)timeout > loop->lazy_max_ns))
+		timeout = (int64_t)loop->lazy_max_ns;
 	if (!start)
 		start = tblk_clock_ns();
 	n = epoll_wait_ns(loop, events, timeout);
