@@ -449,36 +449,87 @@ static void test_batched_wakeups(void)
 	tblk_loop_free(loop);
 }
 
+static int nop_fn(void *opaque)
+{
+	return 0;
+}
+
 static void batch_watchdog(void *opaque)
 {
 	*(bool *)opaque = true;
 }
 
 /*
- * The bound on the delay: with 100 us, items 0 and 1 let through 2 ms apart, nine items
- * still queued behind, the start of item 2 wakes the loop, well before a 5 s watchdog.
+ * The bound (10 ms here): item 0 finishes while item 1 runs on, gated, with ten queued
+ * behind it. Its completion must reach the sleeping loop while item 1 still runs, not when
+ * item 1 ends (a 5 s watchdog would say it did not).
  */
+static void *open_gate_1(void *opaque)
+{
+	usleep(1000);
+	__atomic_store_n(&batch_gate, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
 static void test_lazy_bound(void)
 {
 	struct batch_item items[BATCH_ITEMS];
 	struct tblk_loop *loop;
 	unsigned int done = 0;
-	struct tblk_pool *pool = batch_start(&loop, "100000", items, &done);
+	struct tblk_pool *pool = batch_start(&loop, "10000000", items, &done);
 	struct tblk_timer watchdog;
 	bool fired = false;
+	pthread_t th;
 
 	tblk_timer_init(&watchdog, loop, batch_watchdog, &fired);
 	tblk_timer_mod(&watchdog, tblk_clock_ns() + BATCH_WATCHDOG_NS);
-	__atomic_store_n(&batch_gate, 1, __ATOMIC_RELEASE);
-	usleep(2000);
-	__atomic_store_n(&batch_gate, 2, __ATOMIC_RELEASE);
-	batch_wait(loop, &done, 2);
-	ok(done >= 2 && !fired, "a deferred completion is delivered once the bound has passed "
-	   "(%u done, watchdog %s)", done, fired ? "fired" : "idle");
+	pthread_create(&th, NULL, open_gate_1, NULL);
+	while (!done && !fired)
+		tblk_loop_iterate(loop, true);
+	pthread_join(th, NULL);
+	ok(done == 1 && !fired, "a deferred completion reaches the sleeping loop while the next "
+	   "item still runs (%u done, watchdog %s)", done, fired ? "fired" : "idle");
 	tblk_timer_del(&watchdog);
 	__atomic_store_n(&batch_gate, BATCH_ITEMS, __ATOMIC_RELEASE);
 	batch_wait(loop, &done, BATCH_ITEMS);
 	is_int(done, BATCH_ITEMS, "and the rest");
+	tblk_pool_free(pool);
+	tblk_loop_free(loop);
+}
+
+/*
+ * Items queued on a loop's behalf that no worker will start soon (here: in a pool without
+ * threads) must not hold back another pool's completion on the same loop.
+ */
+static void test_lazy_other_pool(void)
+{
+	struct tblk_loop *loop = tblk_loop_new(NULL);
+	struct tblk_pool *idle = tblk_pool_new(0, 0, 0, NULL);
+	struct tblk_pool *pool = tblk_pool_new(0, 1, 1000, NULL);
+	struct tblk_work stuck[4], work;
+	unsigned int done = 0, stuck_done = 0, i;
+	struct tblk_timer watchdog;
+	bool fired = false;
+
+	for (i = 0; i < 4; i++) {
+		stuck[i] = (struct tblk_work){ .fn = nop_fn, .done = count_done,
+					       .opaque = &stuck_done, .loop = loop };
+		tblk_pool_submit(idle, &stuck[i]);
+	}
+	work = (struct tblk_work){ .fn = nop_fn, .done = count_done, .opaque = &done,
+				   .loop = loop };
+	tblk_timer_init(&watchdog, loop, batch_watchdog, &fired);
+	tblk_timer_mod(&watchdog, tblk_clock_ns() + BATCH_WATCHDOG_NS);
+	tblk_pool_submit(pool, &work);
+	while (!done && !fired)
+		tblk_loop_iterate(loop, true);
+	ok(done == 1 && !fired, "four items stuck in another pool hold nothing back (watchdog %s)",
+	   fired ? "fired" : "idle");
+	tblk_timer_del(&watchdog);
+	tblk_pool_run_queued(idle);
+	while (stuck_done < 4)
+		tblk_loop_iterate(loop, true);
+	tblk_pool_free(idle);
 	tblk_pool_free(pool);
 	tblk_loop_free(loop);
 }
@@ -650,7 +701,7 @@ static void test_cap(void)
 
 int main(void)
 {
-	tap_plan(51);
+	tap_plan(52);
 	test_cap();
 	test_zero_threads();
 	test_stress(STRESS_ITEMS, false);
@@ -660,6 +711,7 @@ int main(void)
 	test_free_queued();
 	test_batched_wakeups();
 	test_lazy_bound();
+	test_lazy_other_pool();
 	test_free_on_loop();
 	test_default_pool();
 	return tap_done();

@@ -43,8 +43,7 @@
  * wait in a pool queue: the start of one of them wakes it (see tblk__loop_item_started()).
  */
 #define LOOP_LAZY_MIN_QUEUED	4
-/* ... and a start this long after the deferral wakes it anyway: a bound on the delay. */
-#define LOOP_LAZY_MAX_NS	500000ull
+#define LOOP_LAZY_MAX_NS	500000ull	/* the loop then sleeps no longer than this */
 
 struct fd_handler {
 	int fd;			/* [loop thread] */
@@ -87,8 +86,9 @@ struct tblk_loop {
 	unsigned int nr_pushers;	/* [atomic] producers inside push_*(); free waits */
 	unsigned int pool_queued;	/* [atomic] items to complete here still in a pool queue */
 	bool lazy;			/* [atomic] a completion is pushed and no wake-up made */
-	uint64_t lazy_since_ns;		/* [atomic] when lazy was last set */
-	uint64_t lazy_max_ns;		/* [const] the bound on a deferred wake-up's delay */
+	bool defer_ok;			/* [atomic] written by the loop: not in an unbounded sleep */
+	bool lazy_fast;			/* [loop thread] completions come within lazy_max_ns */
+	uint64_t lazy_max_ns;		/* [const] bound on a deferred wake-up; 0: never defer */
 	bool notify_me;			/* [atomic] loop may block: producers must write wake_fd */
 	bool notified;			/* [atomic] wake_fd written and not drained yet */
 	bool kicked;			/* [atomic] tblk_loop_kick() since the last epoll_wait */
@@ -177,28 +177,31 @@ static void push_bh(struct tblk_loop *loop, struct tblk_bh *bh)
 /*
  * The first completion onto an empty stack would wake the sleeping loop. While enough of the
  * loop's own items still wait in a pool queue, it need not: the workers are kept busy by
- * those, and the loop, woken later, takes a batch of completions for one wake-up (a
- * wake-up costs the loop two context switches and the waker a cross-CPU interrupt; on a
- * virtual machine several microseconds). The start of the item that leaves fewer than
- * LOOP_LAZY_MIN_QUEUED queued makes the wake-up; since each queued item is eventually
- * started, the deferred completion is never stranded. So that a long queue (one worker, a
- * hundred slow items) does not hold a finished item back for the whole queue's time, any
- * start lazy_max_ns (LOOP_LAZY_MAX_NS) after the deferral makes the wake-up too, and a loop
- * sleeps no longer than lazy_max_ns while LOOP_LAZY_MIN_QUEUED of its items are queued
- * (loop_wait()): so a worker stuck in a long item cannot hold a finished one back.
- * Dekker-style: we store lazy and then load pool_queued, the starter decrements pool_queued
- * and then loads lazy (all SEQ_CST), so one of the two sees the other. True if the wake-up
- * is left to a starter.
+ * those, and the loop, woken later, takes a batch of completions for one wake-up (a wake-up
+ * costs the loop two context switches and the waker a cross-CPU interrupt; on a virtual
+ * machine several microseconds). The start of the item that leaves fewer than
+ * LOOP_LAZY_MIN_QUEUED queued makes the wake-up (tblk__loop_item_started()).
+ *
+ * A queued item may not start soon (the workers stuck in long items, items of another
+ * pool, a producer that keeps the queue full), so deferring is allowed only while the loop
+ * sleeps at most lazy_max_ns (defer_ok, see loop_wait()): that bounds the delay. The loop
+ * sleeps so only while completions have been coming faster than that (lazy_fast), so slow
+ * storage does not pay an empty wake-up per bound.
+ *
+ * Orderings, all SEQ_CST: we push and then load defer_ok, the loop stores defer_ok and then
+ * loads done_head before it sleeps; we store lazy and then load pool_queued, a starter
+ * decrements pool_queued and then loads lazy. In each pair one side sees the other. True if
+ * the wake-up is left to a starter or to the loop's bounded sleep.
  */
 static bool defer_wake(struct tblk_loop *loop)
 {
-	if (__atomic_load_n(&loop->pool_queued, __ATOMIC_SEQ_CST) < LOOP_LAZY_MIN_QUEUED)
+	if (!__atomic_load_n(&loop->defer_ok, __ATOMIC_SEQ_CST) ||
+	    __atomic_load_n(&loop->pool_queued, __ATOMIC_SEQ_CST) < LOOP_LAZY_MIN_QUEUED)
 		return false;
-	__atomic_store_n(&loop->lazy_since_ns, tblk_clock_ns(), __ATOMIC_RELAXED);
 	__atomic_store_n(&loop->lazy, true, __ATOMIC_SEQ_CST);
 	if (__atomic_load_n(&loop->pool_queued, __ATOMIC_SEQ_CST) >= LOOP_LAZY_MIN_QUEUED)
 		return true;
-	/* A starter may have missed our flag: wake-up ours unless it took the flag. */
+	/* A starter may have missed our flag: wake the loop ourselves unless it took the flag. */
 	return !__atomic_exchange_n(&loop->lazy, false, __ATOMIC_SEQ_CST);
 }
 
@@ -220,26 +223,16 @@ void tblk__loop_push_completion(struct tblk_loop *loop, struct tblk_work *work)
 
 void tblk__loop_item_queued(struct tblk_loop *loop)
 {
-	/*
-	 * Reaching the threshold allows deferrals: a loop that went to sleep before, with an
-	 * unbounded timeout, must look again (loop_wait() stores notify_me, then loads
-	 * pool_queued; we store pool_queued, then load notify_me). Rare: a loop's items are
-	 * mostly submitted by the loop itself, awake.
-	 */
-	if (__atomic_add_fetch(&loop->pool_queued, 1, __ATOMIC_SEQ_CST) == LOOP_LAZY_MIN_QUEUED)
-		loop_notify(loop);
+	__atomic_fetch_add(&loop->pool_queued, 1, __ATOMIC_SEQ_CST);
 }
 
 void tblk__loop_item_started(struct tblk_loop *loop)
 {
 	unsigned int left = __atomic_sub_fetch(&loop->pool_queued, 1, __ATOMIC_SEQ_CST);
 
+	assert(left != UINT_MAX);
 	/* The loop is alive: this item's completion is still due on it. */
-	if (!__atomic_load_n(&loop->lazy, __ATOMIC_SEQ_CST))
-		return;
-	if (left >= LOOP_LAZY_MIN_QUEUED &&
-	    tblk_clock_ns() - __atomic_load_n(&loop->lazy_since_ns, __ATOMIC_RELAXED) <
-	    loop->lazy_max_ns)
+	if (left >= LOOP_LAZY_MIN_QUEUED || !__atomic_load_n(&loop->lazy, __ATOMIC_SEQ_CST))
 		return;
 	if (__atomic_exchange_n(&loop->lazy, false, __ATOMIC_SEQ_CST))
 		loop_notify(loop);
@@ -275,6 +268,7 @@ struct tblk_loop *tblk_loop_new(GError **errp)
 	tblk_list_init(&loop->hooks);
 	loop->poll_max_ns = tblk__env_ns("TBLK_LOOP_POLL_MAX_NS", LOOP_POLL_MAX_NS);
 	loop->lazy_max_ns = tblk__env_ns("TBLK_LOOP_LAZY_MAX_NS", LOOP_LAZY_MAX_NS);
+	loop->lazy_fast = true;
 	loop->poll_break_even_ns = tblk__env_ns("TBLK_LOOP_POLL_BREAK_EVEN_NS",
 						LOOP_POLL_BREAK_EVEN_NS);
 	return loop;
@@ -988,12 +982,29 @@ static int epoll_ready(struct tblk_loop *loop, struct epoll_event *events, bool 
 	return epoll_wait_ns(loop, events, 0);
 }
 
+/*
+ * After a sleep of @slept_ns: completions that woke the loop within the bound say that
+ * deferring pays; a bounded sleep that timed out (@bound_hit) with none says they come
+ * slower than the bound, so the next sleeps are unbounded and completions wake the loop at
+ * once.
+ */
+static void lazy_learn(struct tblk_loop *loop, bool bound_hit, uint64_t slept_ns)
+{
+	bool completed = __atomic_load_n(&loop->done_head, __ATOMIC_RELAXED) != NULL;
+
+	if (completed && slept_ns < loop->lazy_max_ns)
+		loop->lazy_fast = true;
+	else if (bound_hit && !completed)
+		loop->lazy_fast = false;
+}
+
 /* Polls, then sleeps in epoll if still nothing to do. Returns the number of events. */
 static int loop_wait(struct tblk_loop *loop, struct epoll_event *events, bool blocking,
 		     bool *progress)
 {
 	int64_t timeout = blocking ? timer_timeout_ns(loop) : 0;
 	uint64_t start = 0, polled = 0;
+	bool bounded;
 	int n;
 
 	if (loop_has_pending(loop))
@@ -1010,19 +1021,22 @@ static int loop_wait(struct tblk_loop *loop, struct epoll_event *events, bool bl
 	if (timeout == 0)
 		return epoll_ready(loop, events, false);
 
+	/* Completions may be left pending only during a bounded sleep (see defer_wake()). */
+	bounded = loop->lazy_max_ns && loop->lazy_fast &&
+		  __atomic_load_n(&loop->pool_queued, __ATOMIC_RELAXED) >= LOOP_LAZY_MIN_QUEUED;
+	__atomic_store_n(&loop->defer_ok, bounded, __ATOMIC_SEQ_CST);
 	__atomic_store_n(&loop->notify_me, true, __ATOMIC_SEQ_CST);
 	if (loop_has_pending(loop))
 		timeout = 0;
-	/* A completion may be left pending while we sleep: bound the sleep (see defer_wake()). */
-	if (timeout != 0 &&
-	    __atomic_load_n(&loop->pool_queued, __ATOMIC_SEQ_CST) >= LOOP_LAZY_MIN_QUEUED &&
-	    (timeout < 0 || (uint64_t)timeout > loop->lazy_max_ns))
+	if (bounded && (timeout < 0 || (uint64_t)timeout > loop->lazy_max_ns))
 		timeout = (int64_t)loop->lazy_max_ns;
 	if (!start)
 		start = tblk_clock_ns();
 	n = epoll_wait_ns(loop, events, timeout);
 	__atomic_store_n(&loop->notify_me, false, __ATOMIC_SEQ_CST);
 	loop->nr_epoll_skips = 0;
+	if (timeout != 0)
+		lazy_learn(loop, bounded && n == 0, tblk_clock_ns() - start);
 	if (timeout != 0)
 		poll_adapt(loop, tblk_clock_ns() - start, n > 0, true);
 	return n;
