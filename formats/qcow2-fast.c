@@ -88,7 +88,8 @@ int tblk__qcow2_submit_fast(struct tblk_node *node, struct tblk_req *req, uint64
 	uint64_t host = 0;
 	int ret = -EAGAIN;
 
-	tblk__qcow2_order_ticket(node, req);	/* compressed writes: their turn to place */
+	if (!s->read_only)	/* compressed writes: their turn to place */
+		tblk__qcow2_order_ticket(s->order, req);
 	if ((req->kind != TBLK_REQ_READ && !write) || req->bytes == 0 ||
 	    !data->drv->submit_fast || (write && (s->read_only || req->flags)))
 		return -EAGAIN;

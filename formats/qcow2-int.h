@@ -101,6 +101,7 @@ enum qcow2_discard_type {
 };
 
 struct qcow2_cache;
+struct qcow2_order;
 
 /* One entry of the snapshot table (qcow2-snapshot.c), as read or to be written. */
 struct qcow2_snapshot {
@@ -247,6 +248,8 @@ struct qcow2_state {
 	 */
 	uint8_t meta_prealloc;
 	struct qcow2_amend_progress *amend_progress;	/* [meta] the amend running, or NULL */
+	/* The turns of compressed writes (qcow2-order.c; its own leaf lock inside). [const] */
+	struct qcow2_order *order;
 
 	bool pass_discard[QCOW2_DISCARD_NR];	/* [const] pass-discard-* options */
 	bool corrupt;			/* [meta] found corrupt: no more writes */

@@ -9,26 +9,27 @@
  * Here compression still runs on all the pool's workers at once; only taking the room goes
  * in turn, so a tool that submits in order gets qemu-img's file.
  *
- * A turn is a ticket from one counter for all nodes (a ticket never repeats), taken on the
- * submitting loop thread just before the request goes to the pool, and kept in the request's
- * drv_scratch (unused on the pool path) with a tag naming the node. Per node, the tickets not
- * yet released; a write places once its ticket is the lowest there, and releases its ticket
- * once the room for its last cluster is taken (a cluster stored uncompressed: once written);
- * the waiter whose turn comes is woken alone, and waits as a blocked pool worker, so the pool
- * goes on compressing meanwhile. The pool runs requests in the order they came, so the
- * lowest is always running or done. Should a ticketed request
- * never reach the driver (the checks before it are mirrored where the ticket is given, so
- * none should), a waiter that sees the same lowest ticket for ORDER_STALE_NS drops it.
- * Requests without a ticket (synchronous, throttled, or behind a serialising one) place
- * whenever they come, as before.
+ * Each open image has its own struct qcow2_order, made at open and freed at close. A turn is
+ * a ticket from the image's counter (tickets only increase), taken on the submitting loop
+ * thread just before the request goes to the pool, and kept in the request's drv_scratch
+ * (unused on the pool path) with the image's tag, a number no other image of the process
+ * ever gets: a request whose scratch holds another image's tag, or stale bytes, has no turn
+ * here. The image keeps its tickets not yet released; a write places once its ticket is the
+ * lowest there, and releases its ticket once the room for its last cluster is taken (a
+ * cluster stored uncompressed: once written); the waiter whose turn comes is woken alone, and
+ * waits as a blocked pool worker, so the pool goes on compressing meanwhile. The pool runs
+ * requests in the order they came, so the lowest is always running or done. Should a
+ * ticketed request never reach the driver (the checks before it are mirrored where the
+ * ticket is given, so none should), a waiter that sees the same lowest ticket for
+ * ORDER_STALE_NS drops it, and close drops what is left. Requests without a ticket
+ * (synchronous, throttled, or behind a serialising one) place whenever they come, as before.
  *
- * Threading: order_lock is a leaf guarding the table; each waiter waits on its own cv.
+ * Threading: struct qcow2_order.mu is a leaf (taken with the image lock held or not; nothing
+ * is taken under it); each waiter waits on its own cv.
  */
-#include <pthread.h>
-
 #include "formats/qcow2-order.h"
 
-#define ORDER_TAG	0x71636f77326f7264ull	/* "qcow2ord", xor the node's address */
+#define ORDER_TAG	0x71636f77326f7264ull	/* "qcow2ord", xor the image's number */
 #define ORDER_STALE_NS	10000000000ull		/* 10 s */
 #define ORDER_POLL_NS	100000000ull		/* waiters look again after 100 ms */
 #define SCRATCH_TICKET	22			/* drv_scratch slots: the ticket */
@@ -40,153 +41,131 @@ struct waiter {
 	struct tblk_cond cv;
 };
 
-struct turns {
-	GArray *tickets;	/* [order_lock] uint64_t, ascending: taken, not released */
-	GPtrArray *waiters;	/* [order_lock] struct waiter, on their threads' stacks */
-	uint64_t seen_lowest;	/* [order_lock] the lowest a waiter saw last, */
-	uint64_t seen_ns;	/* [order_lock] and since when */
+/* The turns of one image's compressed writes. Lock order: mu is a leaf. */
+struct qcow2_order {
+	struct tblk_mutex mu;
+	uint64_t tag;		/* [const] names the image in drv_scratch */
+	uint64_t next;		/* [mu] the next ticket */
+	GArray *tickets;	/* [mu] uint64_t, ascending: taken, not released */
+	GPtrArray *waiters;	/* [mu] struct waiter, on their threads' stacks */
+	uint64_t seen_lowest;	/* [mu] the lowest a waiter saw last, */
+	uint64_t seen_ns;	/* [mu] and since when */
 };
 
-static pthread_once_t order_once = PTHREAD_ONCE_INIT;
-static struct tblk_mutex order_lock;
-static GHashTable *order_nodes;	/* [order_lock] struct tblk_node * -> struct turns */
-static uint64_t order_next = 1;	/* [order_lock] the next ticket */
+/* Images given a tag so far: two images never share one, even at the same address. */
+static uint64_t order_images;	/* [atomic] */
 
-static void turns_free(gpointer p);
-
-static void order_init(void)
+struct qcow2_order *tblk__qcow2_order_new(void)
 {
-	tblk_mutex_init(&order_lock);
-	order_nodes = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, turns_free);
+	struct qcow2_order *o = g_new0(struct qcow2_order, 1);
+
+	tblk_mutex_init(&o->mu);
+	o->tag = ORDER_TAG ^ __atomic_add_fetch(&order_images, 1, __ATOMIC_RELAXED);
+	o->next = 1;
+	o->tickets = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+	o->waiters = g_ptr_array_new();
+	return o;
 }
 
-static uint64_t tag_of(const struct tblk_node *node)
+void tblk__qcow2_order_free(struct qcow2_order *o)
 {
-	return (uint64_t)(uintptr_t)node ^ ORDER_TAG;
+	if (!o)
+		return;
+	/* Waiters run inside compressed writes, and close drains them all first. */
+	assert(o->waiters->len == 0);
+	g_array_free(o->tickets, TRUE);
+	g_ptr_array_free(o->waiters, TRUE);
+	tblk_mutex_destroy(&o->mu);
+	g_free(o);
 }
 
-/* The ticket of @req for @node, or 0. */
-static uint64_t ticket_of(const struct tblk_node *node, const struct tblk_req *req)
+/* The ticket of @req for the image of @o, or 0. */
+static uint64_t ticket_of(const struct qcow2_order *o, const struct tblk_req *req)
 {
 	if (!req || req->kind != TBLK_REQ_WRITE || !(req->flags & TBLK_REQ_COMPRESSED) ||
-	    req->drv_scratch[SCRATCH_TAG] != tag_of(node))
+	    req->drv_scratch[SCRATCH_TAG] != o->tag)
 		return 0;
 	return req->drv_scratch[SCRATCH_TICKET];
 }
 
-static void turns_remove_locked(struct tblk_node *node, struct turns *t, uint64_t ticket)
-	TBLK_REQUIRES(order_lock)
+static void remove_locked(struct qcow2_order *o, uint64_t ticket) TBLK_REQUIRES(o->mu)
 {
-	for (guint i = 0; i < t->tickets->len; i++) {
-		if (g_array_index(t->tickets, uint64_t, i) != ticket)
+	tblk_mutex_assert_held(&o->mu);
+	for (guint i = 0; i < o->tickets->len; i++) {
+		if (g_array_index(o->tickets, uint64_t, i) != ticket)
 			continue;
-		g_array_remove_index(t->tickets, i);
+		g_array_remove_index(o->tickets, i);
 		break;
 	}
-	if (t->tickets->len == 0 && t->waiters->len == 0) {
-		g_hash_table_remove(order_nodes, node);
-		return;
-	}
 	/* Only the one whose turn it is now: no herd of workers woken for nothing. */
-	for (guint i = 0; i < t->waiters->len; i++) {
-		struct waiter *w = t->waiters->pdata[i];
+	for (guint i = 0; i < o->waiters->len; i++) {
+		struct waiter *w = o->waiters->pdata[i];
 
-		if (!t->tickets->len || w->ticket <= g_array_index(t->tickets, uint64_t, 0))
+		if (!o->tickets->len || w->ticket <= g_array_index(o->tickets, uint64_t, 0))
 			tblk_cond_signal(&w->cv);
 	}
 }
 
-static void turns_free(gpointer p)
+void tblk__qcow2_order_ticket(struct qcow2_order *o, struct tblk_req *req)
 {
-	struct turns *t = p;
-
-	g_array_free(t->tickets, TRUE);
-	g_ptr_array_free(t->waiters, TRUE);
-	g_free(t);
-}
-
-void tblk__qcow2_order_ticket(struct tblk_node *node, struct tblk_req *req)
-{
-	struct turns *t;
-
 	req->drv_scratch[SCRATCH_TAG] = 0;
 	/* As the pool path would refuse before the driver runs: no turn to take. */
-	if (req->kind != TBLK_REQ_WRITE || !(req->flags & TBLK_REQ_COMPRESSED) ||
-	    req->bytes == 0 || node->read_only)
+	if (req->kind != TBLK_REQ_WRITE || !(req->flags & TBLK_REQ_COMPRESSED) || req->bytes == 0)
 		return;
-	pthread_once(&order_once, order_init);
-	tblk_mutex_lock(&order_lock);
-	t = g_hash_table_lookup(order_nodes, node);
-	if (!t) {
-		t = g_new0(struct turns, 1);
-		t->tickets = g_array_new(FALSE, FALSE, sizeof(uint64_t));
-		t->waiters = g_ptr_array_new();
-		g_hash_table_insert(order_nodes, node, t);
-	}
-	req->drv_scratch[SCRATCH_TICKET] = order_next;
-	req->drv_scratch[SCRATCH_TAG] = tag_of(node);
-	g_array_append_val(t->tickets, order_next);
-	order_next++;
-	tblk_mutex_unlock(&order_lock);
+	tblk_mutex_lock(&o->mu);
+	req->drv_scratch[SCRATCH_TICKET] = o->next;
+	req->drv_scratch[SCRATCH_TAG] = o->tag;
+	g_array_append_val(o->tickets, o->next);
+	o->next++;
+	tblk_mutex_unlock(&o->mu);
 }
 
-void tblk__qcow2_order_wait(struct tblk_node *node)
+void tblk__qcow2_order_wait(struct qcow2_order *o)
 {
-	struct waiter w = { .ticket = ticket_of(node, tblk__req_current()) };
-	struct turns *t;
+	struct waiter w = { .ticket = ticket_of(o, tblk__req_current()) };
 
 	if (!w.ticket)
 		return;
 	tblk_cond_init(&w.cv);
-	tblk_mutex_lock(&order_lock);
-	t = g_hash_table_lookup(order_nodes, node);
-	if (t)
-		g_ptr_array_add(t->waiters, &w);
-	/* (t stays while we are among its waiters) */
-	while (t && t->tickets->len) {
-		uint64_t lowest = g_array_index(t->tickets, uint64_t, 0), now = tblk_clock_ns();
+	tblk_mutex_lock(&o->mu);
+	g_ptr_array_add(o->waiters, &w);
+	while (o->tickets->len) {
+		uint64_t lowest = g_array_index(o->tickets, uint64_t, 0), now = tblk_clock_ns();
 
 		if (lowest >= w.ticket)	/* our turn (or ours was dropped as stale) */
 			break;
-		if (lowest != t->seen_lowest) {
-			t->seen_lowest = lowest;
-			t->seen_ns = now;
-		} else if (now - t->seen_ns > ORDER_STALE_NS) {
-			turns_remove_locked(node, t, lowest);
+		if (lowest != o->seen_lowest) {
+			o->seen_lowest = lowest;
+			o->seen_ns = now;
+		} else if (now - o->seen_ns > ORDER_STALE_NS) {
+			remove_locked(o, lowest);
 			continue;
 		}
 		/* (as a blocked worker: the pool runs queued compressions meanwhile) */
-		tblk_pool_timedwait(&w.cv, &order_lock, now + ORDER_POLL_NS);
+		tblk_pool_timedwait(&w.cv, &o->mu, now + ORDER_POLL_NS);
 	}
-	if (t) {
-		g_ptr_array_remove_fast(t->waiters, &w);
-		if (t->tickets->len == 0 && t->waiters->len == 0)
-			g_hash_table_remove(order_nodes, node);
-	}
-	tblk_mutex_unlock(&order_lock);
+	g_ptr_array_remove_fast(o->waiters, &w);
+	tblk_mutex_unlock(&o->mu);
 	tblk_cond_destroy(&w.cv);
 }
 
-void tblk__qcow2_order_placed(struct tblk_node *node, uint64_t offset, uint64_t bytes)
+void tblk__qcow2_order_placed(struct qcow2_order *o, uint64_t offset, uint64_t bytes)
 {
 	struct tblk_req *req = tblk__req_current();
 
 	if (req && offset + bytes >= req->offset + req->bytes)
-		tblk__qcow2_order_release(node);
+		tblk__qcow2_order_release(o);
 }
 
-void tblk__qcow2_order_release(struct tblk_node *node)
+void tblk__qcow2_order_release(struct qcow2_order *o)
 {
 	struct tblk_req *req = tblk__req_current();
-	uint64_t ticket = ticket_of(node, req);
-	struct turns *t;
+	uint64_t ticket = ticket_of(o, req);
 
 	if (!ticket)
 		return;
 	req->drv_scratch[SCRATCH_TAG] = 0;	/* later pieces of the request go unordered */
-	tblk_mutex_lock(&order_lock);
-	t = g_hash_table_lookup(order_nodes, node);
-	if (t)
-		turns_remove_locked(node, t, ticket);
-	tblk_mutex_unlock(&order_lock);
+	tblk_mutex_lock(&o->mu);
+	remove_locked(o, ticket);
+	tblk_mutex_unlock(&o->mu);
 }

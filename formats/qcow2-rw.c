@@ -574,13 +574,13 @@ int tblk__qcow2_pwritev(struct tblk_node *node, uint64_t offset, uint64_t bytes,
 	int ret = 0;
 
 	if (qcow2_dead(s)) {
-		tblk__qcow2_order_release(node);
+		tblk__qcow2_order_release(s->order);
 		return -ENOMEDIUM;
 	}
 	tblk_node_debug_event(node->file, TBLK_DBG_PWRITEV);
 	if (flags & TBLK_REQ_COMPRESSED) {
 		ret = write_compressed(s, offset, bytes, iov, iovcnt);
-		tblk__qcow2_order_release(node);	/* the next in turn may place */
+		tblk__qcow2_order_release(s->order);	/* the next in turn may place */
 	}
 	/* Compressed writes are durable on completion too when asked (writethrough). */
 	while (!(flags & TBLK_REQ_COMPRESSED) && done < bytes) {
@@ -617,7 +617,7 @@ static int write_compressed_cluster(struct qcow2_state *s, uint64_t offset, uint
 	tblk_iov_to_buf(iov, iovcnt, iov_off, src, bytes);
 	clen = tblk__qcow2_compress(s->compression_type, dst, s->cluster_size - 1, src,
 				    s->cluster_size);
-	tblk__qcow2_order_wait(s->node);	/* placed in the order of submission */
+	tblk__qcow2_order_wait(s->order);	/* placed in the order of submission */
 	if (clen == -ENOSPC) {
 		struct iovec one = { src, bytes };
 
@@ -651,7 +651,7 @@ static int write_compressed_cluster(struct qcow2_state *s, uint64_t offset, uint
 	ret = qcow2_overlap_data_check(s, (uint64_t)host, (uint64_t)clen);
 	if (ret < 0)
 		goto out_unlock;
-	tblk__qcow2_order_placed(s->node, offset, bytes);	/* room taken: the next may */
+	tblk__qcow2_order_placed(s->order, offset, bytes);	/* room taken: the next may */
 	tblk_node_debug_event(s->node->file, TBLK_DBG_L2_UPDATE_COMPRESSED);
 	qcow2_unlock(s);
 	tblk_node_debug_event(s->node->file, TBLK_DBG_WRITE_COMPRESSED);

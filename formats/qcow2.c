@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "formats/qcow2-int.h"
+#include "formats/qcow2-order.h"
 
 /* qemu's defaults: L2 cache covering the whole image up to 32 MiB, refcount cache a quarter. */
 #define L2_CACHE_MAX_BYTES	(32u << 20)
@@ -375,6 +376,8 @@ static void state_free(struct qcow2_state *s)
 	qcow2_snapshots_free(s);
 	qcow2_bitmaps_free(s);
 	qcow2_state_free_header(s);
+	tblk__qcow2_order_free(s->order);
+	s->order = NULL;
 	tblk_cond_destroy(&s->cv);
 	tblk_cond_destroy(&s->lock_cv);
 	tblk_mutex_destroy(&s->mu);
@@ -429,6 +432,7 @@ static int qcow2_open(struct tblk_node *node, GHashTable *opts, unsigned int fla
 	tblk_cond_init(&s->cv);
 	tblk_cond_init(&s->lock_cv);
 	tblk_list_init(&s->allocs);
+	s->order = tblk__qcow2_order_new();
 	s->node = node;
 	s->read_only = node->read_only;
 	/* The metadata is ours alone; a writable image may grow. */
