@@ -44,6 +44,7 @@
  */
 #define LOOP_LAZY_MIN_QUEUED	4
 #define LOOP_LAZY_MAX_NS	500000ull	/* the loop then sleeps no longer than this */
+#define LOOP_LAZY_MAX_SKIP	256		/* unbounded sleeps after misses in a row */
 
 struct fd_handler {
 	int fd;			/* [loop thread] */
@@ -87,7 +88,8 @@ struct tblk_loop {
 	unsigned int pool_queued;	/* [atomic] items to complete here still in a pool queue */
 	bool lazy;			/* [atomic] a completion is pushed and no wake-up made */
 	bool defer_ok;			/* [atomic] written by the loop: not in an unbounded sleep */
-	bool lazy_fast;			/* [loop thread] completions come within lazy_max_ns */
+	unsigned int lazy_skip;		/* [loop thread] unbounded sleeps before a bounded one */
+	unsigned int lazy_backoff;	/* [loop thread] lazy_skip after the next miss */
 	uint64_t lazy_max_ns;		/* [const] bound on a deferred wake-up; 0: never defer */
 	bool notify_me;			/* [atomic] loop may block: producers must write wake_fd */
 	bool notified;			/* [atomic] wake_fd written and not drained yet */
@@ -184,9 +186,10 @@ static void push_bh(struct tblk_loop *loop, struct tblk_bh *bh)
  *
  * A queued item may not start soon (the workers stuck in long items, items of another
  * pool, a producer that keeps the queue full), so deferring is allowed only while the loop
- * sleeps at most lazy_max_ns (defer_ok, see loop_wait()): that bounds the delay. The loop
- * sleeps so only while completions have been coming faster than that (lazy_fast), so slow
- * storage does not pay an empty wake-up per bound.
+ * sleeps at most lazy_max_ns (defer_ok, see loop_wait()): that bounds the delay. A bounded
+ * sleep that ends without a batch is a miss (lazy_learn()): the loop then sleeps unbounded
+ * for a while, longer after each miss, so slow storage or a queue that does not move pays
+ * an empty or late wake-up only now and then.
  *
  * Orderings, all SEQ_CST: we push and then load defer_ok, the loop stores defer_ok and then
  * loads done_head before it sleeps; we store lazy and then load pool_queued, a starter
@@ -268,7 +271,7 @@ struct tblk_loop *tblk_loop_new(GError **errp)
 	tblk_list_init(&loop->hooks);
 	loop->poll_max_ns = tblk__env_ns("TBLK_LOOP_POLL_MAX_NS", LOOP_POLL_MAX_NS);
 	loop->lazy_max_ns = tblk__env_ns("TBLK_LOOP_LAZY_MAX_NS", LOOP_LAZY_MAX_NS);
-	loop->lazy_fast = true;
+	loop->lazy_backoff = 1;
 	loop->poll_break_even_ns = tblk__env_ns("TBLK_LOOP_POLL_BREAK_EVEN_NS",
 						LOOP_POLL_BREAK_EVEN_NS);
 	return loop;
@@ -983,19 +986,28 @@ static int epoll_ready(struct tblk_loop *loop, struct epoll_event *events, bool 
 }
 
 /*
- * After a sleep of @slept_ns: completions that woke the loop within the bound say that
- * deferring pays; a bounded sleep that timed out (@bound_hit) with none says they come
- * slower than the bound, so the next sleeps are unbounded and completions wake the loop at
- * once.
+ * After a sleep: a bounded one that found two or more completions waiting batched them (the
+ * point of deferring); one that reached its bound with fewer was a miss: completions come
+ * slower than the bound, or one was held back by a queue that does not move. After a miss,
+ * the next lazy_skip sleeps are unbounded (completions wake the loop at once), 1, 2, 4 ...
+ * up to LOOP_LAZY_MAX_SKIP after misses in a row.
  */
-static void lazy_learn(struct tblk_loop *loop, bool bound_hit, uint64_t slept_ns)
+static void lazy_learn(struct tblk_loop *loop, bool bounded, bool bound_hit)
 {
-	bool completed = __atomic_load_n(&loop->done_head, __ATOMIC_RELAXED) != NULL;
+	struct tblk_work *head = __atomic_load_n(&loop->done_head, __ATOMIC_ACQUIRE);
 
-	if (completed && slept_ns < loop->lazy_max_ns)
-		loop->lazy_fast = true;
-	else if (bound_hit && !completed)
-		loop->lazy_fast = false;
+	if (!bounded) {
+		if (loop->lazy_skip)
+			loop->lazy_skip--;
+		return;
+	}
+	if (head && head->next) {
+		loop->lazy_backoff = 1;
+	} else if (bound_hit) {
+		loop->lazy_skip = loop->lazy_backoff;
+		if (loop->lazy_backoff < LOOP_LAZY_MAX_SKIP)
+			loop->lazy_backoff *= 2;
+	}
 }
 
 /* Polls, then sleeps in epoll if still nothing to do. Returns the number of events. */
@@ -1022,7 +1034,7 @@ static int loop_wait(struct tblk_loop *loop, struct epoll_event *events, bool bl
 		return epoll_ready(loop, events, false);
 
 	/* Completions may be left pending only during a bounded sleep (see defer_wake()). */
-	bounded = loop->lazy_max_ns && loop->lazy_fast &&
+	bounded = loop->lazy_max_ns && !loop->lazy_skip &&
 		  __atomic_load_n(&loop->pool_queued, __ATOMIC_RELAXED) >= LOOP_LAZY_MIN_QUEUED;
 	__atomic_store_n(&loop->defer_ok, bounded, __ATOMIC_SEQ_CST);
 	__atomic_store_n(&loop->notify_me, true, __ATOMIC_SEQ_CST);
@@ -1036,7 +1048,7 @@ static int loop_wait(struct tblk_loop *loop, struct epoll_event *events, bool bl
 	__atomic_store_n(&loop->notify_me, false, __ATOMIC_SEQ_CST);
 	loop->nr_epoll_skips = 0;
 	if (timeout != 0)
-		lazy_learn(loop, bounded && n == 0, tblk_clock_ns() - start);
+		lazy_learn(loop, bounded, bounded && n == 0);
 	if (timeout != 0)
 		poll_adapt(loop, tblk_clock_ns() - start, n > 0, true);
 	return n;
