@@ -1,12 +1,14 @@
 # SPDX-License-Identifier: MIT
 #
-# lib_qcow2diff.py - shared by the differential qcow2 scripts (t/qcow2-check-repair.t,
-# t/qcow2-overlap.t, t/qcow2-corrupt-events.t, t/qcow2-amend-overlap.t, t/crash-qcow2.t,
-# t/fault-qcow2.t): the build directory and our tools, the skip when the reference tools are
-# missing, the TAP counter, a tool run with its output normalised (program name, image path,
-# qemu-io's timing lines), raw access to a qcow2 file's header, tables and refcounts to make
-# hostile images, and one command line run through a qemu tool and ours on two copies of an
-# image with stdout, stderr, exit status and the file bytes afterwards compared.
+# lib_qcow2diff.py - shared by the differential qcow2 and qemu-img scripts
+# (t/qcow2-check-repair.t, t/qcow2-overlap.t, t/qcow2-corrupt-events.t,
+# t/qcow2-amend-overlap.t, t/crash-qcow2.t, t/fault-qcow2.t, t/img-amend.t, t/img-resize.t,
+# t/img-measure.t, t/copy-on-read.t, t/img-convert-compressed.t): the build directory and our
+# tools, the skip when the reference tools are missing, the TAP counter, a tool run with its
+# output normalised (program name, image path, qemu-io's timing lines), raw access to a qcow2
+# file's header, tables and refcounts to make hostile images, one command line run through a
+# qemu tool and ours on two copies of an image with stdout, stderr, exit status and the file
+# bytes afterwards compared, and a qemu-img command run on two copies of what a set-up made.
 #
 # A script finds this file next to itself:
 #     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -61,10 +63,10 @@ def sh(*argv, cwd=None):
                    stderr=subprocess.PIPE)
 
 
-def run(argv, cwd=None):
-    """(exit status, stdout, stderr) of @argv, decoded, within 60 s."""
+def run(argv, cwd=None, timeout=60):
+    """(exit status, stdout, stderr) of @argv, decoded."""
     p = subprocess.run(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       timeout=60)
+                       timeout=timeout)
     return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
 
 
@@ -137,6 +139,22 @@ def differ(name, tmp, img, cmds=(), ro=False, opts=None, extra=(), img_args=None
     diag = "qemu: rc %d\n%s%s\ntblk: rc %d\n%s%s" % (q[0], q[1], q[2], t[0], t[1], t[2])
     ok(not why, name + (" (%s)" % why if why else ""), diag, todo)
     return q
+
+
+def img_sides(d, setup, argv):
+    """setup(dir) makes the input files in d/q, copied to d/t (one setup for both: snapshots
+    carry timestamps); then qemu-img @argv runs in d/q and tblk-img @argv in d/t. Returns
+    qemu's and ours (exit status, stdout, stderr normalised)."""
+    for side in ("q", "t"):
+        shutil.rmtree(os.path.join(d, side), ignore_errors=True)
+    os.makedirs(os.path.join(d, "q"))
+    setup(os.path.join(d, "q"))
+    shutil.copytree(os.path.join(d, "q"), os.path.join(d, "t"))
+    res = {}
+    for side, tool in (("q", "qemu-img"), ("t", TIMG)):
+        rc, out, err = run([tool] + list(argv), os.path.join(d, side), timeout=120)
+        res[side] = (rc, out, norm(err))
+    return res["q"], res["t"]
 
 
 class Img:
