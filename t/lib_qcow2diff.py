@@ -30,6 +30,7 @@ COPIED = 1 << 63
 COMPRESSED = 1 << 62
 OFF_MASK = 0x00fffffffffffe00
 n = 0
+failed = 0  # tests not ok, but for TODO ones
 
 
 def need(*progs):
@@ -43,8 +44,9 @@ def need(*progs):
 def ok(cond, what, diag="", todo=""):
     """One TAP line; up to 40 lines of @diag after a failure; @todo: the reason of a known
     difference (a TODO directive)."""
-    global n
+    global n, failed
     n += 1
+    failed += 0 if cond or todo else 1
     print("%sok %d - %s%s" % ("" if cond else "not ", n, what, " # TODO " + todo if todo else ""))
     if not cond and diag:
         for line in str(diag).splitlines()[:40]:
