@@ -21,19 +21,11 @@ secs=$2
 shift 2
 src=$(cd "$(dirname "$0")/.." && pwd)
 build=${TBLK_BUILD:-$src/b}
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/tblk-vuab.XXXXXX")
-trap 'kill $dpid 2>/dev/null || true; rm -rf "$tmp"' EXIT
-dpid=
-cc -O2 -Wall -Wextra -D_GNU_SOURCE -pthread -I"$src" -I"$build" -I"$src/include" $(pkg-config --cflags glib-2.0) \
-	-o "$tmp/load" "$src/bench/vhost-user-load.c"
-size=$((1024 * 1024 * 1024))
+# shellcheck source=bench/vhost-user-lib.sh
+. "$src/bench/vhost-user-lib.sh"
+vu_init tblk-vuab
 img=${IMGDIR:-$tmp}
-if [ ! -f "$img/raw.img" ] || [ ! -f "$img/q.qcow2" ]; then
-	qemu-img create -q -f raw "$img/raw.img" $size
-	qemu-img create -q -f qcow2 "$img/q.qcow2" $size
-	qemu-io -f raw -c "write -P 0x5a 0 $size" "$img/raw.img" >/dev/null
-	qemu-io -f qcow2 -c "write -P 0x5a 0 $size" "$img/q.qcow2" >/dev/null
-fi
+vu_images "$img"
 n=0
 for b in "$@"; do
 	n=$((n + 1))
@@ -41,39 +33,17 @@ for b in "$@"; do
 	echo "${b#*=}" >"$tmp/cmd$n"
 done
 
-start() {	# start N FMT QUEUES
-	local f=$img/raw.img
-	[ "$2" = qcow2 ] && f=$img/q.qcow2
-	rm -f "$tmp/s"
-	# shellcheck disable=SC2046
-	$(cat "$tmp/cmd$1") --object iothread,id=io0 \
-		--blockdev "driver=$2,node-name=d,file.driver=file,file.filename=$f,file.aio=native,file.cache.direct=on" \
-		--export "type=vhost-user-blk,id=e,node-name=d,addr.type=unix,addr.path=$tmp/s,writable=on,num-queues=$3,iothread=io0" >/dev/null &
-	dpid=$!
-	while [ ! -S "$tmp/s" ]; do sleep 0.05; done
-	# 'env' execs the program: $dpid is the daemon itself.
-}
-
-stop_daemon() {
-	kill $dpid 2>/dev/null || true
-	for _ in $(seq 50); do kill -0 $dpid 2>/dev/null || break; sleep 0.1; done
-	kill -9 $dpid 2>/dev/null || true
-	wait $dpid 2>/dev/null || true
-	dpid=
-}
-
 cases="raw randwrite 4096 32 1
 raw randread 4096 32 1
 qcow2 randwrite 4096 32 1"
-[ -n "${CASES:-}" ] && cases=$(printf '%s\n' "raw randread 4096 32 1" "raw randread 4096 1 1" \
-	"raw randwrite 4096 32 1" "raw read 65536 8 1" "raw randread 4096 16 2" \
-	"qcow2 randread 4096 32 1" "qcow2 randwrite 4096 32 1" | grep -E "$CASES")
+[ -n "${CASES:-}" ] && cases=$(echo "$vu_all_cases" | grep -E "$CASES")
 echo "$cases" | while read -r fmt rw bs depth nq; do
 	echo "load average at start of $fmt $rw $bs $depth $nq: $(cut -d' ' -f1-3 /proc/loadavg)"
 	for r in $(seq "$rounds"); do
 		for i in $(seq "$n"); do
 			k=$(( (i + r - 2) % n + 1 ))
-			start "$k" "$fmt" "$nq"
+			# shellcheck disable=SC2046
+			vu_start "$img" "$fmt" "$nq" $(cat "$tmp/cmd$k")	# 'env' execs: $dpid is the daemon
 			if [ "${IOSUBMIT:-0}" = 1 ]; then
 				(sleep 0.5; perf record -q -e syscalls:sys_enter_io_submit -p $dpid \
 					-o "$tmp/perf.data" -- sleep 2 >/dev/null 2>&1) &
@@ -88,7 +58,7 @@ echo "$cases" | while read -r fmt rw bs depth nq; do
 					sed -n 's/.*nr: 0x\([0-9a-f]*\).*/\1/p' | sort | uniq -c |
 					while read -r cnt nr; do printf '%d:%d,' "0x$nr" "$cnt"; done)"
 			fi
-			stop_daemon
+			vu_stop
 			echo "$fmt $rw bs=$bs depth=$depth queues=$nq $(cat "$tmp/name$k") round=$r $res$sub"
 		done
 	done

@@ -30,16 +30,8 @@
 set -u
 : "${TBLK_BUILD:?set TBLK_BUILD to the build directory}"
 
-if ! command -v qemu-io >/dev/null || ! command -v qemu-img >/dev/null; then
-	echo "1..0 # SKIP qemu-io/qemu-img not installed"
-	exit 0
-fi
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/tblk-blkdebug.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$tmp/bin" "$tmp/q" "$tmp/t"
-ln -s "$TBLK_BUILD/tools/tblk-io" "$tmp/bin/qemu-io"
-QPATH=$PATH
-TPATH=$tmp/bin:$PATH
+. "$TBLK_SRC/t/lib-diff.sh"
+diff_init blkdebug io qemu-io qemu-img
 
 qemu-img create -q -f qcow2 "$tmp/base.qcow2" 4M
 # A second image with data in its first cluster: overwrites there allocate nothing.
@@ -52,7 +44,6 @@ filter() {
 	sed -E -e "s#[0-9]+ ops; [0-9:.]+( sec)? \\($n [A-Za-z]+/sec and $n ops/sec\\)#X ops; X#"
 }
 
-. "$TBLK_SRC/t/lib-diff.sh"
 n=0
 # conf TEXT: the config file both sides read (printf format).
 conf() {

@@ -67,16 +67,8 @@ set -u
 : "${TBLK_BUILD:?set TBLK_BUILD to the build directory}"
 : "${TBLK_SRC:?set TBLK_SRC to the source directory}"
 
-if ! command -v qemu-img >/dev/null || ! command -v perl >/dev/null; then
-	echo "1..0 # SKIP qemu-img or perl not installed"
-	exit 0
-fi
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/tblk-cli-img-data.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$tmp/bin" "$tmp/q" "$tmp/t"
-ln -s "$TBLK_BUILD/tools/tblk-img" "$tmp/bin/qemu-img"
-QPATH=$PATH
-TPATH=$tmp/bin:$PATH
+. "$TBLK_SRC/t/lib-diff.sh"
+diff_init cli-img-data img qemu-img perl
 K=1024
 M=1048576
 
@@ -218,7 +210,6 @@ listing() {
 	done)
 }
 
-. "$TBLK_SRC/t/lib-diff.sh"
 n=0
 # run_case MODE NAME ARGS...: MODE "exact", "nostdout" (stdout is a help text: compare the
 # rest) or "content" (qcow2 targets compared by content). $TODO marks a known difference

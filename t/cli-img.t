@@ -50,16 +50,8 @@
 set -u
 : "${TBLK_BUILD:?set TBLK_BUILD to the build directory}"
 
-if ! command -v qemu-img >/dev/null; then
-	echo "1..0 # SKIP qemu-img not installed"
-	exit 0
-fi
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/tblk-cli-img.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$tmp/bin" "$tmp/q" "$tmp/t"
-ln -s "$TBLK_BUILD/tools/tblk-img" "$tmp/bin/qemu-img"
-QPATH=$PATH
-TPATH=$tmp/bin:$PATH
+. "$TBLK_SRC/t/lib-diff.sh"
+diff_init cli-img img qemu-img
 
 # The files every case starts with: an 8 MiB image, a 1 MiB one with data, odd names.
 qemu-img create -q -f raw "$tmp/base.img" 8M
@@ -121,7 +113,6 @@ listing() {
 	done)
 }
 
-. "$TBLK_SRC/t/lib-diff.sh"
 n=0
 # run_case MODE NAME ARGS...: MODE "exact", "blocks" (also compare allocated blocks), or
 # "nostdout" (stdout is a help text: compare the rest). $TODO marks a known difference that is the library's (TAP TODO).

@@ -85,16 +85,8 @@
 set -u
 : "${TBLK_BUILD:?set TBLK_BUILD to the build directory}"
 
-if ! command -v qemu-io >/dev/null || ! command -v qemu-img >/dev/null; then
-	echo "1..0 # SKIP qemu-io/qemu-img not installed"
-	exit 0
-fi
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/tblk-cli-io.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$tmp/bin" "$tmp/q" "$tmp/t"
-ln -s "$TBLK_BUILD/tools/tblk-io" "$tmp/bin/qemu-io"
-QPATH=$PATH
-TPATH=$tmp/bin:$PATH
+. "$TBLK_SRC/t/lib-diff.sh"
+diff_init cli-io io qemu-io qemu-img
 
 # The base images: 1 MiB with known data, and one of an odd size.
 qemu-img create -q -f raw "$tmp/base.img" 1M
@@ -109,7 +101,6 @@ filter() {
 		-e 's#^([0-9]+,[0-9]+),[0-9:.]+,[0-9.inf]+,[0-9.inf]+$#\1,X,X,X#'
 }
 
-. "$TBLK_SRC/t/lib-diff.sh"
 n=0
 # run_case MODE NAME ARGS...: MODE is "exact", "sort" (completion order may vary: compare
 # sorted lines), "nostdout" (stdout is a usage text, compare stderr and status only) or

@@ -24,16 +24,15 @@
 # A compressed write that fails over an allocated cluster: qemu has up to 8 clusters in
 # flight and still writes those after the failing one, tblk-io stops at the failing cluster
 # (same output, other image bytes).
-import hashlib
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 
-BUILD = os.environ.get("TBLK_BUILD", "build")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lib_sweep  # noqa: E402
+
 SEED = 7
 COUNT = 300
 
@@ -240,84 +239,19 @@ def filt(s):
     return re.sub(r"Run completed in [0-9.]+ seconds", "Run completed", s)
 
 
-def state(d):
-    out = []
-    for f in sorted(os.listdir(d)):
-        with open(os.path.join(d, f), "rb") as fh:
-            out.append("%s %s" % (f, hashlib.md5(fh.read()).hexdigest()))
-    return "\n".join(out)
-
-
-def known(argv, q, t):
+def known(argv, q, t, diag):
     """The reason of a known difference (see the file comment), or ""."""
-    if argv[0] != "qemu-io":
-        return ""
-    same_but_order = (q[0], q[2], q[3]) == (t[0], t[2], t[3]) and \
-        sorted(q[1].splitlines()) == sorted(t[1].splitlines())
-    if same_but_order and any(a.startswith("aio_") for a in argv):
-        return "TODO the order qemu-io prints AIO completions in"
-    if q[:3] == t[:3] and "write failed" in q[1] and any(a.startswith("write -c") for a in argv):
-        return "TODO qemu writes the compressed clusters in flight after a failing one"
-    return ""
+    return lib_sweep.known_kind(argv, q, t) if diag else ""
 
 
-def run_side(tmp, base, side, argv, path):
-    d = os.path.join(tmp, side)
-    shutil.rmtree(d, ignore_errors=True)
-    shutil.copytree(base, d)
-    env = dict(os.environ, PATH=path)
-    try:
-        p = subprocess.run(argv, cwd=d, env=env, capture_output=True, text=True, timeout=60,
-                           errors="replace")
-        return (p.returncode, filt(p.stdout), p.stderr, state(d))
-    except subprocess.TimeoutExpired:
-        return ("timeout", "", "", "")
+def qemu_aborts(argv, q, t):
+    return (True, "qemu aborts (a qemu bug)") if q[0] == -6 else None
 
 
 def main():
-    if not shutil.which("qemu-img") or not shutil.which("qemu-io"):
-        print("1..0 # SKIP qemu-img or qemu-io not installed")
-        return 0
-    tmp = tempfile.mkdtemp(prefix="tblk-cli-sweep-")
-    results = []
-    try:
-        base = os.path.join(tmp, "base")
-        make_images(base)
-        bindir = os.path.join(tmp, "bin")
-        os.makedirs(bindir)
-        for t, n in (("tblk-img", "qemu-img"), ("tblk-io", "qemu-io")):
-            os.symlink(os.path.abspath(os.path.join(BUILD, "tools", t)), os.path.join(bindir, n))
-        qpath = os.environ["PATH"]
-        tpath = bindir + ":" + qpath
-        lines = [gen() for _ in range(COUNT)] + FIXED + KNOWN
-        for argv in lines:
-            name = " ".join(repr(a) if (" " in a or not a) else a for a in argv)
-            if argv[1:3] == ["snapshot", "-c"]:
-                results.append((True, name, "", "the snapshot's creation time"))
-                continue
-            q = run_side(tmp, base, "q", argv, qpath)
-            t = run_side(tmp, base, "t", argv, tpath)
-            if q[0] == -6:
-                results.append((True, name, "", "qemu aborts (a qemu bug)"))
-                continue
-            diag = []
-            for k, what in enumerate(("exit status", "stdout", "stderr", "images")):
-                if q[k] != t[k]:
-                    diag.append("%s: qemu %r" % (what, q[k]))
-                    diag.append("%s: ours %r" % (what, t[k]))
-            results.append((not diag, name, "\n".join(diag), known(argv, q, t) if diag else ""))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print("1..%d" % len(results))
-    for i, (good, name, diag, skip) in enumerate(results, 1):
-        if skip.startswith("TODO"):
-            print("not ok %d - %s # %s" % (i, name, skip))
-        else:
-            print("%s %d - %s%s" % ("ok" if good else "not ok", i, name,
-                                    " # SKIP " + skip if skip else ""))
-        for line in diag.splitlines():
-            print("#   " + line)
-    return 0
+    lines = [gen() for _ in range(COUNT)] + FIXED + KNOWN
+    return lib_sweep.sweep("tblk-cli-sweep-", make_images, lines, filt, timeout=60, known=known,
+                           verdict=qemu_aborts)
 
 
 if __name__ == "__main__":

@@ -24,17 +24,15 @@
 # failing one (both as in t/cli-sweep.t). A convert -c target is compared byte for byte too:
 # tblk compresses side by side but places the clusters in order, as qemu (more in
 # t/img-convert-compressed.t).
-import hashlib
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
 
-BUILD = os.environ.get("TBLK_BUILD", "build")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lib_sweep  # noqa: E402
+
 SEED = 11
 COUNT = 260
 
@@ -380,17 +378,6 @@ KNOWN = [
 ]
 
 
-def known_kind(argv, q, t):
-    """The reason of a known difference of a generated line, or ""."""
-    same_but_order = (q[0], q[2], q[3]) == (t[0], t[2], t[3]) and \
-        sorted(q[1].splitlines()) == sorted(t[1].splitlines())
-    if same_but_order and any(a.startswith("aio_") for a in argv):
-        return "the order qemu-io prints AIO completions in (see t/cli-sweep.t)"
-    if q[:3] == t[:3] and "write failed" in q[1] and any(a.startswith("write -c") for a in argv):
-        return "qemu writes the compressed clusters in flight after a failing one"
-    return ""
-
-
 def filt(s):
     """Timings out; qemu's generated node names (a counter and random digits) as #blockN; of
     a run of progress figures, the first and the last (which ones qemu draws in between,
@@ -403,89 +390,28 @@ def filt(s):
     return re.sub(r"Run completed in [0-9.]+ seconds", "Run completed", s)
 
 
-def state(d):
-    out = []
-    for f in sorted(os.listdir(d)):
-        with open(os.path.join(d, f), "rb") as fh:
-            out.append("%s %s" % (f, hashlib.md5(fh.read()).hexdigest()))
-    return "\n".join(out)
-
-
-def run_side(tmp, base, side, argv, path):
-    d = os.path.join(tmp, side)
-    shutil.rmtree(d, ignore_errors=True)
-    shutil.copytree(base, d)
-    env = dict(os.environ, PATH=path)
-    try:
-        p = subprocess.run(argv, cwd=d, env=env, capture_output=True, text=True, timeout=20,
-                           errors="replace", stdin=subprocess.DEVNULL)
-        return (p.returncode, filt(p.stdout), p.stderr, state(d))
-    except subprocess.TimeoutExpired:
-        return ("timeout", "", "", "")
-
-
 def is_help(argv):
     return argv[0] == "qemu-img" and any(a in ("-h", "--help") for a in argv[1:3]) or \
         argv[0:2] == ["qemu-img", "-V"]
 
 
+def help_verdict(argv, q, t):
+    """The help texts are our own words: only the exit status, stderr, the files and
+    whether there is a text are compared."""
+    if is_help(argv) and q[0] == t[0] and q[2:] == t[2:] and bool(q[1]) == bool(t[1]):
+        return (True, "")
+    return None
+
+
 def main():
-    if not shutil.which("qemu-img") or not shutil.which("qemu-io"):
-        print("1..0 # SKIP qemu-img or qemu-io not installed")
-        return 0
-    only_diff = os.environ.get("SWEEP_ONLY_DIFF")
-    tmp = tempfile.mkdtemp(prefix="tblk-cli-sweep2-")
-    results = []
-    slow = []
-    try:
-        base = os.path.join(tmp, "base")
-        make_images(base)
-        bindir = os.path.join(tmp, "bin")
-        os.makedirs(bindir)
-        for t, n in (("tblk-img", "qemu-img"), ("tblk-io", "qemu-io")):
-            os.symlink(os.path.abspath(os.path.join(BUILD, "tools", t)), os.path.join(bindir, n))
-        qpath = os.environ["PATH"]
-        tpath = bindir + ":" + qpath
-        known = {tuple(a): why for a, why in KNOWN}
-        lines = [gen() for _ in range(COUNT)] + FIXED + [a for a, _ in KNOWN]
-        for argv in lines:
-            name = " ".join(repr(a) if (" " in a or not a) else a for a in argv)
-            if argv[1:3] == ["snapshot", "-c"]:
-                results.append((True, name, "", "the snapshot's creation time"))
-                continue
-            t0 = time.time()
-            q = run_side(tmp, base, "q", argv, qpath)
-            t1 = time.time()
-            t = run_side(tmp, base, "t", argv, tpath)
-            slow.append((time.time() - t1, t1 - t0, name))
-            if is_help(argv) and q[0] == t[0] and q[2:] == t[2:] and \
-                    bool(q[1]) == bool(t[1]):
-                results.append((True, name, "", ""))
-                continue
-            diag = []
-            for k, what in enumerate(("exit status", "stdout", "stderr", "images")):
-                if q[k] != t[k]:
-                    diag.append("%s: qemu %r" % (what, q[k]))
-                    diag.append("%s: ours %r" % (what, t[k]))
-            why = known.get(tuple(argv), "") or (known_kind(argv, q, t) if diag else "")
-            results.append((not diag, name, "\n".join(diag), "TODO " + why if why else ""))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if only_diff:
-        for ours, theirs, name in sorted(slow)[-8:]:
-            sys.stderr.write("slow: ours %.2fs qemu %.2fs %s\n" % (ours, theirs, name))
-    print("1..%d" % len(results))
-    for i, (good, name, diag, skip) in enumerate(results, 1):
-        if only_diff and good:
-            continue
-        if skip.startswith("TODO"):
-            print("%s %d - %s # %s" % ("ok" if good else "not ok", i, name, skip))
-        else:
-            print("%s %d - %s%s" % ("ok" if good else "not ok", i, name,
-                                    " # SKIP " + skip if skip else ""))
-        for line in diag.splitlines():
-            print("#   " + line)
-    return 0
+    known = {tuple(a): why for a, why in KNOWN}
+
+    def known_why(argv, q, t, diag):
+        return known.get(tuple(argv), "") or (lib_sweep.known_kind(argv, q, t) if diag else "")
+
+    lines = [gen() for _ in range(COUNT)] + FIXED + [a for a, _ in KNOWN]
+    return lib_sweep.sweep("tblk-cli-sweep2-", make_images, lines, filt, timeout=20,
+                           known=known_why, verdict=help_verdict)
 
 
 if __name__ == "__main__":

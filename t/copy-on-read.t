@@ -14,22 +14,17 @@ import subprocess
 import sys
 import tempfile
 
-BUILD = os.environ.get("TBLK_BUILD", "build")
-TIO = os.path.join(BUILD, "tools", "tblk-io")
-tests = []
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lib_qcow2diff as D  # noqa: E402
+from lib_qcow2diff import TIO, ok  # noqa: E402
 
 
 def run(argv, cwd):
-    p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=120)
-    return p.returncode, p.stdout, p.stderr
+    return D.run(argv, cwd, timeout=120)
 
 
 def filt(out):
     return "".join(l for l in out.splitlines(True) if " ops; " not in l)
-
-
-def ok(cond, name, diag=""):
-    tests.append((bool(cond), name, diag))
 
 
 def cmds(lst):
@@ -133,13 +128,8 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"1..{len(tests)}")
-    for i, (good, name, diag) in enumerate(tests, 1):
-        print(f"{'ok' if good else 'not ok'} {i} - {name}")
-        if not good and diag:
-            for l in diag.splitlines():
-                print("# " + l)
-    return 0 if all(t[0] for t in tests) else 1
+    D.plan()
+    return 1 if D.failed else 0
 
 
 if __name__ == "__main__":

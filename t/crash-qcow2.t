@@ -36,13 +36,11 @@ import sys
 import tempfile
 import time
 
-BUILD = os.environ.get("TBLK_BUILD")
-if not BUILD:
-    sys.exit("set TBLK_BUILD to the build directory")
-TBLK_IO = os.path.join(BUILD, "tools", "tblk-io")
-if not shutil.which("qemu-img") or not shutil.which("stdbuf"):
-    print("1..0 # SKIP qemu-img or stdbuf not installed")
-    sys.exit(0)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lib_qcow2diff as D  # noqa: E402
+
+TBLK_IO = D.TIO
+D.need("qemu-img", "stdbuf")
 
 K, M = 1024, 1024 * 1024
 SIZE = 8 * M
@@ -181,7 +179,7 @@ def dirty_image_tests(tmp, result):
     qemu does when it crashes: such an image is repaired when opened read-write, as qemu
     does, and checked and repaired by tblk-img as by qemu-img.
     """
-    tblk_img = os.path.join(BUILD, "tools", "tblk-img")
+    tblk_img = D.TIMG
     base = os.path.join(tmp, "dirty.qcow2")
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on",
                     base, "4M"], check=True)

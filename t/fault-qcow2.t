@@ -24,13 +24,11 @@ import subprocess
 import sys
 import tempfile
 
-BUILD = os.environ.get("TBLK_BUILD")
-if not BUILD:
-    sys.exit("set TBLK_BUILD to the build directory")
-TBLK_IO = os.path.join(BUILD, "tools", "tblk-io")
-if not shutil.which("qemu-io") or not shutil.which("qemu-img"):
-    print("1..0 # SKIP qemu-io/qemu-img not installed")
-    sys.exit(0)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lib_qcow2diff as D  # noqa: E402
+
+TBLK_IO = D.TIO
+D.need("qemu-io", "qemu-img")
 
 EVENTS = """l1_update l1_grow_alloc_table l1_grow_write_table l1_grow_activate_table l2_load
 l2_update l2_update_compressed l2_alloc_cow_read l2_alloc_write read_aio read_backing_aio

@@ -13,14 +13,12 @@ import subprocess
 import sys
 import tempfile
 
-BUILD = os.environ.get("TBLK_BUILD", "build")
-TIMG = os.path.join(BUILD, "tools", "tblk-img")
-tests = []
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lib_qcow2diff as D  # noqa: E402
 
 
 def run(argv, cwd):
-    p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=120)
-    return p.returncode, p.stdout, p.stderr
+    return D.run(argv, cwd, timeout=120)
 
 
 def sh(cmds, cwd):
@@ -36,18 +34,7 @@ def diff_case(d, name, setup, args, same_bytes=True, qemu_repaired=False):
     """same_bytes False: where qemu's result fails its own check, compare contents only.
     qemu_repaired: qemu's result fails its own check; once `qemu-img check -r all` has
     repaired it, it must be byte-identical to ours (which needs no repair)."""
-    res = {}
-    for side in ("q", "t"):
-        shutil.rmtree(os.path.join(d, side), ignore_errors=True)
-    os.makedirs(os.path.join(d, "q"))
-    setup(os.path.join(d, "q"))
-    # one setup copied: snapshots carry timestamps
-    shutil.copytree(os.path.join(d, "q"), os.path.join(d, "t"))
-    for side, tool in (("q", "qemu-img"), ("t", TIMG)):
-        sd = os.path.join(d, side)
-        rc, out, err = run([tool, "amend"] + args, sd)
-        res[side] = (rc, out, err.replace(os.path.basename(tool) + ":", "PROG:"))
-    q, t = res["q"], res["t"]
+    q, t = D.img_sides(d, setup, ["amend"] + args)
     why = ""
     if qemu_repaired and q[0] == 0:
         rc, out, err = run(["qemu-img", "check", "-r", "all", "img.qcow2"],
@@ -68,7 +55,7 @@ def diff_case(d, name, setup, args, same_bytes=True, qemu_repaired=False):
         rc, out, err = run(["qemu-img", "check", "img.qcow2"], os.path.join(d, "t"))
         if rc != 0:
             why = "qemu-img check: " + out + err
-    tests.append((not why, "%s: amend %s" % (name, " ".join(args)), why))
+    D.ok(not why, "%s: amend %s" % (name, " ".join(args)), why)
 
 
 def setup_fn(opts, writes, backing=False):
@@ -146,8 +133,8 @@ def main():
              "s1.raw"]], sd)
         with open(os.path.join(sd, "s1.raw"), "rb") as f:
             head = f.read(65536)
-        tests.append((head == bytes(65536), "after our downgrade, a write leaves the "
-                      "snapshot's zero cluster zero", "s1 starts %r" % head[:4]))
+        D.ok(head == bytes(65536), "after our downgrade, a write leaves the snapshot's zero "
+             "cluster zero", "s1 starts %r" % head[:4])
         # compressed clusters (many references to one host cluster), external data file
         comp = setup_fn("cluster_size=65536", ("write -c -P 4 0 1M", "write -z 2M 64k"))
         for ch in ("compat=0.10", "refcount_bits=8", "refcount_bits=2", "size=1M"):
@@ -217,12 +204,7 @@ def main():
             diff_case(d, "bad input", plain, b)
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    print("1..%d" % len(tests))
-    for i, (good, name, diag) in enumerate(tests, 1):
-        print("%s %d - %s" % ("ok" if good else "not ok", i, name))
-        if not good:
-            for line in diag.splitlines():
-                print("#   " + line)
+    D.plan()
     return 0
 
 

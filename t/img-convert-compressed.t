@@ -16,8 +16,10 @@ import subprocess
 import sys
 import tempfile
 
-BUILD = os.environ.get("TBLK_BUILD", "build")
-TIMG = os.path.abspath(os.path.join(BUILD, "tools", "tblk-img"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lib_qcow2diff as D  # noqa: E402
+
+TIMG = os.path.abspath(D.TIMG)
 MiB = 1 << 20
 
 
@@ -40,17 +42,9 @@ def make_source(path):
                 f.write(b"\0" * 65536)
 
 
-def same_file(a, b):
-    with open(a, "rb") as x, open(b, "rb") as y:
-        return x.read() == y.read()
-
-
 def main():
-    if not shutil.which("qemu-img"):
-        print("1..0 # SKIP qemu-img not installed")
-        return 0
+    D.need("qemu-img")
     d = tempfile.mkdtemp(prefix="tblk-convert-c-")
-    tests = []
     try:
         make_source(os.path.join(d, "src.raw"))
         sh(d, "qemu-img", "convert", "-O", "qcow2", "src.raw", "src.qcow2")
@@ -62,30 +56,24 @@ def main():
             for args in cases:
                 name = "convert %s -O qcow2 %s" % (" ".join(args), src)
                 q = sh(d, "qemu-img", "convert", *args, "-O", "qcow2", src, "q.qcow2")
-                for run in range(3 if "-c" in args else 1):
+                for i in range(3 if "-c" in args else 1):
                     t = sh(d, TIMG, "convert", *args, "-O", "qcow2", src, "t.qcow2")
-                    ok = q.returncode == 0 and t.returncode == 0 and \
-                        same_file(os.path.join(d, "q.qcow2"), os.path.join(d, "t.qcow2"))
-                    tests.append((ok, "%s: the same file as qemu-img's (run %d)" %
-                                  (name, run + 1), q.stderr + t.stderr))
+                    why = D.file_difference(os.path.join(d, "q.qcow2"), os.path.join(d, "t.qcow2"))
+                    D.ok(q.returncode == 0 and t.returncode == 0 and not why,
+                         "%s: the same file as qemu-img's (run %d)" % (name, i + 1),
+                         q.stderr + t.stderr + why)
             # -W: any order, the same guest data
             t = sh(d, TIMG, "convert", "-c", "-W", "-O", "qcow2", src, "t.qcow2")
             c = sh(d, "qemu-img", "compare", "-q", src, "t.qcow2")
-            tests.append((t.returncode == 0 and c.returncode == 0,
-                          "convert -c -W -O qcow2 %s: the guest data of the source" % src,
-                          t.stderr + c.stdout + c.stderr))
+            D.ok(t.returncode == 0 and c.returncode == 0,
+                 "convert -c -W -O qcow2 %s: the guest data of the source" % src,
+                 t.stderr + c.stdout + c.stderr)
         # the source has compressed and uncompressed clusters: both paths were taken
         m = sh(d, "qemu-img", "check", "--output=json", "t.qcow2")
-        tests.append(('"compressed-clusters"' in m.stdout, "the target has compressed clusters",
-                      m.stdout))
+        D.ok('"compressed-clusters"' in m.stdout, "the target has compressed clusters", m.stdout)
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    print("1..%d" % len(tests))
-    for i, (good, name, why) in enumerate(tests, 1):
-        print("%s %d - %s" % ("ok" if good else "not ok", i, name))
-        if not good:
-            for line in why.splitlines():
-                print("#   " + line)
+    D.plan()
     return 0
 
 

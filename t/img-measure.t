@@ -15,23 +15,17 @@ import subprocess
 import sys
 import tempfile
 
-BUILD = os.environ.get("TBLK_BUILD", "build")
-TIMG = os.path.join(BUILD, "tools", "tblk-img")
-tests = []
-
-
-def run(argv, cwd):
-    p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60)
-    return p.returncode, p.stdout, p.stderr
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lib_qcow2diff as D  # noqa: E402
 
 
 def case(d, args):
-    q = run(["qemu-img", "measure"] + args, d)
-    t = run([TIMG, "measure"] + args, d)
-    q = (q[0], q[1], q[2].replace("qemu-img:", "PROG:"))
-    t = (t[0], t[1], t[2].replace(os.path.basename(TIMG) + ":", "PROG:"))
+    q = D.run(["qemu-img", "measure"] + args, d)
+    t = D.run([D.TIMG, "measure"] + args, d)
+    q = (q[0], q[1], D.norm(q[2]))
+    t = (t[0], t[1], D.norm(t[2]))
     why = "" if q == t else "qemu-img %r\n  ours %r" % (q, t)
-    tests.append((not why, "measure " + " ".join(args), why))
+    D.ok(not why, "measure " + " ".join(args), why)
 
 
 def sh(d, *argv):
@@ -127,12 +121,7 @@ def main():
             case(d, ["-O", f, "-f", "raw", "r.raw"])
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    print("1..%d" % len(tests))
-    for i, (good, name, diag) in enumerate(tests, 1):
-        print("%s %d - %s" % ("ok" if good else "not ok", i, name))
-        if not good:
-            for line in diag.splitlines():
-                print("#   " + line)
+    D.plan()
     return 0
 
 

@@ -13,22 +13,13 @@ import subprocess
 import sys
 import tempfile
 
-BUILD = os.environ.get("TBLK_BUILD", "build")
-TIMG = os.path.join(BUILD, "tools", "tblk-img")
-tests = []
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lib_qcow2diff as D  # noqa: E402
+from lib_qcow2diff import TIMG, ok  # noqa: E402
 
 
 def run(argv, cwd):
-    p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=120)
-    return p.returncode, p.stdout, p.stderr
-
-
-def ok(cond, name, diag=""):
-    tests.append((bool(cond), name, diag))
-
-
-def norm(err, prog):
-    return err.replace(prog + ":", "PROG:")
+    return D.run(argv, cwd, timeout=120)
 
 
 def same_files(a, b):
@@ -41,18 +32,7 @@ def same_files(a, b):
 
 def diff_case(d, name, setup, args, files=("img",), check=True):
     """setup(dir) makes the input files; args: the resize arguments (file names relative)."""
-    res = {}
-    for side in ("q", "t"):
-        shutil.rmtree(os.path.join(d, side), ignore_errors=True)
-    os.makedirs(os.path.join(d, "q"))
-    setup(os.path.join(d, "q"))
-    # one setup copied to both sides: snapshots carry timestamps
-    shutil.copytree(os.path.join(d, "q"), os.path.join(d, "t"))
-    for side, tool in (("q", "qemu-img"), ("t", TIMG)):
-        sd = os.path.join(d, side)
-        rc, out, err = run([tool, "resize"] + args, sd)
-        res[side] = (rc, out, norm(err, os.path.basename(tool)))
-    q, t = res["q"], res["t"]
+    q, t = D.img_sides(d, setup, ["resize"] + args)
     why = ""
     if q[0] != t[0]:
         why = "exit status %d vs %d" % (q[0], t[0])
@@ -240,12 +220,7 @@ def main():
                "create -f raw -o %s: same file" % opts, r[2])
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    print("1..%d" % len(tests))
-    for i, (good, name, diag) in enumerate(tests, 1):
-        print("%s %d - %s" % ("ok" if good else "not ok", i, name))
-        if not good:
-            for line in str(diag).splitlines():
-                print("#   " + line)
+    D.plan()
     return 0
 
 

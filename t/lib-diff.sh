@@ -1,6 +1,29 @@
-# lib-diff.sh - sourced by the differential CLI tests: the verdict on one case run through
-# the reference tool (in $tmp/q) and through ours (in $tmp/t). Each side left rc (exit
-# status), out.f (filtered stdout) and err; the caller names the state files to compare.
+# lib-diff.sh - sourced by the differential CLI tests: their scratch directory and PATHs,
+# and the verdict on one case run through the reference tool (in $tmp/q) and through ours
+# (in $tmp/t). Each side left rc (exit status), out.f (filtered stdout) and err; the caller
+# names the state files to compare.
+
+# diff_init NAME TOOLS PROG...: skips the whole script unless every PROG is installed; makes
+# $tmp (removed at exit) with q/, t/ and bin/, where each of our tools named in TOOLS ("img",
+# "io") stands as qemu-img or qemu-io. PATH=$QPATH runs the reference tools, PATH=$TPATH ours.
+diff_init() {
+	local name=$1 tools=$2 p
+	shift 2
+	for p in "$@"; do
+		if ! command -v "$p" >/dev/null; then
+			echo "1..0 # SKIP $p not installed"
+			exit 0
+		fi
+	done
+	tmp=$(mktemp -d "${TMPDIR:-/tmp}/tblk-$name.XXXXXX")
+	trap 'rm -rf "$tmp"' EXIT
+	mkdir -p "$tmp/bin" "$tmp/q" "$tmp/t"
+	for p in $tools; do
+		ln -s "$TBLK_BUILD/tools/tblk-$p" "$tmp/bin/qemu-$p"
+	done
+	QPATH=$PATH
+	TPATH=$tmp/bin:$PATH
+}
 
 # verdict NAME TOOL QSTATE TSTATE STATE_WHAT ARGS...: prints "ok N" or "not ok N" with the
 # first difference (exit status, stdout, stderr, then the state files) and the diffs. $n is

@@ -14,94 +14,14 @@ the file untouched.
 import os
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 
-BUILD = os.environ.get("TBLK_BUILD")
-if not BUILD:
-    sys.exit("set TBLK_BUILD to the build directory")
-TIMG = os.path.join(BUILD, "tools", "tblk-img")
-if not shutil.which("qemu-img") or not shutil.which("qemu-io"):
-    print("1..0 # SKIP qemu-img/qemu-io not installed")
-    sys.exit(0)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lib_qcow2diff as D  # noqa: E402
+from lib_qcow2diff import COPIED, OFF_MASK, sh  # noqa: E402
 
-OFF_MASK = 0x00fffffffffffe00
-COPIED = 1 << 63
-n = 0
-
-
-def ok(cond, what, diag=""):
-    global n
-    n += 1
-    print("%sok %d - %s" % ("" if cond else "not ", n, what))
-    if not cond and diag:
-        for line in diag.splitlines()[:40]:
-            print("#   " + line)
-    return cond
-
-
-class Img:
-    """Raw access to a qcow2 file's header, L1/L2 tables and refcounts."""
-
-    def __init__(self, path):
-        self.f = open(path, "r+b")
-        h = self.read(0, 104)
-        self.cluster_bits = struct.unpack(">I", h[20:24])[0]
-        self.cs = 1 << self.cluster_bits
-        self.l1_size = struct.unpack(">I", h[36:40])[0]
-        self.l1_off = struct.unpack(">Q", h[40:48])[0]
-        self.rt_off = struct.unpack(">Q", h[48:56])[0]
-        self.rt_clusters = struct.unpack(">I", h[56:60])[0]
-        self.rc_order = struct.unpack(">I", h[96:100])[0] if h[7] >= 3 else 4
-        incompat = struct.unpack(">Q", h[72:80])[0] if h[7] >= 3 else 0
-        self.l2_entry = 16 if incompat & 16 else 8
-
-    def close(self):
-        self.f.close()
-
-    def read(self, off, n):
-        self.f.seek(off)
-        return self.f.read(n)
-
-    def write(self, off, data):
-        self.f.seek(off)
-        self.f.write(data)
-
-    def u64(self, off):
-        return struct.unpack(">Q", self.read(off, 8))[0]
-
-    def set_u64(self, off, v):
-        self.write(off, struct.pack(">Q", v))
-
-    def l1(self, i):
-        return self.u64(self.l1_off + 8 * i)
-
-    def set_l1(self, i, v):
-        self.set_u64(self.l1_off + 8 * i, v)
-
-    def l2(self, i, j):
-        return self.u64((self.l1(i) & OFF_MASK) + self.l2_entry * j)
-
-    def set_l2(self, i, j, v):
-        self.set_u64((self.l1(i) & OFF_MASK) + self.l2_entry * j, v)
-
-    def rc_addr(self, cluster):
-        """File offset and bit position of a cluster's refcount (16-bit refcounts only)."""
-        assert self.rc_order == 4
-        per_block = self.cs * 8 >> self.rc_order
-        blk = self.u64(self.rt_off + 8 * (cluster // per_block))
-        return blk + 2 * (cluster % per_block)
-
-    def refcount(self, cluster):
-        return struct.unpack(">H", self.read(self.rc_addr(cluster), 2))[0]
-
-    def set_refcount(self, cluster, v):
-        self.write(self.rc_addr(cluster), struct.pack(">H", v))
-
-
-def sh(*argv):
-    subprocess.run(argv, check=True, capture_output=True)
+D.need("qemu-img", "qemu-io")
 
 
 def make(path, size="2G", opts=(), cmds=()):
@@ -214,7 +134,7 @@ def reftable_reserved(m):
 
 def bitmap_dir(m):
     """The bitmaps extension's directory offset, as the header extension stores it."""
-    off = 104 if m.read(7, 1)[0] < 3 else struct.unpack(">I", m.read(100, 4))[0]
+    off = 104 if m.version < 3 else struct.unpack(">I", m.read(100, 4))[0]
     while True:
         magic, length = struct.unpack(">II", m.read(off, 8))
         if magic == 0:
@@ -235,11 +155,6 @@ def bitmap_table_past_eof(m):
     m.set_u64(d, 1 << 40)
 
 
-def snap_l1(m):
-    """The first snapshot's L1 table offset."""
-    return m.u64(m.u64(64))
-
-
 def l2_over_l1(m):
     # an L2 table in the active L1 table, whose entry 0 keeps a COPIED flag that the shared
     # table no longer merits: its repair would write the L1 table where an L2 table lies
@@ -249,14 +164,14 @@ def l2_over_l1(m):
 def l2_over_snapshot_l1(m):
     # an L2 table in a snapshot's L1 table whose entry 0 has COPIED: repairing that entry
     # would write the L2 table over the snapshot's L1 table
-    sl1 = snap_l1(m)
+    sl1 = m.sn_l1_off()
     m.set_u64(sl1, m.u64(sl1) | COPIED)
     m.set_l1(1, sl1)
 
 
 def prealloc_over_snapshot_l1(m):
     # the same, with a misaligned preallocated zero cluster in that entry instead
-    sl1 = snap_l1(m)
+    sl1 = m.sn_l1_off()
     m.set_u64(sl1 + 8, (m.l2(0, 4) & OFF_MASK) + 512 | 1)
     m.set_l1(1, sl1)
 
@@ -316,19 +231,11 @@ KNOWN = {
 }
 
 
-def run(argv, cwd):
-    p = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=60)
-    err = p.stderr.replace("qemu-img:", "PROG:").replace("tblk-img:", "PROG:")
-    return p.returncode, p.stdout, err
-
-
 def main():
     where = os.environ.get("TMPDIR") or ("/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
     tmp = tempfile.mkdtemp(prefix="tblk-check-", dir=where)
     only = os.environ.get("TBLK_CASE")
     try:
-        for qd in ("q", "t"):
-            os.mkdir(os.path.join(tmp, qd))
         for name, setup, damage in CASES:
             if only and only not in name:
                 continue
@@ -339,38 +246,18 @@ def main():
             if setup.get("bitmap"):
                 sh("qemu-img", "bitmap", "--add", orig, "b0")
                 sh("qemu-io", "-c", "write -P 5 1M 64k", orig)
-            m = Img(orig)
-            damage(m)
-            m.close()
+            damage(D.Img(orig))
             for mode in MODES:
                 for out in ("human", "json"):
                     what = "%s: check %s--output=%s" % (name, " ".join(mode) + " " if mode
                                                         else "", out)
-                    res = {}
-                    for tool, prog in (("q", "qemu-img"), ("t", TIMG)):
-                        d = os.path.join(tmp, tool)
-                        shutil.copyfile(orig, os.path.join(d, "i.qcow2"))
-                        res[tool] = run([prog, "check"] + mode + ["--output=" + out,
-                                        "i.qcow2"], d)
-                    (qrc, qout, qerr), (trc, tout, terr) = res["q"], res["t"]
-                    qf, tf = (os.path.join(tmp, d, "i.qcow2") for d in ("q", "t"))
-                    same_file = subprocess.run(["cmp", "-s", qf, tf]).returncode == 0
-                    diag = ""
-                    if qrc != trc:
-                        diag += "exit %d vs %d\n" % (qrc, trc)
-                    if qout != tout:
-                        diag += "stdout\n qemu: %r\n tblk: %r\n" % (qout, tout)
-                    if qerr != terr:
-                        diag += "stderr\n qemu: %r\n tblk: %r\n" % (qerr, terr)
-                    if not same_file:
-                        diag += subprocess.run(["cmp", qf, tf], capture_output=True,
-                                               text=True).stdout
-                    todo = KNOWN.get((name, bool(mode)))
-                    ok(not diag, what + (" # TODO " + todo if todo else ""), diag)
+                    D.differ(what, tmp, orig, img_args=["check"] + mode + ["--output=" + out],
+                             todo=KNOWN.get((name, bool(mode)), ""))
                     if not mode:
-                        untouched = subprocess.run(["cmp", "-s", orig, tf]).returncode == 0
-                        ok(untouched, "%s: check without -r leaves the file untouched" % what)
-        print("1..%d" % n)
+                        why = D.file_difference(orig, os.path.join(tmp, "t.qcow2"))
+                        D.ok(not why, "%s: check without -r leaves the file untouched" % what,
+                             why)
+        D.plan()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -15,122 +15,23 @@ write it). Compared: stdout (timings cut), stderr (qemu's "Marking image as corr
 afterwards (the corrupt bit, what was or was not written, freed and discarded).
 """
 import os
-import re
 import shutil
-import struct
-import subprocess
 import sys
 import tempfile
 
-BUILD = os.environ.get("TBLK_BUILD")
-if not BUILD:
-    sys.exit("set TBLK_BUILD to the build directory")
-TIO = os.path.join(BUILD, "tools", "tblk-io")
-if not shutil.which("qemu-img") or not shutil.which("qemu-io"):
-    print("1..0 # SKIP qemu-img/qemu-io not installed")
-    sys.exit(0)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lib_qcow2diff as D  # noqa: E402
+from lib_qcow2diff import COMPRESSED, COPIED, OFF_MASK, Img, ok, sh  # noqa: E402
 
-COPIED = 1 << 63
-COMPRESSED = 1 << 62
-OFF_MASK = 0x00fffffffffffe00
-n = 0
-
-
-def ok(cond, what, diag=""):
-    global n
-    n += 1
-    print("%sok %d - %s" % ("" if cond else "not ", n, what))
-    if not cond and diag:
-        for line in diag.splitlines()[:40]:
-            print("#   " + line)
-    return cond
-
-
-def sh(*argv, cwd):
-    subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
-
-
-class Img:
-    def __init__(self, path):
-        self.path = path
-        h = self.read(0, 72)
-        self.l1_off = struct.unpack(">Q", h[40:48])[0]
-        self.rt_off = struct.unpack(">Q", h[48:56])[0]
-
-    def read(self, off, size):
-        with open(self.path, "rb") as f:
-            f.seek(off)
-            return f.read(size)
-
-    def u64(self, off):
-        return struct.unpack(">Q", self.read(off, 8))[0]
-
-    def set_u64(self, off, v):
-        with open(self.path, "r+b") as f:
-            f.seek(off)
-            f.write(struct.pack(">Q", v))
-
-    def l2_off(self):
-        return self.u64(self.l1_off) & OFF_MASK
-
-    def rb_off(self):
-        return self.u64(self.rt_off) & ~0x1ff
-
-    def set_refcount(self, cluster, v):
-        with open(self.path, "r+b") as f:
-            f.seek(self.rb_off() + 2 * cluster)
-            f.write(struct.pack(">H", v))
-
-
-def norm(s, path):
-    s = re.sub(r"^.* ops; .*$", "TIMING", s, flags=re.M)
-    s = s.replace(path, "IMG")
-    for prog in ("qemu-io:", "tblk-io:"):
-        s = s.replace(prog, "PROG:")
-    return s
+D.need("qemu-img", "qemu-io")
 
 
 def differ(name, tmp, img, cmds, ro=False, expect_err=None):
     """@cmds through qemu-io and tblk-io on two copies of @img; with @ro the copies are
     opened read-only and made unwritable. @expect_err: what qemu's stderr must contain
     (the damage is the intended one)."""
-    res, files = {}, {}
-    for tool, prog in (("q", "qemu-io"), ("t", TIO)):
-        path = os.path.join(tmp, tool + ".qcow2")
-        shutil.copyfile(img, path)
-        argv = [prog] + (["-r"] if ro else [])
-        if ro:
-            os.chmod(path, 0o444)
-        for c in cmds:
-            argv += ["-c", c]
-        argv += ["-f", "qcow2", path]
-        p = subprocess.run(argv, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           timeout=60)
-        os.chmod(path, 0o644)
-        res[tool] = (p.returncode, norm(p.stdout.decode(errors="replace"), path),
-                     norm(p.stderr.decode(errors="replace"), path))
-        with open(path, "rb") as f:
-            files[tool] = f.read()
-    q, t = res["q"], res["t"]
-    why = ""
-    if q[0] != t[0]:
-        why = "exit status %d vs %d" % (q[0], t[0])
-    elif q[1] != t[1]:
-        why = "stdout"
-    elif q[2] != t[2]:
-        why = "stderr"
-    elif files["q"] != files["t"]:
-        qb, tb = files["q"], files["t"]
-        first = next((i for i in range(min(len(qb), len(tb))) if qb[i] != tb[i]),
-                     min(len(qb), len(tb)))
-        why = "file differs at %#x (sizes %#x, %#x)" % (first, len(qb), len(tb))
-    elif ro:
-        with open(img, "rb") as f:
-            if f.read() != files["t"]:
-                why = "read-only file written"
     label = "%s%s: %s" % (name, " (read-only)" if ro else "", "; ".join(cmds))
-    diag = "qemu: rc %d\n%s%s\ntblk: rc %d\n%s%s" % (q[0], q[1], q[2], t[0], t[1], t[2])
-    ok(not why, label + (" (%s)" % why if why else ""), diag)
+    q = D.differ(label, tmp, img, cmds, ro=ro)
     if expect_err is not None:
         ok(expect_err in q[2], "%s: qemu-io says %r" % (label, expect_err), q[2])
 
@@ -314,7 +215,7 @@ def main():
         cases(tmp)
     finally:
         shutil.rmtree(tmp)
-    print("1..%d" % n)
+    D.plan()
 
 
 main()

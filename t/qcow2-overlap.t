@@ -12,141 +12,15 @@ normalised), exit status, and the file bytes afterwards (cmp: the corrupt bit se
 metadata intact, or, where the check is off, the metadata overwritten alike).
 """
 import os
-import re
 import shutil
-import struct
-import subprocess
 import sys
 import tempfile
 
-BUILD = os.environ.get("TBLK_BUILD")
-if not BUILD:
-    sys.exit("set TBLK_BUILD to the build directory")
-TIO = os.path.join(BUILD, "tools", "tblk-io")
-TIMG = os.path.join(BUILD, "tools", "tblk-img")
-if not shutil.which("qemu-img") or not shutil.which("qemu-io"):
-    print("1..0 # SKIP qemu-img/qemu-io not installed")
-    sys.exit(0)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lib_qcow2diff as D  # noqa: E402
+from lib_qcow2diff import COPIED, Img, differ, ok, sh  # noqa: E402
 
-COPIED = 1 << 63
-n = 0
-
-
-def ok(cond, what, diag=""):
-    global n
-    n += 1
-    print("%sok %d - %s" % ("" if cond else "not ", n, what))
-    if not cond and diag:
-        for line in diag.splitlines()[:40]:
-            print("#   " + line)
-    return cond
-
-
-def run(argv, cwd):
-    p = subprocess.run(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       timeout=60)
-    return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
-
-
-def sh(*argv, cwd):
-    subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
-
-
-class Img:
-    """The few header fields and table entries the cases point elsewhere."""
-
-    def __init__(self, path):
-        self.path = path
-        h = self.read(0, 72)
-        self.cs = 1 << struct.unpack(">I", h[20:24])[0]
-        self.l1_off = struct.unpack(">Q", h[40:48])[0]
-        self.rt_off = struct.unpack(">Q", h[48:56])[0]
-        self.sn_off = struct.unpack(">Q", h[64:72])[0]
-
-    def read(self, off, n):
-        with open(self.path, "rb") as f:
-            f.seek(off)
-            return f.read(n)
-
-    def u64(self, off):
-        return struct.unpack(">Q", self.read(off, 8))[0]
-
-    def write(self, off, data):
-        with open(self.path, "r+b") as f:
-            f.seek(off)
-            f.write(data)
-
-    def set_u64(self, off, v):
-        self.write(off, struct.pack(">Q", v))
-
-    def l1(self, i):
-        return self.u64(self.l1_off + 8 * i)
-
-    def l2_off(self, i=0):
-        return self.l1(i) & 0x00fffffffffffe00
-
-    def rb_off(self):
-        return self.u64(self.rt_off) & ~0x1ff
-
-    def sn_l1_off(self):
-        return self.u64(self.sn_off)
-
-    def set_l2(self, guest_cluster, v):
-        self.set_u64(self.l2_off() + 8 * guest_cluster, v)
-
-    def set_refcount(self, cluster, v):
-        self.write(self.rb_off() + 2 * cluster, struct.pack(">H", v))
-
-
-def norm(s):
-    s = re.sub(r"^.* ops; .*$", "TIMING", s, flags=re.M)
-    s = re.sub(r"Run completed in [0-9.]+ seconds", "Run completed in T seconds", s)
-    for prog in ("qemu-io:", "tblk-io:", "qemu-img:", "tblk-img:"):
-        s = s.replace(prog, "PROG:")
-    return s
-
-
-def differ(name, tmp, img, cmds, opts=None, extra=(), img_args=None):
-    """Runs @cmds on two copies of @img through qemu-io and tblk-io and compares; with
-    @img_args, runs qemu-img and tblk-img with those arguments, the image for "IMG" or last."""
-    res = {}
-    progs = (("q", "qemu-io"), ("t", TIO)) if img_args is None else \
-        (("q", "qemu-img"), ("t", TIMG))
-    for tool, prog in progs:
-        path = os.path.join(tmp, tool + ".qcow2")
-        shutil.copyfile(img, path)
-        argv = [prog] + list(extra)
-        for c in cmds:
-            argv += ["-c", c]
-        if img_args is not None:
-            args = list(img_args) if "IMG" in img_args else list(img_args) + ["IMG"]
-            argv += [path if a == "IMG" else a for a in args]
-        elif opts is None:
-            argv += ["-f", "qcow2", path]
-        else:
-            argv += ["--image-opts", "driver=qcow2,file.filename=%s%s" % (path, opts)]
-        rc, out, err = run(argv, tmp)
-        res[tool] = (rc, norm(out), norm(err.replace(path, "IMG")))
-    q, t = res["q"], res["t"]
-    why = ""
-    if q[0] != t[0]:
-        why = "exit status %d vs %d" % (q[0], t[0])
-    elif q[1] != t[1]:
-        why = "stdout"
-    elif q[2] != t[2]:
-        why = "stderr"
-    else:
-        with open(os.path.join(tmp, "q.qcow2"), "rb") as f:
-            qb = f.read()
-        with open(os.path.join(tmp, "t.qcow2"), "rb") as f:
-            tb = f.read()
-        if qb != tb:
-            first = next((i for i in range(min(len(qb), len(tb))) if qb[i] != tb[i]),
-                         min(len(qb), len(tb)))
-            why = "file differs at %#x (sizes %#x, %#x)" % (first, len(qb), len(tb))
-    diag = "qemu: rc %d\n%s%s\ntblk: rc %d\n%s%s" % (q[0], q[1], q[2], t[0], t[1], t[2])
-    ok(not why, name + (" (%s)" % why if why else ""), diag)
-    return q
+D.need("qemu-img", "qemu-io")
 
 
 def expect(name, q, rc, err_has):
@@ -161,7 +35,7 @@ def main():
         cases(tmp)
     finally:
         shutil.rmtree(tmp)
-    print("1..%d" % n)
+    D.plan()
 
 
 def make_base(tmp, name, size="1M", snapshot=False, after=()):
@@ -189,7 +63,7 @@ def cases(tmp):
     targets = [("active L1 table", b.l1_off), ("refcount table", b.rt_off),
                ("refcount block", b.rb_off()), ("active L2 table", b.l2_off())]
     for kind, off in targets:
-        damaged().set_l2(0, COPIED | off)
+        damaged().set_l2(0, 0, COPIED | off)
         q = differ("data cluster at the %s: write refused, reads fail after" % kind, tmp,
                    hostile, ["write -P 2 0 4k", "read -P 1 0 4k", "write -P 3 4k 4k",
                              "discard 0 64k", "write -z 0 64k", "aio_write 0 4k",
@@ -197,11 +71,11 @@ def cases(tmp):
         expect(kind, q, 1, marked % kind)
     # The same through -t none -i native: a read caches the L2 table first, so the
     # overwrite is one the fast path would serve; it goes to the pool and is refused there.
-    damaged().set_l2(0, COPIED | b.l1_off)
+    damaged().set_l2(0, 0, COPIED | b.l1_off)
     differ("fast path: overwrite of the active L1 table refused", tmp, hostile,
            ["read 0 4k", "write -P 2 0 4k", "aio_write -P 2 8k 4k", "aio_flush"],
            extra=["-t", "none", "-i", "native"])
-    damaged().set_l2(0, COPIED | b.rb_off())
+    damaged().set_l2(0, 0, COPIED | b.rb_off())
     differ("fast path: aio overwrite of a refcount block refused", tmp, hostile,
            ["read 0 4k", "aio_write -P 2 0 4k", "aio_flush", "read 0 4k"],
            extra=["-t", "none", "-i", "native"])
@@ -253,19 +127,19 @@ def cases(tmp):
     s = Img(sn)
     h = damaged(sn)
     h.set_u64(s.l1_off, COPIED | s.l1(0))
-    h.set_l2(0, COPIED | s.sn_off)
+    h.set_l2(0, 0, COPIED | s.sn_off)
     q = differ("data cluster at the snapshot table", tmp, hostile, ["write -P 2 0 4k"])
     expect("snapshot table", q, 1, marked % "snapshot table")
     h = damaged(sn)
     h.set_u64(s.l1_off, COPIED | s.l1(0))
-    h.set_l2(0, COPIED | s.sn_l1_off())
+    h.set_l2(0, 0, COPIED | s.sn_l1_off())
     q = differ("data cluster at a snapshot's L1 table", tmp, hostile, ["write -P 2 0 4k"])
     expect("inactive L1", q, 1, marked % "inactive L1 table")
     sn2 = make_base(tmp, "sn2.qcow2", snapshot=True, after=["write -P 3 0 4k"])
     s2 = Img(sn2)
     old_l2 = s.l2_off()		# the snapshot's table, copied away by the write
     for mode, refused in (("cached", False), ("constant", False), ("all", True)):
-        damaged(sn2).set_l2(1, COPIED | old_l2)
+        damaged(sn2).set_l2(0, 1, COPIED | old_l2)
         q = differ("data cluster at a snapshot's L2 table, overlap-check=%s" % mode, tmp,
                    hostile, ["write -P 2 64k 4k"], opts=",overlap-check=" + mode)
         if refused:
@@ -283,7 +157,7 @@ def cases(tmp):
              True),
             (",overlap-check=all,overlap-check.template=all", "refcount table", True)):
         off = dict(targets)[kind]
-        damaged().set_l2(0, COPIED | off)
+        damaged().set_l2(0, 0, COPIED | off)
         q = differ("%s: data cluster at the %s" % (opts[1:], kind), tmp, hostile,
                    ["write -P 2 0 4k", "read -P 2 0 4k"], opts=opts)
         expect(opts[1:], q, 1 if refused else 0, marked % kind if refused else "")
@@ -294,7 +168,7 @@ def cases(tmp):
 
     # tblk-img: bench writes, a snapshot's L1 copy and an L1 table's growth that land on
     # metadata (its refcount at zero), as qemu-img refuses them.
-    damaged().set_l2(0, COPIED | b.l1_off)
+    damaged().set_l2(0, 0, COPIED | b.l1_off)
     for extra in ([], ["-t", "none", "-i", "native"]):
         q = differ("img bench -w %s: into the active L1 table" % " ".join(extra), tmp, hostile,
                    [], img_args=["bench", "-w", "-c", "64", "-d", "4", "-f", "qcow2"] + extra)
@@ -313,7 +187,7 @@ def cases(tmp):
     v2 = os.path.join(tmp, "v2.qcow2")
     sh("qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=0.10", v2, "1M", cwd=tmp)
     sh("qemu-io", "-c", "write -P 1 0 64k", v2, cwd=tmp)
-    damaged(v2).set_l2(0, COPIED | Img(v2).l1_off)
+    damaged(v2).set_l2(0, 0, COPIED | Img(v2).l1_off)
     differ("compat=0.10: write refused, file untouched", tmp, hostile, ["write -P 2 0 4k"])
 
     # An image whose metadata is sound is written as before (no false alarm), through the
