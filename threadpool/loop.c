@@ -110,6 +110,7 @@ struct tblk_loop {
 	unsigned int nr_slots;		/* [loop thread] */
 	uint64_t poll_max_ns;		/* [loop thread] 0: never poll */
 	uint64_t poll_ns;		/* [loop thread] current adaptive window */
+	unsigned int poll_near;		/* [loop thread] events in a row within break-even */
 	uint64_t poll_break_even_ns;	/* [loop thread] CPU time a sleep and a wake-up cost */
 };
 
@@ -917,7 +918,10 @@ static bool poll_for_work(struct tblk_loop *loop, int64_t timeout_ns, bool *prog
  * @waited_ns runs from the start of polling to the event: polling found it, or it woke
  * the sleeping loop (@event false: a timeout, which teaches nothing).
  * - an event that came within the break-even time would have been cheaper to poll for:
- *   grow the window (up to poll_max_ns) if the loop had to sleep for it;
+ *   grow the window (up to poll_max_ns) if the loop had to sleep for it and the event
+ *   before it came soon too. One near event among far ones teaches nothing: at queue depth
+ *   1 a guest's next kick may follow a completion closely, but every other wait is for the
+ *   disk, and a window grown by the one is spent, in vain, on both;
  * - an event that came later cost more to poll for than a sleep would have, whether
  *   polling caught it or not: shrink the window.
  * So the loop polls where events follow each other closely (a busy device, a guest that
@@ -930,14 +934,17 @@ static void poll_adapt(struct tblk_loop *loop, uint64_t waited_ns, bool event, b
 	if (!event || !loop->poll_max_ns)
 		return;
 	if (waited_ns <= loop->poll_break_even_ns) {
-		if (!slept)
+		if (loop->poll_near < 2)
+			loop->poll_near++;
+		if (!slept || loop->poll_near < 2)
 			return;
 		loop->poll_ns = loop->poll_ns ? loop->poll_ns * 2 : LOOP_POLL_FIRST_NS;
 		if (loop->poll_ns < waited_ns)
 			loop->poll_ns = waited_ns;
 		if (loop->poll_ns > loop->poll_max_ns)
 			loop->poll_ns = loop->poll_max_ns;
-	} else if (loop->poll_ns) {
+	} else {
+		loop->poll_near = 0;
 		loop->poll_ns /= 2;
 		if (loop->poll_ns < LOOP_POLL_MIN_NS)
 			loop->poll_ns = 0;
