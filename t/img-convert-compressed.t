@@ -11,10 +11,8 @@
 # order: only the guest data must be the same (qemu-img compare).
 import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lib_qcow2diff as D  # noqa: E402
@@ -42,39 +40,37 @@ def make_source(path):
                 f.write(b"\0" * 65536)
 
 
+def cases(d):
+    make_source(os.path.join(d, "src.raw"))
+    sh(d, "qemu-img", "convert", "-O", "qcow2", "src.raw", "src.qcow2")
+    cases = [["-c"], ["-c", "-o", "cluster_size=4k"], ["-c", "-o", "cluster_size=512k"],
+             ["-c", "-o", "cluster_size=2M"], ["-c", "-m", "1"], ["-c", "-m", "16"],
+             ["-c", "-o", "compression_type=zstd"], ["-c", "-S", "0"], [],
+             ["-o", "cluster_size=4k"], ["-S", "0"]]
+    for src in ("src.raw", "src.qcow2"):
+        for args in cases:
+            name = "convert %s -O qcow2 %s" % (" ".join(args), src)
+            q = sh(d, "qemu-img", "convert", *args, "-O", "qcow2", src, "q.qcow2")
+            for i in range(3 if "-c" in args else 1):
+                t = sh(d, TIMG, "convert", *args, "-O", "qcow2", src, "t.qcow2")
+                why = D.file_difference(os.path.join(d, "q.qcow2"), os.path.join(d, "t.qcow2"))
+                D.ok(q.returncode == 0 and t.returncode == 0 and not why,
+                     "%s: the same file as qemu-img's (run %d)" % (name, i + 1),
+                     q.stderr + t.stderr + why)
+        # -W: any order, the same guest data
+        t = sh(d, TIMG, "convert", "-c", "-W", "-O", "qcow2", src, "t.qcow2")
+        c = sh(d, "qemu-img", "compare", "-q", src, "t.qcow2")
+        D.ok(t.returncode == 0 and c.returncode == 0,
+             "convert -c -W -O qcow2 %s: the guest data of the source" % src,
+             t.stderr + c.stdout + c.stderr)
+    # the source has compressed and uncompressed clusters: both paths were taken
+    m = sh(d, "qemu-img", "check", "--output=json", "t.qcow2")
+    D.ok('"compressed-clusters"' in m.stdout, "the target has compressed clusters", m.stdout)
+
+
 def main():
     D.need("qemu-img")
-    d = tempfile.mkdtemp(prefix="tblk-convert-c-")
-    try:
-        make_source(os.path.join(d, "src.raw"))
-        sh(d, "qemu-img", "convert", "-O", "qcow2", "src.raw", "src.qcow2")
-        cases = [["-c"], ["-c", "-o", "cluster_size=4k"], ["-c", "-o", "cluster_size=512k"],
-                 ["-c", "-o", "cluster_size=2M"], ["-c", "-m", "1"], ["-c", "-m", "16"],
-                 ["-c", "-o", "compression_type=zstd"], ["-c", "-S", "0"], [],
-                 ["-o", "cluster_size=4k"], ["-S", "0"]]
-        for src in ("src.raw", "src.qcow2"):
-            for args in cases:
-                name = "convert %s -O qcow2 %s" % (" ".join(args), src)
-                q = sh(d, "qemu-img", "convert", *args, "-O", "qcow2", src, "q.qcow2")
-                for i in range(3 if "-c" in args else 1):
-                    t = sh(d, TIMG, "convert", *args, "-O", "qcow2", src, "t.qcow2")
-                    why = D.file_difference(os.path.join(d, "q.qcow2"), os.path.join(d, "t.qcow2"))
-                    D.ok(q.returncode == 0 and t.returncode == 0 and not why,
-                         "%s: the same file as qemu-img's (run %d)" % (name, i + 1),
-                         q.stderr + t.stderr + why)
-            # -W: any order, the same guest data
-            t = sh(d, TIMG, "convert", "-c", "-W", "-O", "qcow2", src, "t.qcow2")
-            c = sh(d, "qemu-img", "compare", "-q", src, "t.qcow2")
-            D.ok(t.returncode == 0 and c.returncode == 0,
-                 "convert -c -W -O qcow2 %s: the guest data of the source" % src,
-                 t.stderr + c.stdout + c.stderr)
-        # the source has compressed and uncompressed clusters: both paths were taken
-        m = sh(d, "qemu-img", "check", "--output=json", "t.qcow2")
-        D.ok('"compressed-clusters"' in m.stdout, "the target has compressed clusters", m.stdout)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-    D.plan()
-    return 0
+    return D.in_tmpdir("tblk-convert-c-", cases)
 
 
 if __name__ == "__main__":

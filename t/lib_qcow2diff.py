@@ -19,6 +19,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 
 BUILD = os.environ.get("TBLK_BUILD")
 if not BUILD:
@@ -57,6 +58,18 @@ def ok(cond, what, diag="", todo=""):
 def plan():
     """The plan, at the end: as many tests as ok() counted."""
     print("1..%d" % n)
+
+
+def in_tmpdir(prefix, fn, tmpdir=None):
+    """Runs fn(d) in a new scratch directory (under tmpdir, else $TMPDIR), removes it, then
+    prints the plan. Returns the exit status, 0."""
+    d = tempfile.mkdtemp(prefix=prefix, dir=tmpdir)
+    try:
+        fn(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    plan()
+    return 0
 
 
 def sh(*argv, cwd=None):

@@ -17,7 +17,6 @@ afterwards (the corrupt bit, what was or was not written, freed and discarded).
 import os
 import shutil
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lib_qcow2diff as D  # noqa: E402
@@ -210,12 +209,7 @@ def cases(tmp):
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix="tblk-corrupt-", dir=os.environ.get("TMPDIR", "/var/tmp"))
-    try:
-        cases(tmp)
-    finally:
-        shutil.rmtree(tmp)
-    D.plan()
+    D.in_tmpdir("tblk-corrupt-", cases, os.environ.get("TMPDIR", "/var/tmp"))
 
 
 main()

@@ -14,7 +14,6 @@ metadata intact, or, where the check is off, the metadata overwritten alike).
 import os
 import shutil
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lib_qcow2diff as D  # noqa: E402
@@ -30,12 +29,7 @@ def expect(name, q, rc, err_has):
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix="tblk-overlap-", dir=os.environ.get("TMPDIR", "/var/tmp"))
-    try:
-        cases(tmp)
-    finally:
-        shutil.rmtree(tmp)
-    D.plan()
+    D.in_tmpdir("tblk-overlap-", cases, os.environ.get("TMPDIR", "/var/tmp"))
 
 
 def make_base(tmp, name, size="1M", snapshot=False, after=()):
