@@ -312,6 +312,8 @@ GHashTable *tblk__opts_copy(GHashTable *opts);
  * in "does not support the option 'x'"; NULL if @opts is empty.
  */
 const char *tblk__opts_first_key(GHashTable *opts);
+/* The bucket of qemu's dictionary hash (0..511) @key falls in: its iteration order. */
+unsigned int tblk__qdict_bucket(const char *key);
 /*
  * A child given as a string ("file=NAME", "backing=NAME"): qemu takes NAME for an existing
  * node, and tblk has none to offer. Sets qemu's error (also for a reference given with

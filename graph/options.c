@@ -35,7 +35,7 @@ GHashTable *tblk__opts_copy(GHashTable *opts)
  * added shifted by 5 bits more than the last (mod 24), then a linear congruential step. 512
  * buckets, iterated from the first.
  */
-static unsigned int qdict_bucket(const char *key)
+unsigned int tblk__qdict_bucket(const char *key)
 {
 	uint32_t h = 0x238F13AFu * (uint32_t)strlen(key);
 
@@ -53,7 +53,7 @@ const char *tblk__opts_first_key(GHashTable *opts)
 
 	g_hash_table_iter_init(&it, opts);
 	while (g_hash_table_iter_next(&it, &k, &v)) {
-		unsigned int b = qdict_bucket(k);
+		unsigned int b = tblk__qdict_bucket(k);
 
 		/* Two keys in one bucket: qemu names the one added last; ours have no order. */
 		if (!best || b < best_b || (b == best_b && strcmp(k, best) < 0)) {

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "graph/graph.h"
 #include "tools/img-int.h"
 
 /* A flattened option: its value's text and whether JSON gave it as a string. */
@@ -265,16 +266,6 @@ static bool is_strong(const struct name_rule *r, const char *key)
 
 /* ---------------------------------------------------------------- one node */
 
-/* qemu's dictionary hash (see graph/options.c): the bucket a key iterates in. */
-static unsigned int bucket(const char *key)
-{
-	uint32_t h = 0x238F13AFu * (uint32_t)strlen(key);
-
-	for (uint32_t i = 0; key[i]; i++)
-		h += (uint32_t)(unsigned char)key[i] << (i * 5 % 24);
-	return (1103515243u * h + 12345u) % 512;
-}
-
 struct entry {
 	const char *key;
 	char *json;		/* the value, written as JSON */
@@ -283,7 +274,7 @@ struct entry {
 static gint entry_cmp(gconstpointer a, gconstpointer b)
 {
 	const struct entry *x = *(struct entry *const *)a, *y = *(struct entry *const *)b;
-	unsigned int bx = bucket(x->key), by = bucket(y->key);
+	unsigned int bx = tblk__qdict_bucket(x->key), by = tblk__qdict_bucket(y->key);
 
 	/* (two keys in one bucket: qemu's order depends on insertion; by name here) */
 	return bx != by ? (bx < by ? -1 : 1) : strcmp(x->key, y->key);
