@@ -1054,10 +1054,10 @@ static int loop_wait(struct tblk_loop *loop, struct epoll_event *events, bool bl
 	n = epoll_wait_ns(loop, events, timeout);
 	__atomic_store_n(&loop->notify_me, false, __ATOMIC_SEQ_CST);
 	loop->nr_epoll_skips = 0;
-	if (timeout != 0)
+	if (timeout != 0) {
 		lazy_learn(loop, bounded, bounded && n == 0);
-	if (timeout != 0)
 		poll_adapt(loop, tblk_clock_ns() - start, n > 0, true);
+	}
 	return n;
 }
 
