@@ -657,31 +657,75 @@ static uint64_t knee_rate(unsigned int cap, unsigned int knee)
 	return 1000ull * (cap < knee ? cap : knee);
 }
 
+/* A small deterministic generator for the noise below: a number in [0, 1). */
+static double cap_random(uint64_t *seed)
+{
+	*seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
+	return (double)(*seed >> 11) / (double)(1ull << 53);
+}
+
+/*
+ * Reads per second against running workers as measured for 4k random reads at depth 32 on a
+ * virtual disk (docs/BENCHMARKS.md): a gentle slope up to 20-24 workers, then down, since
+ * workers beyond the depth sleep and wake for every item.
+ */
+static double disk_rate(unsigned int w)
+{
+	static const double x[] = { 4, 8, 12, 16, 20, 24, 28, 32, 64 };
+	static const double y[] = { 25e3, 49e3, 60e3, 65e3, 69e3, 69e3, 61e3, 57e3, 50e3 };
+	unsigned int i;
+
+	for (i = 1; i < G_N_ELEMENTS(x); i++)
+		if (w <= x[i])
+			return y[i - 1] + (y[i] - y[i - 1]) * (w - x[i - 1]) / (x[i] - x[i - 1]);
+	return y[G_N_ELEMENTS(y) - 1];
+}
+
 static void test_cap(void)
 {
 	struct tblk_pool_cap c;
-	unsigned int i, lo = 64, hi = 0;
+	unsigned int i, lo = 64, hi = 0, near = 0;
+	uint64_t seed = 1;
+	double drift = 1, got = 0;
 
 	tblk__cap_init(&c, 4, 64, true);
 	is_int(c.cap, 64, "the cap starts at the maximum");
 	is_int(cap_window(&c, 32, 32000), 32, "a window whose demand stayed below it: lowered to the demand");
 	for (i = 0; i < 40; i++)
 		cap_window(&c, 32, knee_rate(c.cap, 12));
-	for (i = 0; i < 20; i++) {
+	for (i = 0; i < 40; i++) {
 		cap_window(&c, 32, knee_rate(c.cap, 12));
 		lo = c.cap < lo ? c.cap : lo;
 		hi = c.cap > hi ? c.cap : hi;
+		near += c.cap == 12;
 	}
-	ok(lo >= 11 && hi <= 14, "a flat device beyond 12 workers: the cap hovers at the knee (%u..%u)", lo, hi);
-	for (i = 0; i < 200; i++)
+	ok(lo >= 10 && hi <= 14 && near >= 30,
+	   "a flat device beyond 12 workers: the cap stays at the knee, trying its neighbours now and then (%u..%u, %u/40 at 12)",
+	   lo, hi, near);
+	for (i = 0, near = 0; i < 200; i++) {
 		cap_window(&c, 64, knee_rate(c.cap, 40));
-	ok(c.cap >= 38 && c.cap <= 46, "the knee moves to 40: the cap follows it up (%u)", c.cap);
-	for (i = 0; i < 60; i++)
+		near += i >= 160 && c.cap == 40;
+	}
+	ok(near >= 30, "the knee moves to 40: the cap follows it up (%u/40 windows at 40)", near);
+	for (i = 0; i < 200; i++)
 		cap_window(&c, 64, 50000);
 	is_int(c.cap, 4, "a rate that does not depend on the workers: down to the minimum");
-	for (i = 0; i < 5; i++)
-		cap_window(&c, 64, 1000000 + 1000000 * (i & 1));
-	ok(c.cap > 4, "a rate that swings (noise): the cap moves up, not down (%u)", c.cap);
+	/*
+	 * That disk, each window 10% off at random and the whole disk drifting by 15% (a shared
+	 * machine): the cap must keep near the best rate. A search against one decaying
+	 * reference rate walked down the slope to 11-12 workers here (83-90% of it).
+	 */
+	tblk__cap_init(&c, 4, 64, true);
+	for (i = 0; i < 3000; i++) {
+		drift = 0.95 * drift + 0.05 * (0.85 + 0.3 * cap_random(&seed));
+		cap_window(&c, 32, (uint64_t)(disk_rate(c.cap) * drift * (0.9 + 0.2 * cap_random(&seed))));
+		if (i >= 100)
+			got += disk_rate(c.cap);
+	}
+	got /= 2900;
+	ok(got >= 0.95 * disk_rate(20),
+	   "a noisy disk with a gentle slope: the cap keeps near its best rate (%.0f of %.0f reads/s)",
+	   got, disk_rate(20));
 	/* Windows that would move an adaptive cap (demand 0, far below it): this one stays. */
 	tblk__cap_init(&c, 4, 64, false);
 	for (i = 0; i < 3 * 2048 + 2; i++) {

@@ -9,14 +9,19 @@
 
 #include "common/common.h"
 
+/* Enough levels for any unsigned maximum: 8 below 8, then 4 per doubling. */
+#define TBLK_CAP_LEVELS	128
+
 struct tblk_pool_cap {
-	unsigned int cap;	/* [owner's lock] running workers allowed now, min..max */
+	unsigned int cap;	/* [owner's lock] running workers allowed now: one of level[] */
 	unsigned int min;	/* [const] */
 	unsigned int max;	/* [const] */
 	bool adaptive;		/* [const] false: cap stays at max */
-	int dir;		/* [owner's lock] -1 searching down, +1 up */
-	uint64_t last_rate;	/* [owner's lock] completions/s in the last window */
-	uint64_t ref_rate;	/* [owner's lock] completions/s: the best of late, decaying */
+	unsigned int nr_levels;	/* [const] entries of level[] */
+	unsigned int level[TBLK_CAP_LEVELS];	/* [const] the caps tried, ascending, min..max */
+	uint64_t rate[TBLK_CAP_LEVELS];	/* [owner's lock] completions/s at each, averaged; 0 unknown */
+	uint64_t seen[TBLK_CAP_LEVELS];	/* [owner's lock] the window that last measured each */
+	uint64_t windows;	/* [owner's lock] windows measured so far */
 	uint64_t win_start_ns;	/* [owner's lock] 0 before the first window */
 	uint64_t win_done;	/* [owner's lock] completions in this window */
 	unsigned int win_peak;	/* [owner's lock] most demand (running + queued) seen in it */
