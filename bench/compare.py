@@ -155,8 +155,9 @@ def find_program(explicit, env_names, fallbacks):
     return None
 
 
-def run_child(argv, cwd=None):
-    """Start argv, wait for it with wait4() and return
+def run_child(argv, cwd=None, extra_env=None):
+    """Start argv (with extra_env added to the environment), wait for it with
+    wait4() and return
     (exit status, stdout text, stderr text, user+sys seconds, wall seconds)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         actions = [
@@ -166,6 +167,7 @@ def run_child(argv, cwd=None):
         ]
         env = dict(os.environ)
         env.setdefault("LC_ALL", "C")
+        env.update(extra_env or {})
         old = None
         if cwd:
             old = os.getcwd()
@@ -196,11 +198,12 @@ SEND_RE = re.compile(r"^Sending (\d+) (read|write) requests", re.M)
 
 
 class Program:
-    def __init__(self, label, path, kind, note=""):
-        self.label = label      # "tblk-img", "qemu-img", "fio"
+    def __init__(self, label, path, kind, note="", env=None):
+        self.label = label      # "tblk-img", "qemu-img", "fio", a variant
         self.path = path
         self.kind = kind        # "img", "img-raw", "fio" or "fio-psync"
         self.note = note
+        self.env = env or {}    # added to the environment (--variant)
 
 
 def case_step(case, size):
@@ -289,7 +292,7 @@ def run_one(prog, case, count, image, size, fio_extra, verbose):
             count = count // case["depth"] * case["depth"]
     if verbose:
         sys.stderr.write("  $ %s\n" % " ".join(argv))
-    rc, out, err, cpu, wall = run_child(argv)
+    rc, out, err, cpu, wall = run_child(argv, extra_env=prog.env)
     if rc != 0:
         raise RuntimeError("%s exited with %d: %s" %
                            (prog.label, rc, (err or out).strip()[-500:]))
@@ -396,6 +399,12 @@ def main():
     ap.add_argument("--no-fio", action="store_true", help="do not run fio")
     ap.add_argument("--fio-extra", action="append", default=[],
                     metavar="ARG", help="extra fio argument (repeatable)")
+    ap.add_argument("--variant", action="append", default=[],
+                    metavar="LABEL:VAR=VAL[,VAR=VAL..]",
+                    help="also run tblk-img with these environment variables "
+                         "as program LABEL, in the same rounds, compared with "
+                         "qemu-img (e.g. w16:TBLK_POOL_ADAPT=0,"
+                         "TBLK_POOL_MAX_THREADS=16); repeatable")
     ap.add_argument("--case", action="append", default=[], metavar="NAME",
                     help="case to run (repeatable, comma lists and shell "
                          "globs allowed, e.g. 'raw-*-d32'); default: all")
@@ -490,6 +499,17 @@ def main():
 
     progs_img = [Program("tblk-img", tblk, "img"),
                  Program("qemu-img", qemu, "img")]
+    variants = []
+    for v in a.variant:
+        label, _, assigns = v.partition(":")
+        env_v = dict(x.split("=", 1) for x in assigns.split(",") if x)
+        if not label or not env_v or any(not k for k in env_v) or \
+                label in ("tblk-img", "qemu-img", "fio", "fio-psync",
+                          "tblk-raw") or label in variants:
+            die("--variant %r: want LABEL:VAR=VAL[,VAR=VAL..] with a new "
+                "label" % v)
+        variants.append(label)
+        progs_img.append(Program(label, tblk, "img", env=env_v))
     prog_fio = Program("fio", fio, "fio") if fio else None
 
     # image
@@ -600,7 +620,7 @@ def main():
                     pass
     elapsed = time.monotonic() - t_start
 
-    summaries = [summarise(r) for r in results]
+    summaries = [summarise(r, variants) for r in results]
     text = render_text(summaries, env, elapsed)
     sys.stdout.write(text)
     if a.markdown:
@@ -693,7 +713,7 @@ def environment(tblk, qemu, fio, size, repeat, warmup, a, selfcheck):
     return env
 
 
-def summarise(res):
+def summarise(res, variants=()):
     case = res["case"]
     runs = res["runs"]
     s = dict(name=case["name"], desc=describe(case), count=res["count"],
@@ -712,6 +732,7 @@ def summarise(res):
     pairs = [("tblk-img", ref)
              for ref in ("qemu-img", "fio", "fio-psync", "tblk-raw")]
     pairs.append(("fio-psync", "qemu-img"))
+    pairs += [(v, "qemu-img") for v in variants]
     for label, ref in pairs:
         base = runs.get(label, [])
         other = runs.get(ref, [])
