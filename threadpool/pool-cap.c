@@ -15,15 +15,16 @@
  * least WINDOW_NS). A window in which the demand (running plus queued items) stayed below
  * the cap held nothing back: the cap drops to the highest level within the demand, and the
  * window teaches nothing. Otherwise the window's rate goes into a running average kept for
- * its level (restarted when its last figure is older than a probe's), and the cap moves to the lowest level whose average is within TOLERANCE_PCT of
- * the best one: fewer workers that did as well. Only levels measured in the last FORGET
- * windows count, and the two levels beside the chosen one are measured again, one window
- * each, whenever their figure is older than PROBE_EVERY windows (or missing): so the cap
- * walks down while fewer workers do as well, climbs while more do better, and follows a
- * device whose knee moves. A lucky window at a level raises its average, which makes it the
- * chosen level, which measures it every window until the average says what it is worth: one
- * noisy window moves the cap for a few windows, not for good (a search against a single
- * reference rate walked away on noise, see docs/BENCHMARKS.md).
+ * its level (restarted when its last figure is older than a probe's), and the cap moves to
+ * the lowest level whose average is within TOLERANCE_PCT of the best one: fewer workers that
+ * did as well. Only levels measured in the last FORGET windows count, and the two levels
+ * beside the chosen one are measured again, one window each, whenever their figure is older
+ * than PROBE_EVERY windows (or missing): so the cap walks down while fewer workers do as
+ * well, climbs while more do better, and follows a device whose knee moves. A lucky window at
+ * a level raises its average, which makes it the chosen level, which measures it every window
+ * until the average says what it is worth: one noisy window moves the cap for a few windows,
+ * not for good (a search against a single reference rate walked away on noise, see
+ * docs/BENCHMARKS.md).
  *
  * Threading: the caller serialises every call (the pool calls under its lock).
  */
