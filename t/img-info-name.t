@@ -8,7 +8,8 @@
 # options that count (raw's offset and size, null's size and read-zeroes, blkdebug's rules
 # and limits, a throttle group), each child nested under its name, the keys in qemu's
 # dictionary order, values typed as given (strings from --image-opts, numbers and booleans
-# from JSON). Human and --output=json output, --backing-chain with a json: backing file.
+# from JSON). Human and --output=json output, --backing-chain with a json: backing file and
+# with a json: image whose relative backing file lies next to its file.
 # Compared: stdout, stderr (program name normalised), the exit status; not "disk size" /
 # "actual-size" (qemu gives a null node 0 bytes and a blkdebug one none; tblk does not yet).
 import os
@@ -66,6 +67,9 @@ CASES = [
     ["--output=json", 'json:{"driver":"null-co","read-zeroes":false}'],
     ["--backing-chain", "x.qcow2"],
     ["--backing-chain", "--output=json", "x.qcow2"],
+    # a relative backing file is found next to the file, not next to the json: name's last '/'
+    ["--backing-chain", 'json:{"driver":"qcow2","file":{"driver":"blkdebug","inject-error":'
+     '[{"event":"l1_update"}],"image":{"driver":"file","filename":"sub/o.qcow2"}}}'],
 ]
 
 
@@ -92,6 +96,10 @@ def main():
         sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "q.qcow2", "4M")
         sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
            'json:{"driver":"raw","offset":4096,"file":{"filename":"r.img"}}', "x.qcow2")
+        os.mkdir(os.path.join(d, "sub"))
+        sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "sub/base.qcow2", "4M")
+        sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", "base.qcow2",
+           "sub/o.qcow2")
         open(os.path.join(d, "empty.conf"), "w").close()
         for args in CASES:
             q = run(["qemu-img", "info"] + args, d)

@@ -224,8 +224,9 @@ static int collect(struct tblk_blk *blk, const struct img_open_opts *o, struct i
 		ii->sn = NULL;
 		ii->nsn = 0;
 	}
+	/* Against the file's own name: the node's name may be a json: description. */
 	ii->full_backing = ii->fi.backing_file ?
-			   full_backing_name(ii->filename, ii->fi.backing_file) : NULL;
+			   full_backing_name(tblk_blk_filename(blk), ii->fi.backing_file) : NULL;
 	return 0;
 }
 
