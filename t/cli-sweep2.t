@@ -352,6 +352,17 @@ FIXED = [
     ["qemu-img", "compare", "--image-opts", "driver=qcow2,file.filename=t.qcow2", "t.qcow2"],
     ["qemu-img", "dd", "--image-opts", "if=t.qcow2", "of=o.img"],
     ["qemu-io", "-c", "read 0 1", "--image-opts", "t.qcow2"],
+    # -U against the options' own force-share (refused unless it is the text "on")
+    ["qemu-io", "-U", "-r", "-c", "read 0 1", "--image-opts",
+     "driver=qcow2,file.filename=t.qcow2,force-share=off"],
+    ["qemu-io", "-U", "-r", "-c", "read 0 1", "--image-opts",
+     "driver=qcow2,file.filename=t.qcow2,force-share=on"],
+    ["qemu-io", "-U", "-c", "read 0 1", "--image-opts",
+     "driver=qcow2,file.filename=t.qcow2,force-share=true"],
+    ["qemu-io", "-c", "open -U -r -o force-share=off t.qcow2"],
+    ["qemu-img", "info", "-U", "--image-opts", "driver=qcow2,file.filename=t.qcow2,force-share=off"],
+    ["qemu-img", "info", "-U", 'json:{"driver":"qcow2","force-share":false,'
+     '"file":{"filename":"t.qcow2"}}'],
     # an image that only options describe is named with qemu's json: file name (more cases
     # in t/img-info-name.t)
     ["qemu-img", "info", "--image-opts", "driver=raw,file.filename=r.img,size=1M,offset=1M"],

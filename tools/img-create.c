@@ -59,6 +59,9 @@ static const struct co_desc qcow2_opts[] = {
 };
 
 #define CO_MAX 32
+/* value[] and num[] below are indexed by a table's entries. */
+G_STATIC_ASSERT(G_N_ELEMENTS(raw_opts) - 1 <= CO_MAX);
+G_STATIC_ASSERT(G_N_ELEMENTS(qcow2_opts) - 1 <= CO_MAX);
 
 struct create_args {
 	const char *fmt;

@@ -19,7 +19,8 @@
 
 /*
  * Builds the open options; sets *probe_name to the name to warn about if probing, and
- * *open_name to the file name to open (NULL: the options name it).
+ * *open_name to the file name to open (NULL: the options name it). An error is in *errp, or
+ * was printed already if *errp stays NULL.
  */
 static int build_opts(GHashTable *opts, const struct img_open_opts *o, const char **probe_name,
 		      char **open_name, GError **errp)
@@ -41,6 +42,11 @@ static int build_opts(GHashTable *opts, const struct img_open_opts *o, const cha
 	} else if (o->fmt) {
 		g_hash_table_insert(opts, g_strdup("driver"), g_strdup(o->fmt));
 		*probe_name = NULL;
+	}
+	/* -U against the options' own force-share: said as is, not as a failed open. */
+	if (o->image_opts && (o->flags & TBLK_OPEN_SHARE_RW) && !tool_opts_force_share_ok(opts)) {
+		tool_error("--force-share/-U conflicts with image options");
+		return -EINVAL;
 	}
 	/*
 	 * -U on a writable open: qemu refuses it after looking the driver up by name, before
@@ -78,7 +84,7 @@ int img_open(struct tblk_blk **pblk, const struct img_open_opts *o, struct tblk_
 	if (ret == 0)
 		ret = tblk_blk_open(pblk, open_name, opts, o->flags | TBLK_OPEN_NODE_OPTS, loop,
 				    &err);
-	if (ret < 0) {
+	if (ret < 0 && err) {
 		tool_error_gerror(err, "Could not open '%s': ", o->filename);
 	} else if (probe_name) {
 		tool_warn_probed_raw(*pblk, probe_name);

@@ -274,6 +274,11 @@ int io_open_image(struct io_ctx *io, const struct io_open_req *r)
 
 	/* qemu warns before it looks at anything else */
 	tool_warn_empty_backing(r->opts, r->filename);
+	/* -U against the options' own force-share: refused before anything is opened. */
+	if ((r->flags & TBLK_OPEN_SHARE_RW) && !tool_opts_force_share_ok(r->opts)) {
+		tool_error("-U conflicts with image options");
+		return -EINVAL;
+	}
 	if (!g_hash_table_contains(r->opts, "driver") && !tool_json_names_driver(r->filename))
 		probe_name = r->filename ? r->filename : g_hash_table_lookup(r->opts,
 									    "file.filename");

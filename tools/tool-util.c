@@ -140,6 +140,13 @@ bool tool_json_names_driver(const char *filename)
 	       g_hash_table_contains(opts, "driver");
 }
 
+bool tool_opts_force_share_ok(GHashTable *opts)
+{
+	const char *v = g_hash_table_lookup(opts, "force-share");
+
+	return !v || !strcmp(v, "on");
+}
+
 static void warn_empty_backing(GHashTable *opts)
 {
 	const char *drv = g_hash_table_lookup(opts, "driver");

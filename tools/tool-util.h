@@ -75,6 +75,8 @@ int tool_object_add(const char *def);
 
 /* Whether @filename is a "json:{...}" one that names its driver (nothing is probed then). */
 bool tool_json_names_driver(const char *filename);
+/* -U may be added to @opts: they set no force-share, or set it "on" (qemu compares the text). */
+bool tool_opts_force_share_ok(GHashTable *opts);
 /*
  * qemu's deprecation warning for each node given "backing": "" (no backing file) in @opts or
  * in a "json:{...}" @filename (NULL: none), before the image is opened.
