@@ -451,7 +451,8 @@ int64_t qcow2_alloc_bytes(struct qcow2_state *s, uint64_t len)
 /*
  * qemu's free of clusters [first, c) was undone when cluster c failed, but in a guest
  * discard (or zeroing) those whose refcount had reached 0 on the way are still discarded
- * in the file, while their refcount stays: so are ours, for the same file bytes.
+ * in the file, while their refcount stays: so are ours, for the same file bytes, except any
+ * that the tables place metadata in. Under meta, like the metadata writes.
  */
 static void discard_undone(struct qcow2_state *s, uint64_t first, uint64_t c,
 			   enum qcow2_discard_type t)
@@ -459,9 +460,12 @@ static void discard_undone(struct qcow2_state *s, uint64_t first, uint64_t c,
 	for (; c > first && t == QCOW2_DISCARD_REQUEST && s->pass_discard[t]; first++) {
 		uint64_t rc;
 
-		if (qcow2_get_refcount(s, first, &rc) >= 0 && rc == 1)
-			(void)tblk_node_pdiscard(s->node->file, first << s->cluster_bits,
-						 s->cluster_size);
+		uint64_t off = first << s->cluster_bits;
+
+		/* A hostile entry may name a metadata cluster: that one is kept (qemu's is not). */
+		if (qcow2_get_refcount(s, first, &rc) >= 0 && rc == 1 &&
+		    !qcow2_overlap_find(s, s->ol.built ? &s->ol : NULL, 0, off, s->cluster_size))
+			(void)tblk_node_pdiscard(s->node->file, off, s->cluster_size);
 	}
 }
 
