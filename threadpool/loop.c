@@ -1023,7 +1023,7 @@ static int loop_wait(struct tblk_loop *loop, struct epoll_event *events, bool bl
 {
 	int64_t timeout = blocking ? timer_timeout_ns(loop) : 0;
 	uint64_t start = 0, polled = 0;
-	bool bounded;
+	bool bounded, clamped;
 	int n;
 
 	if (loop_has_pending(loop))
@@ -1047,7 +1047,9 @@ static int loop_wait(struct tblk_loop *loop, struct epoll_event *events, bool bl
 	__atomic_store_n(&loop->notify_me, true, __ATOMIC_SEQ_CST);
 	if (loop_has_pending(loop))
 		timeout = 0;
-	if (bounded && (timeout < 0 || (uint64_t)timeout > loop->lazy_max_ns))
+	/* Only a sleep the bound ended can be a miss: not one a sooner timer ended. */
+	clamped = bounded && (timeout < 0 || (uint64_t)timeout > loop->lazy_max_ns);
+	if (clamped)
 		timeout = (int64_t)loop->lazy_max_ns;
 	if (!start)
 		start = tblk_clock_ns();
@@ -1055,7 +1057,7 @@ static int loop_wait(struct tblk_loop *loop, struct epoll_event *events, bool bl
 	__atomic_store_n(&loop->notify_me, false, __ATOMIC_SEQ_CST);
 	loop->nr_epoll_skips = 0;
 	if (timeout != 0) {
-		lazy_learn(loop, bounded, bounded && n == 0);
+		lazy_learn(loop, bounded, clamped && n == 0);
 		poll_adapt(loop, tblk_clock_ns() - start, n > 0, true);
 	}
 	return n;
