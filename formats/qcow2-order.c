@@ -37,8 +37,8 @@
 
 /* A worker waiting for its turn: woken alone when its ticket becomes the lowest. */
 struct waiter {
-	uint64_t ticket;
-	struct tblk_cond cv;
+	uint64_t ticket;	/* [const] the ticket it waits to be the lowest */
+	struct tblk_cond cv;	/* waited on and signalled under the order's mu */
 };
 
 /* The turns of one image's compressed writes. Lock order: mu is a leaf. */

@@ -10,9 +10,10 @@
  * - Pool work runs on a worker; its completion (`done`) always runs on the loop named by the
  *   submitter, never on a worker. Many completions cost one eventfd write. While four or
  *   more of a loop's items wait in a pool queue and its completions come fast, the loop
- *   sleeps at most 500 us (TBLK_LOOP_LAZY_MAX_NS; 0: off) and a completion does not wake
- *   it: the start of the item that leaves fewer queued, or that bound, does, so `done`
- *   may run up to that long after fn returned, in batches, for fewer wake-ups.
+ *   sleeps at most 500 us (TBLK_LOOP_LAZY_MAX_NS; 0: off; rounded up to whole milliseconds
+ *   on kernels without epoll_pwait2, before 5.11) and a completion does not wake it: the
+ *   start of the item that leaves fewer queued, or that bound, does, so `done` may run up
+ *   to that long after fn returned, in batches, for fewer wake-ups.
  * - A work item that must wait for something calls tblk_pool_wait(): the pool counts the
  *   worker as blocked and starts another one if work is queued, so queued work is never
  *   starved by blocked workers.
